@@ -1,0 +1,189 @@
+"""The Python API: `dlc.compile(...)` and the compiled `Model`.
+
+    m = dlc.compile("mlp.dln", backend="interp")
+    m.params                      # name -> numpy array (read/write)
+    m.forward(x=x)                # output name -> array
+    loss, grads = m.grad(x=x, y=y)
+    m.step(x=x, y=y)              # one optimizer step; returns the loss
+    m.ir(stage="optimized")       # IR text: forward, backward, train or optimized
+"""
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import numpy as np
+
+from .dsl.frontend import lower
+from .ir.errors import DlcError
+from .ir.text import print_ir
+from .passes.manager import run_pipeline
+from .runtime.backends import make_backend, resolve
+from .runtime.data import check_feeds
+from .runtime.init import initial_state
+
+
+def read_source(source) -> tuple[str, str]:
+    """(text, file name) from a path or from `.dln` text."""
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and "{" not in source):
+        p = Path(source)
+        if not p.exists():
+            raise DlcError(f"{p}: no such file")
+        if p.is_dir():
+            raise DlcError(f"{p}: is a directory, expected a .dln file")
+        try:
+            return p.read_text(), str(p)
+        except UnicodeDecodeError:
+            raise DlcError(f"{p}: not a text file (it is not valid UTF-8)")
+        except OSError as e:
+            raise DlcError(f"{p}: cannot be read ({e.strerror})")
+    return source, "<string>"
+
+
+def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int = 0,
+            float_dtype="float32", check: bool = False) -> "Model":
+    """Compile a `.dln` file (a path) or `.dln` text into a runnable model."""
+    text, file = read_source(source)
+    g = lower(text, file, model)
+    res = run_pipeline(g, opt_level, check=check)
+    return Model(res, resolve(backend), seed, float_dtype, path=None if file == "<string>" else file)
+
+
+class Params(MutableMapping):
+    """The model's params as a dict; assigning checks the shape and updates the backend."""
+
+    def __init__(self, model: "Model"):
+        self._m = model
+
+    def _names(self):
+        return self._m.graph.params
+
+    def __getitem__(self, k):
+        if k not in self._names():
+            raise KeyError(k)
+        return self._m._backend.get_state()[k] if self._m.backend != "interp" else self._m._backend.values[k]
+
+    def __setitem__(self, k, v):
+        if k not in self._names():
+            raise DlcError(f"'{k}' is not a param of model {self._m.name} (params: {', '.join(self._names())})")
+        v = np.asarray(v)
+        want = self._m.graph.type(k)
+        if tuple(v.shape) != want.shape:
+            raise DlcError(f"param '{k}' should be {want}, found shape {list(v.shape)}")
+        self._m._backend.set_state({k: v})
+
+    def __delitem__(self, k):
+        raise DlcError("params cannot be removed from a compiled model")
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self):
+        return len(self._names())
+
+    def __repr__(self):
+        return "{" + ", ".join(f"{k}: {self._m.graph.type(k)}" for k in self) + "}"
+
+
+class Model:
+    def __init__(self, result, backend: str, seed: int, float_dtype, path=None):
+        self.stages = result.stages
+        self.records = result.records
+        self.graph = result.stages["optimized"]
+        self.name = self.graph.meta.name
+        self.backend = backend
+        self.path = path
+        self._backend = make_backend(backend, self.graph, float_dtype)
+        self._backend.set_state(initial_state(self.graph, seed))
+        m = self.graph.meta
+        self.outputs = list(m.outputs)
+        self.trainable = m.loss is not None and m.optimizer is not None
+
+    @property
+    def params(self) -> Params:
+        return Params(self)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Params and optimizer state."""
+        return self._backend.get_state()
+
+    def ir(self, stage: str = "optimized") -> str:
+        if stage not in self.stages:
+            raise DlcError(f"no IR stage '{stage}' (stages: {', '.join(self.stages)})")
+        return print_ir(self.stages[stage])
+
+    def _feeds(self, inputs: dict, needed) -> dict:
+        g = self.graph
+        missing = [n for n in needed if n not in inputs]
+        if missing:
+            raise DlcError(f"missing input '{missing[0]}' : {g.type(missing[0])}")
+        sub = {n: inputs[n] for n in g.inputs if n in inputs}
+        unknown = sorted(set(inputs) - set(g.inputs))
+        if unknown:
+            raise DlcError(f"'{unknown[0]}' is not an input of model {self.name} (inputs: {', '.join(g.inputs)})")
+        # only the inputs a computation needs must be given (forward needs no labels)
+        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs")
+        return feeds
+
+    def _need(self, roots) -> list[str]:
+        import networkx as nx
+        g = self.graph
+        anc = set(roots).union(*(nx.ancestors(g.nx, r) for r in roots))
+        return [n for n in g.inputs if n in anc]
+
+    def forward(self, **inputs) -> dict[str, np.ndarray]:
+        roots = list(self.graph.meta.outputs.values())
+        feeds = self._feeds(inputs, self._need(roots))
+        res = self._backend.run(roots, feeds)
+        return {k: np.asarray(res[v]) for k, v in self.graph.meta.outputs.items()}
+
+    def grad(self, **inputs) -> tuple[float, dict[str, np.ndarray]]:
+        m = self.graph.meta
+        if not m.loss:
+            raise DlcError(f"model {self.name} has no loss to differentiate (add `minimize LOSS with ...`)")
+        roots = [m.loss] + list(m.grads.values())
+        feeds = self._feeds(inputs, self._need(roots))
+        res = self._backend.run(roots, feeds)
+        return float(res[m.loss]), {p: np.asarray(res[v]) for p, v in m.grads.items()}
+
+    def step(self, **inputs) -> float:
+        return self.train_step(inputs)[0]
+
+    def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False):
+        """One optimizer step: (loss, outputs or None)."""
+        g = self.graph
+        m = g.meta
+        if not self.trainable:
+            raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
+        roots = self._step_roots(fetch_outputs)
+        feeds = inputs if checked else self._feeds(inputs, self._need(roots))
+        res = self._backend.run(roots, feeds, commit=True)
+        outs = {k: res[v] for k, v in m.outputs.items()} if fetch_outputs else None
+        return float(res[m.loss]), outs
+
+    def evaluate(self, inputs: dict, checked: bool = False):
+        """Loss (if any) and outputs, without changing anything."""
+        m = self.graph.meta
+        roots = ([m.loss] if m.loss else []) + list(m.outputs.values())
+        feeds = inputs if checked else self._feeds(inputs, self._need(roots))
+        res = self._backend.run(roots, feeds)
+        return (float(res[m.loss]) if m.loss else None), {k: res[v] for k, v in m.outputs.items()}
+
+    def _step_roots(self, fetch_outputs: bool):
+        m = self.graph.meta
+        roots = [m.loss] + self.graph.nodes_of("assign")
+        if fetch_outputs:
+            roots += [v for v in m.outputs.values() if v not in roots]
+        return roots
+
+
+def _only_inputs(g, names):
+    """A view of `g` restricted to some inputs, for checking a partial set of feeds."""
+    class _View:
+        inputs = names
+        meta = g.meta
+
+        @staticmethod
+        def type(n):
+            return g.type(n)
+    return _View()

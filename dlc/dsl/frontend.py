@@ -1,0 +1,549 @@
+"""From `.dln` text to the graph IR: parse, resolve names, check shapes, lower.
+
+Values during lowering are either tensors (`Tensor`, an IR node) or compile-time values
+(ints, floats, bools, strings, lists, and symbolic dimensions `Sym`). Arithmetic on
+compile-time values happens here (shape arithmetic such as `k / 2` or `c * h * w`);
+arithmetic on tensors becomes IR ops, so every op's shape rule runs as the model is lowered
+and a mismatch is reported at the `.dln` expression that caused it.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from ..ir.errors import DlcError, Loc
+from ..ir.graph import Graph
+from ..ir.ops import OPS, REQUIRED
+from ..ir.optim import INITIALISERS, OPTIMIZERS, TRAIN_SETTINGS
+from ..ir.types import DTYPES, TensorType
+from ..ir.verify import verify
+from . import ast as A
+
+MAX_CALL_DEPTH = 64
+PRELUDE_FILE = Path(__file__).with_name("prelude.dln")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    node: str
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A symbolic dimension, such as the batch size N."""
+    name: str
+
+
+# Token names as a user would read them in "expected ..." lists.
+_TOKEN_NAMES = {
+    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "ESCAPED_STRING": "a string",
+    "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "ADDOP": "'+' or '-'", "MULOP": "'*', '/' or '@'",
+    "MINUS": "'-'", "DOT": "'.'", "$END": "end of file",
+}
+
+
+def _describe_expected(names) -> str:
+    out = sorted({_TOKEN_NAMES.get(n, f"'{n.lower()}'" if n.isupper() else n) for n in names})
+    return out[0] if len(out) == 1 else ", ".join(out[:-1]) + " or " + out[-1]
+
+
+def parse(text: str, file: str) -> list:
+    """Parse `.dln` text into a list of `Model` and `Func` nodes."""
+    try:
+        tree = A.parser.parse(text)
+        return A.ToAst(file).transform(tree)
+    except VisitError as e:
+        if isinstance(e.orig_exc, DlcError):
+            raise e.orig_exc.located(None, text)
+        raise
+    except UnexpectedToken as e:
+        found = "end of file" if e.token.type == "$END" else f"'{e.token}'"
+        raise DlcError(f"syntax error: unexpected {found}; expected {_describe_expected(e.expected)}",
+                       Loc(file, e.line if e.line > 0 else text.count("\n") + 1, max(e.column, 1)), text)
+    except UnexpectedCharacters as e:
+        raise DlcError(f"syntax error: unexpected character {text[e.pos_in_stream]!r}",
+                       Loc(file, e.line, e.column), text)
+    except UnexpectedEOF as e:
+        lines = text.splitlines() or [""]
+        raise DlcError("syntax error: unexpected end of file", Loc(file, len(lines), len(lines[-1]) + 1), text)
+    except UnexpectedInput as e:  # pragma: no cover - the three above are all Lark raises
+        raise DlcError(f"syntax error: {e}", Loc(file, getattr(e, "line", 1), getattr(e, "column", 1)), text)
+
+
+_prelude_cache: dict | None = None
+
+
+def prelude() -> dict:
+    global _prelude_cache
+    if _prelude_cache is None:
+        items = parse(PRELUDE_FILE.read_text(), "prelude.dln")
+        _prelude_cache = {f.name: f for f in items if isinstance(f, A.Func)}
+    return _prelude_cache
+
+
+def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
+    """Lower `.dln` text to a verified forward graph (stage `forward`)."""
+    try:
+        items = parse(text, file)
+        funcs = dict(prelude())
+        for it in items:
+            if isinstance(it, A.Func):
+                if it.name in OPS and OPS[it.name].dsl or it.name in _SPECIAL:
+                    raise DlcError(f"cannot define '{it.name}': it is a built-in op", it.loc)
+                if it.name in funcs and funcs[it.name].loc.file == file:
+                    raise DlcError(f"function '{it.name}' is defined twice "
+                                   f"(first at line {funcs[it.name].loc.line})", it.loc)
+                funcs[it.name] = it
+        models = [it for it in items if isinstance(it, A.Model)]
+        if not models:
+            raise DlcError("no model in this file (expected `model NAME { ... }`)", Loc(file, 1, 1))
+        if model is None:
+            if len(models) > 1:
+                names = ", ".join(m.name for m in models)
+                raise DlcError(f"this file defines several models ({names}); choose one with --model",
+                               models[1].loc)
+            chosen = models[0]
+        else:
+            found = [m for m in models if m.name == model]
+            if not found:
+                raise DlcError(f"no model named '{model}' (this file has "
+                               f"{', '.join(m.name for m in models)})", Loc(file, 1, 1))
+            chosen = found[0]
+        g = _Lowerer(file, text, funcs).model(chosen)
+        return verify(g)
+    except DlcError as e:
+        if e.source is None and e.loc is not None:
+            e.source = text if e.loc.file == file else (PRELUDE_FILE.read_text() if e.loc.file == "prelude.dln" else None)
+        raise
+    except RecursionError:
+        raise DlcError("expression nested too deeply", Loc(file, 1, 1))
+
+
+_SPECIAL = {"l1", "l2"}  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
+
+
+class _Scope:
+    def __init__(self, prefix: str, in_func: str | None):
+        self.vars: dict[str, object] = {}
+        self.where: dict[str, Loc] = {}
+        self.prefix = prefix          # names of params and values made here start with this
+        self.in_func = in_func
+        self.returned = None
+
+    def qual(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+class _Lowerer:
+    def __init__(self, file: str, text: str, funcs: dict):
+        self.file, self.text, self.funcs = file, text, funcs
+        self.depth = 0
+
+    # -- model ------------------------------------------------------------------------------
+    def model(self, m: A.Model) -> Graph:
+        g = self.g = Graph(m.name)
+        g.sources[self.file] = self.text
+        g.sources["prelude.dln"] = PRELUDE_FILE.read_text()
+        scope = _Scope("", None)
+        for s in m.body:
+            self.stmt(s, scope)
+        if not g.meta.outputs and not g.meta.loss:
+            raise DlcError(f"model '{m.name}' has no `output` and nothing to `minimize`", m.loc)
+        return g
+
+    def stmt(self, s, scope: _Scope):
+        g = self.g
+        if scope.returned is not None:
+            raise DlcError("statement after `return`", s.loc)
+        if isinstance(s, A.Input):
+            if scope.in_func:
+                raise DlcError("`input` is only allowed in a model, not in a function", s.loc)
+            t = self.type(s.type, scope, symbolic=True)
+            self.define(scope, s.name, Tensor(g.add("input", [], name=s.name, loc=s.loc, type=t)), s.loc)
+        elif isinstance(s, A.Param):
+            t = self.type(s.type, scope, symbolic=False)
+            if not t.is_float:
+                raise DlcError(f"param {s.name} must be f32, found {t}", s.type.loc)
+            init = self.init(s.init, scope) if s.init is not None else "zeros"
+            name = scope.qual(s.name)
+            if name in g:
+                raise DlcError(f"'{name}' is already defined", s.loc)
+            self.define(scope, s.name, Tensor(g.add("param", [], {"init": init}, name=name, loc=s.loc, type=t)),
+                        s.loc)
+        elif isinstance(s, A.Bind):
+            self.define(scope, s.name, None, s.loc)  # reject redefinition before evaluating
+            ncalls = _count_calls(s.expr, self.funcs)
+            ctx = _Stmt(scope.qual(s.name), ncalls)
+            v = self.expr(s.expr, scope, ctx, name=scope.qual(s.name))
+            scope.vars[s.name] = v
+        elif isinstance(s, A.Output):
+            if scope.in_func:
+                raise DlcError("`output` is only allowed in a model", s.loc)
+            for n in s.names:
+                v = self.lookup(n, scope, s.loc)
+                if not isinstance(v, Tensor):
+                    raise DlcError(f"output {n} is not a tensor", s.loc)
+                if n in g.meta.outputs:
+                    raise DlcError(f"output {n} is listed twice", s.loc)
+                g.meta.outputs[n] = v.node
+        elif isinstance(s, A.Minimize):
+            if scope.in_func:
+                raise DlcError("`minimize` is only allowed in a model", s.loc)
+            if g.meta.loss:
+                raise DlcError("a model minimises one loss; `minimize` appears twice", s.loc)
+            v = self.tensor(self.expr(s.expr, scope, _Stmt("loss", 0), name="loss"), s.expr.loc)
+            if g.type(v).shape != () or not g.type(v).is_float:
+                raise DlcError(f"the loss must be an f32 scalar, found {g.type(v)}", s.expr.loc)
+            g.meta.loss = v
+            g.meta.optimizer = (s.optimizer, self.settings(s, OPTIMIZERS, f"optimizer {s.optimizer}", scope))
+        elif isinstance(s, A.Freeze):
+            if scope.in_func:
+                raise DlcError("`freeze` is only allowed in a model", s.loc)
+            for n in s.names:
+                v = self.lookup(n.name, scope, n.loc)
+                if not isinstance(v, Tensor) or g.op(v.node) != "param":
+                    raise DlcError(f"only params can be frozen; {n.name} is not a param", n.loc)
+                if v.node not in g.meta.frozen:
+                    g.meta.frozen.append(v.node)
+        elif isinstance(s, A.Train):
+            if scope.in_func:
+                raise DlcError("`train` is only allowed in a model", s.loc)
+            vals = self.settings(s, {k: None for k in TRAIN_SETTINGS}, "train", scope, positional=False)
+            for k, v in vals.items():
+                want = TRAIN_SETTINGS[k]
+                ok = isinstance(v, want) and not isinstance(v, bool) or (want is float and isinstance(v, int)
+                                                                        and not isinstance(v, bool))
+                if v is not None and not ok:
+                    raise DlcError(f"train: {k} must be {want.__name__}, found {v!r}", s.loc)
+            g.meta.train = {k: v for k, v in vals.items() if v is not None}
+        elif isinstance(s, A.Return):
+            if not scope.in_func:
+                raise DlcError("`return` is only allowed in a function", s.loc)
+            scope.returned = s
+        else:  # pragma: no cover
+            raise DlcError(f"unexpected statement {type(s).__name__}", s.loc)
+
+    def settings(self, s, table: dict, what: str, scope, positional=True) -> dict:
+        if s.args and not positional:
+            raise DlcError(f"{what}: give settings by name, e.g. epochs = 10", s.loc)
+        if isinstance(s, A.Minimize) and s.optimizer not in OPTIMIZERS:
+            raise DlcError(f"unknown optimizer '{s.optimizer}'{_suggest(s.optimizer, OPTIMIZERS)} "
+                           f"(known: {', '.join(OPTIMIZERS)})", s.loc)
+        table = OPTIMIZERS[s.optimizer] if isinstance(s, A.Minimize) else table
+        names = list(table)
+        if len(s.args) > len(names):
+            raise DlcError(f"{what} takes at most {len(names)} settings, found {len(s.args)}", s.loc)
+        given = dict(zip(names, s.args))
+        for k, v in s.kwargs.items():
+            if k not in table:
+                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, table)} (settings: {', '.join(names)})",
+                               s.loc)
+            if k in given:
+                raise DlcError(f"{what}: '{k}' given twice", s.loc)
+            given[k] = v
+        out = {}
+        for k, default in table.items():
+            if k in given:
+                v = self.expr(given[k], scope, _Stmt("setting", 0))
+                if isinstance(v, (Tensor, Sym, list)):
+                    raise DlcError(f"{what}: {k} must be a constant", given[k].loc)
+                if default is not None and default is not REQUIRED:
+                    if isinstance(default, bool) and not isinstance(v, bool) or \
+                       isinstance(default, float) and not isinstance(v, (int, float)) or isinstance(v, str):
+                        raise DlcError(f"{what}: {k} must be {type(default).__name__}, found {v!r}", given[k].loc)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                    raise DlcError(f"{what}: {k} must not be negative, found {v}", given[k].loc)
+                out[k] = float(v) if isinstance(default, float) else v
+            elif default is REQUIRED:
+                raise DlcError(f"{what} needs the setting '{k}'", s.loc)
+            elif default is not None:
+                out[k] = default
+        return out
+
+    def define(self, scope: _Scope, name: str, value, loc: Loc):
+        if name in scope.vars:
+            raise DlcError(f"'{name}' is already defined (line {scope.where[name].line}); "
+                           f"names are bound once", loc)
+        scope.vars[name] = value
+        scope.where[name] = loc
+
+    def lookup(self, name: str, scope: _Scope, loc: Loc):
+        if name in scope.vars and scope.vars[name] is not None:
+            return scope.vars[name]
+        if name in scope.vars:
+            raise DlcError(f"'{name}' is used in its own definition", loc)
+        if name in ("true", "false"):
+            return name == "true"
+        if not scope.in_func and name in self.g and self.g.op(name) == "param":
+            return Tensor(name)  # a param made by a function call, e.g. h1.w
+        raise DlcError(f"unknown name '{name}'{_suggest(name, scope.vars)}", loc)
+
+    # -- types and initialisers ----------------------------------------------------------------
+    def type(self, t: A.TypeExpr, scope: _Scope, symbolic: bool) -> TensorType:
+        if t.dtype not in DTYPES:
+            raise DlcError(f"unknown dtype '{t.dtype}' (expected {' or '.join(DTYPES)})", t.loc)
+        dims = []
+        for d in t.dims:
+            if symbolic and isinstance(d, A.Name) and d.name not in scope.vars:
+                dims.append(d.name)  # a new symbolic dimension such as N
+                continue
+            v = self.expr(d, scope, _Stmt("dim", 0))
+            if isinstance(v, Sym):
+                if not symbolic:
+                    raise DlcError(f"a param's shape must be known: {v.name} is symbolic", d.loc)
+                dims.append(v.name)
+            elif isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                dims.append(v)
+            else:
+                raise DlcError(f"a dimension must be a positive integer, found {_show(v)}", d.loc)
+        try:
+            tt = TensorType(t.dtype, tuple(dims))
+            n = tt.numel()
+            if n is not None and n > 2**31 - 1:
+                raise DlcError(f"{tt} has {n} elements, more than a tensor may hold")
+            return tt
+        except DlcError as e:
+            raise e.located(t.loc)
+
+    def init(self, e, scope) -> str:
+        if isinstance(e, A.Name):
+            name, args = e.name, []
+        elif isinstance(e, A.Call) and not e.kwargs:
+            name, args = e.fn, e.args
+        else:
+            raise DlcError("an initialiser is a name (he, xavier, zeros, ones) or a call such as "
+                           "normal(0, 0.01)", e.loc)
+        if name not in INITIALISERS:
+            raise DlcError(f"unknown initialiser '{name}'{_suggest(name, INITIALISERS)} "
+                           f"(known: {', '.join(INITIALISERS)})", e.loc)
+        want = INITIALISERS[name]
+        if len(args) != len(want):
+            raise DlcError(f"initialiser {name} takes {len(want)} argument{'s' * (len(want) != 1)}"
+                           f"{' (' + ', '.join(want) + ')' if want else ''}, found {len(args)}", e.loc)
+        vals = []
+        for a in args:
+            v = self.expr(a, scope, _Stmt("init", 0))
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DlcError(f"initialiser {name}: arguments must be numbers, found {_show(v)}", a.loc)
+            vals.append(float(v))
+        if name == "normal" and vals[1] < 0 or name == "uniform" and vals[0] > vals[1]:
+            raise DlcError(f"initialiser {name}{tuple(vals)} is empty or negative in spread", e.loc)
+        return f"{name}({', '.join(repr(v) for v in vals)})" if want else name
+
+    # -- expressions ---------------------------------------------------------------------------
+    def tensor(self, v, loc) -> str:
+        """A value as an IR node: numbers become f32 constants."""
+        if isinstance(v, Tensor):
+            return v.node
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return self.g.add("const", [], {"value": float(v)}, name="c", loc=loc)
+        raise DlcError(f"expected a tensor or a number, found {_show(v)}", loc)
+
+    def expr(self, e, scope: _Scope, ctx: "_Stmt", name: str | None = None):
+        g = self.g
+        if isinstance(e, A.Num):
+            return e.value
+        if isinstance(e, A.Str):
+            return e.value
+        if isinstance(e, A.Name):
+            v = self.lookup(e.name, scope, e.loc)
+            return v
+        if isinstance(e, A.List):
+            return [self.expr(x, scope, ctx) for x in e.items]
+        if isinstance(e, A.Neg):
+            v = self.expr(e.a, scope, ctx)
+            if isinstance(v, Tensor):
+                return Tensor(g.add("neg", [v.node], name=name or ctx.temp("neg"), loc=e.loc))
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return -v
+            raise DlcError(f"cannot negate {_show(v)}", e.loc)
+        if isinstance(e, A.BinOp):
+            a = self.expr(e.a, scope, ctx)
+            b = self.expr(e.b, scope, ctx)
+            if isinstance(a, Tensor) or isinstance(b, Tensor):
+                opname = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}[e.op]
+                args = [self.tensor(a, e.a.loc), self.tensor(b, e.b.loc)]
+                return Tensor(g.add(opname, args, name=name or ctx.temp(opname), loc=e.loc))
+            return _const_arith(e.op, a, b, e.loc)
+        if isinstance(e, A.Call):
+            return self.call(e, scope, ctx, name)
+        raise DlcError(f"unexpected expression {type(e).__name__}", e.loc)  # pragma: no cover
+
+    def call(self, e: A.Call, scope: _Scope, ctx: "_Stmt", name: str | None):
+        g = self.g
+        if e.fn in _SPECIAL:
+            if e.kwargs or not e.args:
+                raise DlcError(f"{e.fn}() takes one or more tensors, e.g. {e.fn}(w1, w2)", e.loc)
+            parts = [g.add(e.fn, [self.tensor(self.expr(a, scope, ctx), a.loc)], loc=a.loc,
+                           name=(name if len(e.args) == 1 else None) or ctx.temp(e.fn)) for a in e.args]
+            total = parts[0]
+            for i, p in enumerate(parts[1:]):
+                last = i == len(parts) - 2
+                total = g.add("add", [total, p], loc=e.loc, name=(name if last else None) or ctx.temp("add"))
+            return Tensor(total)
+        if e.fn in OPS and OPS[e.fn].dsl:
+            d = OPS[e.fn]
+            if len(e.args) < d.arity:
+                raise DlcError(f"{e.fn}() takes {d.arity} tensor operand{'s' * (d.arity != 1)}, "
+                               f"found {len(e.args)}", e.loc)
+            attr_names = list(d.attrs)
+            if len(e.args) > d.arity + len(attr_names):
+                extra = f" and {len(attr_names)} setting{'s' * (len(attr_names) != 1)} ({', '.join(attr_names)})" \
+                    if attr_names else ""
+                raise DlcError(f"{e.fn}() takes {d.arity} tensor operand{'s' * (d.arity != 1)}{extra}, "
+                               f"found {len(e.args)} arguments", e.loc)
+            operands = [self.tensor(self.expr(a, scope, ctx), a.loc) for a in e.args[:d.arity]]
+            attrs = {}
+            for k, a in list(zip(attr_names, e.args[d.arity:])) + list(e.kwargs.items()):
+                if k in attrs:
+                    raise DlcError(f"{e.fn}(): '{k}' given twice", e.loc)
+                if k not in d.attrs:
+                    raise DlcError(f"{e.fn}() has no setting '{k}'" +
+                                   (f" (settings: {', '.join(attr_names)})" if attr_names else ""), a.loc)
+                attrs[k] = _attr_value(self.expr(a, scope, ctx), a.loc)
+            return Tensor(g.add(e.fn, operands, attrs, name=name or ctx.temp(e.fn), loc=e.loc))
+        if e.fn in self.funcs:
+            return self.call_func(self.funcs[e.fn], e, scope, ctx, name)
+        known = [k for k, d in OPS.items() if d.dsl] + list(self.funcs) + list(_SPECIAL)
+        raise DlcError(f"unknown function or op '{e.fn}'{_suggest(e.fn, known)}", e.loc)
+
+    def call_func(self, f: A.Func, e: A.Call, scope: _Scope, ctx: "_Stmt", name: str | None):
+        if self.depth >= MAX_CALL_DEPTH:
+            raise DlcError(f"calls nested more than {MAX_CALL_DEPTH} deep (is '{f.name}' recursive?)", e.loc)
+        if len(e.args) > len(f.params):
+            raise DlcError(f"{f.name}() takes {len(f.params)} argument{'s' * (len(f.params) != 1)}, "
+                           f"found {len(e.args)}", e.loc)
+        pnames = [p.name for p in f.params]
+        given = dict(zip(pnames, e.args))
+        for k, a in e.kwargs.items():
+            if k not in pnames:
+                raise DlcError(f"{f.name}() has no argument '{k}' (arguments: {', '.join(pnames)})", e.loc)
+            if k in given:
+                raise DlcError(f"{f.name}(): argument '{k}' given twice", e.loc)
+            given[k] = a
+        missing = [p for p in pnames if p not in given]
+        if missing:
+            raise DlcError(f"{f.name}() is missing the argument '{missing[0]}'", e.loc)
+        inner = _Scope(ctx.call_prefix(f.name), f.name)
+        for p in f.params:
+            v = self.expr(given[p.name], scope, ctx)
+            if p.pattern is not None:
+                self.match(f, p, v, inner, given[p.name].loc)
+            inner.vars[p.name] = v
+            inner.where[p.name] = p.loc
+        self.depth += 1
+        try:
+            for s in f.body:
+                self.stmt(s, inner)
+        finally:
+            self.depth -= 1
+        if inner.returned is None:
+            raise DlcError(f"function '{f.name}' has no `return`", f.loc)
+        r = self.expr(inner.returned.expr, inner, _Stmt(inner.prefix, _count_calls(inner.returned.expr, self.funcs)),
+                      name=name or inner.prefix)
+        return r
+
+    def match(self, f, p: A.FParam, v, inner: _Scope, loc):
+        """Bind the shape variables of a parameter pattern such as `x: [B, K]` from the argument."""
+        want = f"{p.dtype or ''}[{', '.join(str(d) for d in p.pattern)}]"
+        if not isinstance(v, Tensor):
+            raise DlcError(f"{f.name}() expects a tensor {p.name}: {want}, found {_show(v)}", loc)
+        t = self.g.type(v.node)
+        if len(t.shape) != len(p.pattern) or (p.dtype and p.dtype != t.dtype):
+            raise DlcError(f"shape mismatch: {f.name}() expects {p.name}: {want}, found {t}", loc)
+        for pd, d in zip(p.pattern, t.shape):
+            actual = Sym(d) if isinstance(d, str) else d
+            if isinstance(pd, int):
+                if pd != d:
+                    raise DlcError(f"shape mismatch: {f.name}() expects {p.name}: {want}, found {t}", loc)
+            elif pd in inner.vars and inner.vars[pd] != actual:
+                raise DlcError(f"shape mismatch: {f.name}() expects {p.name}: {want}, found {t} "
+                               f"({pd} is already {_show(inner.vars[pd])})", loc)
+            else:
+                inner.vars[pd] = actual
+                inner.where[pd] = p.loc
+
+
+class _Stmt:
+    """Naming within one statement: temporaries are `NAME.op`; user-function calls get prefixes."""
+
+    def __init__(self, base: str, ncalls: int):
+        self.base, self.ncalls, self.seen = base, ncalls, {}
+
+    def temp(self, opname: str) -> str:
+        return f"{self.base}.{opname}"
+
+    def call_prefix(self, fname: str) -> str:
+        if self.ncalls <= 1:
+            return self.base
+        k = self.seen.get(fname, 0)
+        self.seen[fname] = k + 1
+        return f"{self.base}.{fname}" + (f"{k}" if k else "")
+
+
+def _count_calls(e, funcs) -> int:
+    if isinstance(e, A.Call):
+        own = 1 if e.fn in funcs and not (e.fn in OPS and OPS[e.fn].dsl) else 0
+        return own + sum(_count_calls(a, funcs) for a in list(e.args) + list(e.kwargs.values()))
+    if isinstance(e, A.BinOp):
+        return _count_calls(e.a, funcs) + _count_calls(e.b, funcs)
+    if isinstance(e, A.Neg):
+        return _count_calls(e.a, funcs)
+    if isinstance(e, A.List):
+        return sum(_count_calls(x, funcs) for x in e.items)
+    return 0
+
+
+def _const_arith(op: str, a, b, loc):
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(a, Sym) or isinstance(b, Sym):
+        raise DlcError(f"arithmetic on the symbolic dimension {(a if isinstance(a, Sym) else b).name} "
+                       f"is not supported", loc)
+    if not (num(a) and num(b)):
+        raise DlcError(f"operator {op} needs numbers or tensors, found {_show(a)} and {_show(b)}", loc)
+    if op == "@":
+        raise DlcError("operator @ needs tensors, found numbers", loc)
+    if op == "/":
+        if b == 0:
+            raise DlcError("division by zero", loc)
+        if isinstance(a, int) and isinstance(b, int) and a % b == 0:
+            return a // b
+        return a / b
+    r = {"+": a + b, "-": a - b, "*": a * b}[op]
+    if isinstance(r, int) and abs(r) > 2**62:
+        raise DlcError("integer too large", loc)
+    return r
+
+
+def _attr_value(v, loc):
+    if isinstance(v, Tensor):
+        raise DlcError("this setting must be a constant, not a tensor", loc)
+    if isinstance(v, Sym):
+        return v.name
+    if isinstance(v, list):
+        return [_attr_value(x, loc) for x in v]
+    return v
+
+
+def _show(v) -> str:
+    if isinstance(v, Tensor):
+        return "a tensor"
+    if isinstance(v, Sym):
+        return f"the symbolic dimension {v.name}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'the string "{v}"'
+    if isinstance(v, list):
+        return "a list"
+    return repr(v)
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,47 @@
+"""Errors that point at the user's input.
+
+Every mistake a user can make (in a `.dln` file, a data file, a weights file, a command-line
+flag) is raised as a `DlcError`; the CLI prints it as one located line plus, when the source
+text is known, the offending line with a caret, and exits with status 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A place in a source file: 1-based line and column."""
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class DlcError(Exception):
+    """A user-facing error with an optional source location."""
+
+    def __init__(self, message: str, loc: Loc | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.source = source  # full text of loc.file, for drawing the caret
+
+    def located(self, loc: Loc | None, source: str | None = None) -> "DlcError":
+        """Attach a location if the error does not have one yet."""
+        if self.loc is None and loc is not None:
+            self.loc = loc
+        if self.source is None:
+            self.source = source
+        return self
+
+    def __str__(self) -> str:
+        head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
+        if self.loc and self.source:
+            lines = self.source.splitlines()
+            if 1 <= self.loc.line <= len(lines):
+                text = lines[self.loc.line - 1].expandtabs(1)
+                head += f"\n    {text}\n    {' ' * (self.loc.col - 1)}^"
+        return head

@@ -1,0 +1,403 @@
+"""The op registry: every op of the IR, declared once.
+
+An entry holds, side by side: operands and attributes, the shape/dtype rule, the NumPy
+reference (what the op *means*; the interpreter runs it), the derivative rule written as IR
+ops (the vector-Jacobian product), and the kernel family with, for elementwise ops, the scalar
+C expression that the CUDA templates and the emulator share (`a`, `b` are the operands).
+
+A derivative rule `vjp(b, n, g)` gets a builder `b` (`b.mul(x, y)`, `b.const(2.0)`, ...), a
+view `n` of the forward node (`n.args`, `n.out`, `n.attrs`, `n.types`, `n.type`) and the
+adjoint `g` of the node's result. It returns, for each operand, a thunk that builds that
+operand's gradient contribution, or None where the operand has no gradient. The autodiff pass
+calls only the thunks it needs, and undoes broadcasting itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import DlcError
+from .types import (MAX_ELEMENTS, TensorType, broadcast_shapes, fmt_shape, normalize_axes,
+                    reshape_shape, scalar)
+
+REQUIRED = object()  # marks an attribute without a default
+
+
+@dataclass
+class OpDef:
+    name: str
+    arity: int                     # number of operands
+    infer: Callable                # (types, attrs) -> TensorType
+    ref: Callable | None           # NumPy reference: (*arrays, **attrs) -> array
+    vjp: Callable | None = None    # derivative rule, see the module doc
+    family: str = "elementwise"    # kernel family for codegen
+    c: str | None = None           # scalar C expression (elementwise family)
+    attrs: dict = field(default_factory=dict)  # attribute -> default (REQUIRED if none)
+    dsl: bool = True               # callable by name from .dln
+    needs_dims: bool = False       # ref also gets `dims=` (bound symbolic dimensions)
+    doc: str = ""
+
+    def complete_attrs(self, attrs: dict, loc=None) -> dict:
+        for k in attrs:
+            if k not in self.attrs:
+                known = ", ".join(self.attrs) or "none"
+                raise DlcError(f"{self.name}() has no argument '{k}' (its arguments: {known})", loc)
+        for k, v in self.attrs.items():
+            if k not in attrs:
+                if v is REQUIRED:
+                    raise DlcError(f"{self.name}() needs the argument '{k}'", loc)
+                attrs[k] = v
+        return {k: attrs[k] for k in self.attrs}  # the declared order, so text is stable
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
+    OPS[name] = d = OpDef(name, arity, infer, ref, vjp, **kw)
+    return d
+
+
+def infer_type(name: str, types: list[TensorType], attrs: dict) -> TensorType:
+    d = OPS[name]
+    if len(types) != d.arity:
+        raise DlcError(f"{name}() takes {d.arity} operand{'s' * (d.arity != 1)}, found {len(types)}")
+    t = d.infer(types, attrs)
+    n = t.numel()
+    if n is not None and n > MAX_ELEMENTS:
+        raise DlcError(f"{name}() would make a tensor of {n} elements, {t} (more than {MAX_ELEMENTS})")
+    return t
+
+
+# -- shape rules ---------------------------------------------------------------------------
+
+def _floats(name, types):
+    for t in types:
+        if not t.is_float:
+            raise DlcError(f"{name}() expects f32 operands, found {t}")
+
+
+def _same(types, attrs):
+    return types[0]
+
+
+def _unary_float(name):
+    def rule(types, attrs):
+        _floats(name, types)
+        return types[0]
+    return rule
+
+
+def _broadcast(name):
+    def rule(types, attrs):
+        _floats(name, types)
+        return TensorType("f32", broadcast_shapes(types[0].shape, types[1].shape,
+                                                  f"{name} of {types[0]} and {types[1]}"))
+    return rule
+
+
+def _reduce_rule(name):
+    def rule(types, attrs):
+        _floats(name, types)
+        t = types[0]
+        axes = normalize_axes(attrs["axis"], t.rank)
+        if attrs["keepdims"]:
+            return t.with_shape(1 if i in axes else d for i, d in enumerate(t.shape))
+        return t.with_shape(d for i, d in enumerate(t.shape) if i not in axes)
+    return rule
+
+
+def _scalar_loss(name):
+    def rule(types, attrs):
+        _floats(name, types)
+        return scalar()
+    return rule
+
+
+def _matmul_rule(types, attrs):
+    a, b = types
+    _floats("matmul", types)
+    if a.rank != 2 or b.rank != 2:
+        raise DlcError(f"matmul expects two matrices, found {a} @ {b}")
+    m, k = a.shape[::-1] if attrs["ta"] else a.shape
+    k2, n = b.shape[::-1] if attrs["tb"] else b.shape
+    if k != k2:
+        raise DlcError(f"shape mismatch in matmul: {a} @ {b} (inner dimensions {k} and {k2} differ)")
+    return TensorType("f32", (m, n))
+
+
+def _transpose_rule(types, attrs):
+    t = types[0]
+    perm = attrs["perm"]
+    perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
+    if sorted(perm) != list(range(t.rank)):
+        raise DlcError(f"transpose perm {list(perm)} is not a permutation of the {t.rank} axes of {t}")
+    return t.with_shape(t.shape[p] for p in perm)
+
+
+def _reshape_rule(types, attrs):
+    target = attrs["shape"]
+    if not isinstance(target, (list, tuple)) or not all(
+            isinstance(d, (int, str)) and not isinstance(d, bool) for d in target):
+        raise DlcError(f"reshape needs a shape list such as [N, 64], found {target!r}")
+    return types[0].with_shape(reshape_shape(types[0].shape, tuple(target)))
+
+
+def _axis_rule(name):
+    def rule(types, attrs):
+        _floats(name, types)
+        normalize_axes(attrs["axis"], types[0].rank)
+        return types[0]
+    return rule
+
+
+def _xent_check(logits, labels, name="softmax_xent"):
+    if not logits.is_float or logits.rank != 2:
+        raise DlcError(f"{name} expects logits f32[N, C], found {logits}")
+    if labels.dtype != "i32" or labels.rank != 1:
+        raise DlcError(f"{name} expects integer labels i32[N], found {labels}")
+    if labels.shape[0] != logits.shape[0]:
+        raise DlcError(f"shape mismatch in {name}: logits {logits} and labels {labels} "
+                       f"have different batch sizes")
+
+
+def _xent_rule(types, attrs):
+    _xent_check(*types)
+    return scalar()
+
+
+def _xent_grad_rule(types, attrs):
+    _xent_check(types[0], types[1], "softmax_xent_grad")
+    return types[0]
+
+
+def _mse_rule(types, attrs):
+    _floats("mse", types)
+    if types[0].shape != types[1].shape:
+        raise DlcError(f"shape mismatch in mse: prediction {types[0]} and target {types[1]} differ")
+    return scalar()
+
+
+def _bcast_like_rule(types, attrs):
+    broadcast_shapes(types[0].shape, types[1].shape, f"broadcast_like {types[0]} to {types[1]}")
+    return types[1].with_dtype(types[0].dtype)
+
+
+def _assign_rule(types, attrs):
+    if types[0] != types[1]:
+        raise DlcError(f"assign of {types[1]} to a variable of type {types[0]}")
+    return types[0]
+
+
+def _source_rule(types, attrs):
+    raise DlcError("source ops (input, param, state) carry their type explicitly")
+
+
+# -- NumPy references ------------------------------------------------------------------------
+
+def _softmax(x, axis=-1):
+    z = np.exp(x - x.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _check_labels(labels, classes):
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)][0]
+        raise DlcError(f"label {int(bad)} is out of range for {classes} classes")
+
+
+def _xent(logits, labels):
+    _check_labels(labels, logits.shape[1])
+    lp = _log_softmax(logits, 1)
+    return -lp[np.arange(len(labels)), labels].mean(dtype=logits.dtype)
+
+
+def _xent_grad(logits, labels, g):
+    p = _softmax(logits, 1)
+    p[np.arange(len(labels)), labels] -= 1
+    return p * (g / len(labels))
+
+
+def _sum(x, axis, keepdims):
+    return np.sum(x, axis=None if axis is None else tuple(np.atleast_1d(axis)), keepdims=keepdims)
+
+
+def _mean(x, axis, keepdims):
+    return np.mean(x, axis=None if axis is None else tuple(np.atleast_1d(axis)), keepdims=keepdims)
+
+
+def _matmul(a, b, ta, tb):
+    return (a.T if ta else a) @ (b.T if tb else b)
+
+
+def _reshape(x, shape, dims):
+    return x.reshape([dims[d] if isinstance(d, str) else d for d in shape])
+
+
+def _size(x, axis):
+    axes = normalize_axes(axis, x.ndim)
+    return np.asarray(np.prod([x.shape[a] for a in axes]), dtype=x.dtype if x.dtype.kind == "f" else "float32")
+
+
+def _relu_grad(g, y):
+    return g * (y > 0)
+
+
+# -- derivative rules --------------------------------------------------------------------------
+
+def _reduce_back(b, n, g):
+    """The adjoint of a reduction over axes, re-shaped so that it broadcasts against the operand."""
+    t = n.types[0]
+    if not n.attrs["keepdims"]:
+        axes = normalize_axes(n.attrs["axis"], t.rank)
+        g = b.reshape(g, shape=[1 if i in axes else d for i, d in enumerate(t.shape)])
+    return b.broadcast_like(g, n.args[0])
+
+
+def _softmax_vjp(b, n, g):
+    ax = n.attrs["axis"]
+    return [lambda: b.mul(n.out, b.sub(g, b.sum(b.mul(g, n.out), axis=ax, keepdims=True)))]
+
+
+def _log_softmax_vjp(b, n, g):
+    ax = n.attrs["axis"]
+    return [lambda: b.sub(g, b.mul(b.exp(n.out), b.sum(g, axis=ax, keepdims=True)))]
+
+
+def _mse_vjp(b, n, g):
+    p, t = n.args
+    scale = lambda: b.div(b.mul(b.const(2.0), g), b.size(p, axis=None))
+    return [lambda: b.mul(b.sub(p, t), scale()), lambda: b.mul(b.sub(t, p), scale())]
+
+
+# -- the ops -----------------------------------------------------------------------------------
+
+# sources: values that are not computed from operands
+op("input", 0, _source_rule, None, family="source", dsl=False, doc="data fed to the model")
+op("param", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False,
+   doc="a learned parameter with its initialiser")
+op("state", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False,
+   doc="optimizer state (velocity, moments), updated by assign")
+op("const", 0, lambda t, a: scalar(), lambda value: np.asarray(value, "float32"), family="source",
+   attrs={"value": REQUIRED}, dsl=False, doc="a scalar constant")
+
+# elementwise, binary (NumPy broadcasting)
+op("add", 2, _broadcast("add"), np.add, lambda b, n, g: [lambda: g, lambda: g], c="a + b")
+op("sub", 2, _broadcast("sub"), np.subtract, lambda b, n, g: [lambda: g, lambda: b.neg(g)], c="a - b")
+op("mul", 2, _broadcast("mul"), np.multiply,
+   lambda b, n, g: [lambda: b.mul(g, n.args[1]), lambda: b.mul(g, n.args[0])], c="a * b")
+op("div", 2, _broadcast("div"), np.divide,
+   lambda b, n, g: [lambda: b.div(g, n.args[1]), lambda: b.neg(b.div(b.mul(g, n.out), n.args[1]))],
+   c="a / b")
+# derivative helpers: (adjoint, forward value) -> adjoint of the input
+op("relu_grad", 2, _broadcast("relu_grad"), _relu_grad, c="b > 0.0f ? a : 0.0f", dsl=False)
+op("sigmoid_grad", 2, _broadcast("sigmoid_grad"), lambda g, y: g * y * (1 - y),
+   c="a * b * (1.0f - b)", dsl=False)
+op("tanh_grad", 2, _broadcast("tanh_grad"), lambda g, y: g * (1 - y * y), c="a * (1.0f - b * b)", dsl=False)
+
+# elementwise, unary
+op("neg", 1, _unary_float("neg"), np.negative, lambda b, n, g: [lambda: b.neg(g)], c="-a")
+op("exp", 1, _unary_float("exp"), np.exp, lambda b, n, g: [lambda: b.mul(g, n.out)], c="expf(a)")
+op("log", 1, _unary_float("log"), np.log, lambda b, n, g: [lambda: b.div(g, n.args[0])], c="logf(a)")
+op("sqrt", 1, _unary_float("sqrt"), np.sqrt,
+   lambda b, n, g: [lambda: b.div(g, b.mul(b.const(2.0), n.out))], c="sqrtf(a)")
+op("abs", 1, _unary_float("abs"), np.abs, lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], c="fabsf(a)")
+op("sign", 1, _unary_float("sign"), np.sign, lambda b, n, g: [None],
+   c="(float)((a > 0.0f) - (a < 0.0f))")
+op("relu", 1, _unary_float("relu"), lambda x: np.maximum(x, 0),
+   lambda b, n, g: [lambda: b.relu_grad(g, n.out)], c="fmaxf(a, 0.0f)")
+op("sigmoid", 1, _unary_float("sigmoid"), lambda x: 0.5 * (1 + np.tanh(0.5 * x)),
+   lambda b, n, g: [lambda: b.sigmoid_grad(g, n.out)], c="1.0f / (1.0f + expf(-a))")
+op("tanh", 1, _unary_float("tanh"), np.tanh, lambda b, n, g: [lambda: b.tanh_grad(g, n.out)], c="tanhf(a)")
+
+# linear algebra and layout
+op("matmul", 2, _matmul_rule, _matmul,
+   lambda b, n, g: [
+       # Y = A @ B:  dA = dY @ B^T,  dB = A^T @ dY  (with the operands' own transposes folded in)
+       lambda: (b.matmul(n.args[1], g, ta=n.attrs["tb"], tb=True) if n.attrs["ta"]
+                else b.matmul(g, n.args[1], tb=not n.attrs["tb"])),
+       lambda: (b.matmul(g, n.args[0], ta=True, tb=n.attrs["ta"]) if n.attrs["tb"]
+                else b.matmul(n.args[0], g, ta=not n.attrs["ta"]))],
+   family="matmul", attrs={"ta": False, "tb": False}, doc="matrix product, operands optionally transposed")
+op("transpose", 1, _transpose_rule, lambda x, perm: np.transpose(x, perm),
+   lambda b, n, g: [lambda: b.transpose(g, perm=None if n.attrs["perm"] is None
+                                          else list(np.argsort(n.attrs["perm"]).tolist()))],
+   family="layout", attrs={"perm": None})
+op("reshape", 1, _reshape_rule, _reshape,
+   lambda b, n, g: [lambda: b.reshape(g, shape=list(n.types[0].shape))],
+   family="layout", attrs={"shape": REQUIRED}, needs_dims=True)
+op("broadcast_like", 2, _bcast_like_rule, lambda a, ref: np.broadcast_to(a, ref.shape),
+   family="layout", dsl=False, doc="operand 0 broadcast to the shape of operand 1")
+
+# reductions
+op("sum", 1, _reduce_rule("sum"), _sum, lambda b, n, g: [lambda: _reduce_back(b, n, g)],
+   family="reduce", attrs={"axis": None, "keepdims": False})
+op("mean", 1, _reduce_rule("mean"), _mean,
+   lambda b, n, g: [lambda: b.div(_reduce_back(b, n, g), b.size(n.args[0], axis=n.attrs["axis"]))],
+   family="reduce", attrs={"axis": None, "keepdims": False})
+op("size", 1, lambda t, a: (normalize_axes(a["axis"], t[0].rank), scalar())[1], _size,
+   lambda b, n, g: [None], family="shape", attrs={"axis": None}, dsl=False,
+   doc="the number of elements over the given axes, as an f32 scalar")
+op("softmax", 1, _axis_rule("softmax"), _softmax, _softmax_vjp, family="softmax", attrs={"axis": -1})
+op("log_softmax", 1, _axis_rule("log_softmax"), _log_softmax, _log_softmax_vjp, family="softmax",
+   attrs={"axis": -1})
+
+# losses and penalties (PyTorch conventions: means over the batch; penalties are sums)
+op("softmax_xent", 2, _xent_rule, _xent,
+   lambda b, n, g: [lambda: b.softmax_xent_grad(n.args[0], n.args[1], g), None],
+   family="xent", doc="mean over the batch of -log softmax(logits)[label]")
+op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent", dsl=False,
+   doc="(softmax(logits) - onehot(labels)) * g / N")
+op("mse", 2, _mse_rule, lambda p, t: np.mean(np.square(p - t)), _mse_vjp, family="reduce",
+   doc="mean of squared differences over all elements")
+op("l1", 1, _scalar_loss("l1"), lambda x: np.abs(x).sum(),
+   lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], family="reduce", doc="sum of |x|")
+op("l2", 1, _scalar_loss("l2"), lambda x: np.square(x).sum(),
+   lambda b, n, g: [lambda: b.mul(b.mul(b.const(2.0), g), n.args[0])], family="reduce", doc="sum of x^2")
+
+# state update: operand 0 (a param or state) takes the value of operand 1 at the end of the step
+op("assign", 2, _assign_rule, None, family="assign", dsl=False)
+
+
+class Builder:
+    """Adds op applications to a graph by calling ops as methods: `b.mul(x, y)`, `b.sum(g, axis=0)`.
+
+    New nodes are named `prefix` (plus a counter) and carry `loc`, both set by the caller.
+    """
+
+    def __init__(self, graph, prefix: str = "t", loc=None):
+        self.graph, self.prefix, self.loc = graph, prefix, loc
+
+    def const(self, value: float) -> str:
+        return self.graph.add("const", [], {"value": float(value)}, name=f"{self.prefix}.const", loc=self.loc)
+
+    def __getattr__(self, opname: str):
+        if opname not in OPS:
+            raise AttributeError(opname)
+        return lambda *args, **attrs: self.graph.add(opname, args, attrs, name=self.prefix, loc=self.loc)
+
+
+@dataclass
+class NodeView:
+    """What a derivative rule sees of a forward node."""
+    out: str
+    args: list
+    attrs: dict
+    type: TensorType
+    types: list
+
+
+def view(graph, n: str) -> NodeView:
+    args = graph.operands(n)
+    return NodeView(n, args, graph.attrs(n), graph.type(n), [graph.type(a) for a in args])
+
+
+def elementwise_ops() -> list[str]:
+    return [k for k, d in OPS.items() if d.family == "elementwise"]

@@ -1,0 +1,45 @@
+"""The verifier: a graph that passes it is one every pass and backend may rely on."""
+from __future__ import annotations
+
+import networkx as nx
+
+from .errors import DlcError
+from .graph import Graph
+from .ops import OPS, infer_type
+
+
+def verify(g: Graph) -> Graph:
+    """Check acyclicity, arity, types against the op rules, and model-level references."""
+    if not nx.is_directed_acyclic_graph(g.nx):
+        cycle = " -> ".join(f"%{u}" for u, *_ in nx.find_cycle(g.nx))
+        raise DlcError(f"IR is not acyclic: {cycle}")
+    for n in g.nx:
+        op, loc = g.op(n), g.loc(n)
+        if op not in OPS:
+            raise DlcError(f"%{n}: unknown op '{op}'", loc)
+        d = OPS[op]
+        args = g.operands(n)
+        keys = sorted(k for _, _, k in g.nx.in_edges(n, keys=True))
+        if keys != list(range(len(args))):
+            raise DlcError(f"%{n}: operand slots {keys} are not 0..{len(args) - 1}", loc)
+        if len(args) != d.arity:
+            raise DlcError(f"%{n}: {op} takes {d.arity} operands, has {len(args)}", loc)
+        if d.family != "source":
+            want = infer_type(op, [g.type(a) for a in args], g.attrs(n))
+            if want != g.type(n):
+                raise DlcError(f"%{n}: type {g.type(n)} disagrees with {op}'s rule, which gives {want}", loc)
+        if op == "assign" and g.op(args[0]) not in ("param", "state"):
+            raise DlcError(f"%{n}: assign target %{args[0]} is a {g.op(args[0])}, not a param or state", loc)
+    m = g.meta
+    refs = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads) + list(m.grads.values())
+    for r in refs + list(m.frozen):
+        if r not in g:
+            raise DlcError(f"model refers to %{r}, which is not in the graph")
+    for p, gr in m.grads.items():
+        if g.op(p) != "param":
+            raise DlcError(f"gradient recorded for %{p}, which is not a param")
+        if g.type(p) != g.type(gr):
+            raise DlcError(f"gradient %{gr} of %{p} has type {g.type(gr)}, expected {g.type(p)}")
+    if m.loss and g.type(m.loss).shape != ():
+        raise DlcError(f"the loss must be a scalar, found {g.type(m.loss)}", g.loc(m.loss))
+    return g

@@ -1,0 +1,95 @@
+"""Canonicalisation: transpose folding, constant folding, common-subexpression elimination and
+dead-code elimination. Each is a function from graph to a new graph."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import networkx as nx
+
+from ..ir.graph import Graph
+from ..ir.ops import OPS
+
+_KEEP = ("input", "param", "state", "assign")  # the model's interface and its effects
+
+
+def fold_transpose(g: Graph) -> Graph:
+    """matmul(transpose(a), b) -> matmul[ta](a, b): the product reads its operand transposed,
+    so no transpose kernel runs."""
+    g = g.copy()
+    for n in g.nodes_of("matmul"):
+        args = g.operands(n)
+        attrs = dict(g.attrs(n))
+        changed = False
+        for i, flag in ((0, "ta"), (1, "tb")):
+            a = args[i]
+            if g.op(a) == "transpose" and g.attrs(a)["perm"] in (None, [1, 0], (1, 0)):
+                args[i] = g.operands(a)[0]
+                attrs[flag] = not attrs[flag]
+                changed = True
+        if changed:
+            new = g.add("matmul", args, attrs, name=n, loc=g.loc(n))
+            g.replace_uses(n, new)
+            g.remove(n)
+    return dce(g)
+
+
+def constant_fold(g: Graph) -> Graph:
+    """Evaluate scalar ops whose operands are all constants, and sizes of static shapes."""
+    g = g.copy()
+    for n in g.order():
+        op, args = g.op(n), g.operands(n)
+        d = OPS[op]
+        value = None
+        if op == "size":
+            t = g.type(args[0])
+            axes = range(t.rank) if g.attrs(n)["axis"] is None else np.atleast_1d(g.attrs(n)["axis"])
+            dims = [t.shape[a] for a in axes]
+            if all(isinstance(x, int) for x in dims):
+                value = float(np.prod(dims))
+        elif d.family not in ("source", "assign") and args and g.type(n).shape == () \
+                and all(g.op(a) == "const" for a in args) and not d.needs_dims:
+            vals = [np.float64(g.attrs(a)["value"]) for a in args]
+            with np.errstate(all="ignore"):
+                value = float(d.ref(*vals, **g.attrs(n)))
+            if not np.isfinite(value):
+                value = None  # keep it visible rather than bake an inf into the model
+        if value is not None:
+            c = g.add("const", [], {"value": value}, name=f"{n}.folded", loc=g.loc(n))
+            g.replace_uses(n, c)
+            g.remove(n)
+            nx.relabel_nodes(g.nx, {c: n}, copy=False)
+            g.meta.outputs = {k: (n if v == c else v) for k, v in g.meta.outputs.items()}
+            g.meta.grads = {k: (n if v == c else v) for k, v in g.meta.grads.items()}
+            if g.meta.loss == c:
+                g.meta.loss = n
+    return dce(g)
+
+
+def cse(g: Graph) -> Graph:
+    """Merge nodes that apply the same op with the same attributes to the same operands."""
+    g = g.copy()
+    seen: dict[tuple, str] = {}
+    for n in g.order():
+        op = g.op(n)
+        if op in _KEEP:
+            continue
+        key = (op, json.dumps(g.attrs(n), sort_keys=True), tuple(g.operands(n)), str(g.type(n)))
+        if key in seen:
+            g.replace_uses(n, seen[key])
+            g.remove(n)
+        else:
+            seen[key] = n
+    return g
+
+
+def dce(g: Graph) -> Graph:
+    """Remove nodes that nothing wanted (outputs, loss, gradients, assignments) depends on."""
+    g = g.copy()
+    live = set(g.roots())
+    for r in list(live):
+        live |= nx.ancestors(g.nx, r)
+    for n in list(g.nx):
+        if n not in live and g.op(n) not in _KEEP:
+            g.remove(n)
+    return g
