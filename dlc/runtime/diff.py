@@ -1,0 +1,101 @@
+"""Differential testing: one training step on several backends from the same weights and batch,
+every tensor compared with the interpreter's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.graph import Graph
+from .backends import available, make_backend
+
+# float32 kernels against the float32 NumPy reference: summation order differs (tiled matmul,
+# tree reductions), so values agree to a few ulps per accumulated term, not bit for bit.
+ATOL, RTOL = 1e-4, 1e-3
+
+
+def synth_feeds(g: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random batch for every input: normal floats; labels within the class count of the
+    softmax_xent that reads them (2 classes where nothing says)."""
+    rng = np.random.default_rng(seed)
+    classes = {}
+    for n in g.nodes_of("softmax_xent"):
+        logits, labels = g.operands(n)
+        classes[labels] = g.type(logits).shape[1]
+    out = {}
+    for n in g.inputs:
+        t = g.type(n)
+        shape = tuple(batch if isinstance(d, str) else d for d in t.shape)
+        if t.dtype == "i32":
+            c = classes.get(n, 2)
+            out[n] = rng.integers(0, c if isinstance(c, int) else 2, shape).astype(np.int32)
+        else:
+            out[n] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+@dataclass
+class Row:
+    kind: str      # output, loss, grad, param, state
+    name: str
+    node: str
+    abs_err: float
+    rel_err: float
+    ok: bool
+
+
+def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
+    a = np.asarray(a, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if a.shape != ref.shape:
+        return float("inf"), float("inf"), False
+    if a.size == 0:
+        return 0.0, 0.0, True
+    d = np.abs(a - ref)
+    abs_err = float(d.max())
+    rel_err = float((d / np.maximum(np.abs(ref), 1e-12)).max())
+    ok = bool(np.all(d <= ATOL + RTOL * np.abs(ref))) and bool(np.isfinite(a).all() == np.isfinite(ref).all())
+    return abs_err, rel_err, ok
+
+
+def run_step(backend, g: Graph, state: dict, feeds: dict):
+    """Every computed value of one training step, then the state after it."""
+    backend.set_state(state)
+    nodes = [n for n in g.order() if g.op(n) not in ("input", "param", "state")]
+    if g.meta.loss and g.meta.optimizer:
+        vals = backend.run(nodes, feeds, commit=True)
+    else:
+        vals = backend.run(nodes, feeds)
+    return vals, backend.get_state()
+
+
+def diff(g: Graph, names: list[str], state: dict, feeds: dict):
+    """Results per backend: ('skipped', why) or (rows, first diverging node or None)."""
+    ref_vals, ref_state = run_step(make_backend("interp", g), g, state, feeds)
+    results = {}
+    m = g.meta
+    for name in names:
+        if name == "interp":
+            continue
+        ok, why = available(name)
+        if not ok:
+            results[name] = ("skipped", why)
+            continue
+        vals, new_state = run_step(make_backend(name, g), g, state, feeds)
+        first = None
+        for n in ref_vals:
+            if not compare(vals[n], ref_vals[n])[2]:
+                first = n
+                break
+        rows = []
+        for k, v in m.outputs.items():
+            rows.append(Row("output", k, v, *compare(vals[v], ref_vals[v])))
+        if m.loss:
+            rows.append(Row("loss", "loss", m.loss, *compare(vals[m.loss], ref_vals[m.loss])))
+        for p, v in m.grads.items():
+            rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v])))
+        for k in ref_state:
+            kind = "param" if g.op(k) == "param" else "state"
+            rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k])))
+        results[name] = (rows, first)
+    return results

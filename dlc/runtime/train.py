@@ -1,0 +1,110 @@
+"""The training loop: shuffled mini-batches, epochs, a held-out split, a progress bar, and
+per-epoch loss and accuracy.
+
+Accuracy is reported where the model has labels to compare with: an integer input `y : i32[N]`
+against the arg-max of the first output `[N, C]`; or, for a single-unit output, an f32 target
+input of the same shape holding 0/1 values, against the output thresholded at 0.5.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+
+def accuracy_rule(g):
+    """(output name, label input, kind) or None when the model has nothing to compare with."""
+    if not g.meta.outputs:
+        return None
+    out_name, out = next(iter(g.meta.outputs.items()))
+    t = g.type(out)
+    for n in g.inputs:
+        it = g.type(n)
+        if it.dtype == "i32" and it.rank == 1 and t.rank == 2 and it.shape[0] == t.shape[0]:
+            return out_name, n, "argmax"
+    for n in g.inputs:
+        if g.type(n) == t and t.rank >= 1 and (t.rank == 1 or t.shape[-1] == 1):
+            return out_name, n, "threshold"
+    return None
+
+
+def correct(rule, outputs, feeds) -> int:
+    out_name, label, kind = rule
+    o, y = outputs[out_name], feeds[label]
+    if kind == "argmax":
+        return int((np.argmax(o, axis=1) == y).sum())
+    return int(((o > 0.5) == (y > 0.5)).sum())
+
+
+def split(feeds: dict, n: int, val_split: float, seed: int):
+    """A shuffled split into (train, val) by example."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_split))
+    if val_split > 0 and n_val == 0:
+        n_val = 1
+    if n_val >= n:
+        n_val = n - 1
+    tr, va = order[n_val:], order[:n_val]
+    return {k: v[tr] for k, v in feeds.items()}, {k: v[va] for k, v in feeds.items()}
+
+
+def evaluate(model, feeds: dict, batch: int, rule):
+    """Mean loss and accuracy over a data set, in batches, without changing the model."""
+    n = len(next(iter(feeds.values())))
+    total, right = 0.0, 0
+    for i in range(0, n, batch):
+        part = {k: v[i:i + batch] for k, v in feeds.items()}
+        loss, outs = model.evaluate(part, checked=True)
+        total += (loss or 0.0) * len(next(iter(part.values())))
+        if rule:
+            right += correct(rule, outs, part)
+    return total / n, (right / n if rule else None)
+
+
+def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
+          progress: bool = True, out=sys.stdout) -> dict:
+    """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics."""
+    g = model.graph
+    rule = accuracy_rule(g)
+    tr, va = split(feeds, n, val_split, seed) if val_split > 0 else (feeds, {})
+    n_tr = len(next(iter(tr.values())))
+    rng = np.random.default_rng(seed + 1)
+    history = []
+    steps = math.ceil(n_tr / batch)
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n_tr)
+        total, right = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
+                   file=sys.stderr, unit="batch", dynamic_ncols=True)
+        for s in bar:
+            idx = order[s * batch:(s + 1) * batch]
+            part = {k: v[idx] for k, v in tr.items()}
+            loss, outs = model.train_step(part, fetch_outputs=rule is not None, checked=True)
+            if not math.isfinite(loss):
+                bar.close()
+                from ..ir.errors import DlcError
+                raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
+                               f"(try a smaller learning rate)")
+            total += loss * len(idx)
+            if rule:
+                right += correct(rule, outs, part)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.close()
+        rec = {"epoch": epoch, "loss": total / n_tr}
+        if rule:
+            rec["accuracy"] = right / n_tr
+        if va:
+            rec["val_loss"], rec["val_accuracy"] = evaluate(model, va, batch, rule)
+            if rec["val_accuracy"] is None:
+                del rec["val_accuracy"]
+        history.append(rec)
+        print("  ".join([f"epoch {epoch:>3}/{epochs}"] + [f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"]),
+              file=out, flush=True)
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
+    metrics.update(epochs=epochs, backend=model.backend, seconds=round(time.perf_counter() - t0, 3),
+                   train_examples=n_tr, val_examples=n - n_tr if va else 0, history=history)
+    return metrics
