@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 
 from .dsl.frontend import lower
@@ -98,6 +99,9 @@ class Model:
         m = self.graph.meta
         self.outputs = list(m.outputs)
         self.trainable = m.loss is not None and m.optimizer is not None
+        self._inputs = self.graph.inputs
+        self._assigns = self.graph.nodes_of("assign")
+        self._needs: dict = {}
 
     @property
     def params(self) -> Params:
@@ -117,8 +121,8 @@ class Model:
         missing = [n for n in needed if n not in inputs]
         if missing:
             raise DlcError(f"missing input '{missing[0]}' : {g.type(missing[0])}")
-        sub = {n: inputs[n] for n in g.inputs if n in inputs}
-        unknown = sorted(set(inputs) - set(g.inputs))
+        sub = {n: inputs[n] for n in self._inputs if n in inputs}
+        unknown = sorted(set(inputs) - set(self._inputs))
         if unknown:
             raise DlcError(f"'{unknown[0]}' is not an input of model {self.name} (inputs: {', '.join(g.inputs)})")
         # only the inputs a computation needs must be given (forward needs no labels)
@@ -126,10 +130,13 @@ class Model:
         return feeds
 
     def _need(self, roots) -> list[str]:
-        import networkx as nx
-        g = self.graph
-        anc = set(roots).union(*(nx.ancestors(g.nx, r) for r in roots))
-        return [n for n in g.inputs if n in anc]
+        """The inputs a computation reads (forward needs no labels); cached per set of roots."""
+        key = tuple(roots)
+        if key not in self._needs:
+            g = self.graph
+            anc = set(roots).union(*(nx.ancestors(g.nx, r) for r in roots))
+            self._needs[key] = [n for n in self._inputs if n in anc]
+        return self._needs[key]
 
     def forward(self, **inputs) -> dict[str, np.ndarray]:
         roots = list(self.graph.meta.outputs.values())
@@ -171,7 +178,7 @@ class Model:
 
     def _step_roots(self, fetch_outputs: bool):
         m = self.graph.meta
-        roots = [m.loss] + self.graph.nodes_of("assign")
+        roots = [m.loss] + self._assigns
         if fetch_outputs:
             roots += [v for v in m.outputs.values() if v not in roots]
         return roots

@@ -116,6 +116,7 @@ class FParam(Node):
     name: str
     pattern: list | None  # dims: names to bind or ints to check
     dtype: str | None
+    default: Node | None = None  # a constant expression
 
 
 @dataclass
@@ -163,7 +164,7 @@ class ToAst(Transformer):
     @v_args(meta=True)
     def fparam(self, meta, c):
         pat = c[1]
-        return FParam(self._loc(meta), str(c[0]), pat[1] if pat else None, pat[0] if pat else None)
+        return FParam(self._loc(meta), str(c[0]), pat[1] if pat else None, pat[0] if pat else None, c[2])
 
     def pattern(self, c):
         dtype = str(c[0]) if c[0] is not None else None

@@ -16,7 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
-from ..ir.ops import OPS, REQUIRED
+from ..ir.ops import OPS, REQUIRED, VARIADIC
 from ..ir.optim import INITIALISERS, OPTIMIZERS, TRAIN_SETTINGS
 from ..ir.types import DTYPES, TensorType
 from ..ir.verify import verify
@@ -288,8 +288,10 @@ class _Lowerer:
             raise DlcError(f"unknown dtype '{t.dtype}' (expected {' or '.join(DTYPES)})", t.loc)
         dims = []
         for d in t.dims:
-            if symbolic and isinstance(d, A.Name) and d.name not in scope.vars:
-                dims.append(d.name)  # a new symbolic dimension such as N
+            if symbolic and isinstance(d, A.Name) and d.name not in scope.vars and "." not in d.name:
+                dims.append(d.name)  # a new symbolic dimension such as N, usable by name from here on
+                scope.vars[d.name] = Sym(d.name)
+                scope.where[d.name] = d.loc
                 continue
             v = self.expr(d, scope, _Stmt("dim", 0))
             if isinstance(v, Sym):
@@ -385,6 +387,17 @@ class _Lowerer:
                 last = i == len(parts) - 2
                 total = g.add("add", [total, p], loc=e.loc, name=(name if last else None) or ctx.temp("add"))
             return Tensor(total)
+        if e.fn in OPS and OPS[e.fn].dsl and OPS[e.fn].arity == VARIADIC:
+            d = OPS[e.fn]
+            if not e.args:
+                raise DlcError(f"{e.fn}() takes one or more tensors", e.loc)
+            operands = [self.tensor(self.expr(a, scope, ctx), a.loc) for a in e.args]
+            attrs = {}
+            for k, a in e.kwargs.items():
+                if k not in d.attrs:
+                    raise DlcError(f"{e.fn}() has no setting '{k}' (settings: {', '.join(d.attrs)})", a.loc)
+                attrs[k] = _attr_value(self.expr(a, scope, ctx), a.loc)
+            return Tensor(g.add(e.fn, operands, attrs, name=name or ctx.temp(e.fn), loc=e.loc))
         if e.fn in OPS and OPS[e.fn].dsl:
             d = OPS[e.fn]
             if len(e.args) < d.arity:
@@ -425,12 +438,16 @@ class _Lowerer:
             if k in given:
                 raise DlcError(f"{f.name}(): argument '{k}' given twice", e.loc)
             given[k] = a
+        for p in f.params:
+            if p.name not in given and p.default is not None:
+                given[p.name] = p.default  # evaluated below like any argument (a constant)
         missing = [p for p in pnames if p not in given]
         if missing:
             raise DlcError(f"{f.name}() is missing the argument '{missing[0]}'", e.loc)
         inner = _Scope(ctx.call_prefix(f.name), f.name)
         for p in f.params:
-            v = self.expr(given[p.name], scope, ctx)
+            a = given[p.name]
+            v = self.expr(a, _Scope(inner.prefix, f.name) if a is p.default else scope, ctx)
             if p.pattern is not None:
                 self.match(f, p, v, inner, given[p.name].loc)
             inner.vars[p.name] = v

@@ -23,12 +23,13 @@ from .types import (MAX_ELEMENTS, TensorType, broadcast_shapes, fmt_shape, norma
                     reshape_shape, scalar)
 
 REQUIRED = object()  # marks an attribute without a default
+VARIADIC = -1        # an arity: one or more operands
 
 
 @dataclass
 class OpDef:
     name: str
-    arity: int                     # number of operands
+    arity: int                     # number of operands; VARIADIC for one or more
     infer: Callable                # (types, attrs) -> TensorType
     ref: Callable | None           # NumPy reference: (*arrays, **attrs) -> array
     vjp: Callable | None = None    # derivative rule, see the module doc
@@ -62,7 +63,9 @@ def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
 
 def infer_type(name: str, types: list[TensorType], attrs: dict) -> TensorType:
     d = OPS[name]
-    if len(types) != d.arity:
+    if d.arity == VARIADIC and not types:
+        raise DlcError(f"{name}() takes one or more operands, found none")
+    if d.arity != VARIADIC and len(types) != d.arity:
         raise DlcError(f"{name}() takes {d.arity} operand{'s' * (d.arity != 1)}, found {len(types)}")
     t = d.infer(types, attrs)
     n = t.numel()
@@ -401,3 +404,6 @@ def view(graph, n: str) -> NodeView:
 
 def elementwise_ops() -> list[str]:
     return [k for k, d in OPS.items() if d.family == "elementwise"]
+
+
+from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: registered the same way)

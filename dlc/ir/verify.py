@@ -22,7 +22,7 @@ def verify(g: Graph) -> Graph:
         keys = sorted(k for _, _, k in g.nx.in_edges(n, keys=True))
         if keys != list(range(len(args))):
             raise DlcError(f"%{n}: operand slots {keys} are not 0..{len(args) - 1}", loc)
-        if len(args) != d.arity:
+        if d.arity != -1 and len(args) != d.arity or not args and d.arity == -1:
             raise DlcError(f"%{n}: {op} takes {d.arity} operands, has {len(args)}", loc)
         if d.family != "source":
             want = infer_type(op, [g.type(a) for a in args], g.attrs(n))

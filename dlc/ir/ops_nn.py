@@ -1,0 +1,241 @@
+"""Convolutional ops, registered in the op registry like every other op (see ops.py).
+
+Layout is NCHW; a kernel is [O, C, kh, kw]. Output size per spatial axis:
+    out = (in + 2*padding - dilation*(k - 1) - 1) // stride + 1
+The NumPy references gather the input once per kernel tap (kh*kw strided views), so a
+convolution is one batched matrix product over [N, C*kh*kw, Ho*Wo]; a 1x1 convolution with
+stride 1 and no padding skips the gathering and is exactly the matrix product it is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DlcError
+from .ops import REQUIRED, VARIADIC, op
+from .types import TensorType, normalize_axes
+
+_CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1}
+
+
+def _pair(v, what):
+    v = tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+    if len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise DlcError(f"{what} must be an integer or a pair of integers, found {v!r}")
+    return v
+
+
+def _out_size(n, k, s, p, d, what, t):
+    if isinstance(n, str):
+        raise DlcError(f"{what}: spatial size {n} must be known, found {t}")
+    span = d * (k - 1) + 1
+    if n + 2 * p < span:
+        raise DlcError(f"{what}: kernel {k} (dilation {d}) is larger than the padded input {n}+2*{p} of {t}")
+    return (n + 2 * p - span) // s + 1
+
+
+def _geometry(attrs, what):
+    s, p, d = (_pair(attrs[k], f"{what} {k}") for k in ("stride", "padding", "dilation"))
+    if min(s) < 1 or min(d) < 1 or min(p) < 0:
+        raise DlcError(f"{what}: stride and dilation must be >= 1 and padding >= 0")
+    return s, p, d
+
+
+def _conv_rule(types, attrs):
+    x, w = types
+    if not (x.is_float and w.is_float) or x.rank != 4 or w.rank != 4:
+        raise DlcError(f"conv2d expects an input f32[N, C, H, W] and a kernel f32[O, C, kh, kw], found {x} and {w}")
+    if x.shape[1] != w.shape[1]:
+        raise DlcError(f"channel mismatch in conv2d: input {x} has {x.shape[1]} channels, kernel {w} "
+                       f"expects {w.shape[1]}")
+    s, p, d = _geometry(attrs, "conv2d")
+    ho = _out_size(x.shape[2], w.shape[2], s[0], p[0], d[0], "conv2d", x)
+    wo = _out_size(x.shape[3], w.shape[3], s[1], p[1], d[1], "conv2d", x)
+    return TensorType("f32", (x.shape[0], w.shape[0], ho, wo))
+
+
+def _taps(x, kh, kw, s, p, d, ho, wo, fill=0.0):
+    """The input seen by each kernel tap: a list over (i, j) of [N, C, Ho, Wo] strided views."""
+    if p[0] or p[1]:
+        x = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=fill)
+    return [x[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0], j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]]
+            for i in range(kh) for j in range(kw)], x.shape
+
+
+def _cols(x, w_shape, s, p, d, ho, wo):
+    """im2col: [N, C*kh*kw, Ho*Wo]."""
+    n, c = x.shape[:2]
+    kh, kw = w_shape[2:]
+    if kh == kw == 1 and s == (1, 1) and p == (0, 0):
+        return x.reshape(n, c, -1)
+    taps, _ = _taps(x, kh, kw, s, p, d, ho, wo)
+    return np.stack(taps, axis=2).reshape(n, c * kh * kw, ho * wo)
+
+
+def _conv(x, w, stride, padding, dilation):
+    s, p, d = _pair(stride, ""), _pair(padding, ""), _pair(dilation, "")
+    o, c, kh, kw = w.shape
+    ho = (x.shape[2] + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+    wo = (x.shape[3] + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    cols = _cols(x, w.shape, s, p, d, ho, wo)
+    return np.matmul(w.reshape(o, -1), cols).reshape(x.shape[0], o, ho, wo)
+
+
+def _conv_grad_w(x, g, w, stride, padding, dilation):
+    s, p, d = _pair(stride, ""), _pair(padding, ""), _pair(dilation, "")
+    n, o, ho, wo = g.shape
+    cols = _cols(x, w.shape, s, p, d, ho, wo)
+    return np.tensordot(g.reshape(n, o, -1), cols, axes=([0, 2], [0, 2])).reshape(w.shape)
+
+
+def _scatter_taps(dtaps, x_shape, kh, kw, s, p, d, ho, wo):
+    """The adjoint of `_taps`: add each tap's [N, C, Ho, Wo] back into the (padded) input."""
+    n, c, h, wd = x_shape
+    dx = np.zeros((n, c, h + 2 * p[0], wd + 2 * p[1]), dtype=dtaps[0].dtype)
+    for t, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
+        dx[:, :, i * d[0]: i * d[0] + s[0] * (ho - 1) + 1: s[0], j * d[1]: j * d[1] + s[1] * (wo - 1) + 1: s[1]] += dtaps[t]
+    return dx[:, :, p[0]: p[0] + h, p[1]: p[1] + wd]
+
+
+def _conv_grad_x(g, w, x, stride, padding, dilation):
+    s, p, d = _pair(stride, ""), _pair(padding, ""), _pair(dilation, "")
+    n, o, ho, wo = g.shape
+    _, c, kh, kw = w.shape
+    dcols = np.matmul(w.reshape(o, -1).T, g.reshape(n, o, -1))  # [N, C*kh*kw, Ho*Wo]
+    if kh == kw == 1 and s == (1, 1) and p == (0, 0):
+        return dcols.reshape(x.shape)
+    dcols = dcols.reshape(n, c, kh * kw, ho, wo)
+    return _scatter_taps([dcols[:, :, t] for t in range(kh * kw)], x.shape, kh, kw, s, p, d, ho, wo)
+
+
+def _conv_vjp(b, n, g):
+    x, w = n.args
+    a = n.attrs
+    return [lambda: b.conv2d_grad_x(g, w, x, **a), lambda: b.conv2d_grad_w(x, g, w, **a)]
+
+
+op("conv2d", 2, _conv_rule, _conv, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS),
+   doc="2-D convolution (cross-correlation), NCHW input, [O, C, kh, kw] kernel")
+op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x, family="conv", attrs=dict(_CONV_ATTRS), dsl=False,
+   doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")
+op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv", attrs=dict(_CONV_ATTRS), dsl=False,
+   doc="adjoint of conv2d w.r.t. its kernel: (input, g, kernel for the shape)")
+
+
+# -- pooling ----------------------------------------------------------------------------------------
+
+_POOL_ATTRS = {"kernel": REQUIRED, "stride": None, "padding": 0}
+
+
+def _pool_geometry(attrs, what):
+    k = _pair(attrs["kernel"], f"{what} kernel")
+    s = _pair(attrs["stride"] if attrs["stride"] is not None else attrs["kernel"], f"{what} stride")
+    p = _pair(attrs["padding"], f"{what} padding")
+    if min(k) < 1 or min(s) < 1 or min(p) < 0:
+        raise DlcError(f"{what}: kernel and stride must be >= 1 and padding >= 0")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise DlcError(f"{what}: padding {p} must be at most half the kernel {k}")
+    return k, s, p
+
+
+def _pool_rule(what):
+    def rule(types, attrs):
+        x = types[0]
+        if not x.is_float or x.rank != 4:
+            raise DlcError(f"{what} expects an input f32[N, C, H, W], found {x}")
+        k, s, p = _pool_geometry(attrs, what)
+        ho = _out_size(x.shape[2], k[0], s[0], p[0], 1, what, x)
+        wo = _out_size(x.shape[3], k[1], s[1], p[1], 1, what, x)
+        return x.with_shape((x.shape[0], x.shape[1], ho, wo))
+    return rule
+
+
+def _pool_taps(x, kernel, stride, padding, fill):
+    k, s, p = _pool_geometry({"kernel": kernel, "stride": stride, "padding": padding}, "pool")
+    ho = (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1
+    wo = (x.shape[3] + 2 * p[1] - k[1]) // s[1] + 1
+    taps, _ = _taps(x, k[0], k[1], s, p, (1, 1), ho, wo, fill)
+    return taps, (k, s, p, ho, wo)
+
+
+def _maxpool(x, kernel, stride, padding):
+    taps, _ = _pool_taps(x, kernel, stride, padding, -np.inf)
+    return np.maximum.reduce(taps)
+
+
+def _maxpool_grad(g, x, y, kernel, stride, padding):
+    """Each window's gradient goes to its arg-max (the first maximal tap, as PyTorch)."""
+    taps, (k, s, p, ho, wo) = _pool_taps(x, kernel, stride, padding, -np.inf)
+    taken = np.zeros(y.shape, bool)
+    dtaps = []
+    for t in taps:
+        hit = (t == y) & ~taken
+        taken |= hit
+        dtaps.append(np.where(hit, g, 0).astype(g.dtype))
+    return _scatter_taps(dtaps, x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
+
+
+def _avgpool(x, kernel, stride, padding):
+    taps, (k, *_rest) = _pool_taps(x, kernel, stride, padding, 0.0)
+    return np.add.reduce(taps) / (k[0] * k[1])
+
+
+def _avgpool_grad(g, x, kernel, stride, padding):
+    """Padding counts in the divisor (PyTorch's count_include_pad=True)."""
+    _, (k, s, p, ho, wo) = _pool_taps(x, kernel, stride, padding, 0.0)
+    share = g / (k[0] * k[1])
+    return _scatter_taps([share] * (k[0] * k[1]), x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
+
+
+op("maxpool2d", 1, _pool_rule("maxpool2d"), _maxpool,
+   lambda b, n, g: [lambda: b.maxpool2d_grad(g, n.args[0], n.out, **n.attrs)],
+   family="pool", attrs=dict(_POOL_ATTRS), doc="max over kernel windows; stride defaults to the kernel")
+op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool", attrs=dict(_POOL_ATTRS), dsl=False,
+   doc="(g, input, pooled output): g routed to each window's arg-max")
+op("avgpool2d", 1, _pool_rule("avgpool2d"), _avgpool,
+   lambda b, n, g: [lambda: b.avgpool2d_grad(g, n.args[0], **n.attrs)],
+   family="pool", attrs=dict(_POOL_ATTRS), doc="mean over kernel windows (padding counts as zeros)")
+op("avgpool2d_grad", 2, lambda t, a: t[1], _avgpool_grad, family="pool", attrs=dict(_POOL_ATTRS), dsl=False)
+
+
+# -- concat and slice -----------------------------------------------------------------------------
+
+def _concat_rule(types, attrs):
+    t0 = types[0]
+    ax = normalize_axes(attrs["axis"], t0.rank, "concat axis")[0]
+    total = 0
+    for t in types:
+        if t.rank != t0.rank or t.dtype != t0.dtype or any(
+                a != b for i, (a, b) in enumerate(zip(t.shape, t0.shape)) if i != ax):
+            raise DlcError(f"shape mismatch in concat along axis {ax}: {t0} and {t} differ off that axis")
+        if isinstance(t.shape[ax], str):
+            raise DlcError(f"concat along a symbolic dimension ({t}) is not supported")
+        total += t.shape[ax]
+    return t0.with_shape(total if i == ax else d for i, d in enumerate(t0.shape))
+
+
+def _concat_vjp(b, n, g):
+    ax = normalize_axes(n.attrs["axis"], n.type.rank)[0]
+    starts = np.cumsum([0] + [t.shape[ax] for t in n.types]).tolist()
+    return [(lambda lo=lo, hi=hi: b.slice(g, axis=ax, start=lo, stop=hi))
+            for lo, hi in zip(starts[:-1], starts[1:])]
+
+
+def _slice_rule(types, attrs):
+    t = types[0]
+    ax = normalize_axes(attrs["axis"], t.rank, "slice axis")[0]
+    lo, hi = attrs["start"], attrs["stop"]
+    if isinstance(t.shape[ax], str) or not 0 <= lo < hi <= t.shape[ax]:
+        raise DlcError(f"slice [{lo}:{hi}] along axis {ax} is outside {t}")
+    return t.with_shape(hi - lo if i == ax else d for i, d in enumerate(t.shape))
+
+
+def _slice(x, axis, start, stop):
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop)
+    return x[tuple(idx)]
+
+
+op("concat", VARIADIC, _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp,
+   family="concat", attrs={"axis": 1}, doc="join tensors along an axis (default 1, the channels)")
+op("slice", 1, _slice_rule, _slice, family="layout", attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
+   dsl=False, doc="x[start:stop] along one axis (the adjoint of concat)")
