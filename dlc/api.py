@@ -102,6 +102,10 @@ class Model:
         self._inputs = self.graph.inputs
         self._assigns = self.graph.nodes_of("assign")
         self._needs: dict = {}
+        # random ops (dropout) draw from (seed, step); the step counts optimizer steps taken
+        from .ir.ops import OPS
+        self._random = any(OPS[self.graph.op(n)].needs_rng for n in self.graph.nx)
+        self.seed, self.steps = seed, 0
 
     @property
     def params(self) -> Params:
@@ -150,7 +154,7 @@ class Model:
             raise DlcError(f"model {self.name} has no loss to differentiate (add `minimize LOSS with ...`)")
         roots = [m.loss] + list(m.grads.values())
         feeds = self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds)
+        res = self._backend.run(roots, feeds, **self._training())
         return float(res[m.loss]), {p: np.asarray(res[v]) for p, v in m.grads.items()}
 
     def step(self, **inputs) -> float:
@@ -164,7 +168,8 @@ class Model:
             raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
         roots = self._step_roots(fetch_outputs)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds, commit=True)
+        res = self._backend.run(roots, feeds, commit=True, **self._training())
+        self.steps += 1
         outs = {k: res[v] for k, v in m.outputs.items()} if fetch_outputs else None
         return float(res[m.loss]), outs
 
@@ -175,6 +180,10 @@ class Model:
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
         res = self._backend.run(roots, feeds)
         return (float(res[m.loss]) if m.loss else None), {k: res[v] for k, v in m.outputs.items()}
+
+    def _training(self) -> dict:
+        """Run options for training mode: dropout draws its mask for this step."""
+        return {"rng": (self.seed, self.steps)} if self._random else {}
 
     def _step_roots(self, fetch_outputs: bool):
         m = self.graph.meta

@@ -55,11 +55,48 @@ def cmd_check(args) -> int:
     print("outputs:")
     for k, v in m.outputs.items():
         print(f"  {k:<16} {g.type(v)}")
+    _print_layers(g)
     if m.loss:
         opt = m.optimizer
-        settings = ", ".join(f"{k}={v}" for k, v in opt[1].items())
+        from .ir.text import fmt_value
+        settings = ", ".join(f"{k}={fmt_value(v)}" for k, v in opt[1].items())
         print(f"minimize {m.loss} with {opt[0]}({settings})")
     return 0
+
+
+def layers(g):
+    """Forward nodes grouped by the model-level binding they belong to (`i3a.b3.conv2d` -> `i3a`):
+    per group, the output type, the params it uses first, and FLOPs per example."""
+    from .ir.ops import flops
+    groups: dict[str, dict] = {}
+    owner = {}
+    for n in g.order():
+        op = g.op(n)
+        if op in ("input", "param", "state", "const"):
+            continue
+        key = n.split(".")[0]
+        grp = groups.setdefault(key, {"out": None, "params": [], "flops": 0})
+        grp["flops"] += flops(g, n)
+        if n == key:
+            grp["out"] = g.type(n)
+        for a in g.operands(n):
+            if g.op(a) == "param" and a not in owner:
+                owner[a] = key
+                grp["params"].append(a)
+    return groups
+
+
+def _print_layers(g) -> None:
+    groups = layers(g)
+    print("layers (forward, per example):")
+    print(f"  {'layer':<16} {'output':<22} {'params':>10} {'FLOPs':>14}")
+    total_p = total_f = 0
+    for k, grp in groups.items():
+        np_ = sum(g.type(p).numel() for p in grp["params"])
+        total_p += np_
+        total_f += grp["flops"]
+        print(f"  {k:<16} {str(grp['out'] or ''):<22} {np_:>10,} {grp['flops']:>14,}")
+    print(f"  {'total':<16} {'':<22} {total_p:>10,} {total_f:>14,}")
 
 
 # -- compile ----------------------------------------------------------------------------------

@@ -418,6 +418,8 @@ class _Lowerer:
                     raise DlcError(f"{e.fn}() has no setting '{k}'" +
                                    (f" (settings: {', '.join(attr_names)})" if attr_names else ""), a.loc)
                 attrs[k] = _attr_value(self.expr(a, scope, ctx), a.loc)
+            if d.needs_rng and "salt" not in attrs:  # each random op draws its own stream
+                attrs["salt"] = len(g.nodes_of(e.fn))
             return Tensor(g.add(e.fn, operands, attrs, name=name or ctx.temp(e.fn), loc=e.loc))
         if e.fn in self.funcs:
             return self.call_func(self.funcs[e.fn], e, scope, ctx, name)

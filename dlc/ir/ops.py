@@ -38,6 +38,7 @@ class OpDef:
     attrs: dict = field(default_factory=dict)  # attribute -> default (REQUIRED if none)
     dsl: bool = True               # callable by name from .dln
     needs_dims: bool = False       # ref also gets `dims=` (bound symbolic dimensions)
+    needs_rng: bool = False        # ref also gets `rng=(seed, step)` in training, None in inference
     doc: str = ""
 
     def complete_attrs(self, attrs: dict, loc=None) -> dict:
@@ -365,8 +366,59 @@ op("l1", 1, _scalar_loss("l1"), lambda x: np.abs(x).sum(),
 op("l2", 1, _scalar_loss("l2"), lambda x: np.square(x).sum(),
    lambda b, n, g: [lambda: b.mul(b.mul(b.const(2.0), g), n.args[0])], family="reduce", doc="sum of x^2")
 
+# dropout: in training, zero each element with probability p and scale the rest by 1/(1-p); the
+# mask comes from Philox (philox.py) keyed by the seed and the op's salt, counted by element and
+# step, so every backend draws the same mask. In inference it is the identity. Given the mask it
+# is linear, so its derivative is the same dropout applied to the adjoint.
+def _dropout_rule(types, attrs):
+    _floats("dropout", types)
+    p = attrs["p"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise DlcError(f"dropout probability must be in [0, 1), found {p!r}")
+    return types[0]
+
+
+def _dropout(x, p, salt, rng):
+    if rng is None or p == 0:
+        return x
+    from .philox import keep_mask
+    seed, step = rng
+    return np.where(keep_mask(seed, salt, step, x.shape, p), x * x.dtype.type(1.0 / (1.0 - p)), 0).astype(x.dtype)
+
+
+op("dropout", 1, _dropout_rule, _dropout, lambda b, n, g: [lambda: b.dropout(g, **n.attrs)],
+   family="dropout", attrs={"p": REQUIRED, "salt": 0}, needs_rng=True,
+   doc="training: x * mask / (1 - p), mask ~ Bernoulli(1 - p) from Philox; inference: x")
+
 # state update: operand 0 (a param or state) takes the value of operand 1 at the end of the step
 op("assign", 2, _assign_rule, None, family="assign", dsl=False)
+
+
+def flops(graph, n: str, dims: dict | None = None) -> int:
+    """Floating-point operations of one node (a multiply-add counts 2), with symbolic dims bound
+    by `dims` (default: every symbol is 1, i.e. per example)."""
+    def size(t):
+        return int(np.prod([dims.get(d, 1) if isinstance(d, str) else d for d in t.shape]))
+    dims = dims or {}
+    op, out = graph.op(n), graph.type(n)
+    args = [graph.type(a) for a in graph.operands(n)]
+    fam = OPS[op].family
+    if op == "matmul":
+        a, at = args[0], graph.attrs(n)["ta"]
+        k = a.shape[0] if at else a.shape[1]
+        return 2 * size(out) * (dims.get(k, 1) if isinstance(k, str) else k)
+    if op == "conv2d":
+        _, c, kh, kw = args[1].shape
+        return 2 * size(out) * c * kh * kw
+    if op in ("maxpool2d", "avgpool2d"):
+        k = graph.attrs(n)["kernel"]
+        kh, kw = (k, k) if isinstance(k, int) else k
+        return size(out) * kh * kw
+    if fam in ("source", "layout", "assign", "shape", "concat"):
+        return 0
+    if fam in ("elementwise", "dropout"):
+        return size(out)
+    return sum(size(t) for t in args if t.is_float)  # reductions, softmax, losses: one pass over the input
 
 
 class Builder:

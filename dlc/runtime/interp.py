@@ -56,11 +56,15 @@ class Interpreter:
                 attrs = dict(g.attrs(n))
                 if d.needs_dims:
                     attrs["dims"] = None  # filled in per run
+                if d.needs_rng:
+                    attrs["rng"] = None   # filled in per run
                 steps.append((n, d.ref, args, attrs))
         return steps, assigns
 
-    def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None) -> dict[str, np.ndarray]:
-        """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments."""
+    def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
+            rng: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
+        `rng=(seed, step)` runs in training mode (dropout draws its mask); None is inference."""
         roots = tuple(roots)
         prog = self._programs.get(roots)
         if prog is None:
@@ -72,6 +76,8 @@ class Interpreter:
         for n, fn, args, attrs in steps:
             if "dims" in attrs:
                 attrs = dict(attrs, dims=dims or self._dims(feeds))
+            if "rng" in attrs:
+                attrs = dict(attrs, rng=rng)
             try:
                 env[n] = fn(*[env[a] for a in args], **attrs)
             except DlcError as e:
