@@ -94,6 +94,7 @@ class Model:
         self.name = self.graph.meta.name
         self.backend = backend
         self.path = path
+        self.float_dtype = np.dtype(float_dtype)
         self._backend = make_backend(backend, self.graph, float_dtype)
         self._backend.set_state(initial_state(self.graph, seed))
         m = self.graph.meta
@@ -130,7 +131,7 @@ class Model:
         if unknown:
             raise DlcError(f"'{unknown[0]}' is not an input of model {self.name} (inputs: {', '.join(g.inputs)})")
         # only the inputs a computation needs must be given (forward needs no labels)
-        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs")
+        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs", float_dtype=self.float_dtype)
         return feeds
 
     def _need(self, roots) -> list[str]:

@@ -33,7 +33,8 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise DlcError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})")
 
 
-def check_feeds(g: Graph, feeds: dict, where: str = "data", check_finite: bool = False) -> tuple[dict, dict]:
+def check_feeds(g: Graph, feeds: dict, where: str = "data", check_finite: bool = False,
+                float_dtype="float32") -> tuple[dict, dict]:
     """Check arrays against the model's inputs; returns (feeds cast to the input dtypes, bound dims)."""
     unknown = sorted(set(feeds) - set(g.inputs))
     if unknown and where != "data file":
@@ -66,7 +67,7 @@ def check_feeds(g: Graph, feeds: dict, where: str = "data", check_finite: bool =
         else:
             if a.dtype.kind not in "fiub":
                 raise DlcError(f"{where}: input '{n}' should hold numbers, found {a.dtype}")
-            a = a.astype(np.float32, copy=False)
+            a = a.astype(float_dtype, copy=False)
             if check_finite and not np.isfinite(a).all():
                 bad = np.argwhere(~np.isfinite(a))[0]
                 raise DlcError(f"{where}: input '{n}' has a NaN or infinity at index {tuple(int(i) for i in bad)}")
