@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 
 from .dsl.frontend import lower
-from .ir.errors import DlcError
+from .ir.errors import DlcError, file_error
 from .ir.text import print_ir
 from .passes.manager import run_pipeline
 from .runtime.backends import make_backend, resolve
@@ -26,18 +26,19 @@ from .runtime.init import initial_state
 
 def read_source(source) -> tuple[str, str]:
     """(text, file name) from a path or from `.dln` text."""
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and "{" not in source):
+    if isinstance(source, Path) or (isinstance(source, str) and source.strip() and "\n" not in source
+                                    and "{" not in source):
         p = Path(source)
         if not p.exists():
-            raise DlcError(f"{p}: no such file")
+            raise file_error(p, "no such file")
         if p.is_dir():
-            raise DlcError(f"{p}: is a directory, expected a .dln file")
+            raise file_error(p, "is a directory, expected a .dln file")
         try:
             return p.read_text(), str(p)
         except UnicodeDecodeError:
-            raise DlcError(f"{p}: not a text file (it is not valid UTF-8)")
+            raise file_error(p, "not a text file (it is not valid UTF-8)")
         except OSError as e:
-            raise DlcError(f"{p}: cannot be read ({e.strerror})")
+            raise file_error(p, f"cannot be read ({e.strerror})")
     return source, "<string>"
 
 
@@ -131,7 +132,7 @@ class Model:
         if unknown:
             raise DlcError(f"'{unknown[0]}' is not an input of model {self.name} (inputs: {', '.join(g.inputs)})")
         # only the inputs a computation needs must be given (forward needs no labels)
-        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs", float_dtype=self.float_dtype)
+        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs: ", float_dtype=self.float_dtype)
         return feeds
 
     def _need(self, roots) -> list[str]:

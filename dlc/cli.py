@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ir.errors import DlcError
+from .ir.errors import DlcError, file_error
 
 EMITS = ("ir", "dot", "cuda", "plan")
 
@@ -135,8 +135,11 @@ def cmd_compile(args) -> int:
         files[f"dumps/{fname}"] = text
     out = Path(args.output)
     if out.exists() and not out.is_dir():
-        raise DlcError(f"{out}: exists and is not a folder")
-    (out / "dumps").mkdir(parents=True, exist_ok=True) if res.dumps else out.mkdir(parents=True, exist_ok=True)
+        raise file_error(out, "exists and is not a folder")
+    try:
+        (out / "dumps" if res.dumps else out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise file_error(out, f"cannot create the output folder ({e.strerror})")
     for fname, text in files.items():
         atomic_write(out / fname, lambda f, t=text: f.write(t.encode()))
         print(f"wrote {out / fname}")
@@ -170,6 +173,8 @@ def cmd_run(args) -> int:
         p = getattr(args, flag)
         if p and not Path(p).parent.exists():
             raise DlcError(f"--{flag.replace('_', '-')}: folder {Path(p).parent} does not exist")
+        if p and Path(p).is_dir():
+            raise DlcError(f"--{flag.replace('_', '-')}: {p} is a folder, expected a file name")
     from .runtime.backends import resolve
     from .runtime.init import initial_state
     backend = resolve(args.backend)

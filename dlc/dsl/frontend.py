@@ -65,7 +65,8 @@ def parse(text: str, file: str) -> list:
         raise DlcError(f"syntax error: unexpected {found}; expected {_describe_expected(e.expected)}",
                        Loc(file, e.line if e.line > 0 else text.count("\n") + 1, max(e.column, 1)), text)
     except UnexpectedCharacters as e:
-        raise DlcError(f"syntax error: unexpected character {text[e.pos_in_stream]!r}",
+        allowed = f"; expected {_describe_expected(e.allowed)}" if e.allowed else ""
+        raise DlcError(f"syntax error: unexpected character {text[e.pos_in_stream]!r}{allowed}",
                        Loc(file, e.line, e.column), text)
     except UnexpectedEOF as e:
         lines = text.splitlines() or [""]

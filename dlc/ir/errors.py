@@ -17,7 +17,12 @@ class Loc:
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+
+
+def file_error(path, message: str) -> "DlcError":
+    """An error about a whole file (a data, weights or model file): printed `PATH: error: ...`."""
+    return DlcError(message, Loc(str(path), 0, 0))
 
 
 class DlcError(Exception):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ir.errors import DlcError
+from ..ir.errors import DlcError, Loc, file_error
 from ..ir.graph import Graph
 from ..ir.types import fmt_shape
 
@@ -21,24 +21,27 @@ from ..ir.types import fmt_shape
 def read_npz(path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
-        raise DlcError(f"{p}: no such file")
+        raise file_error(p, f"no such file")
     if p.is_dir():
-        raise DlcError(f"{p}: is a directory, expected an .npz file")
+        raise file_error(p, f"is a directory, expected an .npz file")
+    if not zipfile.is_zipfile(p):
+        raise file_error(p, "not an .npz file (expected a zip archive of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except PermissionError:
-        raise DlcError(f"{p}: permission denied")
+        raise file_error(p, f"permission denied")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DlcError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})")
+        raise file_error(p, f"not a readable .npz file ({type(e).__name__}: {e})")
 
 
-def check_feeds(g: Graph, feeds: dict, where: str = "data", check_finite: bool = False,
-                float_dtype="float32") -> tuple[dict, dict]:
-    """Check arrays against the model's inputs; returns (feeds cast to the input dtypes, bound dims)."""
+def check_feeds(g: Graph, feeds: dict, where: str = "", check_finite: bool = False,
+                float_dtype="float32", allow_extra: bool = False) -> tuple[dict, dict]:
+    """Check arrays against the model's inputs; returns (feeds cast to the input dtypes, bound dims).
+    `where` prefixes each message (e.g. "inputs: "); `allow_extra` ignores arrays that are not inputs."""
     unknown = sorted(set(feeds) - set(g.inputs))
-    if unknown and where != "data file":
-        raise DlcError(f"{where}: '{unknown[0]}' is not an input of model {g.meta.name} "
+    if unknown and not allow_extra:
+        raise DlcError(f"{where}'{unknown[0]}' is not an input of model {g.meta.name} "
                        f"(inputs: {', '.join(g.inputs)})")
     dims: dict[str, tuple[int, str]] = {}
     out = {}
@@ -46,44 +49,47 @@ def check_feeds(g: Graph, feeds: dict, where: str = "data", check_finite: bool =
         t = g.type(n)
         if n not in feeds:
             have = ", ".join(sorted(feeds)) or "nothing"
-            raise DlcError(f"{where}: no array for input '{n}' : {t} (it has: {have})")
+            raise DlcError(f"{where}no array for input '{n}' : {t} (it has: {have})")
         a = np.asarray(feeds[n])
         if a.ndim != t.rank:
-            raise DlcError(f"{where}: input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
+            raise DlcError(f"{where}input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
         for d, v in zip(t.shape, a.shape):
             if isinstance(d, str):
                 if d in dims and dims[d][0] != v:
-                    raise DlcError(f"{where}: input '{n}' has {d}={v}, but input '{dims[d][1]}' has "
+                    raise DlcError(f"{where}input '{n}' has {d}={v}, but input '{dims[d][1]}' has "
                                    f"{d}={dims[d][0]}")
                 dims.setdefault(d, (v, n))
             elif d != v:
-                raise DlcError(f"{where}: input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
+                raise DlcError(f"{where}input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
         if t.dtype == "i32":
             if a.dtype.kind not in "iu":
-                raise DlcError(f"{where}: input '{n}' holds integer labels ({t}), found {a.dtype} values")
+                raise DlcError(f"{where}input '{n}' holds integer labels ({t}), found {a.dtype} values")
             if a.size and (a.max() > 2**31 - 1 or a.min() < -2**31):
-                raise DlcError(f"{where}: input '{n}' has values beyond the i32 range")
+                raise DlcError(f"{where}input '{n}' has values beyond the i32 range")
             a = a.astype(np.int32, copy=False)
         else:
             if a.dtype.kind not in "fiub":
-                raise DlcError(f"{where}: input '{n}' should hold numbers, found {a.dtype}")
+                raise DlcError(f"{where}input '{n}' should hold numbers, found {a.dtype}")
             a = a.astype(float_dtype, copy=False)
             if check_finite and not np.isfinite(a).all():
                 bad = np.argwhere(~np.isfinite(a))[0]
-                raise DlcError(f"{where}: input '{n}' has a NaN or infinity at index {tuple(int(i) for i in bad)}")
+                raise DlcError(f"{where}input '{n}' has a NaN or infinity at index {tuple(int(i) for i in bad)}")
         out[n] = a
     return out, {k: v for k, (v, _) in dims.items()}
 
 
 def load_data(path, g: Graph) -> tuple[dict, int]:
     """Arrays for every input from an .npz (extra arrays are ignored); returns (feeds, N)."""
-    feeds, dims = check_feeds(g, read_npz(path), where=f"{path}", check_finite=True)
+    try:
+        feeds, dims = check_feeds(g, read_npz(path), check_finite=True, allow_extra=True)
+    except DlcError as e:
+        raise e.located(Loc(str(path), 0, 0))
     sizes = {len(v) for v in feeds.values() if v.ndim}
     if len(sizes) != 1:
-        raise DlcError(f"{path}: inputs have different numbers of examples {sorted(sizes)}")
+        raise file_error(path, f"inputs have different numbers of examples {sorted(sizes)}")
     n = sizes.pop()
     if n == 0:
-        raise DlcError(f"{path}: holds no examples")
+        raise file_error(path, f"holds no examples")
     return feeds, n
 
 
@@ -91,12 +97,20 @@ def atomic_write(path, write) -> None:
     """Write a file through a temporary in the same folder, so a failure leaves nothing half written."""
     p = Path(path)
     if p.parent and not p.parent.exists():
-        raise DlcError(f"{p}: folder {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent or ".")
+        raise file_error(p, f"folder {p.parent} does not exist")
+    if p.is_dir():
+        raise file_error(p, "is a folder, expected a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent or ".")
+    except OSError as e:
+        raise file_error(p, f"cannot write ({e.strerror})")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, p)
+    except OSError as e:
+        os.path.exists(tmp) and os.unlink(tmp)
+        raise file_error(p, f"cannot write ({e.strerror})")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -114,19 +128,19 @@ def load_weights(path, g: Graph) -> dict[str, np.ndarray]:
     missing = [p for p in want if p not in arrays]
     extra = sorted(set(arrays) - set(want))
     if missing:
-        raise DlcError(f"{path}: no array for param '{missing[0]}' : {want[missing[0]]}"
+        raise file_error(path, f"no array for param '{missing[0]}' : {want[missing[0]]}"
                        + (f" ({len(missing)} params missing)" if len(missing) > 1 else ""))
     if extra:
-        raise DlcError(f"{path}: array '{extra[0]}' is not a param of model {g.meta.name} "
+        raise file_error(path, f"array '{extra[0]}' is not a param of model {g.meta.name} "
                        f"(params: {', '.join(want)})")
     out = {}
     for p, t in want.items():
         a = arrays[p]
         if tuple(a.shape) != t.shape:
-            raise DlcError(f"{path}: param '{p}' should be {t}, found shape {fmt_shape(a.shape)}")
+            raise file_error(path, f"param '{p}' should be {t}, found shape {fmt_shape(a.shape)}")
         if a.dtype.kind != "f":
-            raise DlcError(f"{path}: param '{p}' should hold floats, found {a.dtype}")
+            raise file_error(path, f"param '{p}' should hold floats, found {a.dtype}")
         if not np.isfinite(a).all():
-            raise DlcError(f"{path}: param '{p}' holds NaN or infinity")
+            raise file_error(path, f"param '{p}' holds NaN or infinity")
         out[p] = a.astype(np.float32)
     return out

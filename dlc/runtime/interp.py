@@ -91,6 +91,8 @@ class Interpreter:
     def _dims(self, feeds) -> dict[str, int]:
         dims = {}
         for n in self.graph.inputs:
+            if n not in feeds:  # forward needs no labels
+                continue
             for d, v in zip(self.graph.type(n).shape, feeds[n].shape):
                 if isinstance(d, str):
                     dims[d] = v

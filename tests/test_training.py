@@ -1,0 +1,61 @@
+"""The README's training claims, checked by running the examples exactly as documented."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dlc_cli(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("DLC_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"dlc {' '.join(map(str, args))}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def _metrics(example: str, tmp_path: Path) -> dict:
+    out = tmp_path / "m.json"
+    dlc_cli("run", f"examples/{example}.dln", "--no-progress", "--metrics-json", out)
+    return json.loads(out.read_text())
+
+
+def test_quick_start_mlp(tmp_path):
+    """`dlc run examples/mlp.dln`, exactly as the README's quick start, from the project root."""
+    r = dlc_cli("run", "examples/mlp.dln")
+    m = re.search(r"held-out accuracy ([0-9.]+) on (\d+) examples", r.stdout)
+    assert m, r.stdout
+    shown, n_val = float(m.group(1)), int(m.group(2))
+    assert shown >= 0.95, r.stdout
+    assert n_val == round(0.2 * 1797)  # 20% of the digits held out
+    assert re.search(r"epoch\s+20/20", r.stdout), r.stdout  # every epoch reported
+
+    metrics = _metrics("mlp", tmp_path)
+    assert metrics["val_accuracy"] >= 0.95
+    assert metrics["val_accuracy"] == pytest.approx(shown, abs=5e-5)  # same run, same seed
+    assert metrics["val_examples"] == n_val
+    assert metrics["epochs"] == 20 and len(metrics["history"]) == 20
+
+
+@pytest.mark.parametrize("example,at_least", [("logreg", 0.93), ("deep_mlp", 0.95)])
+def test_digits_examples_reach_their_accuracy(example, at_least, tmp_path):
+    metrics = _metrics(example, tmp_path)
+    assert metrics["val_examples"] > 0
+    assert metrics["val_accuracy"] >= at_least, metrics
+    hist = metrics["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"], "the training loss did not go down"
+
+
+def test_xor_is_solved(tmp_path):
+    metrics = _metrics("xor", tmp_path)
+    assert metrics["accuracy"] == 1.0, metrics
+    assert metrics["loss"] < 0.05, metrics
