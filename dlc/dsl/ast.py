@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import json
+import math
+
 from lark import Lark, Transformer, v_args
 
-from ..ir.errors import Loc
+from ..ir.errors import DlcError, Loc
+
+MAX_INT = 2**62  # integer literals beyond this are mistakes, and would overflow float()
 
 
 @dataclass
@@ -221,12 +226,23 @@ class ToAst(Transformer):
     def number(self, c):
         tok = c[0]
         s = str(tok)
-        v = float(s) if any(ch in s for ch in ".eE") else int(s)
+        if any(ch in s for ch in ".eE"):
+            v = float(s)
+            if not math.isfinite(v):
+                raise DlcError(f"number {s[:20]}{'...' * (len(s) > 20)} is too large", self._loc(tok))
+        else:
+            if len(s) > 18 or int(s) > MAX_INT:
+                raise DlcError(f"integer {s[:20]}{'...' * (len(s) > 20)} is too large (at most {MAX_INT})",
+                               self._loc(tok))
+            v = int(s)
         return Num(self._loc(tok), v)
 
     def string(self, c):
-        import json
-        return Str(self._loc(c[0]), json.loads(c[0]))
+        try:
+            return Str(self._loc(c[0]), json.loads(c[0], strict=False))
+        except ValueError:
+            raise DlcError(f"invalid string literal {c[0]} (escapes allowed: \\\\ \\\" \\n \\t \\uXXXX)",
+                           self._loc(c[0]))
 
     @v_args(meta=True)
     def dotted(self, meta, c):
@@ -246,12 +262,10 @@ class ToAst(Transformer):
         for a in c:
             if isinstance(a, tuple):
                 if a[0] in kwargs:
-                    from ..ir.errors import DlcError
                     raise DlcError(f"argument '{a[0]}' given twice", a[2])
                 kwargs[a[0]] = a[1]
             else:
                 if kwargs:
-                    from ..ir.errors import DlcError
                     raise DlcError("a positional argument follows a keyword argument", a.loc)
                 args.append(a)
         return (args, kwargs)

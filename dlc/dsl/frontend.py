@@ -252,6 +252,8 @@ class _Lowerer:
                 v = self.expr(given[k], scope, _Stmt("setting", 0))
                 if isinstance(v, (Tensor, Sym, list)):
                     raise DlcError(f"{what}: {k} must be a constant", given[k].loc)
+                if default is REQUIRED and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))):
+                    raise DlcError(f"{what}: {k} must be a number, found {_show(v)}", given[k].loc)
                 if default is not None and default is not REQUIRED:
                     if isinstance(default, bool) and not isinstance(v, bool) or \
                        isinstance(default, float) and not isinstance(v, (int, float)) or isinstance(v, str):

@@ -45,8 +45,8 @@ class DlcError(Exception):
     def __str__(self) -> str:
         head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
         if self.loc and self.source:
-            lines = self.source.splitlines()
+            lines = self.source.split("\n")  # Lark counts lines by \n only
             if 1 <= self.loc.line <= len(lines):
-                text = lines[self.loc.line - 1].expandtabs(1)
+                text = lines[self.loc.line - 1].rstrip("\r").expandtabs(1)
                 head += f"\n    {text}\n    {' ' * (self.loc.col - 1)}^"
         return head

@@ -134,7 +134,7 @@ class Graph:
         """The text of the `.dln` line a location points at, when known."""
         if loc is None or loc.file not in self.sources:
             return None
-        lines = self.sources[loc.file].splitlines()
+        lines = self.sources[loc.file].split("\n")  # as the parser counts lines
         return lines[loc.line - 1].strip() if 1 <= loc.line <= len(lines) else None
 
     def roots(self) -> list[str]:

@@ -135,6 +135,9 @@ def _matmul_rule(types, attrs):
 def _transpose_rule(types, attrs):
     t = types[0]
     perm = attrs["perm"]
+    if perm is not None and not (isinstance(perm, (list, tuple)) and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in perm)):
+        raise DlcError(f"transpose perm must be a list of axes such as [1, 0], found {perm!r}")
     perm = tuple(reversed(range(t.rank))) if perm is None else tuple(perm)
     if sorted(perm) != list(range(t.rank)):
         raise DlcError(f"transpose perm {list(perm)} is not a permutation of the {t.rank} axes of {t}")
@@ -152,6 +155,8 @@ def _reshape_rule(types, attrs):
 def _axis_rule(name):
     def rule(types, attrs):
         _floats(name, types)
+        if not isinstance(attrs["axis"], int) or isinstance(attrs["axis"], bool):
+            raise DlcError(f"{name} takes one axis, found {attrs['axis']!r}")
         normalize_axes(attrs["axis"], types[0].rank)
         return types[0]
     return rule

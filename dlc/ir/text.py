@@ -13,11 +13,12 @@ and prints to the same text, so passes are tested as "this text in, that text ou
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 from lark import Lark, Transformer, v_args
-from lark.exceptions import LarkError, UnexpectedInput
+from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from .errors import DlcError, Loc
 from .graph import Graph
@@ -32,6 +33,8 @@ def fmt_value(v) -> str:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
@@ -45,6 +48,15 @@ def fmt_attrs(attrs: dict) -> str:
     return "[" + ", ".join(f"{k}={fmt_value(v)}" for k, v in attrs.items()) + "]" if attrs else ""
 
 
+_PLAIN_FILE = re.compile(r"[^\s:@\"]+\Z")
+
+
+def fmt_loc(loc) -> str:
+    """FILE:LINE:COL, the file quoted when it holds a space, ':', '@' or a quote."""
+    f = loc.file if _PLAIN_FILE.match(loc.file) else json.dumps(loc.file)
+    return f"{f}:{loc.line}:{loc.col}"
+
+
 def print_ir(g: Graph) -> str:
     m = g.meta
     lines = [f"model {m.name} stage={m.stage}"]
@@ -52,7 +64,7 @@ def print_ir(g: Graph) -> str:
         args = ", ".join(f"%{a}" for a in g.operands(n))
         line = f"%{n} : {g.type(n)} = {g.op(n)}{fmt_attrs(g.attrs(n))}({args})"
         loc = g.loc(n)
-        lines.append(f"{line}  @ {loc}" if loc else line)
+        lines.append(f"{line}  @ {fmt_loc(loc)}" if loc else line)
     for name, v in m.outputs.items():
         lines.append(f"output {name} = %{v}")
     if m.loss:
@@ -83,6 +95,9 @@ class _ToItems(Transformer):
     def word(self, tok):
         return {"true": True, "false": False, "null": None}.get(str(tok), str(tok))
 
+    def special(self, tok):
+        return float(str(tok))
+
     def list(self, *items):
         return [] if items == (None,) else list(items)
 
@@ -99,7 +114,7 @@ class _ToItems(Transformer):
         return TensorType(str(dtype), () if dims == (None,) else tuple(dims))
 
     def loc(self, f, line, col):
-        return Loc(str(f), int(line), int(col))
+        return Loc(json.loads(f) if f.type == "ESCAPED_STRING" else str(f), int(line), int(col))
 
 
 def _val(tok) -> str:
@@ -112,6 +127,12 @@ def parse_ir(text: str, file: str = "<ir>") -> Graph:
         tree = _ToItems().transform(_parser.parse(text if text.endswith("\n") else text + "\n"))
     except UnexpectedInput as e:
         raise DlcError(f"IR syntax error: unexpected {_what(e)}", Loc(file, e.line, e.column), text)
+    except VisitError as e:  # a bad value inside a well-formed line, e.g. an unknown dtype
+        if not isinstance(e.orig_exc, DlcError):
+            raise
+        meta = getattr(e.obj, "meta", None)
+        line, col = (meta.line, meta.column) if meta is not None and not meta.empty else (1, 1)
+        raise DlcError(e.orig_exc.message, Loc(file, line, col), text)
     except (LarkError, ValueError) as e:
         raise DlcError(f"IR syntax error: {e}", Loc(file, 1, 1), text)
     header, *items = tree.children

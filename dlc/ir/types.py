@@ -85,6 +85,8 @@ def normalize_axes(axes, rank: int, what: str = "axis") -> tuple[int, ...]:
         return tuple(range(rank))
     if isinstance(axes, int):
         axes = (axes,)
+    if not isinstance(axes, (list, tuple)):
+        raise DlcError(f"{what} must be an integer or a list of integers, found {axes!r}")
     out = []
     for a in axes:
         if not isinstance(a, int) or isinstance(a, bool):

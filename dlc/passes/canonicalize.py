@@ -13,6 +13,21 @@ from ..ir.ops import OPS
 _KEEP = ("input", "param", "state", "assign")  # the model's interface and its effects
 
 
+def replace_node(g: Graph, n: str, op: str, operands, attrs) -> None:
+    """Put a new op application in the place of `n`: same name, same position in the order."""
+    seq, loc = g.nx.nodes[n]["seq"], g.loc(n)
+    new = g.add(op, operands, attrs, name=f"{n}.new", loc=loc)
+    g.replace_uses(n, new)
+    g.remove(n)
+    nx.relabel_nodes(g.nx, {new: n}, copy=False)
+    g.nx.nodes[n]["seq"] = seq
+    m = g.meta
+    m.outputs = {k: (n if v == new else v) for k, v in m.outputs.items()}
+    m.grads = {k: (n if v == new else v) for k, v in m.grads.items()}
+    if m.loss == new:
+        m.loss = n
+
+
 def fold_transpose(g: Graph) -> Graph:
     """matmul(transpose(a), b) -> matmul[ta](a, b): the product reads its operand transposed,
     so no transpose kernel runs."""
@@ -28,9 +43,7 @@ def fold_transpose(g: Graph) -> Graph:
                 attrs[flag] = not attrs[flag]
                 changed = True
         if changed:
-            new = g.add("matmul", args, attrs, name=n, loc=g.loc(n))
-            g.replace_uses(n, new)
-            g.remove(n)
+            replace_node(g, n, "matmul", args, attrs)
     return dce(g)
 
 
@@ -55,14 +68,7 @@ def constant_fold(g: Graph) -> Graph:
             if not np.isfinite(value):
                 value = None  # keep it visible rather than bake an inf into the model
         if value is not None:
-            c = g.add("const", [], {"value": value}, name=f"{n}.folded", loc=g.loc(n))
-            g.replace_uses(n, c)
-            g.remove(n)
-            nx.relabel_nodes(g.nx, {c: n}, copy=False)
-            g.meta.outputs = {k: (n if v == c else v) for k, v in g.meta.outputs.items()}
-            g.meta.grads = {k: (n if v == c else v) for k, v in g.meta.grads.items()}
-            if g.meta.loss == c:
-                g.meta.loss = n
+            replace_node(g, n, "const", [], {"value": value})
     return dce(g)
 
 
