@@ -262,12 +262,11 @@ def _accuracy(m, weights: dict, data: Path) -> float:
     return float(((out > 0.5) == (feeds[target] > 0.5)).mean())
 
 
-@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+# only models that train have an accuracy to reproduce (bottleneck minimises nothing)
+@pytest.mark.parametrize("name", [n for n in EXAMPLE_NAMES if "minimize" in (EXAMPLES / f"{n}.dln").read_text()])
 def test_load_with_zero_epochs_reproduces_saved_accuracy(name, runs):
     _, d, _, _ = runs[name]
     m = _example_info(name)
-    if not m.trainable:
-        pytest.skip(f"{name} minimises nothing: it has no accuracy to reproduce")
     dlc_cli("run", EXAMPLES / f"{name}.dln", "--backend", "interp", "--data", "data.npz", "--epochs", "0",
             "--load", "w.npz", "--no-progress", "--metrics-json", "m0.json", cwd=d)
     m0 = json.loads((d / "m0.json").read_text())

@@ -124,7 +124,8 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
         raise DlcError("expression nested too deeply", Loc(file, 1, 1))
 
 
-_SPECIAL = {"l1", "l2"}  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
+_SPECIAL = {"l1", "l2"}
+_UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split"}  # settings that must lie in [0, 1)  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
 
 
 class _Scope:
@@ -256,15 +257,20 @@ class _Lowerer:
                     raise DlcError(f"{what}: {k} must be a number, found {_show(v)}", given[k].loc)
                 if default is not None and default is not REQUIRED:
                     if isinstance(default, bool) and not isinstance(v, bool) or \
-                       isinstance(default, float) and not isinstance(v, (int, float)) or isinstance(v, str):
+                       isinstance(default, float) and (isinstance(v, bool) or not isinstance(v, (int, float))) \
+                       or isinstance(v, str):
                         raise DlcError(f"{what}: {k} must be {type(default).__name__}, found {v!r}", given[k].loc)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                     raise DlcError(f"{what}: {k} must not be negative, found {v}", given[k].loc)
+                if k in _UNIT_RANGE and not 0 <= v < 1:
+                    raise DlcError(f"{what}: {k} must be in [0, 1), found {v}", given[k].loc)
                 out[k] = float(v) if isinstance(default, float) else v
             elif default is REQUIRED:
                 raise DlcError(f"{what} needs the setting '{k}'", s.loc)
             elif default is not None:
                 out[k] = default
+        if isinstance(s, A.Minimize) and out.get("nesterov") and not out.get("momentum"):
+            raise DlcError(f"{what}: nesterov needs a momentum greater than 0", s.loc)
         return out
 
     def define(self, scope: _Scope, name: str, value, loc: Loc):

@@ -51,10 +51,26 @@ class OpDef:
                 if v is REQUIRED:
                     raise DlcError(f"{self.name}() needs the argument '{k}'", loc)
                 attrs[k] = v
+            elif not _fits(attrs[k], v):
+                kind = {bool: "true or false", int: "an integer or a list of integers",
+                        float: "a number"}[type(v)]
+                raise DlcError(f"{self.name}(): {k} must be {kind}, found {attrs[k]!r}", loc)
         return {k: attrs[k] for k in self.attrs}  # the declared order, so text is stable
 
 
 OPS: dict[str, OpDef] = {}
+
+
+def _fits(value, default) -> bool:
+    """Whether an attribute value has the kind its default has (bool, int or list of ints, number)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        ints = value if isinstance(value, (list, tuple)) else [value]
+        return all(isinstance(i, int) and not isinstance(i, bool) for i in ints)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True  # None or REQUIRED: the op's shape rule checks
 
 
 def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:

@@ -126,6 +126,8 @@ def reshape_shape(src: tuple, target: tuple) -> tuple:
             if s not in rest:
                 raise DlcError(f"cannot reshape {fmt_shape(src)} to {fmt_shape(target)}")
             rest.remove(s)
+        if len(rest) == 1 and sk == tk:  # -1 stands for the one symbol left, e.g. [N, 12] -> [-1, 4, 3]
+            return tuple(rest[0] if d == -1 else d for d in target)
         if rest or sk % tk:
             raise DlcError(f"cannot reshape {fmt_shape(src)} to {fmt_shape(target)}")
         return tuple(sk // tk if d == -1 else d for d in target)

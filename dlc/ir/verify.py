@@ -23,7 +23,8 @@ def verify(g: Graph) -> Graph:
         if keys != list(range(len(args))):
             raise DlcError(f"%{n}: operand slots {keys} are not 0..{len(args) - 1}", loc)
         if d.arity != -1 and len(args) != d.arity or not args and d.arity == -1:
-            raise DlcError(f"%{n}: {op} takes {d.arity} operands, has {len(args)}", loc)
+            want = "one or more" if d.arity == -1 else d.arity
+            raise DlcError(f"%{n}: {op} takes {want} operands, has {len(args)}", loc)
         if d.family != "source":
             want = infer_type(op, [g.type(a) for a in args], g.attrs(n))
             if want != g.type(n):

@@ -61,7 +61,7 @@ def constant_fold(g: Graph) -> Graph:
             if all(isinstance(x, int) for x in dims):
                 value = float(np.prod(dims))
         elif d.family not in ("source", "assign") and args and g.type(n).shape == () \
-                and all(g.op(a) == "const" for a in args) and not d.needs_dims:
+                and all(g.op(a) == "const" for a in args) and not (d.needs_dims or d.needs_rng):
             vals = [np.float64(g.attrs(a)["value"]) for a in args]
             with np.errstate(all="ignore"):
                 value = float(d.ref(*vals, **g.attrs(n)))

@@ -1,0 +1,113 @@
+"""Sizes and index arithmetic for generated kernels.
+
+A tensor dimension is an int or a symbol (`N`, bound at run time). Kernels take every symbol
+they use as an `int dim_<name>` argument, so one compiled module serves every batch size.
+A `Size` is a product `k * sym * sym ...`; it prints as C (`(128 * dim_N)`) for kernels and as
+a Python expression (`128*N`) for the launch plan, which the runtimes evaluate with `evaluate`.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from math import prod
+
+
+@dataclass(frozen=True)
+class Size:
+    k: int = 1
+    syms: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(dims) -> "Size":
+        """The product of some dimensions (ints and symbols)."""
+        dims = list(dims)
+        return Size(prod(d for d in dims if isinstance(d, int)),
+                    tuple(sorted(d for d in dims if isinstance(d, str))))
+
+    def __mul__(self, other: "Size") -> "Size":
+        return Size(self.k * other.k, tuple(sorted(self.syms + other.syms)))
+
+    @property
+    def is_one(self) -> bool:
+        return self.k == 1 and not self.syms
+
+    @property
+    def static(self) -> int | None:
+        return None if self.syms else self.k
+
+    def c(self) -> str:
+        parts = ([str(self.k)] if self.k != 1 or not self.syms else []) + [f"dim_{s}" for s in self.syms]
+        return parts[0] if len(parts) == 1 else "(" + " * ".join(parts) + ")"
+
+    def py(self) -> str:
+        parts = ([str(self.k)] if self.k != 1 or not self.syms else []) + list(self.syms)
+        return "*".join(parts)
+
+    def estimate(self, sym_guess: int = 64) -> int:
+        """A typical value, for launch-shape choices that must be made before the batch is known."""
+        return self.k * sym_guess ** len(self.syms)
+
+
+def strides(shape) -> list[Size]:
+    """Row-major strides of a shape, as Sizes."""
+    out, acc = [], Size()
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * Size.of([d])
+    return out[::-1]
+
+
+def gather_index(lin: str, dims, src_strides) -> str:
+    """C expression for the source offset of element `lin` of an iteration space `dims`
+    (row-major), where coordinate j advances the source by `src_strides[j]` (None: not at all)."""
+    inner = strides(dims)
+    terms = []
+    for j, (d, s) in enumerate(zip(dims, src_strides)):
+        if s is None or d == 1:
+            continue
+        coord = lin if inner[j].is_one else f"{lin} / {inner[j].c()}"
+        if j > 0 and any(dd != 1 for dd in dims[:j]):  # the leading live coordinate needs no modulo
+            coord = f"{_paren(coord)} % {Size.of([d]).c()}"
+        terms.append(coord if s.is_one else f"{_paren(coord)} * {s.c()}")
+    return " + ".join(terms) if terms else "0"
+
+
+def _paren(e: str) -> str:
+    return e if e.isidentifier() else f"({e})"
+
+
+def broadcast_index(lin: str, out_shape, in_shape) -> str:
+    """Offset into an operand of shape `in_shape` broadcast (NumPy rules) to `out_shape`."""
+    if tuple(in_shape) == tuple(out_shape):
+        return lin
+    padded = (1,) * (len(out_shape) - len(in_shape)) + tuple(in_shape)
+    st = strides(padded)
+    return gather_index(lin, out_shape, [None if p == 1 else s for p, s in zip(padded, st)])
+
+
+def symbols_of(*shapes) -> list[str]:
+    return sorted({d for s in shapes for d in s if isinstance(d, str)})
+
+
+# -- evaluating plan expressions ---------------------------------------------------------------
+
+_ALLOWED = (ast.Expression, ast.BinOp, ast.Constant, ast.Name, ast.Load, ast.Add, ast.Sub, ast.Mult,
+            ast.FloorDiv)
+
+
+def evaluate(expr, dims: dict[str, int]) -> int:
+    """Value of a launch-plan size: an int, or an expression over symbols with + - * //."""
+    if isinstance(expr, int):
+        return expr
+    tree = ast.parse(expr, mode="eval")
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise ValueError(f"not a plan size expression: {expr!r}")
+    return int(eval(compile(tree, "<plan>", "eval"), {"__builtins__": {}}, dict(dims)))
+
+
+def ceil_div(size: Size, by: int) -> str | int:
+    """Number of blocks of `by` threads covering `size` elements, for the plan."""
+    if size.static is not None:
+        return -(-size.static // by)
+    return f"({size.py()} + {by - 1}) // {by}" if by > 1 else size.py()

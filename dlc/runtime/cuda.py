@@ -1,0 +1,233 @@
+"""The `cuda` backend: the generated module on an NVIDIA GPU through CuPy.
+
+- The module is compiled once by NVRTC (`cupy.RawModule`); CuPy caches the binary on disk by a
+  hash of the source and options (`~/.cupy/kernel_cache`, or `$CUPY_CACHE_DIR`).
+- Params and optimizer state live on the GPU for the life of the backend; inputs and temporaries
+  are allocated once per batch size. A step copies the feeds in, launches the plan's kernels
+  (bound to those buffers once per (roots, batch size)), copies the wanted values to dedicated
+  output buffers, runs the commits, and copies the outputs back: no allocation and no Python
+  work proportional to the data.
+- `cuda_graph=True` captures that whole sequence once per (roots, commit, batch size) as a CUDA
+  graph and replays it; feeds are copied into the same input buffers before each replay.
+- Launch failures raise at the launch; faults inside a kernel surface at the end-of-step
+  synchronisation (set `DLC_CUDA_SYNC=1` to synchronise after every launch and name the kernel).
+"""
+from __future__ import annotations
+
+import os
+
+import networkx as nx
+import numpy as np
+
+from ..codegen import evaluate, generate
+from ..ir.errors import DlcError
+from ..ir.graph import Graph
+from ..ir.types import NUMPY_DTYPE
+from ..codegen.generate import RNG_BUFFER
+from .emu import check_labels, label_checks, rng_words
+
+
+def cuda_available() -> tuple[bool, str]:
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install 'dlc[cuda12]' or 'dlc[cuda13]')"
+    except Exception as e:  # a broken CuPy install (missing CUDA libraries) raises other errors
+        return False, f"CuPy cannot be imported: {e}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return False, f"no usable CUDA driver or GPU ({e})"
+    if n == 0:
+        return False, "no CUDA GPU is visible"
+    try:
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+    except Exception:
+        name = "GPU 0"
+    return True, f"{name} through CuPy {cupy.__version__}"
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False):
+        if np.dtype(float_dtype) != np.float32:
+            raise DlcError(f"the cuda backend computes in float32, not {np.dtype(float_dtype).name} "
+                           "(use the interp backend for float64)")
+        ok, why = cuda_available()
+        if not ok:
+            raise DlcError(f"backend 'cuda' cannot run here: {why}")
+        import cupy as cp
+        self.cp = cp
+        self.graph = graph
+        self.module = generate(graph)
+        self.cuda_graph = cuda_graph
+        self.sync_each_launch = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
+        try:
+            self._raw = cp.RawModule(code=self.module.source, options=("--std=c++17",))
+            self._raw.compile()  # now, not lazily inside a CUDA-graph capture
+            self._kernels = {k: self._raw.get_function(k) for k in self.module.kernel_names}
+        except Exception as e:  # cupy.cuda.compiler.CompileException carries NVRTC's log
+            raise DlcError(f"cuda: NVRTC rejected the generated module: {e}")
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        with self.stream:
+            self._persistent = {b.name: cp.zeros(b.shape, NUMPY_DTYPE[b.dtype])
+                                for b in self.module.buffers.values() if b.kind in ("param", "state")}
+            self._rng = cp.zeros(3, cp.uint32)  # [seed, step, training], read by dropout kernels
+        self._extra: dict[str, np.ndarray] = {}
+        self._per_dims: dict = {}
+        self._programs: dict = {}
+        self._graphs: dict = {}
+        self._needs: dict = {}
+        self._labels = label_checks(graph)
+
+    # -- state ------------------------------------------------------------------------------
+    def set_state(self, values: dict[str, np.ndarray]) -> None:
+        for k, v in values.items():
+            if k in self._persistent:
+                buf = self._persistent[k]
+                v = np.ascontiguousarray(v, dtype=buf.dtype)
+                if v.shape != buf.shape:
+                    raise DlcError(f"'{k}' should have shape {list(buf.shape)}, found {list(v.shape)}")
+                buf.set(v, stream=self.stream)
+            else:
+                self._extra[k] = np.array(v, dtype=np.float32)
+        self.stream.synchronize()
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        out = {k: self.cp.asnumpy(v, stream=self.stream) for k, v in self._persistent.items()}
+        self.stream.synchronize()
+        out.update({k: v.copy() for k, v in self._extra.items()})
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
+            rng: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Evaluate `roots` from `feeds`; with `commit`, apply the assignments afterwards.
+        `rng=(seed, step)` is training mode (dropout draws its Philox mask); None is inference."""
+        cp = self.cp
+        roots = tuple(roots)
+        dims = dict(dims or self._dims(feeds))
+        env = self._buffers(dims)
+        missing = [n for n in self._inputs_needed(roots) if n not in feeds]
+        if missing:
+            raise DlcError(f"missing input '{missing[0]}' : {self.graph.type(missing[0])}")
+        check_labels(self._labels, feeds)
+        prog = self._program(roots, dims, env, commit)
+        for name, v in feeds.items():
+            if name in env:
+                buf = env[name]
+                v = np.ascontiguousarray(v, dtype=buf.dtype)
+                if v.shape != buf.shape:
+                    raise DlcError(f"input '{name}' should have shape {list(buf.shape)}, found {list(v.shape)}")
+                buf.set(v, stream=self.stream)
+        self._rng.set(np.array(rng_words(rng), np.uint32), stream=self.stream)
+        try:
+            if self.cuda_graph:
+                key = (roots, commit, tuple(sorted(dims.items())))
+                g = self._graphs.get(key)
+                if g is None:
+                    g = self._graphs[key] = self._capture(prog)
+                g.launch(stream=self.stream)
+            else:
+                self._execute(prog)
+            outs = {r: cp.asnumpy(prog["outs"][r], stream=self.stream) for r in roots}
+            self.stream.synchronize()
+        except DlcError:
+            raise
+        except Exception as e:  # CUDARuntimeError / CUDADriverError from a kernel that faulted
+            raise DlcError(f"cuda: a kernel of the step failed ({e}); run with DLC_CUDA_SYNC=1 to find which")
+        return outs
+
+    def _inputs_needed(self, roots) -> list[str]:
+        need = self._needs.get(roots)
+        if need is None:
+            anc = set(roots).union(*(nx.ancestors(self.graph.nx, r) for r in roots))
+            need = self._needs[roots] = [n for n in self.graph.inputs if n in anc]
+        return need
+
+    def _execute(self, prog) -> None:
+        cp = self.cp
+        with self.stream:
+            for kind, *what in prog["ops"]:
+                if kind == "launch":
+                    name, grid, block, args = what
+                    try:
+                        self._kernels[name](grid, block, args)
+                        if self.sync_each_launch:
+                            self.stream.synchronize()
+                    except Exception as e:
+                        raise DlcError(f"cuda: kernel {name} failed: {e}")
+                else:  # a device-to-device copy of a wanted value
+                    dst, src = what
+                    cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes,
+                                                cp.cuda.runtime.memcpyDeviceToDevice, self.stream.ptr)
+
+    def _capture(self, prog):
+        """The step as a CUDA graph: the same launches and copies, recorded once."""
+        with self.stream:
+            self.stream.begin_capture()
+            try:
+                saved, self.sync_each_launch = self.sync_each_launch, False
+                self._execute(prog)
+            finally:
+                self.sync_each_launch = saved
+                graph = self.stream.end_capture()
+        return graph
+
+    def _dims(self, feeds) -> dict[str, int]:
+        dims = {}
+        for n in self.graph.inputs:
+            if n in feeds:
+                for d, v in zip(self.graph.type(n).shape, np.shape(feeds[n])):
+                    if isinstance(d, str):
+                        dims[d] = int(v)
+        return dims
+
+    def _buffers(self, dims: dict) -> dict:
+        key = tuple(sorted(dims.items()))
+        env = self._per_dims.get(key)
+        if env is None:
+            cp = self.cp
+            env = dict(self._persistent, **{RNG_BUFFER: self._rng})
+            with self.stream:
+                for b in self.module.buffers.values():
+                    if b.kind in ("input", "temp"):
+                        if any(isinstance(d, str) and d not in dims for d in b.shape):
+                            continue  # depends on an input not fed: not needed by this run
+                        env[b.name] = cp.zeros([dims[d] if isinstance(d, str) else d for d in b.shape],
+                                               NUMPY_DTYPE[b.dtype])
+            self._per_dims[key] = env
+        return env
+
+    def _program(self, roots, dims, env, commit):
+        """Launches and copies of one step, bound to this batch size's buffers."""
+        key = (roots, commit, tuple(sorted(dims.items())))
+        prog = self._programs.get(key)
+        if prog is not None:
+            return prog
+        g, cp = self.graph, self.cp
+        need = set(roots)
+        for r in roots:
+            need |= nx.ancestors(g.nx, r)
+        for n in need:
+            if self.module.node_buffer.get(n) not in env:
+                raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
+        ops, commits = [], []
+        for l in self.module.launches:
+            if l.node not in need:
+                continue
+            grid = tuple(evaluate(x, dims) for x in l.grid)
+            if min(grid) <= 0:
+                continue
+            args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims)
+            (commits if l.phase == "commit" else ops).append(("launch", l.kernel, grid, tuple(l.block), args))
+        with self.stream:
+            # a reshape (or an assign) shares its operand's buffer; its output has its own shape
+            outs = {r: cp.empty(g.type(r).concrete(dims), env[self.module.node_buffer[r]].dtype) for r in roots}
+        ops += [("copy", outs[r], env[self.module.node_buffer[r]]) for r in roots]
+        if commit:
+            ops += commits
+        prog = self._programs[key] = {"ops": ops, "outs": outs}
+        return prog

@@ -1,0 +1,379 @@
+"""Code generation: the module text and the launch plan, without running anything.
+
+The models below (MODELS) are shared with test_emu.py and test_nvrtc.py: between them they use
+every non-source op of the registry, forward and backward, at sizes that do not divide the
+block sizes (37, 33x17, 7x9 images, ...).
+"""
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dlc
+from dlc.codegen import generate
+from dlc.codegen.generate import ELEMENTWISE_BLOCK, RNG_BUFFER, _ewise
+from dlc.codegen.sizes import Size, broadcast_index, evaluate, gather_index, strides
+from dlc.ir.errors import DlcError
+from dlc.ir.graph import Graph
+from dlc.ir.ops import OPS, elementwise_ops
+from dlc.ir.types import TensorType
+from dlc.passes.manager import run_pipeline
+
+MODELS = {
+    # every elementwise op and its derivative helper; broadcasting against [37], [1, 37], [1]
+    "ew": """
+model ew {
+    input  x : f32[N, 37]
+    input  t : f32[N, 37]
+    param  a : f32[37]    = normal(0.0, 1.0)
+    param  b : f32[1, 37] = uniform(0.5, 1.5)
+    param  s : f32[1]     = uniform(0.5, 1.5)
+
+    u    = x * a + b
+    v    = sigmoid(u) - tanh(u) / (exp(-abs(u)) + 1.5)
+    p    = sqrt(b + 1) * log(b + 2) * relu(u) - s * sign(x)
+    q    = v * p / s
+    loss = mse(q, t) + 0.01 * l1(a) + 0.001 * l2(b, s)
+
+    output q
+    minimize loss with sgd(lr = 0.1, momentum = 0.9, nesterov = true)
+}
+""",
+    # reductions over inner, outer and several axes; softmax over a middle axis and over the batch
+    "red": """
+model red {
+    input  x : f32[N, 5, 7]
+    input  y : i32[N]
+    param  w : f32[5, 7] = normal(0.0, 1.0)
+    param  v : f32[7, 3] = normal(0.0, 1.0)
+
+    h      = x * w
+    m1     = mean(h, axis = 1)
+    m2     = sum(h, axis = [0, 2], keepdims = true)
+    s0     = softmax(h, axis = 1)
+    s1     = log_softmax(m1, axis = 0)
+    logits = m1 @ v
+    loss   = softmax_xent(logits, y) + mean(s0 * h) + 0.1 * sum(s1 * m1) + 0.01 * mean(m2 * m2)
+
+    output logits, s0
+    minimize loss with rmsprop(lr = 0.01)
+}
+""",
+    # matmul with every transpose flag (the backward pass folds transposes), transposes that do
+    # not fold (2-D and 3-D), reshapes; odd sizes over several 16x16 tiles
+    "mm": """
+model mm {
+    input  x : f32[N, 33]
+    param  w1 : f32[33, 17] = xavier
+    param  w2 : f32[19, 17] = xavier
+    param  w3 : f32[19, 19] = xavier
+
+    h    = tanh(x @ w1)
+    g    = h @ transpose(w2)
+    k    = transpose(g) @ g
+    r    = reshape(k * w3, [361])
+    z    = transpose(reshape(g, [N, 19, 1]), perm = [1, 2, 0])
+    q    = transpose(w2) @ transpose(g)
+    loss = mean(r * r) + l2(g) / 100 + sum(transpose(h) * 0.5) + mean(z * z) + mean(q * q)
+
+    output g
+    minimize loss with adam(lr = 0.01)
+}
+""",
+    # convolution (strided, padded, dilated, 1x1) and its two adjoints, pooling and adjoints,
+    # concat and slice, dropout
+    "cnn": """
+model cnn {
+    input  x : f32[N, 2, 7, 9]
+    input  y : i32[N]
+    param  k1 : f32[4, 2, 3, 3] = he
+    param  k2 : f32[3, 2, 1, 1] = he
+    param  k3 : f32[2, 2, 3, 3] = he
+    param  k4 : f32[4, 4, 3, 3] = he
+    param  wf : f32[126, 5]     = xavier
+
+    c1     = relu(conv2d(x, k1, stride = [1, 2], padding = 1))
+    c2     = conv2d(x, k2, stride = [1, 2])
+    c3     = conv2d(x, k3, padding = 2, dilation = 2)
+    c5     = conv2d(c1, k4, stride = 2, padding = 1)
+    cat    = concat(c1, c2, axis = 1)
+    p      = maxpool2d(cat, 3, stride = 2, padding = 1)
+    a      = avgpool2d(cat, 2)
+    d      = dropout(reshape(p, [N, 84]), 0.3)
+    f      = concat(d, reshape(a, [N, 42]), axis = 1)
+    logits = f @ wf
+    loss   = softmax_xent(logits, y) + 0.01 * mean(c3 * c3) + 0.01 * mean(c5 * c5)
+
+    output logits
+    minimize loss with sgd(lr = 0.05)
+}
+""",
+}
+
+
+def compile_graph(name):
+    return dlc.compile(MODELS[name], backend="interp").graph
+
+
+@pytest.fixture(scope="module")
+def modules():
+    return {name: generate(compile_graph(name)) for name in MODELS}
+
+
+def test_the_models_use_every_op(modules):
+    used = {l.op for m in modules.values() for l in m.launches}
+    used |= {m.graph.op(n) for m in modules.values() for n in m.graph.nx}
+    missing = sorted(k for k, d in OPS.items() if d.family != "source" and k not in used)
+    assert not missing, f"no test model uses {missing}"
+
+
+def test_the_models_use_every_matmul_variant(modules):
+    variants = {l.kernel[:len("matmul_nn")] for m in modules.values() for l in m.launches if l.op == "matmul"}
+    assert variants == {"matmul_nn", "matmul_nt", "matmul_tn", "matmul_tt"}
+
+
+def test_every_non_source_node_gets_a_kernel_or_an_alias(modules):
+    for m in modules.values():
+        g = m.graph
+        launched = {l.node for l in m.launches}
+        for n in g.nx:
+            op = g.op(n)
+            if op in ("input", "param", "state"):
+                assert m.node_buffer[n] == n
+            elif op == "reshape" or (op == "assign" and n not in launched):
+                assert m.node_buffer[n] == m.node_buffer[g.operands(n)[-1 if op == "assign" else 0]]
+            else:
+                assert n in launched, f"{op} node {n} has no kernel"
+
+
+def test_plan_is_json_and_names_kernels_of_the_source(modules):
+    m = modules["mm"]
+    plan = json.loads(m.plan_json())
+    assert plan["symbols"] == ["N"]
+    names = set(re.findall(r'extern "C" __global__ void (\w+)\(', m.source))
+    for l in plan["launches"] + plan["commits"]:
+        assert l["kernel"] in names
+        assert all(a in {b["name"] for b in plan["buffers"]} for a in l["args"])
+        assert len(l["grid"]) == len(l["block"]) == 3
+    assert len(names) == len(m.launches)  # one kernel per launch, names unique
+    text = m.plan_text()
+    assert "# step launches" in text and "# commit launches" in text
+
+
+def test_kernels_are_preceded_by_their_node_and_dln_line(modules):
+    m = modules["ew"]
+    src = m.source
+    k = next(k for k in m.kernels if k.launch.op == "sigmoid")
+    i = src.index(f"void {k.name}(")
+    head = src[:i].rsplit("\n\n", 1)[1]
+    assert f"= sigmoid(%u)" in head
+    assert "<string>:10:" in head and "v    = sigmoid(u) - tanh(u)" in head
+
+
+def test_elementwise_kernels_use_the_registry_expression(modules):
+    for m in modules.values():
+        for k in m.kernels:
+            d = OPS[k.launch.op]
+            if d.family == "elementwise":
+                assert f"out[i] = {d.c};" in m.source.split(f"void {k.name}(")[1].split("\n}\n")[0]
+
+
+def test_step_never_writes_params_state_or_inputs_and_commits_come_last(modules):
+    for m in modules.values():
+        phases = [l.phase for l in m.launches]
+        assert phases == sorted(phases, key=lambda p: p == "commit")
+        for l in m.launches:
+            kind = m.buffers[l.args[0]].kind
+            assert kind == ("temp" if l.phase == "step" else kind)
+            if l.phase == "commit":
+                assert kind in ("param", "state")
+                assert m.buffers[l.args[1]].kind == "temp"
+
+
+def test_symbolic_sizes_are_kernel_arguments_and_plan_expressions(modules):
+    m = modules["ew"]
+    l = next(l for l in m.launches if l.op == "sigmoid")
+    assert l.dims == ["N"] and "int dim_N" in m.source
+    assert evaluate(l.grid[0], {"N": 7}) == -(-7 * 37 // ELEMENTWISE_BLOCK)
+    assert l.block == [ELEMENTWISE_BLOCK, 1, 1]
+
+
+def test_dropout_reads_the_rng_buffer_and_module_has_philox(modules):
+    m = modules["cnn"]
+    drops = [l for l in m.launches if l.op == "dropout"]
+    assert drops and all(l.args[-1] == RNG_BUFFER for l in drops)
+    assert "dlc_philox_word0" in m.source
+    assert "dlc_philox_word0" not in modules["ew"].source
+
+
+def test_emu_source_includes_the_header_and_a_launcher_per_kernel(modules):
+    m = modules["red"]
+    emu = m.emu_source()
+    assert emu.startswith("// Host launch") and '#include "cuda_emu.h"' in emu
+    for k in m.kernels:
+        assert f"launch_{k.name}(" in emu
+
+
+def test_generation_is_deterministic():
+    g = compile_graph("red")
+    a, b = generate(g), generate(g)
+    assert a.source == b.source and a.plan_json() == b.plan_json()
+
+
+# -- index arithmetic --------------------------------------------------------------------------
+
+def _c_eval(expr: str, **values) -> int:
+    """Evaluate a generated C index expression (non-negative ints: `/` is floor division)."""
+    return eval(expr.replace("/", "//"), {}, values)
+
+
+@pytest.mark.parametrize("out_shape,in_shape", [
+    ((4, 5, 6), (5, 6)), ((4, 5, 6), (5, 1)), ((4, 5, 6), (4, 1, 6)), ((4, 5, 6), (1,)),
+    ((3, 1, 2), (3, 1, 2)), ((2, 3), (2, 1)), ((7,), ()),
+])
+def test_broadcast_index_matches_numpy(out_shape, in_shape):
+    src = np.arange(int(np.prod(in_shape)) or 1).reshape(in_shape)
+    want = np.broadcast_to(src, out_shape).ravel()
+    expr = broadcast_index("i", out_shape, in_shape)
+    got = [src.ravel()[_c_eval(expr, i=i)] for i in range(len(want))]
+    assert got == list(want)
+
+
+def test_symbolic_shapes_index_with_dim_arguments():
+    expr = broadcast_index("i", ("N", 3, 4), (3, 1))
+    src = np.arange(3).reshape(3, 1)
+    want = np.broadcast_to(src, (5, 3, 4)).ravel()
+    assert [src.ravel()[_c_eval(expr, i=i, dim_N=5)] for i in range(60)] == list(want)
+    assert Size.of(["N", 3, 4]).c() == "(12 * dim_N)" and Size.of(["N", 3, 4]).py() == "12*N"
+
+
+def test_gather_index_is_a_transpose():
+    x = np.arange(24).reshape(2, 3, 4)
+    perm = (2, 0, 1)
+    st = strides(x.shape)
+    expr = gather_index("i", [x.shape[p] for p in perm], [st[p] for p in perm])
+    want = np.transpose(x, perm).ravel()
+    assert [x.ravel()[_c_eval(expr, i=i)] for i in range(24)] == list(want)
+
+
+def test_plan_expressions_are_arithmetic_only():
+    assert evaluate("(12*N + 255) // 256", {"N": 100}) == 5
+    assert evaluate(7, {}) == 7
+    with pytest.raises(ValueError):
+        evaluate("__import__('os')", {})
+
+
+def test_reduction_maps_are_built_from_registry_expressions():
+    assert _ewise("abs", "a") == "(fabsf((a)))"
+    assert _ewise("mul", "(a - b)", "x") == "(((a - b)) * (x))"
+
+
+def test_unknown_op_family_is_a_located_error():
+    g = compile_graph("ew")
+    g = g.copy()
+    n = next(n for n in g.nx if g.op(n) == "sigmoid")
+    g.nx.nodes[n]["op"] = "no_such_op"
+    with pytest.raises(DlcError, match="no_such_op"):
+        generate(g)
+
+
+# -- random graphs ------------------------------------------------------------------------------
+# A recipe is a list of steps applied to a running value v : f32[N, d]; every step keeps the
+# graph well typed and the values bounded (log and sqrt see |v| + 1, exp sees tanh(v)), so that
+# float32 comparisons stay meaningful. The registry supplies the ops: any elementwise op, in
+# either operand order, against params of several broadcast shapes.
+
+UNARY = sorted(k for k in elementwise_ops() if OPS[k].arity == 1)
+BINARY = sorted(k for k in elementwise_ops() if OPS[k].arity == 2 and not k.endswith("_grad"))
+GUARD = {"log": "plus_one", "sqrt": "plus_one", "exp": "tanh"}
+
+step = st.one_of(
+    st.tuples(st.just("unary"), st.sampled_from(UNARY)),
+    st.tuples(st.just("binary"), st.sampled_from(BINARY), st.sampled_from(["row", "row2", "scalar", "full"]),
+              st.booleans()),
+    st.tuples(st.just("matmul"), st.integers(1, 21), st.booleans()),
+    st.tuples(st.just("gram"),),
+    st.tuples(st.just("reduce"), st.sampled_from(["sum", "mean"]), st.sampled_from([0, 1])),
+    st.tuples(st.just("softmax"), st.sampled_from(["softmax", "log_softmax"]), st.sampled_from([0, 1])),
+)
+recipes = st.tuples(st.integers(1, 20), st.lists(step, min_size=1, max_size=6),
+                    st.sampled_from(["sum", "mean", "l1", "l2", "mse"]))
+
+
+def build_random_graph(recipe) -> Graph:
+    """The optimized graph (forward, backward, sgd update) of a recipe."""
+    d, steps, loss_op = recipe
+    g = Graph("random")
+    f32 = lambda *shape: TensorType("f32", shape)
+    x = v = g.add("input", [], name="x", type=f32("N", d))
+    count = [0]
+
+    def param(shape, init="uniform(0.5, 1.5)"):
+        count[0] += 1
+        return g.add("param", [], {"init": init}, name=f"p{count[0]}", type=f32(*shape))
+
+    def const(value):
+        return g.add("const", [], {"value": value})
+
+    for s in steps:
+        kind = s[0]
+        if kind == "unary":
+            arg = v
+            if GUARD.get(s[1]) == "plus_one":
+                arg = g.add("add", [g.add("abs", [v]), const(1.0)])
+            elif GUARD.get(s[1]) == "tanh":
+                arg = g.add("tanh", [v])
+            v = g.add(s[1], [arg])
+        elif kind == "binary":
+            _, op, shape, swap = s
+            other = {"row": lambda: param([d]), "row2": lambda: param([1, d]), "scalar": lambda: const(1.25),
+                     "full": lambda: g.add("tanh", [x]) if g.type(x).shape[1] == d else param([d])}[shape]()
+            if op == "div" and not swap:
+                v = g.add("div", [v, other])          # the params and constants are positive
+            else:
+                a, b = (other, v) if swap and op != "div" else (v, other)
+                v = g.add(op, [a, b])
+        elif kind == "matmul":
+            _, n, tb = s
+            w = param([n, d] if tb else [d, n], "xavier")
+            v = g.add("matmul", [v, w], {"tb": tb})
+            d = n
+        elif kind == "gram":  # v @ (v^T v) / (N d): uses the transposed-left-operand kernel
+            gram = g.add("matmul", [v, v], {"ta": True})
+            v = g.add("tanh", [g.add("mul", [g.add("matmul", [v, gram]), const(0.05)])])
+        elif kind == "reduce":
+            _, op, axis = s
+            r = g.add(op, [v], {"axis": axis, "keepdims": True})
+            v = g.add("sub", [v, r])
+        else:
+            _, op, axis = s
+            v = g.add(op, [v], {"axis": axis})
+    if loss_op == "mse":
+        t = g.add("input", [], name="t", type=f32("N", d))
+        loss = g.add("mse", [v, t], name="loss")
+    elif loss_op in ("sum", "mean"):
+        loss = g.add(loss_op, [v], {"axis": None}, name="loss")
+    else:
+        loss = g.add(loss_op, [v], name="loss")
+    if not g.params:  # something to train
+        v = g.add("mul", [v, param([d])])
+        loss = g.add("sum", [v], {"axis": None}, name="loss.p")
+    g.meta.outputs = {"v": v}
+    g.meta.loss = loss
+    g.meta.optimizer = ("sgd", {"lr": 0.1, "momentum": 0.0, "nesterov": False})
+    return run_pipeline(g, check=True).stages["optimized"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes)
+def test_random_graphs_generate_a_consistent_plan(recipe):
+    g = build_random_graph(recipe)
+    m = generate(g)
+    names = set(re.findall(r'extern "C" __global__ void (\w+)\(', m.source))
+    assert names == set(m.kernel_names)
+    for n in g.nx:
+        assert n in m.node_buffer
+    json.loads(m.plan_json())

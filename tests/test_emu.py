@@ -1,0 +1,271 @@
+"""Differential tests: the generated CUDA, run by the `emu` backend on the CPU, against the NumPy
+interpreter: every op forward and backward, whole training steps, random graphs, the examples.
+
+Tolerance (float32 against the float32 reference): the kernels sum in another order than NumPy
+(16x16 tiles in matmul, tree reductions across a block, a thread per column), and expf/logf
+differ from NumPy's by an ulp or so. Each sum of K terms then differs by about sqrt(K) ulps of
+the sum of |terms| (K * ulps at worst), K <= a few thousand here; so we allow a relative error
+of 1e-4 plus an absolute 1e-5 of the tensor's largest magnitude (values near zero inherit the
+error of their larger neighbours). Observed errors are 1e-7 to 1e-6 relative.
+"""
+import ctypes
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dlc
+from dlc.ir.errors import DlcError
+from dlc.runtime.diff import synth_feeds
+from dlc.runtime.emu import EmuBackend, build_library, emu_available
+from dlc.runtime.init import initial_state
+from dlc.runtime.interp import Interpreter
+from test_codegen import MODELS, build_random_graph, recipes
+
+pytestmark = pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+
+RTOL, ATOL = 1e-4, 1e-5
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def assert_close(got, want, what):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    err = np.abs(got - want)
+    bad = err > ATOL * scale + RTOL * np.abs(want)
+    assert not bad.any(), f"{what}: NOT OK, maxdiff {err.max():.3g} (scale {scale:.3g}) at {np.argwhere(bad)[0]}"
+
+
+def step_roots(g):
+    m = g.meta
+    roots = [m.loss] + list(m.grads.values()) + list(m.outputs.values()) + g.nodes_of("assign")
+    return list(dict.fromkeys(r for r in roots if r))
+
+
+def compare_step(g, emu, batch, seed=0, rng=None):
+    """One training step on both backends from the same state and batch; everything compared."""
+    ref = Interpreter(g)
+    state = initial_state(g, seed)
+    ref.set_state(state)
+    emu.set_state(state)
+    feeds = synth_feeds(g, batch, seed)
+    roots = step_roots(g)
+    want = ref.run(roots, feeds, commit=True, rng=rng)
+    got = emu.run(roots, feeds, commit=True, rng=rng)
+    for r in roots:
+        assert_close(got[r], want[r], f"{r} (batch {batch})")
+    want_state, got_state = ref.get_state(), emu.get_state()
+    for k in want_state:
+        assert_close(got_state[k], want_state[k], f"updated {k} (batch {batch})")
+
+
+@pytest.fixture(scope="module")
+def models():
+    """name -> (optimized graph, emu backend): one compile per model for the whole module."""
+    out = {}
+    for name, text in MODELS.items():
+        g = dlc.compile(text, backend="interp").graph
+        out[name] = (g, EmuBackend(g))
+    return out
+
+
+# -- every op, forward and backward, at odd sizes and batch 1 ------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 7, 40])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_step_matches_interpreter(models, name, batch):
+    g, emu = models[name]
+    compare_step(g, emu, batch, seed=batch, rng=(11, 3))
+
+
+def test_inference_matches_and_leaves_state_alone(models):
+    g, emu = models["red"]
+    ref = Interpreter(g)
+    state = initial_state(g, 2)
+    ref.set_state(state)
+    emu.set_state(state)
+    feeds = synth_feeds(g, 9, 2)
+    roots = list(g.meta.outputs.values())
+    want, got = ref.run(roots, {"x": feeds["x"]}), emu.run(roots, {"x": feeds["x"]})
+    for r in roots:
+        assert_close(got[r], want[r], r)
+    for k, v in emu.get_state().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_dropout_masks_agree_and_depend_on_the_step(models):
+    g, emu = models["cnn"]
+    d = next(n for n in g.order() if g.op(n) == "dropout")
+    src = g.operands(d)[0]
+    ref = Interpreter(g)
+    for b in (ref, emu):
+        b.set_state(initial_state(g, 0))
+    feeds = synth_feeds(g, 6, 0)
+    dropped = []
+    for rng in [(1, 0), (1, 1), None]:
+        want, got = ref.run([d, src], feeds, rng=rng), emu.run([d, src], feeds, rng=rng)
+        assert_close(got[d], want[d], f"dropout {rng}")
+        np.testing.assert_array_equal(got[d] == 0, want[d] == 0)   # the very same mask
+        dropped.append((got[d] == 0) & (got[src] != 0))
+    assert dropped[0].any() and (dropped[0] != dropped[1]).any()    # a new step, a new mask
+    assert not dropped[2].any()                                       # inference: the identity
+
+
+def test_batch_size_change_reuses_the_library(models):
+    g, emu = models["ew"]
+    lib = emu.lib
+    compare_step(g, emu, 3)
+    compare_step(g, emu, 13)
+    assert emu.lib is lib and len(emu._per_dims) >= 2
+
+
+def test_any_node_can_be_a_root(models):
+    g, emu = models["mm"]
+    emu.set_state(initial_state(g, 0))
+    feeds = synth_feeds(g, 4, 0)
+    ref = Interpreter(g)
+    ref.set_state(initial_state(g, 0))
+    roots = ["x", "w1", "r", "z"]
+    want, got = ref.run(roots, feeds), emu.run(roots, feeds)
+    for r in roots:
+        assert_close(got[r], want[r], r)
+
+
+def test_errors_are_clear(models):
+    g, emu = models["red"]
+    feeds = synth_feeds(g, 4, 0)
+    with pytest.raises(DlcError, match="missing input 'y'"):
+        emu.run([g.meta.loss], {"x": feeds["x"]})
+    bad = dict(feeds, y=np.array([0, 1, 3, 9], np.int32))
+    with pytest.raises(DlcError, match="label 3 is out of range for 3 classes"):
+        emu.run([g.meta.loss], bad)
+    with pytest.raises(DlcError, match="float32"):
+        EmuBackend(g, np.float64)
+
+
+# -- the MLP of the design document: one full training step ---------------------------------------
+
+MLP = """
+model mlp {
+    input  x : f32[N, 64]
+    input  y : i32[N]
+    param  w1 : f32[64, 128] = he
+    param  b1 : f32[128]     = zeros
+    param  w2 : f32[128, 10] = xavier
+    param  b2 : f32[10]      = zeros
+
+    h      = relu(x @ w1 + b1)
+    logits = h @ w2 + b2
+    loss   = softmax_xent(logits, y) + 1e-4 * l2(w1, w2)
+
+    output logits
+    minimize loss with sgd(lr = 0.1, momentum = 0.9, nesterov = true)
+}
+"""
+
+
+def test_mlp_training_step_through_the_api():
+    ref = dlc.compile(MLP, backend="interp", seed=3)
+    emu = dlc.compile(MLP, backend="emu", seed=3)
+    feeds = synth_feeds(ref.graph, 32, 3)
+    want_loss, want_grads = ref.grad(**feeds)
+    loss, grads = emu.grad(**feeds)
+    assert_close(loss, want_loss, "loss")
+    for p in want_grads:
+        assert_close(grads[p], want_grads[p], f"grad {p}")
+    emu.step(**feeds)  # warm: buffers for batch 32 and the bound launches
+    ref.step(**feeds)
+    t0 = time.perf_counter()
+    loss = emu.step(**feeds)
+    seconds = time.perf_counter() - t0
+    assert_close(loss, ref.step(**feeds), "loss of step 3")
+    for k, v in ref.state().items():
+        assert_close(emu.state()[k], v, f"{k} after 3 steps")
+    print(f"emu: one MLP 64-128-10 training step at batch 32 in {seconds * 1e3:.1f} ms")
+
+
+# -- random graphs ---------------------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes, st.integers(1, 19))
+def test_random_graphs_match_interpreter(recipe, batch):
+    g = build_random_graph(recipe)
+    compare_step(g, EmuBackend(g), batch)
+
+
+# -- the examples ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.dln")), ids=lambda p: p.stem)
+def test_example_matches_interpreter(path):
+    g = dlc.compile(path, backend="interp").graph
+    compare_step(g, EmuBackend(g), 5, rng=(0, 1))
+
+
+# -- the emulation header itself -------------------------------------------------------------
+
+HEADER_TEST = r"""
+#include "cuda_emu.h"
+
+// Each block sums its threads' ids three ways; blocks run concurrently.
+extern "C" __global__ void sums(float* out, float* total) {
+    __shared__ float buf[256];
+    const int t = threadIdx.x + blockDim.x * threadIdx.y;
+    const int n = blockDim.x * blockDim.y;
+    buf[t] = (float)t;
+    __syncthreads();
+    for (int s = n / 2; s > 0; s >>= 1) {      // shared-memory tree
+        if (t < s) buf[t] += buf[t + s];
+        __syncthreads();
+    }
+    float v = (float)t;                         // warp shuffles
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    float x = (float)t;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    const float first = __shfl_sync(0xffffffffu, (float)t, 0);
+    const float up = __shfl_up_sync(0xffffffffu, (float)t, 1);
+    atomicAdd(total, 1.0f);
+    const int b = blockIdx.x + gridDim.x * blockIdx.y;
+    if (t == 0) out[b * 4 + 0] = buf[0];
+    if (t == 0) out[b * 4 + 1] = v;             // lanes 0..31
+    if (t == 33) out[b * 4 + 2] = x + first;    // lanes of warp 1 (xor: every lane has the sum)
+    if (t == 40) out[b * 4 + 3] = up;           // 39
+}
+
+extern "C" void run(float* out, float* total, int gx, int gy, int bx, int by) {
+    dlc_emu::launch(dim3(gx, gy), dim3(bx, by), true, [&] { sums(out, total); });
+}
+"""
+
+
+def test_emulation_header_barriers_shuffles_atomics(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    lib = ctypes.CDLL(str(build_library(HEADER_TEST)))
+    grid, block = (7, 3), (16, 16)
+    nb = grid[0] * grid[1]
+    out = np.zeros(nb * 4, np.float32)
+    total = np.zeros(1, np.float32)
+    lib.run(out.ctypes.data_as(ctypes.c_void_p), total.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(block[0]), ctypes.c_int(block[1]))
+    out = out.reshape(nb, 4)
+    np.testing.assert_array_equal(out[:, 0], sum(range(256)))
+    np.testing.assert_array_equal(out[:, 1], sum(range(32)))
+    np.testing.assert_array_equal(out[:, 2], sum(range(32, 64)) + 32)
+    np.testing.assert_array_equal(out[:, 3], 39)
+    assert total[0] == nb * 256
+
+
+def test_library_cache_is_keyed_by_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    src = '#include "cuda_emu.h"\nextern "C" int answer() { return 42; }\n'
+    a = build_library(src)
+    mtime = a.stat().st_mtime_ns
+    assert build_library(src) == a and a.stat().st_mtime_ns == mtime  # not rebuilt
+    assert build_library(src + "// another\n") != a
+    assert a.parent == tmp_path and ctypes.CDLL(str(a)).answer() == 42
+    with pytest.raises(DlcError, match="host compiler rejected"):
+        build_library(src + "this is not C++\n")

@@ -1,0 +1,57 @@
+"""Every generated kernel compiles to PTX for sm_80 and sm_90 through NVRTC, no GPU needed.
+
+Needs `pip install cuda-bindings nvidia-cuda-nvrtc`; skipped, with the reason, only where
+cuda-bindings cannot be imported.
+"""
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import dlc
+from dlc.codegen import generate
+from dlc.ir.errors import DlcError
+from test_codegen import MODELS, build_random_graph, recipes
+
+try:
+    import cuda.bindings.nvrtc  # noqa: F401
+    WHY = None
+except ImportError as e:
+    WHY = f"cuda-bindings is not importable ({e}); pip install cuda-bindings nvidia-cuda-nvrtc"
+
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available, ptx_entries  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_nvrtc_loads():
+    ok, why = nvrtc_available()
+    assert ok, why
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_kernels_compile_for_every_arch(name):
+    mod = generate(dlc.compile(MODELS[name], backend="interp").graph)
+    ptx = check_module(mod)
+    assert set(ptx) == set(ARCHS) == {"sm_80", "sm_90"}
+    for arch, text in ptx.items():
+        assert f".target {arch}" in text
+        assert set(ptx_entries(text)) == set(mod.kernel_names)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.dln")), ids=lambda p: p.stem)
+def test_example_kernels_compile_for_every_arch(path):
+    check_module(generate(dlc.compile(path, backend="interp").graph))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes)
+def test_random_graph_kernels_compile(recipe):
+    check_module(generate(build_random_graph(recipe)), archs=("sm_80",))
+
+
+def test_compile_errors_carry_nvrtc_log():
+    with pytest.raises(DlcError, match=r'identifier "undefined_thing" is undefined'):
+        compile_ptx('extern "C" __global__ void k(float* x) { x[0] = undefined_thing; }', "sm_90")
