@@ -367,8 +367,9 @@ def main(a) -> int:
         pr.disable()
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(12)
-        body = s.getvalue().replace(str(Path(dlc.__file__).parent.parent) + "/", "")
-        text = f"\ncProfile of {a.steps} dlc steps ({name}), by own time:\n" + body
+        body = s.getvalue().replace(str(Path(dlc.__file__).parent.parent) + "/", "").rstrip() + "\n"
+        text = (f"\ncProfile of {a.steps} dlc steps ({name}), by own time (NumPy ufuncs called directly, "
+                f"such as add or multiply, are not listed: their time is Interpreter.run's own):\n" + body)
         print(text)
         out.append(text)
 

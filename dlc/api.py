@@ -58,7 +58,7 @@ class Params(MutableMapping):
         self._m = model
 
     def _names(self):
-        return self._m.graph.params
+        return self._m._params  # graph.params sorts the whole graph; the list is fixed after compile
 
     def __getitem__(self, k):
         if k not in self._names():
@@ -102,8 +102,10 @@ class Model:
         self.outputs = list(m.outputs)
         self.trainable = m.loss is not None and m.optimizer is not None
         self._inputs = self.graph.inputs
+        self._params = self.graph.params
         self._assigns = self.graph.nodes_of("assign")
         self._needs: dict = {}
+        self._views: dict = {}  # tuple of input names -> a graph view for check_feeds
         # random ops (dropout) draw from (seed, step); the step counts optimizer steps taken
         from .ir.ops import OPS
         self._random = any(OPS[self.graph.op(n)].needs_rng for n in self.graph.nx)
@@ -132,7 +134,11 @@ class Model:
         if unknown:
             raise DlcError(f"'{unknown[0]}' is not an input of model {self.name} (inputs: {', '.join(g.inputs)})")
         # only the inputs a computation needs must be given (forward needs no labels)
-        feeds, dims = check_feeds(_only_inputs(g, list(sub)), sub, where="inputs: ", float_dtype=self.float_dtype)
+        key = tuple(sub)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = _only_inputs(g, list(sub))
+        feeds, dims = check_feeds(view, sub, where="inputs: ", float_dtype=self.float_dtype)
         return feeds
 
     def _need(self, roots) -> list[str]:

@@ -124,8 +124,8 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
         raise DlcError("expression nested too deeply", Loc(file, 1, 1))
 
 
-_SPECIAL = {"l1", "l2"}
-_UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split"}  # settings that must lie in [0, 1)  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
+_SPECIAL = {"l1", "l2"}  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
+_UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split"}  # settings that must lie in [0, 1)
 
 
 class _Scope:
@@ -197,7 +197,8 @@ class _Lowerer:
                 raise DlcError("`minimize` is only allowed in a model", s.loc)
             if g.meta.loss:
                 raise DlcError("a model minimises one loss; `minimize` appears twice", s.loc)
-            v = self.tensor(self.expr(s.expr, scope, _Stmt("loss", 0), name="loss"), s.expr.loc)
+            v = self.tensor(self.expr(s.expr, scope, _Stmt("loss", _count_calls(s.expr, self.funcs)), name="loss"),
+                            s.expr.loc)
             if g.type(v).shape != () or not g.type(v).is_float:
                 raise DlcError(f"the loss must be an f32 scalar, found {g.type(v)}", s.expr.loc)
             g.meta.loss = v
@@ -467,13 +468,22 @@ class _Lowerer:
         try:
             for s in f.body:
                 self.stmt(s, inner)
+            if inner.returned is None:
+                raise DlcError(f"function '{f.name}' has no `return`", f.loc)
+            ret = inner.returned.expr
+            # calls in the return expression are named like those of a binding with several
+            # calls (PREFIX.FUNCTION), so their params never clash with the function's own
+            return self.expr(ret, inner, _Stmt(inner.prefix, max(2, _count_calls(ret, self.funcs))),
+                             name=name or (inner.prefix if inner.prefix != ctx.base else ctx.temp(f.name)))
+        except DlcError as err:
+            # a mistake inside the body points into the function; say which call led there
+            if err.loc is not None and err.loc != e.loc and not getattr(err, "call_noted", False):
+                err.message += f" (in {f.name}() called at {e.loc})"
+                err.args = (err.message,)
+                err.call_noted = self.depth == 1  # the outermost call is the one in the user's code
+            raise
         finally:
             self.depth -= 1
-        if inner.returned is None:
-            raise DlcError(f"function '{f.name}' has no `return`", f.loc)
-        r = self.expr(inner.returned.expr, inner, _Stmt(inner.prefix, _count_calls(inner.returned.expr, self.funcs)),
-                      name=name or inner.prefix)
-        return r
 
     def match(self, f, p: A.FParam, v, inner: _Scope, loc):
         """Bind the shape variables of a parameter pattern such as `x: [B, K]` from the argument."""

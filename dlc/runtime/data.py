@@ -64,7 +64,8 @@ def check_feeds(g: Graph, feeds: dict, where: str = "", check_finite: bool = Fal
         if t.dtype == "i32":
             if a.dtype.kind not in "iu":
                 raise DlcError(f"{where}input '{n}' holds integer labels ({t}), found {a.dtype} values")
-            if a.size and (a.max() > 2**31 - 1 or a.min() < -2**31):
+            fits = a.dtype == np.int32 or a.dtype.itemsize < 4  # nothing to check
+            if a.size and not fits and (a.max() > 2**31 - 1 or a.min() < -2**31):
                 raise DlcError(f"{where}input '{n}' has values beyond the i32 range")
             a = a.astype(np.int32, copy=False)
         else:

@@ -23,6 +23,7 @@ class Interpreter:
         self.dtype = np.dtype(float_dtype)
         self.values: dict[str, np.ndarray] = {}  # params and state, by node name
         self._programs: dict = {}
+        self._input_shapes = None  # [(input, declared shape)], for binding symbolic dims
 
     # -- state ------------------------------------------------------------------------------
     def set_state(self, values: dict[str, np.ndarray]) -> None:
@@ -75,7 +76,9 @@ class Interpreter:
             env[k] = v if v.dtype.kind != "f" or v.dtype == self.dtype else v.astype(self.dtype)
         for n, fn, args, attrs in steps:
             if "dims" in attrs:
-                attrs = dict(attrs, dims=dims or self._dims(feeds))
+                if dims is None:
+                    dims = self._dims(feeds)  # once per run, when a step first needs them
+                attrs = dict(attrs, dims=dims)
             if "rng" in attrs:
                 attrs = dict(attrs, rng=rng)
             try:
@@ -89,11 +92,13 @@ class Interpreter:
         return out
 
     def _dims(self, feeds) -> dict[str, int]:
+        if self._input_shapes is None:  # graph.inputs sorts the whole graph: do it once
+            self._input_shapes = [(n, self.graph.type(n).shape) for n in self.graph.inputs]
         dims = {}
-        for n in self.graph.inputs:
+        for n, shape in self._input_shapes:
             if n not in feeds:  # forward needs no labels
                 continue
-            for d, v in zip(self.graph.type(n).shape, feeds[n].shape):
+            for d, v in zip(shape, feeds[n].shape):
                 if isinstance(d, str):
                     dims[d] = v
         return dims
