@@ -43,12 +43,14 @@ def read_source(source) -> tuple[str, str]:
 
 
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int = 0,
-            float_dtype="float32", check: bool = False) -> "Model":
-    """Compile a `.dln` file (a path) or `.dln` text into a runnable model."""
+            float_dtype="float32", check: bool = False, cuda_graph: bool = False) -> "Model":
+    """Compile a `.dln` file (a path) or `.dln` text into a runnable model. `cuda_graph` (cuda
+    backend only) captures each kind of step once and replays it as one CUDA graph."""
     text, file = read_source(source)
     g = lower(text, file, model)
     res = run_pipeline(g, opt_level, check=check)
-    return Model(res, resolve(backend), seed, float_dtype, path=None if file == "<string>" else file)
+    return Model(res, resolve(backend), seed, float_dtype, path=None if file == "<string>" else file,
+                 cuda_graph=cuda_graph)
 
 
 class Params(MutableMapping):
@@ -88,7 +90,7 @@ class Params(MutableMapping):
 
 
 class Model:
-    def __init__(self, result, backend: str, seed: int, float_dtype, path=None):
+    def __init__(self, result, backend: str, seed: int, float_dtype, path=None, cuda_graph: bool = False):
         self.stages = result.stages
         self.records = result.records
         self.graph = result.stages["optimized"]
@@ -96,7 +98,7 @@ class Model:
         self.backend = backend
         self.path = path
         self.float_dtype = np.dtype(float_dtype)
-        self._backend = make_backend(backend, self.graph, float_dtype)
+        self._backend = make_backend(backend, self.graph, float_dtype, cuda_graph=cuda_graph)
         self._backend.set_state(initial_state(self.graph, seed))
         m = self.graph.meta
         self.outputs = list(m.outputs)

@@ -180,7 +180,8 @@ def cmd_run(args) -> int:
     backend = resolve(args.backend)
     if args.backend == "auto":
         print(f"backend: {backend} (auto: {'a GPU is present' if backend == 'cuda' else 'no GPU found'})")
-    model = dlc.compile(args.file, backend=backend, model=args.model, opt_level=args.O, seed=args.seed or 0)
+    model = dlc.compile(args.file, backend=backend, model=args.model, opt_level=args.O, seed=args.seed or 0,
+                        cuda_graph=args.cuda_graph)
     g = model.graph
     epochs = _setting(args, g, "epochs", 10)
     batch = _setting(args, g, "batch", 32)
@@ -265,7 +266,8 @@ def cmd_bench(args) -> int:
     import dlc
     from .runtime.diff import synth_feeds
     from .runtime.backends import resolve
-    model = dlc.compile(args.file, backend=resolve(args.backend), model=args.model, opt_level=args.O)
+    model = dlc.compile(args.file, backend=resolve(args.backend), model=args.model, opt_level=args.O,
+                        cuda_graph=args.cuda_graph)
     g = model.graph
     feeds = synth_feeds(g, args.batch)
     m = g.meta
@@ -319,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="W.npz", help="save the trained weights")
     p.add_argument("--metrics-json", metavar="M.json", help="write final metrics and per-epoch history")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cuda-graph", action="store_true", help="cuda: capture the step once, replay it as a CUDA graph")
     p.add_argument("-O", type=int, default=1, choices=[0, 1], help="optimisation level (default 1)")
     p.set_defaults(fn=cmd_run)
 
@@ -336,6 +339,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--cuda-graph", action="store_true", help="cuda: replay each phase as a captured CUDA graph")
     p.add_argument("-O", type=int, default=1, choices=[0, 1])
     p.set_defaults(fn=cmd_bench)
     return ap

@@ -41,10 +41,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def make_backend(name: str, graph, float_dtype="float32"):
+def make_backend(name: str, graph, float_dtype="float32", cuda_graph: bool = False):
+    """A backend over `graph`; `cuda_graph` (cuda only) replays each step as one captured CUDA graph."""
     ok, why = available(name)
     if not ok:
         raise DlcError(f"backend '{name}' cannot run here: {why}")
+    if cuda_graph and name != "cuda":
+        raise DlcError(f"--cuda-graph needs the cuda backend, not {name}")
     if name == "interp":
         from .interp import Interpreter
         return Interpreter(graph, float_dtype)
@@ -52,4 +55,4 @@ def make_backend(name: str, graph, float_dtype="float32"):
         from .emu import EmuBackend
         return EmuBackend(graph, float_dtype)
     from .cuda import CudaBackend
-    return CudaBackend(graph, float_dtype)
+    return CudaBackend(graph, float_dtype, cuda_graph=cuda_graph)

@@ -1,0 +1,24 @@
+"""Choosing a backend: auto, names, and options that only one backend has."""
+import pytest
+
+import dlc
+from dlc.cli import main
+from dlc.runtime.backends import available, resolve
+
+
+def test_auto_picks_cuda_only_where_it_can_run():
+    assert resolve("auto") == ("cuda" if available("cuda")[0] else "interp")
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(dlc.DlcError, match="unknown backend 'tpu'"):
+        resolve("tpu")
+
+
+@pytest.mark.parametrize("backend", ["interp", "emu"])
+def test_cuda_graph_needs_the_cuda_backend(backend, capsys, examples_dir):
+    rc = main(["run", str(examples_dir / "mlp.dln"), "--backend", backend, "--cuda-graph", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"--cuda-graph needs the cuda backend, not {backend}" in err
+    assert "Traceback" not in err
