@@ -87,7 +87,8 @@ class CudaBackend:
         for k, v in values.items():
             if k in self._persistent:
                 buf = self._persistent[k]
-                v = np.ascontiguousarray(v, dtype=buf.dtype)
+                v = np.asarray(v, dtype=buf.dtype)
+                v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
                 if v.shape != buf.shape:
                     raise DlcError(f"'{k}' should have shape {list(buf.shape)}, found {list(v.shape)}")
                 buf.set(v, stream=self.stream)
@@ -118,7 +119,8 @@ class CudaBackend:
         for name, v in feeds.items():
             if name in env:
                 buf = env[name]
-                v = np.ascontiguousarray(v, dtype=buf.dtype)
+                v = np.asarray(v, dtype=buf.dtype)
+                v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
                 if v.shape != buf.shape:
                     raise DlcError(f"input '{name}' should have shape {list(buf.shape)}, found {list(v.shape)}")
                 buf.set(v, stream=self.stream)

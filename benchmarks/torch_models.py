@@ -1,0 +1,227 @@
+"""The examples' networks written in PyTorch, for side-by-side timing against dlc.
+
+    import dlc, torch_models as tm
+    m = dlc.compile("examples/mlp.dln", backend="interp")
+    net = tm.build("mlp")                       # an nn.Module, PyTorch layouts
+    tm.load_dlc_params(net, m.params)           # the same initial weights as dlc
+    loss_fn = tm.loss_fn("mlp", net)            # (x, y) -> scalar loss, as the .dln writes it
+    opt = tm.optimizer(net, m.graph.meta.optimizer)
+
+Each network is written the way a PyTorch user would write it (nn.Linear, nn.Conv2d, pools,
+F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes:
+
+| example  | network | loss | optimizer |
+|---|---|---|---|
+| mlp      | 64-128(relu)-10 | cross-entropy + 1e-4 * (|w1|^2 + |w2|^2) | SGD lr 0.1, momentum 0.9, Nesterov |
+| logreg   | 64-10 | cross-entropy | SGD lr 0.5 |
+| xor      | 2-4(tanh)-1(sigmoid) | MSE | Adam lr 0.05 |
+| deep_mlp | 64-128(relu)-64(relu)-10 | cross-entropy + 1e-4 * sum of squared weights | RMSprop lr 0.001 |
+| lenet    | conv3x3(16)-pool-conv3x3(32)-pool-64-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
+| inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
+
+The optimizer settings are read from the compiled dlc model (`graph.meta.optimizer`), so they
+follow the `.dln` file. dlc stores a dense weight as [in, out] (`x @ w`); nn.Linear as
+[out, in]: `load_dlc_params` transposes. A convolution bias is [out, 1, 1] in dlc, [out] here.
+`tests/test_torch_equivalents.py` checks every network against dlc's interpreter on the CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception")
+
+
+class MLP(nn.Module):  # mlp.dln: params w1 b1 w2 b2
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(64, 128)
+        self.l2 = nn.Linear(128, 10)
+        self.dlc = {"w1": "l1.weight", "b1": "l1.bias", "w2": "l2.weight", "b2": "l2.bias"}
+        self.decay = [self.l1.weight, self.l2.weight]
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x)))
+
+
+class LogReg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(64, 10)
+        self.dlc = {"w": "l.weight", "b": "l.bias"}
+        self.decay = []
+
+    def forward(self, x):
+        return self.l(x)
+
+
+class XOR(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.h = nn.Linear(2, 4)
+        self.out = nn.Linear(4, 1)
+        self.dlc = {"h.w": "h.weight", "h.b": "h.bias", "out.w": "out.weight", "out.b": "out.bias"}
+        self.decay = []
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.tanh(self.h(x))))
+
+
+class DeepMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.h1 = nn.Linear(64, 128)
+        self.h2 = nn.Linear(128, 64)
+        self.logits = nn.Linear(64, 10)
+        self.dlc = {f"{k}.{p}": f"{k}.{'weight' if p == 'w' else 'bias'}"
+                    for k in ("h1", "h2", "logits") for p in ("w", "b")}
+        self.decay = [self.h1.weight, self.h2.weight, self.logits.weight]
+
+    def forward(self, x):
+        return self.logits(torch.relu(self.h2(torch.relu(self.h1(x)))))
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.h = nn.Linear(32 * 2 * 2, 64)
+        self.logits = nn.Linear(64, 10)
+        self.dlc = {"c1.w": "c1.weight", "c1.b": "c1.bias", "c2.w": "c2.weight", "c2.b": "c2.bias",
+                    "h.dense.w": "h.weight", "h.dense.b": "h.bias",
+                    "logits.w": "logits.weight", "logits.b": "logits.bias"}
+        self.decay = []
+
+    def forward(self, x):
+        img = x.reshape(-1, 1, 8, 8)
+        p1 = F.max_pool2d(torch.relu(self.c1(img)), 2)
+        p2 = F.max_pool2d(torch.relu(self.c2(p1)), 2)
+        h = torch.relu(self.h(p2.flatten(1)))
+        return self.logits(h)
+
+
+class Inception(nn.Module):
+    """The prelude's `inception(x, c1, c3r, c3, c5r, c5, cp)`."""
+
+    def __init__(self, c, c1, c3r, c3, c5r, c5, cp):
+        super().__init__()
+        self.b1 = nn.Conv2d(c, c1, 1)
+        self.r3 = nn.Conv2d(c, c3r, 1)
+        self.b3 = nn.Conv2d(c3r, c3, 3, padding=1)
+        self.r5 = nn.Conv2d(c, c5r, 1)
+        self.b5 = nn.Conv2d(c5r, c5, 5, padding=2)
+        self.bp = nn.Conv2d(c, cp, 1)
+
+    def forward(self, x):
+        b1 = torch.relu(self.b1(x))
+        b3 = torch.relu(self.b3(torch.relu(self.r3(x))))
+        b5 = torch.relu(self.b5(torch.relu(self.r5(x))))
+        bp = torch.relu(self.bp(F.max_pool2d(x, 3, stride=1, padding=1)))
+        return torch.cat([b1, b3, b5, bp], dim=1)
+
+
+class InceptionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.i3a = Inception(16, 8, 8, 16, 4, 8, 8)
+        self.i3b = Inception(40, 16, 16, 24, 4, 8, 8)
+        self.logits = nn.Linear(56, 10)
+        self.dlc = {"stem.w": "stem.weight", "stem.b": "stem.bias",
+                    "logits.linear.w": "logits.weight", "logits.linear.b": "logits.bias"}
+        for blk in ("i3a", "i3b"):
+            for conv in ("b1", "r3", "b3", "r5", "b5", "bp"):
+                self.dlc[f"{blk}.{conv}.w"] = f"{blk}.{conv}.weight"
+                self.dlc[f"{blk}.{conv}.b"] = f"{blk}.{conv}.bias"
+        self.decay = []
+
+    def forward(self, x):
+        img = x.reshape(-1, 1, 8, 8)
+        stem = torch.relu(self.stem(img))
+        pool = F.max_pool2d(self.i3a(stem), 2)
+        gap = F.avg_pool2d(self.i3b(pool), 4)
+        return self.logits(gap.flatten(1))
+
+
+MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet,
+          "inception": InceptionNet}
+
+# the weight-decay factor each .dln adds as `c * l2(...)`
+L2 = {"mlp": 1e-4, "deep_mlp": 1e-4}
+
+
+def build(name: str) -> nn.Module:
+    if name not in MODELS:
+        raise KeyError(f"no PyTorch version of example '{name}' (have: {', '.join(MODELS)})")
+    return MODELS[name]()
+
+
+def load_dlc_params(net: nn.Module, params) -> None:
+    """Copy dlc's params (name -> array, dlc layouts) into the module, in PyTorch layouts."""
+    mine = dict(net.named_parameters())
+    missing = sorted(set(net.dlc) - set(params))
+    extra = sorted(set(params) - set(net.dlc))
+    if missing or extra:
+        raise KeyError(f"param names differ from the dlc model: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for k, tname in net.dlc.items():
+            p = mine[tname]
+            v = torch.as_tensor(np.asarray(params[k], np.float32))
+            if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Linear) and tname.endswith("weight"):
+                v = v.T
+            p.copy_(v.reshape(p.shape).to(p.device))
+
+
+def dlc_params(net: nn.Module) -> dict[str, np.ndarray]:
+    """The module's params in dlc names and layouts (the inverse of `load_dlc_params`)."""
+    mine = dict(net.named_parameters())
+    out = {}
+    for k, tname in net.dlc.items():
+        v = mine[tname].detach().cpu()
+        if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Linear) and tname.endswith("weight"):
+            v = v.T
+        if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Conv2d) and tname.endswith("bias"):
+            v = v.reshape(-1, 1, 1)
+        out[k] = v.contiguous().numpy()
+    return out
+
+
+def loss_fn(name: str, net: nn.Module):
+    """(x, y) -> the scalar loss the .dln minimises. y: int64 labels, or float targets for xor."""
+    c = L2.get(name, 0.0)
+    decay = net.decay
+
+    if name == "xor":
+        def f(x, y):
+            return F.mse_loss(net(x), y)
+    elif c:
+        def f(x, y):
+            return F.cross_entropy(net(x), y) + c * sum(w.square().sum() for w in decay)
+    else:
+        def f(x, y):
+            return F.cross_entropy(net(x), y)
+    return f
+
+
+def optimizer(net: nn.Module, spec) -> torch.optim.Optimizer:
+    """torch.optim from dlc's (name, settings), e.g. graph.meta.optimizer."""
+    name, s = spec
+    ps = list(net.parameters())
+    if name == "sgd":
+        return torch.optim.SGD(ps, lr=s["lr"], momentum=s["momentum"], nesterov=bool(s["nesterov"]))
+    if name == "rmsprop":
+        return torch.optim.RMSprop(ps, lr=s["lr"], alpha=s["alpha"], eps=s["eps"])
+    if name == "adam":
+        return torch.optim.Adam(ps, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"])
+    raise KeyError(f"no PyTorch optimizer for '{name}'")
+
+
+def torch_batch(name: str, feeds: dict, device="cpu"):
+    """dlc feeds (x float32, y int32 labels or float32 targets) as PyTorch tensors."""
+    x = torch.as_tensor(np.asarray(feeds["x"], np.float32)).to(device)
+    y = torch.as_tensor(np.asarray(feeds["y"]))
+    y = y.float() if name == "xor" else y.long()
+    return x, y.to(device)
