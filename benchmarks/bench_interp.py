@@ -27,15 +27,9 @@ same tiny net, divided by the same count.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-
-def _set_threads(n: int) -> None:
-    # must run before NumPy (and its BLAS) is imported
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(n)
+from _timing import environment, import_torch, paired, save_report, scattered, set_threads, time_blocks
 
 
 def _args(argv=None):
@@ -54,14 +48,11 @@ def _args(argv=None):
 
 
 ARGS = _args() if __name__ == "__main__" else None
-_set_threads(ARGS.threads if ARGS else 1)
+set_threads(ARGS.threads if ARGS else 1)
 
 import cProfile  # noqa: E402
-import datetime  # noqa: E402
 import io  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -152,33 +143,6 @@ def torch_model(params: dict, nlayers: int, lr: float, threads: int):
     return step, params_out
 
 
-# -- timing ----------------------------------------------------------------------------------
-
-def time_blocks(fns: dict, steps: int, blocks: int, warmup: int) -> dict:
-    """Per implementation: (median seconds per step, [seconds per step of each block]).
-
-    Each block is `steps` consecutive calls of one implementation. The blocks of the
-    implementations take turns (a block of each, then again), so that a slow spell of the
-    machine (another process) falls on all of them alike rather than on one.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    per = {k: [] for k in fns}
-    for _ in range(blocks):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            per[k].append((time.perf_counter() - t0) / steps)
-    return {k: (float(np.median(v)), v) for k, v in per.items()}
-
-
-def paired(p, q) -> float:
-    """Median over rounds of the ratio of two implementations' blocks timed back to back."""
-    return float(np.median([a / b for a, b in zip(p[1], q[1])]))
-
-
 def data(sizes, batch, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
@@ -255,45 +219,8 @@ def per_node(a):
     return {"nodes": len(steps), **{k: v[0] for k, v in t.items()}}
 
 
-def environment(threads, torch_ok) -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    blas = "unknown"
-    try:
-        cfg = np.show_config(mode="dicts")
-        b = cfg["Build Dependencies"]["blas"]
-        blas = f"{b.get('name')} {b.get('version')}"
-    except Exception:
-        pass
-    lines = [f"date       {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-             f"cpu        {cpu} ({os.cpu_count()} logical cores visible)",
-             f"python     {platform.python_version()}",
-             f"numpy      {np.__version__} (BLAS: {blas}; OPENBLAS/OMP/MKL_NUM_THREADS={threads})"]
-    if torch_ok:
-        import torch
-        lines.append(f"torch      {torch.__version__} (intra-op threads {torch.get_num_threads()}, "
-                     f"interop {torch.get_num_interop_threads()})")
-    else:
-        lines.append("torch      not available (pip install torch to compare)")
-    lines.append(f"dlc        {getattr(dlc, '__version__', '?')} backend interp, -O1")
-    return lines
-
-
 def main(a) -> int:
-    torch_ok = False
-    if not a.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(a.threads)
-            torch_ok = True
-        except ImportError:
-            pass
+    torch_ok = import_torch(a.threads, a.no_torch)
     out = environment(a.threads, torch_ok)
     out.append(f"timing     batch {a.batch}, float32, {a.warmup} warm-up steps, then {a.blocks} blocks of "
                f"{a.steps} consecutive steps per implementation; median ms/step")
@@ -346,7 +273,7 @@ def main(a) -> int:
     q = (pn["dlc"] - pn["replay"]) * 1e6 / n
     table.append(f"  interpreter overhead {q:.2f} us/node {'met' if q <= 5 else 'MISSED'} (taking 'a few' as <= 5)")
     noisy = [f"{name} {k}" for name, r in rows for k in ("dlc", "dlc_api", "numpy", "torch")
-             if r.get(k) and max(r[k][1]) > 1.2 * min(r[k][1])]
+             if r.get(k) and scattered(r[k])]
     if noisy:
         table.append(f"  warning: block times scatter by more than 20% ({', '.join(noisy)}): the machine was "
                      f"busy; the medians are less sure than usual")
@@ -374,12 +301,7 @@ def main(a) -> int:
         out.append(text)
 
     if not a.no_save:
-        path = Path(a.out) if a.out else Path(__file__).parent / "results" / \
-            f"interp-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
-        path.write_text(f"$ {cmd}\n" + "\n".join(out) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {save_report(out, a.out, 'interp')}")
     return 0
 
 

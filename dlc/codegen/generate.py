@@ -319,17 +319,23 @@ class _Generator:
 
     def emit_conv2d(self, n):
         x, w = self.g.operands(n)
+        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(n).shape, self.g.type(w).shape, "conv2d"):
+            return
         consts = self._geometry(self.g.type(x).shape, self.g.type(n).shape, self.g.attrs(n), self.g.type(w).shape[2:])
         self._per_element(n, "conv2d.cu.j2", consts)
 
     def emit_conv2d_grad_x(self, n):  # (g, w, x) -> dx, one thread per element of x
         gy, w, x = self.g.operands(n)
+        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(gy).shape, self.g.type(w).shape, "grad_x"):
+            return
         consts = self._geometry(self.g.type(x).shape, self.g.type(gy).shape, self.g.attrs(n), self.g.type(w).shape[2:])
         self._per_element(n, "conv2d_grad_x.cu.j2", consts)
 
     def emit_conv2d_grad_w(self, n):  # (x, g, w) -> dw, one thread per element of w
         x, gy, w = self.g.operands(n)
         t = self.g.type
+        if self._conv_1x1(n, t(x).shape, t(gy).shape, t(w).shape, "grad_w"):
+            return
         consts = self._geometry(t(x).shape, t(gy).shape, self.g.attrs(n), t(w).shape[2:])
         self._per_element(n, "conv2d_grad_w.cu.j2", consts)
 
@@ -432,13 +438,46 @@ class _Generator:
         # A is [M, K] (or [K, M] when ta); B is [K, N] (or [N, K] when tb)
         a_index = f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka"
         b_index = f"col * {K.c()} + kb" if tb else f"kb * {N.c()} + col"
-        T = MATMUL_TILE
-        ctx = dict(M=M.c(), N=N.c(), K=K.c(), tile=T, a_index=a_index, b_index=b_index, ta=ta, tb=tb)
         variant = ("t" if ta else "n") + ("t" if tb else "n")
-        self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n),
-                  [ceil_div(N, T), ceil_div(M, T), 1], [T, T, 1], barriers=True,
-                  stem=f"matmul_{variant}_{n}")
+        self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}",
+                   f"{'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}")
 
+    def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1"):
+        """The tiled shared-memory product out[row, col] = sum_k A[row, k] B[k, col], with the
+        element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
+        are the operands named `a_in` and `b_in`."""
+        T = MATMUL_TILE
+        ctx = dict(M=M.c(), N=N.c(), K=K.c(), tile=T, a_index=a_index, b_index=b_index,
+                   out_index=out_index, what=what, a_in=a_in, b_in=b_in)
+        self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n),
+                  [ceil_div(N, T), ceil_div(M, T), 1], [T, T, 1], barriers=True, stem=stem)
+
+    def _conv_1x1(self, n, x_shape, g_shape, w_shape, which) -> bool:
+        """A 1x1 convolution with stride 1 and no padding is a matrix product over the channels at
+        every pixel: emit it (and its two adjoints) as the tiled product, columns running over
+        (image, pixel). The kernel (or the adjoint g, for grad_w) is operand 1 and plays A; operand
+        0 plays B. Returns False for any other convolution."""
+        a = self.g.attrs(n)
+        if tuple(w_shape[2:]) != (1, 1) or _pair(a["stride"]) != (1, 1) or _pair(a["padding"]) != (0, 0):
+            return False
+        batch, c, h, w = x_shape
+        o = w_shape[0]
+        P = h * w                                   # pixels per image
+        B = Size.of([batch]) * Size.of([P])         # columns: (image, pixel)
+
+        def pixel(j, ch):  # address of channel 0 of (image, pixel) number j in a [batch, ch, h, w] tensor
+            return f"({j} / {P}) * {ch} * {P} + {j} % {P}"
+        if which == "conv2d":        # y[b, o, p] = sum_c w[o, c] x[b, c, p]
+            self._gemm(n, Size.of([o]), Size.of([c]), B, f"row * {c} + ka", pixel("col", c) + f" + kb * {P}",
+                       pixel("col", o) + f" + row * {P}", f"conv1x1_{n}", "w @ x, per pixel", "in1", "in0")
+        elif which == "grad_x":      # dx[b, c, p] = sum_o w[o, c] g[b, o, p]; operands (g, w, x)
+            self._gemm(n, Size.of([c]), Size.of([o]), B, f"ka * {c} + row", pixel("col", o) + f" + kb * {P}",
+                       pixel("col", c) + f" + row * {P}", f"conv1x1_grad_x_{n}", "w^T @ g, per pixel", "in1", "in0")
+        else:                        # dw[o, c] = sum over (b, p) of g[b, o, p] x[b, c, p]; operands (x, g, w)
+            self._gemm(n, Size.of([o]), B, Size.of([c]), pixel("ka", o) + f" + row * {P}",
+                       pixel("kb", c) + f" + col * {P}", f"row * {c} + col",
+                       f"conv1x1_grad_w_{n}", "g @ x^T, summed over images and pixels", "in1", "in0")
+        return True
 
 def _ewise(op: str, a: str, b: str | None = None) -> str:
     """The registry's C expression of an elementwise op, applied to the C expressions a and b."""

@@ -83,8 +83,10 @@ def _conv(x, w, stride, padding, dilation):
 def _conv_grad_w(x, g, w, stride, padding, dilation):
     s, p, d = _pair(stride, ""), _pair(padding, ""), _pair(dilation, "")
     n, o, ho, wo = g.shape
-    cols = _cols(x, w.shape, s, p, d, ho, wo)
-    return np.tensordot(g.reshape(n, o, -1), cols, axes=([0, 2], [0, 2])).reshape(w.shape)
+    cols = _cols(x, w.shape, s, p, d, ho, wo)  # [N, C*kh*kw, Ho*Wo]
+    # one [O, Ho*Wo] @ [Ho*Wo, C*kh*kw] product per sample, summed over the batch (tensordot would
+    # first copy both operands into [O, N*Ho*Wo] and [N*Ho*Wo, C*kh*kw])
+    return np.matmul(g.reshape(n, o, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
 
 
 def _scatter_taps(dtaps, x_shape, kh, kw, s, p, d, ho, wo):
@@ -165,12 +167,13 @@ def _maxpool(x, kernel, stride, padding):
 def _maxpool_grad(g, x, y, kernel, stride, padding):
     """Each window's gradient goes to its arg-max (the first maximal tap, as PyTorch)."""
     taps, (k, s, p, ho, wo) = _pool_taps(x, kernel, stride, padding, -np.inf)
-    taken = np.zeros(y.shape, bool)
+    todo = np.ones(y.shape, bool)  # windows whose gradient has not been routed yet
     dtaps = []
     for t in taps:
-        hit = (t == y) & ~taken
-        taken |= hit
-        dtaps.append(np.where(hit, g, 0).astype(g.dtype))
+        hit = t == y
+        hit &= todo
+        todo ^= hit
+        dtaps.append(g * hit)  # g where this tap is the window's first max, 0 elsewhere (g finite)
     return _scatter_taps(dtaps, x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
 
 
