@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir.errors import DlcError
 
 BACKENDS = ("interp", "emu", "cuda")
@@ -56,3 +58,57 @@ def make_backend(name: str, graph, float_dtype="float32", cuda_graph: bool = Fal
         return EmuBackend(graph, float_dtype)
     from .cuda import CudaBackend
     return CudaBackend(graph, float_dtype, cuda_graph=cuda_graph)
+
+
+def input_shapes(graph) -> list:
+    """[(input, declared shape)]: computed once per backend (graph.inputs sorts the graph)."""
+    return [(n, graph.type(n).shape) for n in graph.inputs]
+
+
+def bind_dims(shapes: list, feeds: dict) -> dict[str, int]:
+    """Values of the symbolic dims (N) from the inputs that were fed."""
+    dims = {}
+    for n, shape in shapes:
+        if n in feeds:
+            for d, v in zip(shape, np.shape(feeds[n])):
+                if isinstance(d, str):
+                    dims[d] = int(v)
+    return dims
+
+
+class BufferState:
+    """State handling shared by the generated-code backends (emu, cuda): params and optimizer
+    state live in buffers allocated once (`self._persistent`); values for names the graph does
+    not hold are kept aside. A backend says how to copy in (`_upload`) and out (`_download`)."""
+
+    def _upload(self, buf, v: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _download(self, buf) -> np.ndarray:
+        raise NotImplementedError
+
+    def _sync(self) -> None:
+        pass
+
+    def set_state(self, values: dict[str, np.ndarray]) -> None:
+        for k, v in values.items():
+            if k in self._persistent:
+                buf = self._persistent[k]
+                v = np.asarray(v, dtype=buf.dtype)
+                if v.shape != buf.shape:
+                    raise DlcError(f"'{k}' should have shape {list(buf.shape)}, found {list(v.shape)}")
+                self._upload(buf, v)
+            else:
+                self._extra[k] = np.array(v, dtype=np.float32)
+        self._sync()
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        out = {k: self._download(v) for k, v in self._persistent.items()}
+        self._sync()
+        out.update({k: v.copy() for k, v in self._extra.items()})
+        return out
+
+    def _dims(self, feeds) -> dict[str, int]:
+        if getattr(self, "_input_shapes", None) is None:
+            self._input_shapes = input_shapes(self.graph)
+        return bind_dims(self._input_shapes, feeds)

@@ -24,6 +24,7 @@ from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
 from ..codegen.generate import RNG_BUFFER
+from .backends import BufferState
 from .emu import check_labels, label_checks, rng_words
 
 
@@ -48,7 +49,7 @@ def cuda_available() -> tuple[bool, str]:
     return True, f"{name} through CuPy {cupy.__version__}"
 
 
-class CudaBackend:
+class CudaBackend(BufferState):
     name = "cuda"
 
     def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False):
@@ -82,25 +83,15 @@ class CudaBackend:
         self._needs: dict = {}
         self._labels = label_checks(graph)
 
-    # -- state ------------------------------------------------------------------------------
-    def set_state(self, values: dict[str, np.ndarray]) -> None:
-        for k, v in values.items():
-            if k in self._persistent:
-                buf = self._persistent[k]
-                v = np.asarray(v, dtype=buf.dtype)
-                v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
-                if v.shape != buf.shape:
-                    raise DlcError(f"'{k}' should have shape {list(buf.shape)}, found {list(v.shape)}")
-                buf.set(v, stream=self.stream)
-            else:
-                self._extra[k] = np.array(v, dtype=np.float32)
-        self.stream.synchronize()
+    # -- state (set_state, get_state: BufferState) ------------------------------------------
+    def _upload(self, buf, v):
+        buf.set(v if v.flags.c_contiguous else np.ascontiguousarray(v), stream=self.stream)
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        out = {k: self.cp.asnumpy(v, stream=self.stream) for k, v in self._persistent.items()}
+    def _download(self, buf):
+        return self.cp.asnumpy(buf, stream=self.stream)
+
+    def _sync(self):
         self.stream.synchronize()
-        out.update({k: v.copy() for k, v in self._extra.items()})
-        return out
 
     # -- running ----------------------------------------------------------------------------
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
@@ -177,15 +168,6 @@ class CudaBackend:
                 self.sync_each_launch = saved
                 graph = self.stream.end_capture()
         return graph
-
-    def _dims(self, feeds) -> dict[str, int]:
-        dims = {}
-        for n in self.graph.inputs:
-            if n in feeds:
-                for d, v in zip(self.graph.type(n).shape, np.shape(feeds[n])):
-                    if isinstance(d, str):
-                        dims[d] = int(v)
-        return dims
 
     def _buffers(self, dims: dict) -> dict:
         key = tuple(sorted(dims.items()))

@@ -25,6 +25,7 @@ import numpy as np
 from ..codegen import EMU_HEADER, evaluate, generate
 from ..codegen.generate import RNG_BUFFER
 from ..ir.errors import DlcError
+from .backends import BufferState
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
 
@@ -85,7 +86,7 @@ def _debug(msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-class EmuBackend:
+class EmuBackend(BufferState):
     name = "emu"
 
     def __init__(self, graph: Graph, float_dtype=np.float32):
@@ -113,22 +114,12 @@ class EmuBackend:
         self._programs: dict = {}
         self._labels = label_checks(graph)
 
-    # -- state ------------------------------------------------------------------------------
-    def set_state(self, values: dict[str, np.ndarray]) -> None:
-        for k, v in values.items():
-            if k in self._persistent:
-                buf = self._persistent[k]
-                v = np.asarray(v, dtype=buf.dtype)
-                if v.shape != buf.shape:
-                    raise DlcError(f"'{k}' should have shape {list(buf.shape)}, found {list(v.shape)}")
-                np.copyto(buf, v)
-            else:
-                self._extra[k] = np.array(v, dtype=np.float32)
+    # -- state (set_state, get_state: BufferState) ------------------------------------------
+    def _upload(self, buf, v):
+        np.copyto(buf, v)
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        out = {k: v.copy() for k, v in self._persistent.items()}
-        out.update({k: v.copy() for k, v in self._extra.items()})
-        return out
+    def _download(self, buf):
+        return buf.copy()
 
     # -- running ----------------------------------------------------------------------------
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
@@ -157,15 +148,6 @@ class EmuBackend:
             for fn, args in commits:
                 fn(*args)
         return out
-
-    def _dims(self, feeds) -> dict[str, int]:
-        dims = {}
-        for n in self.graph.inputs:
-            if n in feeds:
-                for d, v in zip(self.graph.type(n).shape, np.shape(feeds[n])):
-                    if isinstance(d, str):
-                        dims[d] = int(v)
-        return dims
 
     def _buffers(self, dims: dict) -> dict[str, np.ndarray]:
         key = tuple(sorted(dims.items()))

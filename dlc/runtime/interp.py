@@ -13,6 +13,7 @@ import numpy as np
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import OPS
+from .backends import bind_dims, input_shapes
 
 
 class Interpreter:
@@ -93,16 +94,8 @@ class Interpreter:
 
     def _dims(self, feeds) -> dict[str, int]:
         if self._input_shapes is None:  # graph.inputs sorts the whole graph: do it once
-            self._input_shapes = [(n, self.graph.type(n).shape) for n in self.graph.inputs]
-        dims = {}
-        for n, shape in self._input_shapes:
-            if n not in feeds:  # forward needs no labels
-                continue
-            for d, v in zip(shape, feeds[n].shape):
-                if isinstance(d, str):
-                    dims[d] = v
-        return dims
-
+            self._input_shapes = input_shapes(self.graph)
+        return bind_dims(self._input_shapes, feeds)
 
 def _identity(x):
     return x
