@@ -32,10 +32,11 @@ RTOL, ATOL = 1e-4, 1e-5
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def assert_close(got, want, what):
+def assert_close(got, want, what, scale=None):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    if scale is None:
+        scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
     err = np.abs(got - want)
     bad = err > ATOL * scale + RTOL * np.abs(want)
     assert not bad.any(), f"{what}: NOT OK, maxdiff {err.max():.3g} (scale {scale:.3g}) at {np.argwhere(bad)[0]}"
@@ -47,18 +48,30 @@ def step_roots(g):
     return list(dict.fromkeys(r for r in roots if r))
 
 
-def compare_step(g, emu, batch, seed=0, rng=None):
-    """One training step on both backends from the same state and batch; everything compared."""
+def compare_step(g, emu, batch, seed=0, rng=None, scale_by_intermediates=False):
+    """One training step on both backends from the same state and batch; everything compared.
+
+    With `scale_by_intermediates`, the absolute tolerance scales with the largest value the step
+    computes anywhere, not with the result alone: a result that cancels (a sum of terms of size
+    5 that is 0 in exact arithmetic) carries float32 rounding of the size of its terms, and both
+    backends are then equally right to within that."""
     ref = Interpreter(g)
     state = initial_state(g, seed)
     ref.set_state(state)
     emu.set_state(state)
     feeds = synth_feeds(g, batch, seed)
     roots = step_roots(g)
+    scale = None
+    if scale_by_intermediates:
+        every = [n for n in g.order() if g.op(n) not in ("input", "param", "state", "assign")]
+        values = Interpreter(g)
+        values.set_state(state)
+        scale = max([1.0] + [float(np.abs(v).max()) for v in values.run(every, feeds, rng=rng).values()
+                             if np.size(v)])
     want = ref.run(roots, feeds, commit=True, rng=rng)
     got = emu.run(roots, feeds, commit=True, rng=rng)
     for r in roots:
-        assert_close(got[r], want[r], f"{r} (batch {batch})")
+        assert_close(got[r], want[r], f"{r} (batch {batch})", scale)
     want_state, got_state = ref.get_state(), emu.get_state()
     for k in want_state:
         assert_close(got_state[k], want_state[k], f"updated {k} (batch {batch})")
@@ -195,7 +208,8 @@ def test_mlp_training_step_through_the_api():
 @given(recipes, st.integers(1, 19))
 def test_random_graphs_match_interpreter(recipe, batch):
     g = build_random_graph(recipe)
-    compare_step(g, EmuBackend(g), batch)
+    # random chains can cancel exactly (x - mean(x), summed): scale by the step's intermediates
+    compare_step(g, EmuBackend(g), batch, scale_by_intermediates=True)
 
 
 # -- the examples ----------------------------------------------------------------------------
