@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import dlc
+PKG = Path(dlc.__file__).resolve().parent  # frames inside dlc name where a crash happened
 from dlc.dsl.frontend import PRELUDE_FILE, lower
 from dlc.ir.errors import DlcError
 from dlc.ir.text import parse_ir, print_ir
@@ -291,7 +292,7 @@ def judge(text: str):
             return "location-file", f"{loc}: {e.message}"
         return None
     except Exception as exc:  # noqa: BLE001 - what the fuzzer is for
-        where = [f.name for f in traceback.extract_tb(exc.__traceback__) if "/dlc/" in f.filename.replace("\\", "/")]
+        where = [f.name for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().is_relative_to(PKG)]
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300] + f"  (in {' > '.join(where[-3:])})"
         return f"crash:{type(exc).__name__}", detail
     try:

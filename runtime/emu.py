@@ -1,5 +1,5 @@
 """The `emu` backend: the generated CUDA module, compiled by the host C++ compiler against
-`dlc/codegen/cuda_emu.h` and run on the CPU (blocks in parallel with OpenMP, the threads of a
+`codegen/cuda_emu.h` and run on the CPU (blocks in parallel with OpenMP, the threads of a
 block as fibers). Slow, but it runs the very kernels the GPU would, on any machine.
 
 The shared library is cached on disk by a hash of its source and compiler flags, under
