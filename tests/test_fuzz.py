@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 
 import dlc
-PKG = Path(dlc.__file__).resolve().parent  # frames inside dlc name where a crash happened
 from dlc.dsl.frontend import PRELUDE_FILE, lower
 from dlc.ir.errors import DlcError
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
 
 HERE = Path(__file__).parent
+PKG = Path(dlc.__file__).resolve().parent  # frames inside it say where a crash happened
 FILE = "fuzz.dln"
 N_RANDOM = 3000
 SEED = 20251121
