@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import OPS
-from ..ir.philox import PHILOX_C
+from .philox import PHILOX_C
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
 from .sizes import Size, broadcast_index, ceil_div, gather_index, strides, symbols_of
@@ -45,6 +45,10 @@ RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime be
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
 MATMUL_TILE = 16             # matmul: TILE x TILE threads, TILE x TILE shared tiles of A and B
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
+POINTWISE = ("elementwise", "broadcast")  # families a fusion group computes inline
+INLINED = ("const", "shape")  # families whose value a fused kernel writes as a literal
+UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
+MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 COLUMN_OUTPUTS = 64          # reducing leading axes into at least this many outputs: a thread per output
 
 
@@ -80,19 +84,21 @@ class Kernel:
     launch: Launch
     comment: list = field(default_factory=list)
     params: list = field(default_factory=list)   # (C declaration) per argument
+    uses: int = 1                                # launches of this kernel in the plan
+    body: str = ""                               # the rendered body
 
 
 class Module:
     """A generated CUDA module: source text, launch plan and buffer table."""
 
-    def __init__(self, graph: Graph, kernels: list[Kernel], buffers: dict[str, Buffer],
+    def __init__(self, graph: Graph, kernels: list[Kernel], launches: list[Launch], buffers: dict[str, Buffer],
                  node_buffer: dict[str, str], source: str):
         self.graph = graph
-        self.kernels = kernels
+        self.kernels = kernels            # distinct kernels: one per body
         self.buffers = buffers
         self.node_buffer = node_buffer    # node -> buffer holding its value
         self.source = source
-        self.launches = [k.launch for k in kernels]
+        self.launches = launches          # the plan: every launch, in order
         self.symbols = symbols_of(*(b.shape for b in buffers.values()))
 
     @property
@@ -144,36 +150,57 @@ class _Generator:
         self.g = graph
         self.buffers: dict[str, Buffer] = {}
         self.node_buffer: dict[str, str] = {}
-        self.kernels: list[Kernel] = []
+        self.kernels: list[Kernel] = []      # distinct kernels, in order of first use
+        self.launches: list[Launch] = []     # every launch of the plan, in order
+        self.bodies: dict[tuple, Kernel] = {}
         self.names: set[str] = set()
+        self.commits: list[str] = []     # assigns, committed after every kernel of the step
+        self._epilogue: dict | None = None  # set while a product's kernel is emitted with a group
+        self.inplace: dict[str, str] = {}    # assign -> target that an update group writes in place
 
     def run(self) -> Module:
         g = self.g
+        # fusion groups (-O2): a member is computed inside its root's kernel; constants that only
+        # groups read are inlined there as literals and get no kernel
+        member_of = {m: root for root, (_, members) in g.meta.groups.items() for m in members}
+        updates = [r for r, (rule, _) in g.meta.groups.items() if rule == "update"]
+        for r in updates:  # each output of an update is written in place into its assign's target
+            for m in g.meta.groups[r][1]:
+                for a in g.users(m):
+                    if OPS[g.op(a)].family == "assign":
+                        self.inplace[a] = self.node_buffer[a] = self.node_buffer[m] = g.operands(a)[0]
         for n in g.order():
             op = g.op(n)
             if op not in OPS:
                 raise DlcError(f"codegen: unknown op '{op}'", g.loc(n))
-            family = OPS[op].family
-            if op in ("input", "param", "state"):
-                t = g.type(n)
-                self.buffers[n] = Buffer(n, t.dtype, list(t.shape), op)
-                self.node_buffer[n] = n
+            if n in member_of:
+                if member_of[n] == n and g.meta.groups[n][0] != "update":
+                    self.emit_group(n)
                 continue
-            # an emitter named after the op, else after its family
-            emit = getattr(self, f"emit_{op}", None) or getattr(self, f"emit_{family}", None)
+            family = OPS[op].family
+            if family in INLINED and g.users(n) and all(u in member_of for u in g.users(n)):
+                continue
+            emit = EMITTERS.get(family)
             if emit is None:
-                raise DlcError(f"codegen: no kernel for op '{op}' (family {family})", g.loc(n))
-            emit(n)
-        for n in g.nodes_of("assign"):
+                raise DlcError(f"codegen: no emitter for kernel family '{family}' (op {op})", g.loc(n))
+            emit(self, n)
+        for i in range(0, len(updates), UPDATE_SEGMENTS):  # after the step, before the copies
+            self.emit_updates(updates[i:i + UPDATE_SEGMENTS])
+        for n in self.commits:
             self._commit(n)
+        for k in self.kernels:
+            if k.uses > MAX_USES_LISTED + 1:
+                k.comment.append(f"... launched {k.uses} times in all")
         source = _env.get_template("module.cu.j2").render(
-            model=g.meta.name, kernels=self.kernels, render=self._render,
+            model=g.meta.name, kernels=self.kernels, render=lambda k: k.body,
             philox=PHILOX_C.strip() if RNG_BUFFER in self.buffers else None,
             symbols=symbols_of(*(b.shape for b in self.buffers.values())))
-        return Module(g, self.kernels, self.buffers, self.node_buffer, source)
+        return Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _temp(self, n: str) -> str:
+        if self._epilogue and n == self._epilogue["producer"]:
+            n = self._epilogue["root"]  # the product's value lives only in registers
         t = self.g.type(n)
         self.buffers[n] = Buffer(n, t.dtype, list(t.shape), "temp")
         self.node_buffer[n] = n
@@ -202,18 +229,45 @@ class _Generator:
         return [line.replace("\\", "/") for line in lines]
 
     def _add(self, n: str, template: str, ctx: dict, out: str, ins: list[str], grid, block,
-             barriers=False, phase="step", stem=None, what=None, extra_dims=()) -> Kernel:
+             barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None) -> Kernel:
         """Add a kernel for node `n` writing buffer `out` and reading buffers `ins`; it takes the
         symbols of their shapes (and `extra_dims`) as `int dim_<symbol>` arguments."""
+        epi = self._epilogue if self._epilogue and n == self._epilogue["producer"] else None
+        ctx = dict(ctx, epilogue=epi)
+        if epi:  # the product's kernel, finishing with its fusion group (see emit_group)
+            n, ins, stem = epi["root"], ins + epi["bufs"], epi["stem"] or stem
+            extra_dims, comment = tuple(extra_dims) + tuple(epi["dims"]), epi["comment"]
         dims = sorted(set(symbols_of(*[self.buffers[b].shape for b in [out] + ins])) | set(extra_dims))
         name = self._kernel_name(stem or f"{self.g.op(n)}_{n}")
         params = [f"{CTYPE[self.buffers[out].dtype]}* __restrict__ out"]
         params += [f"const {CTYPE[self.buffers[b].dtype]}* __restrict__ in{i}" for i, b in enumerate(ins)]
         params += [f"int dim_{d}" for d in dims]
         launch = Launch(name, n, self.g.op(n), phase, [out] + ins, dims, list(grid), list(block), barriers)
-        k = Kernel(name, template, ctx, launch, self._comment(n, what), params)
-        self.kernels.append(k)
-        return k
+        k = Kernel(name, template, ctx, launch, comment or self._comment(n, what), params)
+        return self._register(k)
+
+    def _register(self, k: Kernel) -> Kernel:
+        """Add a kernel's launch to the plan, and the kernel to the module unless an identical
+        one is there already."""
+        launch, params, n, name = k.launch, k.params, k.launch.node, k.name
+        self.launches.append(launch)
+        # one kernel per distinct body: a node whose kernel would read exactly like an earlier one
+        # (a deep net's layers of one width) launches that one on its own buffers
+        k.body = self._render(k)
+        key = (tuple(params), k.body)
+        same = self.bodies.get(key)
+        if same is None:
+            self.bodies[key] = k
+            self.kernels.append(k)
+            return k
+        self.names.discard(name)
+        launch.kernel = same.name
+        same.uses += 1
+        if same.uses <= MAX_USES_LISTED:
+            loc = self.g.loc(n)
+            same.comment.append(f"also launched for %{n}" + (f" ({loc}: {self.g.source_line(loc) or ''})".replace(
+                "\\", "/") if loc else ""))
+        return same
 
     def _render(self, k: Kernel) -> str:
         return _env.get_template(k.template).render(k=k, **k.ctx)
@@ -229,6 +283,11 @@ class _Generator:
                          [ELEMENTWISE_BLOCK, 1, 1], phase=phase, stem=stem, what=what)
 
     # -- families --------------------------------------------------------------------------------
+    def emit_source(self, n):  # input, param, state: a buffer of their own, no kernel
+        t = self.g.type(n)
+        self.buffers[n] = Buffer(n, t.dtype, list(t.shape), self.g.op(n))
+        self.node_buffer[n] = n
+
     def emit_elementwise(self, n):
         g = self.g
         d = OPS[g.op(n)]
@@ -237,19 +296,129 @@ class _Generator:
                  for i, (var, a) in enumerate(zip("ab", g.operands(n)))]
         self._pointwise(n, self._temp(n), self._ins(n), d.c, loads)
 
+    def emit_group(self, root):
+        """A fusion group as one kernel. Rule `elementwise`: one thread per element of the root,
+        each member a local variable, only the root's value stored. Rule `epilogue`: the first
+        member that is not pointwise is a matmul or convolution; its kernel runs with the other members applied to its
+        accumulator `acc` before the one store (the `store.cu.j2` hook of its template)."""
+        g = self.g
+        rule, members = g.meta.groups[root]
+        comment = [f"fused group %{root} ({rule}): {len(members)} nodes"] * (len(members) > 1)
+        for m in members:
+            comment += self._comment(m)
+        stem = f"fused_{root}" if len(members) > 1 else None
+        if rule == "epilogue":
+            producer = next(m for m in members if OPS[g.op(m)].family not in POINTWISE)
+            slots = len(g.operands(producer))  # the product's own inputs come first
+            rest = [m for m in members if m != producer]
+            body = self._pointwise_body(rest, root, "ei", slots, {producer: "acc"})
+            self._epilogue = dict(producer=producer, root=root, comment=comment, stem=stem, **body)
+            try:
+                EMITTERS[OPS[g.op(producer)].family](self, producer)
+            finally:
+                self._epilogue = None
+            return
+        body = self._pointwise_body(members, root, "i", 0, {})
+        size = Size.of(g.type(root).shape)
+        ctx = dict(size=size.c(), loads=body["loads"], lets=body["lets"], expr=body["expr"],
+                   ctype=CTYPE[g.type(root).dtype])
+        self._add(root, "pointwise.cu.j2", ctx, self._temp(root), body["bufs"],
+                  [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], stem=stem,
+                  extra_dims=body["dims"], comment=comment)
+
+    def _pointwise_body(self, members, root, index: str, slot0: int, known: dict) -> dict:
+        """C statements for pointwise members at flat element `index` of the root: the buffers
+        they load (as in{slot0}, in{slot0 + 1}, ... with the root's broadcast index), their lets,
+        the root's expression and the symbols they need. `known` gives C for values already at
+        hand (an epilogue's accumulator); constants and static sizes become literals."""
+        g = self.g
+        inside, shape = set(members), g.type(root).shape
+        bufs, loads, lets, dims, expr = [], [], [], set(), dict(known)
+
+        def outside(a):
+            if a not in expr:
+                fam = OPS[g.op(a)].family
+                if fam == "const":
+                    expr[a] = _c_float(float(g.attrs(a)["value"]))
+                elif fam == "shape":
+                    count = self._count(a)
+                    dims.update(count.syms)
+                    expr[a] = f"(float)({count.c()})"
+                else:
+                    var = f"x{len(bufs)}"
+                    loads.append((var, slot0 + len(bufs), broadcast_index(index, shape, g.type(a).shape)))
+                    bufs.append(self.node_buffer[a])
+                    expr[a] = var
+            return expr[a]
+        for k, m in enumerate(members):
+            d = OPS[g.op(m)]
+            args = g.operands(m)[:1] if d.family == "broadcast" else g.operands(m)
+            vals = [expr[a] if a in inside else outside(a) for a in args]
+            lets.append((f"t{k}", _ewise(g.op(m), *vals) if d.family == "elementwise" else vals[0]))
+            expr[m] = f"t{k}"
+        return dict(bufs=bufs, loads=loads, lets=lets, expr=expr[root], dims=sorted(dims), vars=expr)
+
+    def emit_updates(self, roots):
+        """Optimizer updates, multi-tensor: one kernel for several update groups (up to
+        UPDATE_SEGMENTS), over the concatenated index space of their params, one segment each.
+        A segment loads its param's old values, gradient and state, computes the group, and
+        stores every output straight into its target (param or state), in place. It runs in the
+        commit phase, after every kernel of the step has read the old values."""
+        g = self.g
+        params: dict[str, str] = {}   # buffer -> kernel parameter name
+        written = {self.node_buffer[m] for r in roots for m in g.meta.groups[r][1] if m in self.node_buffer}
+        segments, comment, start, dims = [], [f"optimizer update of {len(roots)} tensors, in place"], 0, set()
+        for r in roots:
+            rule, members = g.meta.groups[r]
+            body = self._pointwise_body(members, r, "j", 0, {})
+            for b in body["bufs"]:
+                params.setdefault(b, None)
+            outs = [m for m in members if m in self.node_buffer]
+            size = Size.of(g.type(r).shape)
+            if size.static is None:
+                raise DlcError(f"codegen: update of %{r} has a symbolic size {g.type(r)}", g.loc(r))
+            segments.append(dict(start=start, stop=start + size.static, body=body, outs=outs))
+            dims.update(body["dims"])
+            targets = ", ".join(f"%{self.node_buffer[m]}" for m in outs)
+            loc = g.loc(r)
+            comment.append(f"[{start}, {start + size.static}): {targets}" +
+                           (f" from {loc}: {g.source_line(loc) or ''}" if loc else ""))
+            start += size.static
+        for b in written:
+            params.setdefault(b, None)
+        ordered = sorted(params, key=lambda b: (b not in written, list(params).index(b)))
+        names = {b: (f"io{i}" if b in written else f"in{i}") for i, b in enumerate(ordered)}
+        for s in segments:
+            body = s["body"]
+            s["loads"] = [(var, names[body["bufs"][slot]], index) for var, slot, index in body["loads"]]
+            s["lets"] = body["lets"]
+            s["stores"] = [(names[self.node_buffer[m]], body["vars"][m]) for m in s["outs"]]
+        decl = [f"{CTYPE[self.buffers[b].dtype]}* __restrict__ {names[b]}" if b in written else
+                f"const {CTYPE[self.buffers[b].dtype]}* __restrict__ {names[b]}" for b in ordered]
+        dims = sorted(set(symbols_of(*[self.buffers[b].shape for b in ordered])) | dims)
+        decl += [f"int dim_{d}" for d in dims]
+        name = self._kernel_name(f"update_{roots[0]}" + (f"_and_{len(roots) - 1}_more" if len(roots) > 1 else ""))
+        launch = Launch(name, roots[0], g.op(roots[0]), "commit", ordered, dims,
+                        [ceil_div(Size(start), ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], False)
+        k = Kernel(name, "update.cu.j2", dict(segments=segments, size=start), launch, comment, decl)
+        self._register(k)
+
+    def _count(self, n) -> Size:
+        """The element count a `size` node stands for."""
+        t = self.g.type(self.g.operands(n)[0])
+        return Size.of(t.shape[a] for a in normalize_axes(self.g.attrs(n)["axis"], t.rank))
+
     def emit_const(self, n):
         value = float(self.g.attrs(n)["value"])
         self._add(n, "const.cu.j2", dict(value=_c_float(value)), self._temp(n), [], [1, 1, 1], [1, 1, 1])
 
     def emit_size(self, n):
-        t = self.g.type(self.g.operands(n)[0])
-        axes = normalize_axes(self.g.attrs(n)["axis"], t.rank)
-        count = Size.of(t.shape[a] for a in axes)
+        count = self._count(n)
         # the operand is not read, only its (possibly symbolic) shape: pass no buffer for it
         self._add(n, "const.cu.j2", dict(value=f"(float){count.c()}"), self._temp(n), [], [1, 1, 1], [1, 1, 1],
                   extra_dims=count.syms)
 
-    def emit_reshape(self, n):
+    def emit_alias(self, n):  # reshape: the operand's buffer under another shape
         self.node_buffer[n] = self.node_buffer[self.g.operands(n)[0]]
 
     def _copy(self, n, index: str):
@@ -264,7 +433,7 @@ class _Generator:
         st = strides(in_shape)
         self._copy(n, gather_index("i", out_shape, [st[p] for p in perm]))
 
-    def emit_broadcast_like(self, n):
+    def emit_broadcast(self, n):
         g = self.g
         self._copy(n, broadcast_index("i", g.type(n).shape, g.type(g.operands(n)[0]).shape))
 
@@ -317,21 +486,21 @@ class _Generator:
         return [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
                 ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("DH", dh), ("DW", dw)]
 
-    def emit_conv2d(self, n):
+    def emit_conv(self, n):  # (x, w) -> y
         x, w = self.g.operands(n)
-        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(n).shape, self.g.type(w).shape, "conv2d"):
+        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(n).shape, self.g.type(w).shape, "forward"):
             return
         consts = self._geometry(self.g.type(x).shape, self.g.type(n).shape, self.g.attrs(n), self.g.type(w).shape[2:])
         self._per_element(n, "conv2d.cu.j2", consts)
 
-    def emit_conv2d_grad_x(self, n):  # (g, w, x) -> dx, one thread per element of x
+    def emit_conv_grad_x(self, n):  # (g, w, x) -> dx, one thread per element of x
         gy, w, x = self.g.operands(n)
         if self._conv_1x1(n, self.g.type(x).shape, self.g.type(gy).shape, self.g.type(w).shape, "grad_x"):
             return
         consts = self._geometry(self.g.type(x).shape, self.g.type(gy).shape, self.g.attrs(n), self.g.type(w).shape[2:])
         self._per_element(n, "conv2d_grad_x.cu.j2", consts)
 
-    def emit_conv2d_grad_w(self, n):  # (x, g, w) -> dw, one thread per element of w
+    def emit_conv_grad_w(self, n):  # (x, g, w) -> dw, one thread per element of w
         x, gy, w = self.g.operands(n)
         t = self.g.type
         if self._conv_1x1(n, t(x).shape, t(gy).shape, t(w).shape, "grad_w"):
@@ -339,25 +508,17 @@ class _Generator:
         consts = self._geometry(t(x).shape, t(gy).shape, self.g.attrs(n), t(w).shape[2:])
         self._per_element(n, "conv2d_grad_w.cu.j2", consts)
 
-    def _pool(self, n, template, x, y_shape):
+    def _pool(self, n, x, y_shape):
         a = self.g.attrs(n)
-        kernel = _pair(a["kernel"])
-        consts = self._geometry(self.g.type(x).shape, y_shape, a, kernel)
-        self._per_element(n, template, consts)
+        consts = self._geometry(self.g.type(x).shape, y_shape, a, _pair(a["kernel"]))
+        self._per_element(n, OPS[self.g.op(n)].kernel["template"], consts)
 
-    def emit_maxpool2d(self, n):
-        self._pool(n, "maxpool2d.cu.j2", self.g.operands(n)[0], self.g.type(n).shape)
+    def emit_pool(self, n):  # (x) -> y, one thread per output
+        self._pool(n, self.g.operands(n)[0], self.g.type(n).shape)
 
-    def emit_avgpool2d(self, n):
-        self._pool(n, "avgpool2d.cu.j2", self.g.operands(n)[0], self.g.type(n).shape)
-
-    def emit_maxpool2d_grad(self, n):  # (g, x, y) -> dx
-        gy, x, _ = self.g.operands(n)
-        self._pool(n, "maxpool2d_grad.cu.j2", x, self.g.type(gy).shape)
-
-    def emit_avgpool2d_grad(self, n):  # (g, x) -> dx
-        gy, x = self.g.operands(n)
-        self._pool(n, "avgpool2d_grad.cu.j2", x, self.g.type(gy).shape)
+    def emit_pool_grad(self, n):  # (g, x, ...) -> dx, one thread per element of x
+        gy, x = self.g.operands(n)[:2]
+        self._pool(n, x, self.g.type(gy).shape)
 
     def _per_element(self, n, template, consts):
         size = Size.of(self.g.type(n).shape)
@@ -365,6 +526,9 @@ class _Generator:
                   [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])
 
     def emit_assign(self, n):
+        if n in self.inplace:  # an update group writes the target itself: nothing to commit
+            return
+        self.commits.append(n)
         value = self.g.operands(n)[1]
         buf = self.node_buffer[value]
         if self.buffers[buf].kind == "temp":
@@ -394,9 +558,9 @@ class _Generator:
             base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
             offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
             index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
-        mapped, mean = REDUCTIONS[op]
+        kernel = OPS[op].kernel
         loads = [(var, i, index) for i, var in enumerate("ab"[:len(args)])]
-        ctx = dict(extent=extent.c(), loads=loads, expr=mapped, mean=mean, size=outputs.c())
+        ctx = dict(extent=extent.c(), loads=loads, expr=kernel["map"], finish=kernel["finish"], size=outputs.c())
         if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
             # many columns: one thread each walks down its column (neighbours read neighbours)
             self._add(n, "reduce_columns.cu.j2", ctx, self._temp(n), self._ins(n),
@@ -413,20 +577,21 @@ class _Generator:
         extent = Size.of([shape[axis]])
         inner = Size.of(shape[axis + 1:])
         rows = Size.of(shape[:axis]) * inner
-        ctx = dict(extent=extent.c(), inner=inner.c(), expr=SOFTMAX_OUT[g.op(n)])
+        ctx = dict(extent=extent.c(), inner=inner.c(), expr=OPS[g.op(n)].kernel["out"])
         self._add(n, "softmax.cu.j2", ctx, self._temp(n), self._ins(n), [rows.static or rows.py(), 1, 1],
                   [_pow2_block(extent), 1, 1], barriers=True)
 
-    def emit_xent(self, n):  # softmax_xent (mean loss over rows), softmax_xent_grad (one block per row)
+    def emit_xent(self, n):  # softmax_xent: the mean loss over rows, in one block
         g = self.g
         n_rows, classes = (Size.of([d]) for d in g.type(g.operands(n)[0]).shape)
-        ctx = dict(rows=n_rows.c(), classes=classes.c())
-        if g.op(n) == "softmax_xent":
-            self._add(n, "xent.cu.j2", ctx, self._temp(n), self._ins(n), [1, 1, 1],
-                      [_pow2_block(n_rows), 1, 1], barriers=True)
-        else:
-            self._add(n, "xent_grad.cu.j2", ctx, self._temp(n), self._ins(n), [n_rows.static or n_rows.py(), 1, 1],
-                      [_pow2_block(classes), 1, 1], barriers=True)
+        self._add(n, "xent.cu.j2", dict(rows=n_rows.c(), classes=classes.c()), self._temp(n), self._ins(n),
+                  [1, 1, 1], [_pow2_block(n_rows), 1, 1], barriers=True)
+
+    def emit_xent_grad(self, n):  # softmax_xent_grad: one block per row
+        g = self.g
+        n_rows, classes = (Size.of([d]) for d in g.type(g.operands(n)[0]).shape)
+        self._add(n, "xent_grad.cu.j2", dict(rows=n_rows.c(), classes=classes.c()), self._temp(n), self._ins(n),
+                  [n_rows.static or n_rows.py(), 1, 1], [_pow2_block(classes), 1, 1], barriers=True)
 
     def emit_matmul(self, n):
         g = self.g
@@ -467,7 +632,7 @@ class _Generator:
 
         def pixel(j, ch):  # address of channel 0 of (image, pixel) number j in a [batch, ch, h, w] tensor
             return f"({j} / {P}) * {ch} * {P} + {j} % {P}"
-        if which == "conv2d":        # y[b, o, p] = sum_c w[o, c] x[b, c, p]
+        if which == "forward":       # y[b, o, p] = sum_c w[o, c] x[b, c, p]
             self._gemm(n, Size.of([o]), Size.of([c]), B, f"row * {c} + ka", pixel("col", c) + f" + kb * {P}",
                        pixel("col", o) + f" + row * {P}", f"conv1x1_{n}", "w @ x, per pixel", "in1", "in0")
         elif which == "grad_x":      # dx[b, c, p] = sum_o w[o, c] g[b, o, p]; operands (g, w, x)
@@ -485,20 +650,30 @@ def _ewise(op: str, a: str, b: str | None = None) -> str:
     return "(" + re.sub(r"\b([ab])\b", lambda m: f"({a})" if m.group(1) == "a" else f"({b})", c) + ")"
 
 
-# reduction-family ops: what each element contributes (written with registry ops) and whether
-# the sum is divided by the number of elements reduced
-REDUCTIONS = {
-    "sum": ("a", False),
-    "mean": ("a", True),
-    "l1": (_ewise("abs", "a"), False),
-    "l2": (_ewise("mul", "a", "a"), False),
-    "mse": (_ewise("mul", _ewise("sub", "a", "b"), _ewise("sub", "a", "b")), True),
-}
-
-# softmax-family ops: the output from x, the row maximum m and s = sum(exp(x - m))
-SOFTMAX_OUT = {
-    "softmax": "expf(x - m) / s",
-    "log_softmax": "(x - m) - logf(s)",
+# One emitter per kernel family (the registry's `family`; what each needs from an op is declared
+# in the op's entry, see ir/ops.py FAMILIES). A new op of an existing family needs no change here.
+EMITTERS = {
+    "source": _Generator.emit_source,
+    "const": _Generator.emit_const,
+    "shape": _Generator.emit_size,
+    "elementwise": _Generator.emit_elementwise,
+    "reduce": _Generator.emit_reduce,
+    "softmax": _Generator.emit_softmax,
+    "xent": _Generator.emit_xent,
+    "xent_grad": _Generator.emit_xent_grad,
+    "matmul": _Generator.emit_matmul,
+    "transpose": _Generator.emit_transpose,
+    "broadcast": _Generator.emit_broadcast,
+    "slice": _Generator.emit_slice,
+    "concat": _Generator.emit_concat,
+    "alias": _Generator.emit_alias,
+    "conv": _Generator.emit_conv,
+    "conv_grad_x": _Generator.emit_conv_grad_x,
+    "conv_grad_w": _Generator.emit_conv_grad_w,
+    "pool": _Generator.emit_pool,
+    "pool_grad": _Generator.emit_pool_grad,
+    "dropout": _Generator.emit_dropout,
+    "assign": _Generator.emit_assign,
 }
 
 

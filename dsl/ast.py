@@ -16,6 +16,7 @@ from lark import Lark, Transformer, v_args
 from ..ir.errors import DlcError, Loc
 
 MAX_INT = 2**62  # integer literals beyond this are mistakes, and would overflow float()
+RESERVED = ("true", "false")  # the booleans: names that nothing may bind
 
 
 @dataclass
@@ -149,6 +150,14 @@ class ToAst(Transformer):
     def _loc(self, meta_or_tok):
         return Loc(self.file, meta_or_tok.line, meta_or_tok.column)
 
+    def _bound(self, tok) -> str:
+        """A name being bound (an input, param, binding, function or parameter, pattern dimension):
+        never one of the reserved names."""
+        if str(tok) in RESERVED:
+            raise DlcError(f"'{tok}' is reserved (it is the boolean {tok}) and cannot be bound as a name",
+                           self._loc(tok))
+        return str(tok)
+
     def __default__(self, data, children, meta):  # pragma: no cover - every rule is handled
         raise NotImplementedError(data)
 
@@ -164,29 +173,29 @@ class ToAst(Transformer):
     def func(self, meta, c):
         params = [p for p in c[1:] if isinstance(p, FParam)]
         body = [s for s in c[1:] if s is not None and not isinstance(s, FParam)]
-        return Func(self._loc(meta), str(c[0]), params, body)
+        return Func(self._loc(meta), self._bound(c[0]), params, body)
 
     @v_args(meta=True)
     def fparam(self, meta, c):
         pat = c[1]
-        return FParam(self._loc(meta), str(c[0]), pat[1] if pat else None, pat[0] if pat else None, c[2])
+        return FParam(self._loc(meta), self._bound(c[0]), pat[1] if pat else None, pat[0] if pat else None, c[2])
 
     def pattern(self, c):
         dtype = str(c[0]) if c[0] is not None else None
-        dims = [] if c[1:] == [None] else [int(d) if d.type == "INT" else str(d) for d in c[1:]]
+        dims = [] if c[1:] == [None] else [int(d) if d.type == "INT" else self._bound(d) for d in c[1:]]
         return (dtype, dims)
 
     @v_args(meta=True)
     def input(self, meta, c):
-        return Input(self._loc(meta), str(c[0]), c[1])
+        return Input(self._loc(meta), self._bound(c[0]), c[1])
 
     @v_args(meta=True)
     def param(self, meta, c):
-        return Param(self._loc(meta), str(c[0]), c[1], c[2])
+        return Param(self._loc(meta), self._bound(c[0]), c[1], c[2])
 
     @v_args(meta=True)
     def bind(self, meta, c):
-        return Bind(self._loc(meta), str(c[0]), c[1])
+        return Bind(self._loc(meta), self._bound(c[0]), c[1])
 
     @v_args(meta=True)
     def output(self, meta, c):

@@ -9,7 +9,8 @@ and a mismatch is reported at the `.dln` expression that caused it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -151,6 +152,7 @@ class _Lowerer:
         g.sources[self.file] = self.text
         g.sources["prelude.dln"] = PRELUDE_FILE.read_text()
         scope = _Scope("", None)
+        self.name_counts = _name_counts(m.body)  # how often each plain name is written in the model
         for s in m.body:
             self.stmt(s, scope)
         if not g.meta.outputs and not g.meta.loss:
@@ -164,7 +166,9 @@ class _Lowerer:
         if isinstance(s, A.Input):
             if scope.in_func:
                 raise DlcError("`input` is only allowed in a model, not in a function", s.loc)
-            t = self.type(s.type, scope, symbolic=True)
+            known = [k for k, v in scope.vars.items()  # what a new symbol could be a misspelling of
+                     if isinstance(v, Sym) or isinstance(v, (int, float)) and not isinstance(v, bool)]
+            t = self.type(s.type, scope, symbolic=True, known=known)
             self.define(scope, s.name, Tensor(g.add("input", [], name=s.name, loc=s.loc, type=t)), s.loc)
         elif isinstance(s, A.Param):
             t = self.type(s.type, scope, symbolic=False)
@@ -275,6 +279,10 @@ class _Lowerer:
         return out
 
     def define(self, scope: _Scope, name: str, value, loc: Loc):
+        if isinstance(scope.vars.get(name), Sym) and not scope.in_func:
+            raise DlcError(f"'{name}' is already defined as a symbolic dimension (line {scope.where[name].line}); "
+                           f"names are bound once (a constant used in an input's type is bound before the input)",
+                           loc)
         if name in scope.vars:
             raise DlcError(f"'{name}' is already defined (line {scope.where[name].line}); "
                            f"names are bound once", loc)
@@ -293,12 +301,21 @@ class _Lowerer:
         raise DlcError(f"unknown name '{name}'{_suggest(name, scope.vars)}", loc)
 
     # -- types and initialisers ----------------------------------------------------------------
-    def type(self, t: A.TypeExpr, scope: _Scope, symbolic: bool) -> TensorType:
+    def type(self, t: A.TypeExpr, scope: _Scope, symbolic: bool, known=()) -> TensorType:
+        """A tensor type. With `symbolic` (an input's type), an unbound plain name is a new
+        symbolic dimension, unless it is written nowhere else in the model and looks like a
+        misspelling of a name in `known` (a symbol or constant bound before the input)."""
         if t.dtype not in DTYPES:
             raise DlcError(f"unknown dtype '{t.dtype}' (expected {' or '.join(DTYPES)})", t.loc)
         dims = []
         for d in t.dims:
-            if symbolic and isinstance(d, A.Name) and d.name not in scope.vars and "." not in d.name:
+            if symbolic and isinstance(d, A.Name) and d.name not in scope.vars and "." not in d.name \
+                    and d.name not in A.RESERVED:
+                near = _near_miss(d.name, known) if self.name_counts[d.name] == 1 else None
+                if near is not None:
+                    raise DlcError(f"unknown dimension '{d.name}' (did you mean '{near}'?): '{d.name}' is "
+                                   f"written nowhere else in the model, so it would be a new symbolic "
+                                   f"dimension", d.loc)
                 dims.append(d.name)  # a new symbolic dimension such as N, usable by name from here on
                 scope.vars[d.name] = Sym(d.name)
                 scope.where[d.name] = d.loc
@@ -580,6 +597,59 @@ def _show(v) -> str:
     if isinstance(v, list):
         return "a list"
     return repr(v)
+
+
+def _name_counts(body) -> Counter:
+    """How many times each plain name is written in a model's statements (as a value, in a type,
+    in `output`), for telling a new symbolic dimension from a misspelt one."""
+    counts: Counter = Counter()
+
+    def walk(x):
+        if isinstance(x, A.Name):
+            counts[x.name] += 1
+        elif isinstance(x, A.Output):
+            counts.update(x.names)
+        if isinstance(x, A.Node):
+            for f in fields(x):
+                walk(getattr(x, f.name))
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+    walk(body)
+    return counts
+
+
+# QWERTY rows, each shifted right of the one above: letter -> (row, index in the row)
+_KEYS = {c: (r, i) for r, row in enumerate(("qwertyuiop", "asdfghjkl", "zxcvbnm")) for i, c in enumerate(row)}
+
+
+def _next_keys(a: str, b: str) -> bool:
+    """Whether two letters are neighbouring keys on a QWERTY keyboard (n: b, h, j, m)."""
+    if a.lower() not in _KEYS or b.lower() not in _KEYS:
+        return False
+    (ra, ia), (rb, ib) = _KEYS[a.lower()], _KEYS[b.lower()]
+    if ra == rb:
+        return abs(ia - ib) == 1
+    if abs(ra - rb) != 1:
+        return False
+    upper, lower = (ia, ib) if ra < rb else (ib, ia)   # key indices in the upper and lower row
+    return upper - lower in (0, 1)
+
+
+def _near_miss(name: str, known) -> str | None:
+    """A name in `known` that `name` is likely a misspelling of: close by difflib's measure, the
+    same ignoring case, or, for one-letter names, a neighbouring key (M for N)."""
+    known = [k for k in known if k != name]
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return close[0]
+    for k in known:
+        if k.lower() == name.lower() or len(k) == len(name) == 1 and _next_keys(k, name):
+            return k
+    return None
 
 
 def _suggest(name: str, known) -> str:

@@ -20,8 +20,6 @@ import networkx as nx
 from .errors import DlcError, Loc
 from .types import TensorType
 
-SOURCE_OPS = ("input", "param", "state", "const")
-
 
 @dataclass
 class Meta:
@@ -33,6 +31,7 @@ class Meta:
     frozen: list = field(default_factory=list)     # param names kept fixed
     grads: dict = field(default_factory=dict)      # param name -> gradient node
     train: dict = field(default_factory=dict)      # training defaults from the .dln (data, epochs, ...)
+    groups: dict = field(default_factory=dict)     # fusion (-O2): root node -> (rule, member nodes in order)
 
 
 class Graph:
@@ -130,6 +129,14 @@ class Graph:
     def trainable(self) -> list[str]:
         return [p for p in self.params if p not in self.meta.frozen]
 
+    def upstream(self, roots) -> set[str]:
+        """`roots` and every node they depend on: one walk, linear in the graph."""
+        return _reach(roots, self.nx.predecessors)
+
+    def downstream(self, sources) -> set[str]:
+        """`sources` and every node that depends on them: one walk, linear in the graph."""
+        return _reach(sources, self.nx.successors)
+
     def source_line(self, loc: Loc | None) -> str | None:
         """The text of the `.dln` line a location points at, when known."""
         if loc is None or loc.file not in self.sources:
@@ -144,16 +151,34 @@ class Graph:
         return want + self.nodes_of("assign")
 
     # -- editing (on a copy) ----------------------------------------------------------------
-    def replace_uses(self, old: str, new: str) -> None:
-        """Make every user of `old` (and every model-level reference) use `new` instead."""
+    def replace_uses(self, old: str, new: str, meta: bool = True) -> None:
+        """Make every user of `old` (and, unless `meta` is False, every model-level reference) use
+        `new` instead."""
         for _, v, k in list(self.nx.out_edges(old, keys=True)):
             self.nx.remove_edge(old, v, key=k)
             self.nx.add_edge(new, v, key=k)
+        if meta:
+            self.remap_meta({old: new})
+
+    def remap_meta(self, mapping: dict) -> None:
+        """Point the model-level references (outputs, loss, gradients) through `mapping`."""
+        if not mapping:
+            return
         m = self.meta
-        m.outputs = {k: (new if v == old else v) for k, v in m.outputs.items()}
-        m.grads = {k: (new if v == old else v) for k, v in m.grads.items()}
-        if m.loss == old:
-            m.loss = new
+        m.outputs = {k: mapping.get(v, v) for k, v in m.outputs.items()}
+        m.grads = {k: mapping.get(v, v) for k, v in m.grads.items()}
+        m.loss = mapping.get(m.loss, m.loss)
+
+    def rename(self, old: str, new: str) -> None:
+        """Give node `old` the unused name `new`, keeping its data and edges (model-level references
+        are the caller's business). Costs the node's degree; `nx.relabel_nodes` scans the graph."""
+        g = self.nx
+        g.add_node(new, **g.nodes[old])
+        for u, _, k in list(g.in_edges(old, keys=True)):
+            g.add_edge(u, new, key=k)
+        for _, v, k in list(g.out_edges(old, keys=True)):
+            g.add_edge(new, v, key=k)
+        g.remove_node(old)
 
     def remove(self, n: str) -> None:
         self.nx.remove_node(n)
@@ -163,3 +188,17 @@ class Graph:
 
     def __len__(self) -> int:
         return len(self.nx)
+
+
+def _reach(start, step) -> set[str]:
+    """Every node reachable from `start` by `step` (successors or predecessors), start included.
+    One walk for all of them: `nx.ancestors` once per root is quadratic when every param has an
+    assign or a gradient."""
+    seen = set(start)
+    todo = list(seen)
+    while todo:
+        for u in step(todo.pop()):
+            if u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return seen

@@ -33,8 +33,10 @@ class OpDef:
     infer: Callable                # (types, attrs) -> TensorType
     ref: Callable | None           # NumPy reference: (*arrays, **attrs) -> array
     vjp: Callable | None = None    # derivative rule, see the module doc
-    family: str = "elementwise"    # kernel family for codegen
+    family: str = "elementwise"    # kernel family for codegen (see FAMILIES)
     c: str | None = None           # scalar C expression (elementwise family)
+    kernel: dict = field(default_factory=dict)  # what the family's emitter needs (see FAMILIES)
+    flops: Callable | None = None  # (node view, size) -> FLOPs; default: the family's rule
     attrs: dict = field(default_factory=dict)  # attribute -> default (REQUIRED if none)
     dsl: bool = True               # callable by name from .dln
     needs_dims: bool = False       # ref also gets `dims=` (bound symbolic dimensions)
@@ -73,8 +75,56 @@ def _fits(value, default) -> bool:
     return True  # None or REQUIRED: the op's shape rule checks
 
 
+# -- kernel families: what codegen needs from an op --------------------------------------------
+# Codegen has one emitter per family, looked up in a table (codegen/generate.py, EMITTERS); it has
+# no branch on an op's name. What an emitter needs from the op is declared in the op's entry:
+# `c` for elementwise ops, the keys below in `kernel` for the others, and the FLOP count (the
+# family's rule unless the entry gives `flops`). A FLOP rule gets the node view and `size(type)`,
+# the element count with symbolic dims bound; a multiply-add counts 2.
+
+def _no_flops(n, size):
+    return 0
+
+
+def _per_output(n, size):
+    return size(n.type)
+
+
+def _per_input(n, size):  # one pass over the floating-point operands
+    return sum(size(t) for t in n.types if t.is_float)
+
+
+FAMILIES = {  # family: (keys its entries declare in `kernel`, default FLOP rule)
+    "source": ((), _no_flops),        # input, param, state: buffers, no kernel
+    "const": ((), _no_flops),         # a scalar written by one thread
+    "shape": ((), _no_flops),         # a size known from the shape alone
+    "elementwise": ((), _per_output),  # one thread per element computing `c` over operands a, b
+    "reduce": (("map", "finish"), _per_input),  # map: C over a (and b) per element; finish: C over
+                                      # the sum acc of the mapped values and the count extent
+    "softmax": (("out",), _per_input),  # out: C over x, the row max m and s = sum(exp(x - m))
+    "xent": ((), _per_input),         # mean over rows of a fused log-softmax + pick
+    "xent_grad": ((), _per_input),    # softmax minus one-hot, scaled, one block per row
+    "matmul": ((), _no_flops),        # the tiled product; FLOPs declared by the op
+    "transpose": ((), _no_flops),     # gathers: copies with an index map
+    "broadcast": ((), _no_flops),
+    "slice": ((), _no_flops),
+    "concat": ((), _no_flops),
+    "alias": ((), _no_flops),         # reshape: the same buffer under another shape
+    "conv": ((), _no_flops), "conv_grad_x": ((), _no_flops), "conv_grad_w": ((), _no_flops),
+    "pool": (("template",), _no_flops), "pool_grad": (("template",), _no_flops),  # template: the .cu.j2
+    "dropout": ((), _per_output),
+    "assign": ((), _no_flops),        # the update of a param or state, committed after the step
+}
+
+
 def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
-    OPS[name] = d = OpDef(name, arity, infer, ref, vjp, **kw)
+    d = OpDef(name, arity, infer, ref, vjp, **kw)
+    if d.family not in FAMILIES:
+        raise ValueError(f"op {name}: unknown kernel family {d.family!r}")
+    missing = [k for k in FAMILIES[d.family][0] if k not in d.kernel]
+    if missing or (d.family == "elementwise") != (d.c is not None):
+        raise ValueError(f"op {name}: family {d.family} needs {missing or 'c'} declared")
+    OPS[name] = d
     return d
 
 
@@ -97,10 +147,6 @@ def _floats(name, types):
     for t in types:
         if not t.is_float:
             raise DlcError(f"{name}() expects f32 operands, found {t}")
-
-
-def _same(types, attrs):
-    return types[0]
 
 
 def _unary_float(name):
@@ -327,7 +373,7 @@ op("param", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl
    doc="a learned parameter with its initialiser")
 op("state", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False,
    doc="optimizer state (velocity, moments), updated by assign")
-op("const", 0, lambda t, a: scalar(), lambda value: np.asarray(value, "float32"), family="source",
+op("const", 0, lambda t, a: scalar(), lambda value: np.asarray(value, "float32"), family="const",
    attrs={"value": REQUIRED}, dsl=False, doc="a scalar constant")
 
 # elementwise, binary (NumPy broadcasting)
@@ -367,42 +413,48 @@ op("matmul", 2, _matmul_rule, _matmul,
                 else b.matmul(g, n.args[1], tb=not n.attrs["tb"])),
        lambda: (b.matmul(g, n.args[0], ta=True, tb=n.attrs["ta"]) if n.attrs["tb"]
                 else b.matmul(n.args[0], g, ta=not n.attrs["ta"]))],
-   family="matmul", attrs={"ta": False, "tb": False}, doc="matrix product, operands optionally transposed")
+   family="matmul", attrs={"ta": False, "tb": False}, flops=lambda n, size: 2 * size(n.type) * size(
+       n.types[0].with_shape([n.types[0].shape[0 if n.attrs["ta"] else 1]])),
+   doc="matrix product, operands optionally transposed")
 op("transpose", 1, _transpose_rule, lambda x, perm: np.transpose(x, perm),
    lambda b, n, g: [lambda: b.transpose(g, perm=None if n.attrs["perm"] is None
                                           else list(np.argsort(n.attrs["perm"]).tolist()))],
-   family="layout", attrs={"perm": None})
+   family="transpose", attrs={"perm": None})
 op("reshape", 1, _reshape_rule, _reshape,
    lambda b, n, g: [lambda: b.reshape(g, shape=list(n.types[0].shape))],
-   family="layout", attrs={"shape": REQUIRED}, needs_dims=True)
+   family="alias", attrs={"shape": REQUIRED}, needs_dims=True)
 op("broadcast_like", 2, _bcast_like_rule, lambda a, ref: np.broadcast_to(a, ref.shape),
-   family="layout", dsl=False, doc="operand 0 broadcast to the shape of operand 1")
+   family="broadcast", dsl=False, doc="operand 0 broadcast to the shape of operand 1")
 
 # reductions
 op("sum", 1, _reduce_rule("sum"), _sum, lambda b, n, g: [lambda: _reduce_back(b, n, g)],
-   family="reduce", attrs={"axis": None, "keepdims": False})
+   family="reduce", kernel={"map": "a", "finish": "acc"}, attrs={"axis": None, "keepdims": False})
 op("mean", 1, _reduce_rule("mean"), _mean,
    lambda b, n, g: [lambda: b.div(_reduce_back(b, n, g), b.size(n.args[0], axis=n.attrs["axis"]))],
-   family="reduce", attrs={"axis": None, "keepdims": False})
+   family="reduce", kernel={"map": "a", "finish": "acc / (float)extent"}, attrs={"axis": None, "keepdims": False})
 op("size", 1, lambda t, a: (normalize_axes(a["axis"], t[0].rank), scalar())[1], _size,
    lambda b, n, g: [None], family="shape", attrs={"axis": None}, dsl=False,
    doc="the number of elements over the given axes, as an f32 scalar")
-op("softmax", 1, _axis_rule("softmax"), _softmax, _softmax_vjp, family="softmax", attrs={"axis": -1})
+op("softmax", 1, _axis_rule("softmax"), _softmax, _softmax_vjp, family="softmax",
+   kernel={"out": "expf(x - m) / s"}, attrs={"axis": -1})
 op("log_softmax", 1, _axis_rule("log_softmax"), _log_softmax, _log_softmax_vjp, family="softmax",
-   attrs={"axis": -1})
+   kernel={"out": "(x - m) - logf(s)"}, attrs={"axis": -1})
 
 # losses and penalties (PyTorch conventions: means over the batch; penalties are sums)
 op("softmax_xent", 2, _xent_rule, _xent,
    lambda b, n, g: [lambda: b.softmax_xent_grad(n.args[0], n.args[1], g), None],
    family="xent", doc="mean over the batch of -log softmax(logits)[label]")
-op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent", dsl=False,
+op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent_grad", dsl=False,
    doc="(softmax(logits) - onehot(labels)) * g / N")
 op("mse", 2, _mse_rule, lambda p, t: np.mean(np.square(p - t)), _mse_vjp, family="reduce",
+   kernel={"map": "(a - b) * (a - b)", "finish": "acc / (float)extent"},
    doc="mean of squared differences over all elements")
 op("l1", 1, _scalar_loss("l1"), lambda x: np.abs(x).sum(),
-   lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], family="reduce", doc="sum of |x|")
+   lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], family="reduce",
+   kernel={"map": "fabsf(a)", "finish": "acc"}, doc="sum of |x|")
 op("l2", 1, _scalar_loss("l2"), lambda x: np.square(x).sum(),
-   lambda b, n, g: [lambda: b.mul(b.mul(b.const(2.0), g), n.args[0])], family="reduce", doc="sum of x^2")
+   lambda b, n, g: [lambda: b.mul(b.mul(b.const(2.0), g), n.args[0])], family="reduce",
+   kernel={"map": "a * a", "finish": "acc"}, doc="sum of x^2")
 
 # dropout: in training, zero each element with probability p and scale the rest by 1/(1-p); the
 # mask comes from Philox (philox.py) keyed by the seed and the op's salt, counted by element and
@@ -434,29 +486,14 @@ op("assign", 2, _assign_rule, None, family="assign", dsl=False)
 
 def flops(graph, n: str, dims: dict | None = None) -> int:
     """Floating-point operations of one node (a multiply-add counts 2), with symbolic dims bound
-    by `dims` (default: every symbol is 1, i.e. per example)."""
+    by `dims` (default: every symbol is 1, i.e. per example): the op's declared rule, else its
+    family's."""
+    dims = dims or {}
+
     def size(t):
         return int(np.prod([dims.get(d, 1) if isinstance(d, str) else d for d in t.shape]))
-    dims = dims or {}
-    op, out = graph.op(n), graph.type(n)
-    args = [graph.type(a) for a in graph.operands(n)]
-    fam = OPS[op].family
-    if op == "matmul":
-        a, at = args[0], graph.attrs(n)["ta"]
-        k = a.shape[0] if at else a.shape[1]
-        return 2 * size(out) * (dims.get(k, 1) if isinstance(k, str) else k)
-    if op == "conv2d":
-        _, c, kh, kw = args[1].shape
-        return 2 * size(out) * c * kh * kw
-    if op in ("maxpool2d", "avgpool2d"):
-        k = graph.attrs(n)["kernel"]
-        kh, kw = (k, k) if isinstance(k, int) else k
-        return size(out) * kh * kw
-    if fam in ("source", "layout", "assign", "shape", "concat"):
-        return 0
-    if fam in ("elementwise", "dropout"):
-        return size(out)
-    return sum(size(t) for t in args if t.is_float)  # reductions, softmax, losses: one pass over the input
+    d = OPS[graph.op(n)]
+    return (d.flops or FAMILIES[d.family][1])(view(graph, n), size)
 
 
 class Builder:

@@ -115,12 +115,18 @@ def _conv_vjp(b, n, g):
     return [lambda: b.conv2d_grad_x(g, w, x, **a), lambda: b.conv2d_grad_w(x, g, w, **a)]
 
 
-op("conv2d", 2, _conv_rule, _conv, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS),
+def _conv_flops(y, w):
+    """A multiply-add per output element (of the forward conv) per kernel tap and input channel."""
+    return lambda n, size: 2 * size(n.types[y] if y is not None else n.type) * size(
+        n.types[w].with_shape(n.types[w].shape[1:]))
+
+
+op("conv2d", 2, _conv_rule, _conv, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS), flops=_conv_flops(None, 1),
    doc="2-D convolution (cross-correlation), NCHW input, [O, C, kh, kw] kernel")
-op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x, family="conv", attrs=dict(_CONV_ATTRS), dsl=False,
-   doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")
-op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv", attrs=dict(_CONV_ATTRS), dsl=False,
-   doc="adjoint of conv2d w.r.t. its kernel: (input, g, kernel for the shape)")
+op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x, family="conv_grad_x", attrs=dict(_CONV_ATTRS),
+   dsl=False, flops=_conv_flops(0, 1), doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")
+op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv_grad_w", attrs=dict(_CONV_ATTRS),
+   dsl=False, flops=_conv_flops(1, 2), doc="adjoint of conv2d w.r.t. its kernel: (input, g, kernel for the shape)")
 
 
 # -- pooling ----------------------------------------------------------------------------------------
@@ -189,15 +195,28 @@ def _avgpool_grad(g, x, kernel, stride, padding):
     return _scatter_taps([share] * (k[0] * k[1]), x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
 
 
+def _pool_flops(y):
+    """One operation per output (of the forward pool) per window tap."""
+    def rule(n, size):
+        kh, kw = _pair(n.attrs["kernel"], "kernel")
+        return size(n.types[y] if y is not None else n.type) * kh * kw
+    return rule
+
+
 op("maxpool2d", 1, _pool_rule("maxpool2d"), _maxpool,
    lambda b, n, g: [lambda: b.maxpool2d_grad(g, n.args[0], n.out, **n.attrs)],
-   family="pool", attrs=dict(_POOL_ATTRS), doc="max over kernel windows; stride defaults to the kernel")
-op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool", attrs=dict(_POOL_ATTRS), dsl=False,
+   family="pool", kernel={"template": "maxpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
+   doc="max over kernel windows; stride defaults to the kernel")
+op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool_grad",
+   kernel={"template": "maxpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
    doc="(g, input, pooled output): g routed to each window's arg-max")
 op("avgpool2d", 1, _pool_rule("avgpool2d"), _avgpool,
    lambda b, n, g: [lambda: b.avgpool2d_grad(g, n.args[0], **n.attrs)],
-   family="pool", attrs=dict(_POOL_ATTRS), doc="mean over kernel windows (padding counts as zeros)")
-op("avgpool2d_grad", 2, lambda t, a: t[1], _avgpool_grad, family="pool", attrs=dict(_POOL_ATTRS), dsl=False)
+   family="pool", kernel={"template": "avgpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
+   doc="mean over kernel windows (padding counts as zeros)")
+op("avgpool2d_grad", 2, lambda t, a: t[1], _avgpool_grad, family="pool_grad",
+   kernel={"template": "avgpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
+   doc="(g, input): each window's share of g spread over it")
 
 
 # -- concat and slice -----------------------------------------------------------------------------
@@ -240,5 +259,5 @@ def _slice(x, axis, start, stop):
 
 op("concat", VARIADIC, _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp,
    family="concat", attrs={"axis": 1}, doc="join tensors along an axis (default 1, the channels)")
-op("slice", 1, _slice_rule, _slice, family="layout", attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
+op("slice", 1, _slice_rule, _slice, family="slice", attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
    dsl=False, doc="x[start:stop] along one axis (the adjoint of concat)")

@@ -1,7 +1,8 @@
-"""Philox4x32-10, the counter-based random generator behind dropout, in NumPy and in C.
+"""Philox4x32-10, the counter-based random generator behind dropout, in NumPy.
 
 Counter-based means a random number is a pure function of (key, counter): no state to carry,
-any element drawn independently, and the NumPy and CUDA versions below give the same bits.
+any element drawn independently. The generated kernels carry the same generator in C
+(codegen/philox.py), which gives the same bits as the NumPy version here.
 dropout draws, for element i of the op with salt s at training step t under seed S,
     key = (S mod 2^32, s),  counter = (i mod 2^32, i div 2^32, t, 0)
 and keeps the element when (word0 >> 8) * 2^-24 >= p. The constants are those of Salmon et al.,
@@ -44,27 +45,3 @@ def uniform(seed: int, salt: int, step: int, n: int) -> np.ndarray:
 
 def keep_mask(seed: int, salt: int, step: int, shape, p: float) -> np.ndarray:
     return uniform(seed, salt, step, int(np.prod(shape))).reshape(shape) >= np.float32(p)
-
-
-# The same generator in C, for the generated kernels (CUDA and the emulator share it).
-PHILOX_C = r"""
-/* Philox4x32-10: word 0 of the output for key (k0, k1) and counter (c0, c1, c2, c3). */
-__device__ __forceinline__ unsigned int dlc_philox_word0(unsigned int k0, unsigned int k1,
-        unsigned int c0, unsigned int c1, unsigned int c2, unsigned int c3) {
-    for (int r = 0; r < 10; ++r) {
-        unsigned long long p0 = 0xD2511F53ull * (unsigned long long)c0;
-        unsigned long long p1 = 0xCD9E8D57ull * (unsigned long long)c2;
-        unsigned int hi0 = (unsigned int)(p0 >> 32), lo0 = (unsigned int)p0;
-        unsigned int hi1 = (unsigned int)(p1 >> 32), lo1 = (unsigned int)p1;
-        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-    }
-    return c0;
-}
-/* Uniform in [0, 1) for element i of a dropout op: the top 24 bits of word 0. */
-__device__ __forceinline__ float dlc_uniform(unsigned int seed, unsigned int salt,
-        unsigned long long i, unsigned int step) {
-    unsigned int w = dlc_philox_word0(seed, salt, (unsigned int)i, (unsigned int)(i >> 32), step, 0u);
-    return (float)(w >> 8) * 5.9604644775390625e-08f;
-}
-"""

@@ -6,6 +6,7 @@
     %h.matmul : f32[N, 128] = matmul[ta=false, tb=false](%x, %w1)  @ mlp.dln:11:14
     output logits = %logits
     loss %loss
+    group %h[rule=elementwise] = %h.add, %h   # -O2: nodes that one kernel computes
 
 One node per line in a stable topological order; `parse(print(g))` rebuilds the same graph
 and prints to the same text, so passes are tested as "this text in, that text out".
@@ -77,6 +78,8 @@ def print_ir(g: Graph) -> str:
         lines.append(f"freeze %{p}")
     if m.train:
         lines.append(f"train{fmt_attrs(m.train)}")
+    for root, (rule, members) in m.groups.items():
+        lines.append(f"group %{root}[rule={fmt_value(rule)}] = " + ", ".join(f"%{v}" for v in members))
     return "\n".join(lines) + "\n"
 
 
@@ -168,6 +171,11 @@ def parse_ir(text: str, file: str = "<ir>") -> Graph:
                 g.meta.frozen.append(_ref(g, c[0]))
             elif it.data == "train":
                 g.meta.train = c[0]
+            elif it.data == "group":
+                root, attrs, members = _ref(g, c[0]), c[1], [_ref(g, t) for t in c[2:]]
+                if set(attrs) != {"rule"}:
+                    raise DlcError("a group line reads: group %ROOT[rule=...] = %member, ...")
+                g.meta.groups[root] = (attrs["rule"], members)
         except DlcError as e:
             e.loc = here
             e.source = text

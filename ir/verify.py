@@ -9,11 +9,13 @@ from .ops import OPS, infer_type
 
 
 def verify(g: Graph) -> Graph:
-    """Check acyclicity, arity, types against the op rules, and model-level references."""
+    """Check acyclicity, arity, types against the op rules, one assign per target, and
+    model-level references."""
     if not nx.is_directed_acyclic_graph(g.nx):
         cycle = " -> ".join(f"%{u}" for u, *_ in nx.find_cycle(g.nx))
         raise DlcError(f"IR is not acyclic: {cycle}")
-    for n in g.nx:
+    assigned: dict[str, str] = {}   # assign target -> the assign node that updates it
+    for n in g.order():
         op, loc = g.op(n), g.loc(n)
         if op not in OPS:
             raise DlcError(f"%{n}: unknown op '{op}'", loc)
@@ -31,11 +33,26 @@ def verify(g: Graph) -> Graph:
                 raise DlcError(f"%{n}: type {g.type(n)} disagrees with {op}'s rule, which gives {want}", loc)
         if op == "assign" and g.op(args[0]) not in ("param", "state"):
             raise DlcError(f"%{n}: assign target %{args[0]} is a {g.op(args[0])}, not a param or state", loc)
+        if op == "assign":
+            if args[0] in assigned:
+                raise DlcError(f"%{args[0]} is assigned twice, by %{assigned[args[0]]} and by %{n}; "
+                               f"a param or state takes one value per step", loc)
+            assigned[args[0]] = n
     m = g.meta
     refs = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads) + list(m.grads.values())
     for r in refs + list(m.frozen):
         if r not in g:
             raise DlcError(f"model refers to %{r}, which is not in the graph")
+    seen: dict[str, str] = {}
+    for root, (rule, members) in m.groups.items():  # fusion groups (-O2)
+        if not members or members[-1] != root:
+            raise DlcError(f"group %{root} must list its members in order, ending with %{root}")
+        for n in members:
+            if n not in g:
+                raise DlcError(f"group %{root} has a member %{n}, which is not in the graph")
+            if n in seen:
+                raise DlcError(f"%{n} is in two groups, %{seen[n]} and %{root}")
+            seen[n] = root
     for p, gr in m.grads.items():
         if g.op(p) != "param":
             raise DlcError(f"gradient recorded for %{p}, which is not a param")

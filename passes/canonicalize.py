@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import networkx as nx
 
 from ..ir.graph import Graph
 from ..ir.ops import OPS
@@ -17,15 +16,10 @@ def replace_node(g: Graph, n: str, op: str, operands, attrs) -> None:
     """Put a new op application in the place of `n`: same name, same position in the order."""
     seq, loc = g.nx.nodes[n]["seq"], g.loc(n)
     new = g.add(op, operands, attrs, name=f"{n}.new", loc=loc)
-    g.replace_uses(n, new)
+    g.replace_uses(n, new, meta=False)  # the new node takes the old name: references stay valid
     g.remove(n)
-    nx.relabel_nodes(g.nx, {new: n}, copy=False)
+    g.rename(new, n)
     g.nx.nodes[n]["seq"] = seq
-    m = g.meta
-    m.outputs = {k: (n if v == new else v) for k, v in m.outputs.items()}
-    m.grads = {k: (n if v == new else v) for k, v in m.grads.items()}
-    if m.loss == new:
-        m.loss = n
 
 
 def fold_transpose(g: Graph) -> Graph:
@@ -76,26 +70,28 @@ def cse(g: Graph) -> Graph:
     """Merge nodes that apply the same op with the same attributes to the same operands."""
     g = g.copy()
     seen: dict[tuple, str] = {}
+    merged: dict[str, str] = {}
     for n in g.order():
         op = g.op(n)
         if op in _KEEP:
             continue
         key = (op, json.dumps(g.attrs(n), sort_keys=True), tuple(g.operands(n)), str(g.type(n)))
         if key in seen:
-            g.replace_uses(n, seen[key])
+            g.replace_uses(n, seen[key], meta=False)
             g.remove(n)
+            merged[n] = seen[key]
         else:
             seen[key] = n
+    g.remap_meta(merged)  # once, not per merge: linear in the graph
     return g
 
 
 def dce(g: Graph) -> Graph:
     """Remove nodes that nothing wanted (outputs, loss, gradients, assignments) depends on."""
     g = g.copy()
-    live = set(g.roots())
-    for r in list(live):
-        live |= nx.ancestors(g.nx, r)
+    live = g.upstream(g.roots())
     for n in list(g.nx):
         if n not in live and g.op(n) not in _KEEP:
             g.remove(n)
     return g
+

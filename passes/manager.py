@@ -2,6 +2,7 @@
 
     -O0  autodiff, optimizer            (the graph as derived, nothing simplified)
     -O1  + transpose folding, constant folding, CSE, DCE      (the default)
+    -O2  + fusion: groups of pointwise nodes computed by one kernel each
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..ir.text import print_ir
 from ..ir.verify import verify
 from .autodiff import autodiff
 from .canonicalize import constant_fold, cse, dce, fold_transpose
+from .fusion import fuse
 from .optimizer import optimizer_update
 
 # (name, pass, lowest -O level that runs it)
@@ -24,6 +26,7 @@ PIPELINE = [
     ("constant-fold", constant_fold, 1),   # scalar arithmetic on constants, static sizes
     ("cse", cse, 1),                    # one node per distinct computation
     ("dce", dce, 1),                    # drop what nothing needs
+    ("fuse", fuse, 2),                  # pointwise chains become one kernel each (last: it only annotates)
 ]
 PASS_NAMES = [name for name, _, _ in PIPELINE]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-import networkx as nx
 import numpy as np
 
 from ..codegen import evaluate, generate
@@ -136,7 +135,7 @@ class CudaBackend(BufferState):
     def _inputs_needed(self, roots) -> list[str]:
         need = self._needs.get(roots)
         if need is None:
-            anc = set(roots).union(*(nx.ancestors(self.graph.nx, r) for r in roots))
+            anc = self.graph.upstream(roots)
             need = self._needs[roots] = [n for n in self.graph.inputs if n in anc]
         return need
 
@@ -192,11 +191,9 @@ class CudaBackend(BufferState):
         if prog is not None:
             return prog
         g, cp = self.graph, self.cp
-        need = set(roots)
-        for r in roots:
-            need |= nx.ancestors(g.nx, r)
+        need = g.upstream(roots)
         for n in need:
-            if self.module.node_buffer.get(n) not in env:
+            if n in self.module.node_buffer and self.module.node_buffer[n] not in env:  # (fused: no buffer)
                 raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
         ops, commits = [], []
         for l in self.module.launches:

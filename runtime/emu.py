@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
 from ..codegen import EMU_HEADER, evaluate, generate
@@ -174,15 +173,13 @@ class EmuBackend(BufferState):
                     raise DlcError(f"missing input '{n}' : {self.graph.type(n)}")
             return prog[:2]
         g = self.graph
-        need = set(roots)
-        for r in roots:
-            need |= nx.ancestors(g.nx, r)
+        need = g.upstream(roots)
         inputs = [n for n in g.inputs if n in need]
         for n in inputs:
             if n not in feeds:
                 raise DlcError(f"missing input '{n}' : {g.type(n)}")
         for n in need:
-            if self.module.node_buffer.get(n) not in env:
+            if n in self.module.node_buffer and self.module.node_buffer[n] not in env:  # (fused: no buffer)
                 raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
         step, commits = [], []
         for l in self.module.launches:

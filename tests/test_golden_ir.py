@@ -23,6 +23,7 @@ from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
+from dlc.passes.fusion import fuse
 from dlc.passes.manager import run_pipeline
 from dlc.passes.optimizer import optimizer_update
 
@@ -39,6 +40,7 @@ PASSES = {
     "dce": dce,
     "autodiff": autodiff,
     "optimizer_update": optimizer_update,
+    "fuse": fuse,
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -373,7 +375,7 @@ def _snapshot(g: Graph):
 
 # which stages each pass applies to (autodiff wants a forward graph, the update its gradients)
 APPLIES = {"autodiff": ("forward",), "optimizer_update": ("backward",),
-           **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce")}}
+           **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")}}
 ALL_PASSES = PASSES
 
 

@@ -1,0 +1,156 @@
+"""Kernel fusion (-O2): which nodes one kernel computes, recorded in `meta.groups`.
+
+A group is a connected set of pointwise nodes (the `elementwise` and `broadcast` kernel
+families) that codegen turns into a single kernel, one thread per element of the group's root:
+the members' values live in registers and never touch memory. The rules, as TVM's FuseOps and
+XLA's loop fusion apply them to injective ops (rule `elementwise`):
+
+- the root is a pointwise node; a member's operand joins the group when it is pointwise too, has
+  the root's shape (a smaller, broadcast value would be recomputed per element: it stays a
+  buffer), is not wanted outside (an output, the loss, a gradient), and every user it has is
+  already in the group (its value is needed nowhere else);
+- a `broadcast_like` reads only its operand 0; operand 1 gives the shape and is never loaded;
+- scalar constants are not members: every group inlines them as literals, so at -O2 a constant
+  that only groups read gets no kernel and no buffer.
+
+Epilogues (rule `epilogue`, as TensorRT fuses bias and activation into a convolution): a group
+also takes one matmul or convolution (forward or either adjoint) that it reads, when that product
+has the group's shape, is not wanted outside and has no other user. The group then runs inside
+the product's kernel, on its accumulator, before the one store: `relu(x @ w + b)` is one kernel,
+and so is `relu_grad(dY @ w^T, h)`.
+
+Every pointwise node belongs to exactly one group (a group of one still inlines its constants).
+The pass changes no node; it only records the groups. `plan(g)` also returns each refusal with
+its reason, for `dlc compile --explain-fusion`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.graph import Graph
+from ..ir.ops import OPS
+
+POINTWISE = ("elementwise", "broadcast")
+PRODUCERS = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # kernels with an epilogue hook
+
+
+@dataclass
+class Refusal:
+    producer: str     # the operand that stayed a buffer
+    consumer: str     # the group member that reads it
+    root: str         # the group's root
+    reason: str
+
+
+def _reads(g: Graph, n: str) -> list[str]:
+    """The operands a pointwise node loads (a broadcast's shape operand is not loaded)."""
+    args = g.operands(n)
+    return args[:1] if OPS[g.op(n)].family == "broadcast" else args
+
+
+def plan(g: Graph) -> tuple[dict, list[Refusal]]:
+    """Groups (root -> (rule, members in order)) and the refused operand edges, with reasons."""
+    family = {n: OPS[g.op(n)].family for n in g.nx}
+    wanted = set(g.roots())
+    order = g.order()
+    pos = {n: i for i, n in enumerate(order)}
+    group_of: dict[str, str] = {}
+    groups: dict[str, tuple] = {}
+    refusals: list[Refusal] = []
+    for root in reversed(order):  # users before their operands: a root is a node no group took
+        if root in group_of or family[root] not in POINTWISE:
+            continue
+        shape = g.type(root).shape
+        members = {root}
+        grew = True
+        while grew:  # to a fixed point: an operand joins once all its users have
+            grew = False
+            for m in sorted(members, key=pos.get):
+                for a in _reads(g, m):
+                    if a in members or a in group_of or family[a] not in POINTWISE:
+                        continue
+                    if g.type(a).shape == shape and a not in wanted and all(u in members for u in g.users(a)):
+                        members.add(a)
+                        grew = True
+        rule = "elementwise"
+        # an epilogue: the group runs at the end of the GEMM or convolution that produces one of
+        # its operands (bias + activation after a matmul; an activation's derivative after the
+        # matmul that makes the adjoint), when that product has the group's shape and no other use
+        producers = sorted({a for m in members for a in _reads(g, m) if family[a] in PRODUCERS}, key=pos.get)
+        fits = [a for a in producers if g.type(a).shape == shape and a not in wanted
+                and all(u in members for u in g.users(a))]
+        if fits:
+            members.add(fits[-1])
+            rule = "epilogue"
+        for m in members:
+            group_of[m] = root
+        groups[root] = (rule, sorted(members, key=pos.get))
+    _merge_updates(g, groups, group_of)
+    # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
+    for root, (_, members) in groups.items():
+        for m in members:
+            if family[m] in PRODUCERS:
+                continue
+            for a in _reads(g, m):
+                if (family[a] in POINTWISE or family[a] in PRODUCERS) and group_of.get(a) != root:
+                    refusals.append(Refusal(a, m, root, _why(g, a, root, wanted, group_of)))
+    return dict(sorted(groups.items(), key=lambda kv: pos[kv[0]])), refusals
+
+
+def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
+    """Optimizer updates (rule `update`): the pointwise groups that compute the new values of one
+    param and its state (velocity, moments) merge into one group with an output per assign. Its
+    kernel runs after the step and writes each output straight into its target, in place: no
+    temp buffer, no commit copy. Legal when every output is read only inside the group and by its
+    assign, and no other update group reads a target's old value (the step's kernels, which all
+    run before, may)."""
+    assign_of = {g.operands(a)[1]: a for a in g.nx if OPS[g.op(a)].family == "assign"}
+
+    def outputs(members):
+        inside = set(members)
+        return [m for m in members if any(u not in inside for u in g.users(m))]
+
+    def is_update(members):
+        return all(m in assign_of and set(g.users(m)) - set(members) == {assign_of[m]} for m in outputs(members))
+    merged = True
+    while merged:  # v_new = mu v + g feeds w_new = w - lr (g + mu v_new): one group writes both
+        merged = False
+        for root, (rule, members) in list(groups.items()):
+            if rule != "elementwise" or root not in assign_of:
+                continue
+            readers = {group_of.get(u) for u in g.users(root) if u != assign_of[root]} - {root}
+            if len(readers) != 1 or None in readers:
+                continue
+            (other,) = readers
+            both = sorted(set(members) | set(groups[other][1]), key=lambda n: g.nx.nodes[n]["seq"])
+            if groups[other][0] != "elementwise" or g.type(other).shape != g.type(root).shape or not is_update(both):
+                continue
+            del groups[root]
+            groups[other] = ("elementwise", both)
+            for m in both:
+                group_of[m] = other
+            merged = True
+    updates = {r for r, (rule, ms) in groups.items() if rule == "elementwise" and r in assign_of and is_update(ms)}
+    for r in sorted(updates):
+        targets = [g.operands(assign_of[o])[0] for o in outputs(groups[r][1])]
+        others = {group_of.get(u) for t in targets for u in g.users(t)} & (updates - {r})
+        if not others:
+            groups[r] = ("update", groups[r][1])
+
+
+def _why(g: Graph, a: str, root: str, wanted: set, group_of: dict) -> str:
+    if g.type(a).shape != g.type(root).shape:
+        return f"shape {g.type(a)} differs from the group's {g.type(root)} (it would be recomputed per element)"
+    if a in wanted:
+        return "its value is wanted outside the step (an output, the loss or a gradient)"
+    others = [u for u in g.users(a) if group_of.get(u) != root]
+    if not others:
+        return "a GEMM or convolution epilogue absorbs one producer, and this group has taken another"
+    return f"it is also read by %{others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+
+
+def fuse(g: Graph) -> Graph:
+    """Record the fusion groups in `meta.groups`; the nodes are unchanged."""
+    g = g.copy()
+    g.meta.groups, _ = plan(g)
+    return g
