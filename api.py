@@ -1,4 +1,5 @@
-"""The Python API: `dlc.compile(...)` and the compiled `Model`.
+"""The Python API: `dlc.compile(...)`, `dlc.load(...)` and the compiled `Model`
+(reference: docs/api.md).
 
     m = dlc.compile("mlp.dln", backend="interp")
     m.params                      # name -> numpy array (read/write)
@@ -6,6 +7,7 @@
     loss, grads = m.grad(x=x, y=y)
     m.step(x=x, y=y)              # one optimizer step; returns the loss
     m.ir(stage="optimized")       # IR text: forward, backward, train or optimized
+    m.save("w.npz"); m.load("w.npz")
 """
 from __future__ import annotations
 
@@ -18,10 +20,15 @@ import numpy as np
 from .dsl.frontend import lower
 from .ir.errors import DlcError, file_error
 from .ir.text import print_ir
-from .passes.manager import run_pipeline
+from .ir.types import fmt_shape
+from .passes.manager import PIPELINE, run_pipeline
 from .runtime.backends import make_backend, resolve
-from .runtime.data import check_feeds
+from .runtime.data import check_feeds, load_weights, save_weights
 from .runtime.init import initial_state
+from .runtime.train import setting_problem
+
+FLOAT_DTYPES = ("float32", "float64")
+OPT_LEVELS = sorted({level for _, _, level in PIPELINE} | {0})
 
 
 def read_source(source) -> tuple[str, str]:
@@ -44,13 +51,48 @@ def read_source(source) -> tuple[str, str]:
 
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int = 0,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False) -> "Model":
-    """Compile a `.dln` file (a path) or `.dln` text into a runnable model. `cuda_graph` (cuda
-    backend only) captures each kind of step once and replays it as one CUDA graph."""
+    """Compile a `.dln` file (a path) or `.dln` text into a runnable `Model`.
+
+    `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
+    `model`: which model, when the source defines several. `opt_level`: a level of the pass manager (as `-O`). `seed`: initial
+    weights (an integer >= 0). `float_dtype`: "float32" or "float64". `check`: run the IR verifier
+    after every pass. `cuda_graph` (cuda backend only): replay each kind of step as one captured
+    CUDA graph. Every mistake, in the source or in an argument, raises `DlcError`."""
+    if not isinstance(source, (str, Path)):
+        raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
+    if model is not None and not isinstance(model, str):
+        raise DlcError(f"model: expected a model name or None, found {model!r}")
+    if not isinstance(opt_level, (int, np.integer)) or isinstance(opt_level, bool) or opt_level not in OPT_LEVELS:
+        raise DlcError(f"opt_level: must be one of {', '.join(map(str, OPT_LEVELS))}, found {opt_level!r}")
+    if setting_problem("seed", seed):
+        raise DlcError(f"seed: {setting_problem('seed', seed)}, found {seed!r}")
+    dtype = _float_dtype(float_dtype)
+    for name, flag in (("check", check), ("cuda_graph", cuda_graph)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise DlcError(f"{name}: must be True or False, found {flag!r}")
+    backend = resolve(backend, "backend")
+    if cuda_graph and backend != "cuda":
+        raise DlcError(f"cuda_graph: needs backend 'cuda', not {backend!r}")
     text, file = read_source(source)
     g = lower(text, file, model)
-    res = run_pipeline(g, opt_level, check=check)
-    return Model(res, resolve(backend), seed, float_dtype, path=None if file == "<string>" else file,
-                 cuda_graph=cuda_graph)
+    res = run_pipeline(g, opt_level, check=bool(check))
+    return Model(res, backend, int(seed), dtype, path=None if file == "<string>" else file,
+                 cuda_graph=bool(cuda_graph))
+
+
+def load(source, weights, **options) -> "Model":
+    """`compile(source, **options)` and then `Model.load(weights)`: a model with saved weights."""
+    return compile(source, **options).load(weights)
+
+
+def _float_dtype(value) -> np.dtype:
+    try:
+        dtype = None if value is None else np.dtype(value)  # np.dtype(None) would be float64
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.name not in FLOAT_DTYPES:
+        raise DlcError(f"float_dtype: must be float32 or float64, found {value!r}")
+    return dtype
 
 
 class Params(MutableMapping):
@@ -90,6 +132,13 @@ class Params(MutableMapping):
 
 
 class Model:
+    """A compiled model, made by `dlc.compile`: its params live on its backend.
+
+    Attributes: `name`, `backend` ("interp", "emu" or "cuda"), `path` (the .dln file, or None
+    for text), `float_dtype`, `outputs` (output names), `trainable` (it minimises a loss with an
+    optimizer), `graph` (the optimized IR graph), `stages` (stage name -> graph), `records`
+    (per-pass timings), `seed`, `steps` (optimizer steps taken), `params`, `state`."""
+
     def __init__(self, result, backend: str, seed: int, float_dtype, path=None, cuda_graph: bool = False):
         self.stages = result.stages
         self.records = result.records
@@ -113,15 +162,39 @@ class Model:
         self._random = any(OPS[self.graph.op(n)].needs_rng for n in self.graph.nx)
         self.seed, self.steps = seed, 0
 
+    def __repr__(self) -> str:
+        g = self.graph
+        count = sum(g.type(p).numel() for p in self._params)
+        inputs = ", ".join(f"{n}: {g.type(n)}" for n in self._inputs)
+        outputs = ", ".join(f"{k}: {g.type(v)}" for k, v in g.meta.outputs.items())
+        kind = f"trainable ({g.meta.optimizer[0]})" if self.trainable else "inference only"
+        return (f"<dlc.Model {self.name}: backend {self.backend}; inputs {inputs}; "
+                f"{count:,} params in {len(self._params)} arrays; outputs {outputs}; {kind}>")
+
     @property
     def params(self) -> Params:
+        """The params as a dict-like view, name -> array; assigning `m.params[k] = v` checks the
+        shape and writes through to the backend."""
         return Params(self)
 
+    @property
     def state(self) -> dict[str, np.ndarray]:
-        """Params and optimizer state."""
+        """A copy of the params and the optimizer state (momentum buffers, ...), name -> array."""
         return self._backend.get_state()
 
+    def save(self, path) -> None:
+        """Write the params to an .npz file, one array per param name, as `dlc run --save` does:
+        atomically, creating missing folders. Optimizer state is not saved."""
+        save_weights(path, {p: np.asarray(self.params[p]) for p in self._params}, parents=True)
+
+    def load(self, path) -> "Model":
+        """Read params from an .npz (as `save` writes); every name and shape is checked before
+        any param changes. Returns the model itself."""
+        self.params.update(load_weights(path, self.graph))
+        return self
+
     def ir(self, stage: str = "optimized") -> str:
+        """The IR text at a stage: "forward", "backward", "train" or "optimized"."""
         if stage not in self.stages:
             raise DlcError(f"no IR stage '{stage}' (stages: {', '.join(self.stages)})")
         return print_ir(self.stages[stage])
@@ -141,6 +214,10 @@ class Model:
         if view is None:
             view = self._views[key] = _only_inputs(g, list(sub))
         feeds, dims = check_feeds(view, sub, where="inputs: ", float_dtype=self.float_dtype)
+        empty = [n for n, a in feeds.items() if a.size == 0]
+        if empty:
+            raise DlcError(f"inputs: '{empty[0]}' holds no examples (shape {fmt_shape(feeds[empty[0]].shape)}); "
+                           f"a batch needs at least one")
         return feeds
 
     def _need(self, roots) -> list[str]:
@@ -153,12 +230,16 @@ class Model:
         return self._needs[key]
 
     def forward(self, **inputs) -> dict[str, np.ndarray]:
+        """The outputs, output name -> array, for inputs given by name (labels are not needed);
+        inference mode (no dropout), nothing changes."""
         roots = list(self.graph.meta.outputs.values())
         feeds = self._feeds(inputs, self._need(roots))
         res = self._backend.run(roots, feeds)
         return {k: np.asarray(res[v]) for k, v in self.graph.meta.outputs.items()}
 
     def grad(self, **inputs) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, {param: gradient}) for one batch, for the trainable (not frozen) params; the
+        params do not change."""
         m = self.graph.meta
         if not m.loss:
             raise DlcError(f"model {self.name} has no loss to differentiate (add `minimize LOSS with ...`)")
@@ -168,10 +249,12 @@ class Model:
         return float(res[m.loss]), {p: np.asarray(res[v]) for p, v in m.grads.items()}
 
     def step(self, **inputs) -> float:
+        """One optimizer step on one batch; returns the loss before the update."""
         return self.train_step(inputs)[0]
 
     def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False):
-        """One optimizer step: (loss, outputs or None)."""
+        """One optimizer step on `inputs` (a dict): (loss, outputs or None). `fetch_outputs` also
+        returns the outputs; `checked` skips checking the arrays (the training loop checked them)."""
         g = self.graph
         m = g.meta
         if not self.trainable:
@@ -184,7 +267,8 @@ class Model:
         return float(res[m.loss]), outs
 
     def evaluate(self, inputs: dict, checked: bool = False):
-        """Loss (if any) and outputs, without changing anything."""
+        """(loss or None, outputs) for `inputs` (a dict), in inference mode, without changing
+        anything; `checked` as for `train_step`."""
         m = self.graph.meta
         roots = ([m.loss] if m.loss else []) + list(m.outputs.values())
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))

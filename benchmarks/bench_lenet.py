@@ -112,7 +112,7 @@ def check_agree(m, x, y, steps):
     """Train dlc and torch a few steps from the same weights: (dlc losses, torch losses, max |param diff|).
     dlc's state (params and velocities) is put back afterwards."""
     import torch
-    start = m.state()
+    start = m.state
     step, _, out = torch_lenet({k: v for k, v in start.items() if k in m.params})
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     dl = [m.step(x=x, y=y) for _ in range(steps)]
@@ -169,7 +169,7 @@ def child(a) -> int:
     infer_feeds = m._feeds({"x": x}, m._need(infer_roots))
     dl, tl, diff = check_agree(m, x, y, a.check_steps)
 
-    step, infer, _ = torch_lenet({k: v for k, v in m.state().items() if k in m.params})
+    step, infer, _ = torch_lenet({k: v for k, v in m.state.items() if k in m.params})
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     fns = {"dlc train": lambda: be.run(train_roots, train_feeds, commit=True),
            "torch train": lambda: step(tx, ty),

@@ -98,9 +98,13 @@ if ! $PY -c "import lark" 2>/dev/null; then
 fi
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 TORCH_DEVICE=${TORCH_DEVICE:-cuda}
+if [ "${DLC_FAKE_CUPY:-0}" = 1 ] && $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('cupy') is None)" 2>/dev/null; then
+    echo "DLC_FAKE_CUPY=1 ignored: a real CuPy is installed here, and the stand-in never replaces it"
+    DLC_FAKE_CUPY=0
+fi
 if [ "${DLC_FAKE_CUPY:-0}" = 1 ]; then  # a dry run of every section without a GPU (numbers meaningless)
-    echo "DRY RUN: CuPy is the emulator-backed stand-in in benchmarks/fake_cupy, PyTorch runs on the CPU"
-    export PYTHONPATH=$REPO/benchmarks/fake_cupy:$PYTHONPATH
+    echo "DRY RUN: CuPy is the emulator-backed stand-in of tests/fake_cupy.py, PyTorch runs on the CPU"
+    export PYTHONPATH=$REPO/tests/fake_cupy_path:$PYTHONPATH
     TORCH_DEVICE=cpu
     GPU_CHECK_FORCE=1
     KERNEL_ARGS=${KERNEL_ARGS:-"--batch 64 --reps 3 --big 256"}
@@ -295,7 +299,7 @@ if has sanitize; then
                        END {for (e in n) printf "%s:%d ", e, n[e]}' "$f")
             steps=$(grep -c '^@@ .* ok' "$f")
             if grep -q "Device not supported" "$f"; then
-                status sanitize "$tool summary" FAILED "compute-sanitizer cannot watch this GPU here (Device not supported: a gVisor machine?)"
+                status sanitize "$tool summary" FAILED "compute-sanitizer cannot watch this GPU here (Device not supported: a sandboxed or virtualised GPU?)"
             else
                 status sanitize "$tool summary" "$([ $RC = 0 ] && echo ok || echo FAILED)" \
                     "${summary:-no summary line} | steps ok $steps | findings by example: ${per:-none}"

@@ -32,7 +32,7 @@ from ..ir.ops import OPS
 from .philox import PHILOX_C
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
-from .sizes import Size, broadcast_index, ceil_div, gather_index, strides, symbols_of
+from .sizes import Size, broadcast_index, ceil_div, evaluate, gather_index, strides, symbols_of
 
 TEMPLATES = Path(__file__).with_name("templates")
 EMU_HEADER = Path(__file__).with_name("cuda_emu.h")
@@ -73,6 +73,7 @@ class Launch:
     grid: list            # ints or size expressions over the symbols (see sizes.evaluate)
     block: list
     barriers: bool        # uses __syncthreads (the emulator then runs the block as fibers)
+    writes: int = 0       # how many leading args a kernel also reads (in-place updates)
 
 
 @dataclass
@@ -99,6 +100,8 @@ class Module:
         self.node_buffer = node_buffer    # node -> buffer holding its value
         self.source = source
         self.launches = launches          # the plan: every launch, in order
+        self.reused: set[str] = set()     # nodes whose buffer later values overwrite (memory planning)
+        self.after_commit: set[str] = set()  # values an in-place update writes in the commit phase
         self.symbols = symbols_of(*(b.shape for b in buffers.values()))
 
     @property
@@ -133,6 +136,21 @@ class Module:
                                  f"({', '.join(l.args + [f'dim_{d}' for d in l.dims])})")
         return "\n".join(lines) + "\n"
 
+    def stats(self, dims: dict) -> dict:
+        """Per run of the whole plan (a training step, commits included), symbols bound by `dims`:
+        kernels in the module, launches, FLOPs (the registry's counts over every node), bytes
+        moved (an estimate: each buffer a launch touches once, twice when it reads and writes it
+        in place) and peak bytes (every buffer allocated: params, state, inputs and temps)."""
+        from ..ir.ops import flops
+
+        def nbytes(b):
+            buf = self.buffers[b]
+            return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
+        moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in self.launches for i, a in enumerate(l.args))
+        return {"kernels": len(self.kernels), "launches": len(self.launches),
+                "flops": sum(flops(self.graph, n, dims) for n in self.graph.nx),
+                "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers)}
+
     def emu_source(self) -> str:
         """The module plus host launch functions, for the host C++ compiler (see cuda_emu.h)."""
         return _env.get_template("emu_glue.cpp.j2").render(module=self.source, kernels=self.kernels)
@@ -140,9 +158,59 @@ class Module:
 
 # -- generation -----------------------------------------------------------------------------------
 
-def generate(graph: Graph) -> Module:
-    """One CUDA module and launch plan for every node of an optimized graph."""
-    return _Generator(graph).run()
+def generate(graph: Graph, reuse: bool | None = None) -> Module:
+    """One CUDA module and launch plan for every node of an optimized graph. `reuse` shares temp
+    buffers between values whose lifetimes do not overlap (memory planning); by default it is on
+    for fused (-O2) graphs and off otherwise, so that at -O0/-O1 every value keeps its own buffer
+    and `dlc diff` can compare each one."""
+    mod = _Generator(graph).run()
+    if graph.meta.groups if reuse is None else reuse:
+        plan_memory(mod)
+    return mod
+
+
+def plan_memory(mod: "Module") -> None:
+    """Reuse temp buffers by liveness. A temp lives from the launch that writes it first to the
+    last launch that reads it (step and commit phases in their order); values the model hands
+    out (outputs, loss, gradients, assigned values) and the dropout key live throughout. Walking
+    the launches in order, a temp takes a free slot of the same dtype and size (symbols included,
+    so one plan serves every batch size) whose last occupant's life ended at an earlier launch, so
+    no kernel reads and writes one buffer; otherwise it opens a new slot. Slots are named @s0,
+    @s1, ... and take the shape of their first occupant."""
+    g = mod.graph
+    m = g.meta
+    wanted = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads.values())
+    wanted += [n for n in g.nx if OPS[g.op(n)].family == "assign"]
+    keep = {mod.node_buffer[n] for n in wanted if n in mod.node_buffer}
+    first, last = {}, {}
+    for i, l in enumerate(mod.launches):
+        for b in l.args:
+            if mod.buffers[b].kind == "temp":
+                first.setdefault(b, i)
+                last[b] = i
+    slot_of: dict[str, str] = {}
+    free: dict[tuple, list] = {}      # (dtype, size) -> [(slot, launch index its occupant dies at)]
+    ends: dict[str, int] = {}         # slot -> last launch of its current occupant
+    order = sorted(first, key=first.get)
+    for b in order:
+        if b in keep:
+            continue
+        buf = mod.buffers[b]
+        key = (buf.dtype, Size.of(buf.shape))
+        pool = free.setdefault(key, [])
+        slot = next((s for s in pool if ends[s] < first[b]), None)
+        if slot is None:
+            slot = f"@s{len(ends)}"
+            pool.append(slot)
+            mod.buffers[slot] = Buffer(slot, buf.dtype, list(buf.shape), "temp")
+        ends[slot] = last[b]
+        slot_of[b] = slot
+    for b in slot_of:
+        del mod.buffers[b]
+    for l in mod.launches:
+        l.args = [slot_of.get(a, a) for a in l.args]
+    mod.node_buffer = {n: slot_of.get(b, b) for n, b in mod.node_buffer.items()}
+    mod.reused = {n for n, b in mod.node_buffer.items() if b.startswith("@s")}
 
 
 class _Generator:
@@ -195,7 +263,10 @@ class _Generator:
             model=g.meta.name, kernels=self.kernels, render=lambda k: k.body,
             philox=PHILOX_C.strip() if RNG_BUFFER in self.buffers else None,
             symbols=symbols_of(*(b.shape for b in self.buffers.values())))
-        return Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
+        mod = Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
+        mod.after_commit = {n for r in updates for n in g.meta.groups[r][1] if n in self.node_buffer}
+        mod.after_commit |= set(self.inplace)
+        return mod
 
     # -- helpers ---------------------------------------------------------------------------------
     def _temp(self, n: str) -> str:
@@ -399,7 +470,8 @@ class _Generator:
         decl += [f"int dim_{d}" for d in dims]
         name = self._kernel_name(f"update_{roots[0]}" + (f"_and_{len(roots) - 1}_more" if len(roots) > 1 else ""))
         launch = Launch(name, roots[0], g.op(roots[0]), "commit", ordered, dims,
-                        [ceil_div(Size(start), ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], False)
+                        [ceil_div(Size(start), ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], False,
+                        writes=len(written))
         k = Kernel(name, "update.cu.j2", dict(segments=segments, size=start), launch, comment, decl)
         self._register(k)
 

@@ -248,7 +248,7 @@ class ToAst(Transformer):
 
     def string(self, c):
         try:
-            return Str(self._loc(c[0]), json.loads(c[0], strict=False))
+            return Str(self._loc(c[0]), json.loads(c[0]))  # strict: no raw control characters
         except ValueError:
             raise DlcError(f"invalid string literal {c[0]} (escapes allowed: \\\\ \\\" \\n \\t \\uXXXX)",
                            self._loc(c[0]))

@@ -154,3 +154,35 @@ def fuse(g: Graph) -> Graph:
     g = g.copy()
     g.meta.groups, _ = plan(g)
     return g
+
+
+def report(g: Graph, dims: dict) -> list[str]:
+    """`dlc compile --explain-fusion`: every group (fused or a group of one), the rule applied,
+    the bytes its kernel does not move (each inner member's value would be written and read back
+    once; an update's outputs would also go through a temp and a commit copy), its `.dln` lines,
+    and every refused edge with the check that failed. Sizes bind the symbols by `dims`."""
+    groups, refusals = plan(g)
+
+    def nbytes(n):
+        t = g.type(n)
+        return 4 * int(__import__("math").prod(dims.get(d, 1) if isinstance(d, str) else d for d in t.shape))
+    at = ", ".join(f"{k}={v}" for k, v in dims.items()) or "static sizes"
+    lines = [f"fusion report for model {g.meta.name} ({len(groups)} groups; bytes at {at})"]
+    total = 0
+    for root, (rule, members) in groups.items():
+        saved = sum(2 * nbytes(m) for m in members if m != root or rule == "update")
+        total += saved
+        locs = sorted({(g.loc(m).file, g.loc(m).line) for m in members if g.loc(m)})
+        lines.append(f"  group %{root}  {rule}  {len(members)} node{'s' * (len(members) > 1)}: "
+                     + ", ".join(f"%{m}" for m in members))
+        lines.append(f"      saves {saved:,} bytes" + ("; from " + ", ".join(f"{f}:{n}" for f, n in locs)
+                                                      if locs else ""))
+        for line in sorted({g.source_line(g.loc(m)) for m in members if g.loc(m)} - {None}):
+            lines.append(f"        | {line}")
+    lines.append(f"  total saved: {total:,} bytes per step")
+    lines.append(f"not fused ({len(refusals)} edges):")
+    for r in refusals:
+        loc = g.loc(r.consumer)
+        lines.append(f"  %{r.producer} -> %{r.consumer} (group %{r.root}): {r.reason}"
+                     + (f"  [{loc.file}:{loc.line}]" if loc else ""))
+    return lines

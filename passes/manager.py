@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.text import print_ir
 from ..ir.verify import verify
@@ -44,9 +45,22 @@ class Result:
     records: list = field(default_factory=list)  # one PassRecord per pass run
 
 
+def select(opt_level: int = 1, passes: list[str] | None = None) -> list[tuple]:
+    """The (name, pass) list to run: the passes of `opt_level`, or, given `passes`, autodiff and
+    the optimizer (they define the training step) followed by the named passes in that order."""
+    if passes is None:
+        return [(name, fn) for name, fn, level in PIPELINE if level <= opt_level]
+    table = {name: fn for name, fn, _ in PIPELINE}
+    for name in passes:
+        if name not in table:
+            raise DlcError(f"--passes: unknown pass '{name}' (passes: {', '.join(PASS_NAMES)})")
+    required = [name for name, _, level in PIPELINE if level == 0]
+    return [(name, table[name]) for name in required + [n for n in passes if n not in required]]
+
+
 def run_pipeline(g: Graph, opt_level: int = 1, dump_dir: str | Path | None = None,
-                 dump_after: str | None = None, check: bool = False) -> Result:
-    """Run the passes for `opt_level` on the forward graph `g`.
+                 dump_after: str | None = None, check: bool = False, passes: list[str] | None = None) -> Result:
+    """Run the passes for `opt_level` (or the chosen `passes`, see `select`) on the forward graph.
 
     `dump_after` is a pass name or "all"; dumps go to `dump_dir` as numbered files
     (`00-input.ir`, `01-autodiff.ir`, ...). `check` runs the verifier after every pass."""
@@ -56,9 +70,7 @@ def run_pipeline(g: Graph, opt_level: int = 1, dump_dir: str | Path | None = Non
     if dump_after:
         dumps.append(("00-input.ir", print_ir(g)))
     i = 0
-    for name, fn, level in PIPELINE:
-        if level > opt_level:
-            continue
+    for name, fn in select(opt_level, passes):
         i += 1
         t0 = time.perf_counter()
         g = fn(g)

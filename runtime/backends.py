@@ -20,26 +20,21 @@ def available(name: str) -> tuple[bool, str]:
     if name == "interp":
         return True, "NumPy reference, always available"
     if name == "emu":
-        try:
-            from .emu import emu_available
-        except ImportError:
-            return False, "the emu backend is not part of this build yet"
+        from .emu import emu_available
         return emu_available()
     if name == "cuda":
-        try:
-            from .cuda import cuda_available
-        except ImportError:
-            return False, "the cuda backend is not part of this build yet"
+        from .cuda import cuda_available  # imports CuPy only inside, and says why it cannot run
         return cuda_available()
     return False, f"unknown backend '{name}' (known: {', '.join(BACKENDS)})"
 
 
-def resolve(name: str) -> str:
-    """`auto` picks cuda where a GPU is present and the interpreter otherwise."""
+def resolve(name: str, what: str = "backend") -> str:
+    """`auto` picks cuda where a GPU is present and the interpreter otherwise; `what` names the
+    argument or flag in the error for an unknown name."""
     if name == "auto":
         return "cuda" if available("cuda")[0] else "interp"
     if name not in BACKENDS:
-        raise DlcError(f"unknown backend '{name}' (known: auto, {', '.join(BACKENDS)})")
+        raise DlcError(f"{what}: unknown backend {name!r} (known: auto, {', '.join(BACKENDS)})")
     return name
 
 
@@ -89,6 +84,19 @@ class BufferState:
 
     def _sync(self) -> None:
         pass
+
+    def keeps(self, n: str) -> bool:
+        """Whether `run` can hand out node `n`'s value: at -O2 a fused group's inner values live
+        only in registers and a planned buffer is overwritten by later values."""
+        return n in self.module.node_buffer and n not in self.module.reused
+
+    def _check_roots(self, roots, commit: bool) -> None:
+        for r in roots:
+            if not self.keeps(r):
+                raise DlcError(f"%{r} is not kept by this compiled step (fused into a kernel, or its buffer "
+                               f"reused, at -O2): ask for it at -O1")
+            if r in self.module.after_commit and not commit:
+                raise DlcError(f"%{r} is written in place by the optimizer update: it exists only after a commit")
 
     def set_state(self, values: dict[str, np.ndarray]) -> None:
         for k, v in values.items():

@@ -105,6 +105,7 @@ class CudaBackend(BufferState):
         if missing:
             raise DlcError(f"missing input '{missing[0]}' : {self.graph.type(missing[0])}")
         check_labels(self._labels, feeds)
+        self._check_roots(roots, commit)
         prog = self._program(roots, dims, env, commit)
         for name, v in feeds.items():
             if name in env:
@@ -207,8 +208,10 @@ class CudaBackend(BufferState):
         with self.stream:
             # a reshape (or an assign) shares its operand's buffer; its output has its own shape
             outs = {r: cp.empty(g.type(r).concrete(dims), env[self.module.node_buffer[r]].dtype) for r in roots}
-        ops += [("copy", outs[r], env[self.module.node_buffer[r]]) for r in roots]
+        late = self.module.after_commit  # values the in-place update writes: copied after it
+        ops += [("copy", outs[r], env[self.module.node_buffer[r]]) for r in roots if r not in late]
         if commit:
             ops += commits
+            ops += [("copy", outs[r], env[self.module.node_buffer[r]]) for r in roots if r in late]
         prog = self._programs[key] = {"ops": ops, "outs": outs}
         return prog

@@ -7,7 +7,7 @@ size that differs between inputs, weights with missing, extra or misshaped array
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -94,32 +94,58 @@ def load_data(path, g: Graph) -> tuple[dict, int]:
     return feeds, n
 
 
-def atomic_write(path, write) -> None:
-    """Write a file through a temporary in the same folder, so a failure leaves nothing half written."""
+def check_output(path) -> None:
+    """A `DlcError` unless `path` can become a file: it must not be a folder, and the nearest
+    existing folder above it must be a folder, not a file."""
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise file_error(p, f"folder {p.parent} does not exist")
     if p.is_dir():
         raise file_error(p, "is a folder, expected a file name")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent or ".")
-    except OSError as e:
-        raise file_error(p, f"cannot write ({e.strerror})")
+    for d in p.parents:
+        if d.exists():
+            if not d.is_dir():
+                raise file_error(p, f"cannot create folder {p.parent}: {d} is not a folder")
+            return
+
+
+def atomic_write(path, write, parents: bool = False) -> None:
+    """Write a file through a temporary in the same folder (fsync'd, then renamed over `path`), so a
+    failure leaves nothing half written. The file gets the mode `open()` would give it under the
+    user's umask (0644 under umask 022). `parents` creates missing folders above it."""
+    p = Path(path)
+    check_output(p)
+    if not p.parent.exists():
+        if not parents:
+            raise file_error(p, f"folder {p.parent} does not exist")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise file_error(p, f"cannot create folder {p.parent} ({e.strerror})")
+    while True:
+        tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise file_error(p, f"cannot write ({e.strerror})")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, p)
-    except OSError as e:
-        os.path.exists(tmp) and os.unlink(tmp)
-        raise file_error(p, f"cannot write ({e.strerror})")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise file_error(p, f"cannot write ({e.strerror or e})")
         raise
 
 
-def save_weights(path, params: dict[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **params))
+def save_weights(path, params: dict[str, np.ndarray], parents: bool = False) -> None:
+    """Params as an .npz, one array per param name, written atomically."""
+    atomic_write(path, lambda f: np.savez(f, **params), parents)
 
 
 def load_weights(path, g: Graph) -> dict[str, np.ndarray]:

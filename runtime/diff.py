@@ -1,5 +1,10 @@
 """Differential testing: one training step on several backends from the same weights and batch,
-every tensor compared with the interpreter's."""
+every tensor compared with the interpreter's.
+
+The step runs in training mode on every backend with the same `rng=(seed, step)`, so random ops
+(dropout) draw the same mask everywhere and their outputs are compared like any other tensor.
+`dlc diff` exits 0 when every compared backend agrees, 1 when one diverges, and 2 (an error, with
+a message) when nothing was compared: only `interp` named, or every other backend skipped."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.ops import OPS
 from .backends import available, make_backend
 
 # float32 kernels against the float32 NumPy reference: summation order differs (tiled matmul,
@@ -36,7 +42,7 @@ def synth_feeds(g: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 @dataclass
 class Row:
-    kind: str      # output, loss, grad, param, state
+    kind: str      # output, loss, grad, param, state, or a random op's name (dropout)
     name: str
     node: str
     abs_err: float
@@ -58,20 +64,35 @@ def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
     return abs_err, rel_err, ok
 
 
-def run_step(backend, g: Graph, state: dict, feeds: dict):
-    """Every computed value of one training step, then the state after it."""
+def run_step(backend, g: Graph, state: dict, feeds: dict, rng: tuple[int, int] | None = (0, 0)):
+    """Every computed value of one training step, then the state after it. `rng=(seed, step)`
+    is training mode (dropout draws its mask from it), as in `Model.step`; None is inference."""
     backend.set_state(state)
-    nodes = [n for n in g.order() if g.op(n) not in ("input", "param", "state")]
+    # every value the backend keeps (at -O2 not a fused group's inner values, nor reused buffers)
+    nodes = [n for n in g.order() if g.op(n) not in ("input", "param", "state") and backend.keeps(n)]
     if g.meta.loss and g.meta.optimizer:
-        vals = backend.run(nodes, feeds, commit=True)
+        vals = backend.run(nodes, feeds, commit=True, rng=rng)
     else:
-        vals = backend.run(nodes, feeds)
+        vals = backend.run(nodes, feeds, rng=rng)
     return vals, backend.get_state()
 
 
-def diff(g: Graph, names: list[str], state: dict, feeds: dict):
-    """Results per backend: ('skipped', why) or (rows, first diverging node or None)."""
-    ref_vals, ref_state = run_step(make_backend("interp", g), g, state, feeds)
+def random_nodes(g: Graph) -> list[str]:
+    """The nodes whose op draws random numbers (dropout), in execution order."""
+    return [n for n in g.order() if OPS[g.op(n)].needs_rng]
+
+
+def compared(results: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """([backends compared], [(backend skipped, why)]) of a `diff` result."""
+    done = [k for k, r in results.items() if r[0] != "skipped"]
+    skipped = [(k, r[1]) for k, r in results.items() if r[0] == "skipped"]
+    return done, skipped
+
+
+def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, int] | None = (0, 0)):
+    """Results per backend: ('skipped', why) or (rows, first diverging node or None). Every
+    backend runs the step with the same `rng`, so dropout masks must agree too."""
+    ref_vals, ref_state = run_step(make_backend("interp", g), g, state, feeds, rng)
     results = {}
     m = g.meta
     for name in names:
@@ -81,10 +102,10 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict):
         if not ok:
             results[name] = ("skipped", why)
             continue
-        vals, new_state = run_step(make_backend(name, g), g, state, feeds)
+        vals, new_state = run_step(make_backend(name, g), g, state, feeds, rng)
         first = None
         for n in ref_vals:
-            if not compare(vals[n], ref_vals[n])[2]:
+            if n in vals and not compare(vals[n], ref_vals[n])[2]:
                 first = n
                 break
         rows = []
@@ -92,6 +113,8 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict):
             rows.append(Row("output", k, v, *compare(vals[v], ref_vals[v])))
         if m.loss:
             rows.append(Row("loss", "loss", m.loss, *compare(vals[m.loss], ref_vals[m.loss])))
+        for n in (n for n in random_nodes(g) if n in vals):
+            rows.append(Row(g.op(n), n, n, *compare(vals[n], ref_vals[n])))
         for p, v in m.grads.items():
             rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v])))
         for k in ref_state:

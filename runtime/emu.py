@@ -137,15 +137,19 @@ class EmuBackend(BufferState):
                     raise DlcError(f"input '{name}' should have shape {list(buf.shape)}, found {list(v.shape)}")
                 np.copyto(buf, v, casting="unsafe")
         check_labels(self._labels, feeds)
+        self._check_roots(roots, commit)
         step, commits = self._program(roots, dims, env, feeds)
         for fn, args in step:
             fn(*args)
-        values = self.module.node_buffer
-        # a reshape (or an assign) shares its operand's buffer: view it in the node's own shape
-        out = {r: env[values[r]].reshape(self.graph.type(r).concrete(dims)).copy() for r in roots}
+        values, late = self.module.node_buffer, self.module.after_commit
+
+        def read(r):  # a reshape (or an assign) shares its operand's buffer: view it in its own shape
+            return env[values[r]].reshape(self.graph.type(r).concrete(dims)).copy()
+        out = {r: read(r) for r in roots if r not in late}
         if commit:
             for fn, args in commits:
                 fn(*args)
+            out.update({r: read(r) for r in roots if r in late})  # written in place by the update
         return out
 
     def _buffers(self, dims: dict) -> dict[str, np.ndarray]:

@@ -19,6 +19,11 @@ from .backends import bind_dims, input_shapes
 class Interpreter:
     name = "interp"
 
+    @staticmethod
+    def keeps(n: str) -> bool:
+        """The interpreter can hand out every value."""
+        return True
+
     def __init__(self, graph: Graph, float_dtype=np.float32):
         self.graph = graph
         self.dtype = np.dtype(float_dtype)

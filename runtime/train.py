@@ -4,6 +4,9 @@ per-epoch loss and accuracy.
 Accuracy is reported where the model has labels to compare with: an integer input `y : i32[N]`
 against the arg-max of the first output `[N, C]`; or, for a single-unit output, an f32 target
 input of the same shape holding 0/1 values, against the output thresholded at 0.5.
+
+NumPy's floating-point warnings (overflow, invalid value) are silenced while training and
+evaluating: a loss that stops being finite ends training with one clear error instead.
 """
 from __future__ import annotations
 
@@ -13,6 +16,26 @@ import time
 
 import numpy as np
 from tqdm import tqdm
+
+from ..ir.errors import DlcError
+
+
+# the settings of a run (flags, the model's `train(...)`, `dlc.compile(seed=...)`): what each must be
+SETTINGS = {
+    "epochs": (lambda v: v >= 0, ">= 0"),
+    "batch": (lambda v: v >= 1, ">= 1"),
+    "val_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def setting_problem(key: str, value) -> str | None:
+    """What is wrong with a setting (`must be >= 1`), or None when it is fine."""
+    test, want = SETTINGS[key]
+    number = isinstance(value, (int, np.integer)) or (key == "val_split" and isinstance(value, (float, np.floating)))
+    if isinstance(value, (bool, np.bool_)) or not number or not test(value):
+        return f"must be {want}"
+    return None
 
 
 def accuracy_rule(g):
@@ -51,6 +74,7 @@ def split(feeds: dict, n: int, val_split: float, seed: int):
     return {k: v[tr] for k, v in feeds.items()}, {k: v[va] for k, v in feeds.items()}
 
 
+@np.errstate(all="ignore")
 def evaluate(model, feeds: dict, batch: int, rule):
     """Mean loss and accuracy over a data set, in batches, without changing the model."""
     n = len(next(iter(feeds.values())))
@@ -64,6 +88,31 @@ def evaluate(model, feeds: dict, batch: int, rule):
     return total / n, (right / n if rule else None)
 
 
+def per_example_problem(g) -> str | None:
+    """Why the outputs cannot be predicted one row per example, or None when they can."""
+    for name, node in g.meta.outputs.items():
+        shape = g.type(node).shape
+        if not shape or not isinstance(shape[0], str):
+            return f"output '{name}' : {g.type(node)} does not have one row per example"
+    return None
+
+
+@np.errstate(all="ignore")
+def predict(model, feeds: dict, batch: int) -> dict[str, np.ndarray]:
+    """Every output over the whole data set (checked arrays), computed `batch` examples at a time
+    and joined along the first axis; outputs must have one row per example."""
+    g = model.graph
+    if per_example_problem(g):
+        raise DlcError(per_example_problem(g))
+    n = len(next(iter(feeds.values())))
+    parts = []
+    for i in range(0, n, batch):
+        outs = model.evaluate({k: v[i:i + batch] for k, v in feeds.items()}, checked=True)[1]
+        parts.append({k: np.asarray(v) for k, v in outs.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in g.meta.outputs}
+
+
+@np.errstate(all="ignore")  # a diverging loss is reported once, as an error, not as NumPy warnings
 def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
           progress: bool = True, out=sys.stdout) -> dict:
     """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics."""
@@ -86,7 +135,6 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
             loss, outs = model.train_step(part, fetch_outputs=rule is not None, checked=True)
             if not math.isfinite(loss):
                 bar.close()
-                from ..ir.errors import DlcError
                 raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
                                f"(try a smaller learning rate)")
             total += loss * len(idx)

@@ -3,11 +3,21 @@ import pytest
 
 import dlc
 from dlc.cli import main
-from dlc.runtime.backends import available, resolve
+from dlc.runtime import backends
+from dlc.runtime.backends import resolve
 
 
-def test_auto_picks_cuda_only_where_it_can_run():
-    assert resolve("auto") == ("cuda" if available("cuda")[0] else "interp")
+@pytest.mark.parametrize("gpu", [True, False])
+def test_auto_picks_cuda_only_where_it_can_run(monkeypatch, gpu):
+    asked = []
+
+    def fake_available(name):
+        asked.append(name)
+        return (gpu, "stand-in") if name == "cuda" else (True, "")
+    monkeypatch.setattr(backends, "available", fake_available)
+    assert resolve("auto") == ("cuda" if gpu else "interp")
+    assert asked == ["cuda"]
+    assert resolve("emu") == "emu" and resolve("interp") == "interp"  # a name is taken as given
 
 
 def test_unknown_backend_is_an_error():

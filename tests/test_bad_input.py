@@ -459,10 +459,15 @@ def test_cuda_backend_without_gpu(tmp_path):
     assert "cuda" in str(ei.value)
 
 
-def test_output_into_missing_folder(tmp_path):
-    r = dlc_cli("run", MLP, "--epochs", "1", "--no-progress", "--save", "nodir/w.npz", cwd=tmp_path)
-    assert_user_error(r, ["--save", "nodir"])
-    assert not (tmp_path / "nodir").exists()
+@pytest.mark.parametrize("flag", ["--save", "--metrics-json", "--predict"])
+def test_output_under_a_file(flag, tmp_path):
+    """Missing folders above an output file are created (see test_cli_api_edges.py), but not
+    through a file: that is an error naming the flag, found before any training."""
+    (tmp_path / "afile").write_text("x")
+    r = dlc_cli("run", MLP, "--epochs", "1", "--no-progress", flag, "afile/sub/out.npz", cwd=tmp_path)
+    assert_user_error(r, [flag, "afile"], rf"^(error: )?{flag}\b")
+    assert "epoch" not in r.stdout, r.stdout
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 # -- gaps found while writing these tests, now fixed --

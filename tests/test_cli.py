@@ -17,6 +17,7 @@ import pytest
 import dlc
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
+from dlc.runtime.backends import available
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -294,7 +295,9 @@ def test_same_seed_is_deterministic_and_a_different_seed_differs(tmp_path):
 
 
 # -- diff -------------------------------------------------------------------------------------------
-def test_diff_interp(tmp_path):
-    r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp", cwd=tmp_path)
+@pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
+def test_diff_interp_emu(tmp_path):
+    """The real command end to end (interp alone is refused: see test_diff.py)."""
+    r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp,emu", cwd=tmp_path)
     assert re.search(r"^result: \S+", r.stdout, re.M), r.stdout
     assert "result: agree" in r.stdout

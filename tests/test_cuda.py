@@ -1,5 +1,9 @@
 """The cuda backend against the interpreter. Needs CuPy and an NVIDIA GPU: skipped, with the
-reason, where either is missing; only the "not available" path runs everywhere."""
+reason, where either is missing. What runs everywhere: the availability report, the backend's
+bookkeeping on the CuPy stand-in of tests/fake_cupy.py, and that stand-in's `cupy` for the GPU
+scripts (tests/fake_cupy_path/) giving way to a real CuPy."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -12,17 +16,26 @@ from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS
 from test_emu import EXAMPLES, assert_close, compare_step, step_roots
+from fake_cupy import fake_cupy
 
 OK, WHY = cuda_available()
 needs_gpu = pytest.mark.skipif(not OK, reason=f"cuda backend unavailable: {WHY}")
 
 
-def test_availability_is_reported_with_a_reason():
-    ok, why = available("cuda")
-    assert (ok, why) == (OK, WHY) and why
+@pytest.mark.parametrize("cupy,ok,why", [
+    (None, False, "CuPy is not installed (pip install 'dlc[cuda12]' or 'dlc[cuda13]')"),
+    ("no GPU", False, "no CUDA GPU is visible"),
+    ("one GPU", True, "fake GPU through CuPy fake"),
+])
+def test_availability_is_reported_with_a_reason(monkeypatch, cupy, ok, why):
+    # sys.modules["cupy"] = None makes `import cupy` fail; otherwise the stand-in with 0 or 1 GPUs
+    monkeypatch.setitem(sys.modules, "cupy", None if cupy is None else fake_cupy(devices=int(cupy == "one GPU")))
+    assert cuda_available() == (ok, why)
+    assert available("cuda") == (ok, why)
+    g = dlc.compile(MODELS["ew"], backend="interp").graph
     if not ok:
-        with pytest.raises(DlcError, match="cannot run here"):
-            make_backend("cuda", dlc.compile(MODELS["ew"], backend="interp").graph)
+        with pytest.raises(DlcError, match=f"backend 'cuda' cannot run here: {why[:20]}"):
+            make_backend("cuda", g)
 
 
 @pytest.fixture(scope="module")
@@ -76,115 +89,27 @@ def test_api_backend_cuda():
     gpu = dlc.compile(MODELS["red"], backend="cuda", seed=1)
     feeds = synth_feeds(ref.graph, 16, 1)
     assert_close(gpu.step(**feeds), ref.step(**feeds), "loss")
-    for k, v in ref.state().items():
-        assert_close(gpu.state()[k], v, k)
+    for k, v in ref.state.items():
+        assert_close(gpu.state[k], v, k)
     with pytest.raises(DlcError, match="float32"):
         from dlc.runtime.cuda import CudaBackend
         CudaBackend(ref.graph, np.float64)
 
 
 # -- the backend's bookkeeping, without a GPU ---------------------------------------------------
-# A stand-in for the few CuPy calls the backend makes: arrays are NumPy arrays, the RawModule
-# runs the same generated source through the emulator (a generic launcher per kernel, built
-# from the kernel signatures), stream capture records and replays. This checks the backend's
-# buffers, launch binding, output copies, commits and graph replay; it says nothing about CuPy
-# itself or the GPU, which only the tests above check.
+# tests/fake_cupy.py stands in for the few CuPy calls the backend makes (kernels on the emulator,
+# stream capture recorded and replayed). This checks the backend's buffers, launch binding,
+# output copies, commits and graph replay; it says nothing about CuPy itself or the GPU, which
+# only the tests above check.
 
-import ctypes  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
-
-from dlc.runtime.emu import build_library, emu_available  # noqa: E402
-
-
-class _Array:
-    def __init__(self, a):
-        self.a = a
-        self.data = types.SimpleNamespace(ptr=a.ctypes.data)
-        self.nbytes, self.dtype, self.shape = a.nbytes, a.dtype, a.shape
-
-    def set(self, v, stream=None):
-        assert v.shape == self.shape and v.dtype == self.dtype and v.flags.c_contiguous
-        self.a[...] = v
-
-
-def _fake_cupy():
-    state = {"capture": None}
-
-    def record_or_run(op):
-        if state["capture"] is not None:
-            state["capture"].append(op)
-        else:
-            op()
-
-    class Stream:
-        ptr = 1
-
-        def __init__(self, non_blocking=False):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def synchronize(self):
-            pass
-
-        def begin_capture(self):
-            state["capture"] = []
-
-        def end_capture(self):
-            ops, state["capture"] = state["capture"], None
-            return types.SimpleNamespace(launch=lambda stream=None: [op() for op in ops], ops=ops)
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            kernels = re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code)
-            glue = ['#include "cuda_emu.h"', code]
-            for name, params in kernels:
-                args = []
-                for i, decl in enumerate(p.strip() for p in params.split(",")):
-                    ctype = decl.rsplit(" ", 1)[0].replace("__restrict__", "").strip()
-                    args.append(f"*(int*)p[{i}]" if ctype == "int" else f"({ctype})p[{i}]")
-                glue.append(f'extern "C" void go_{name}(const unsigned* s, void** p) {{ dlc_emu::launch('
-                            f'dim3(s[0], s[1], s[2]), dim3(s[3], s[4], s[5]), true, [&] {{ {name}({", ".join(args)}); }}); }}')
-            self.lib = ctypes.CDLL(str(build_library("\n".join(glue))))
-
-        def compile(self):
-            pass
-
-        def get_function(self, name):
-            fn = getattr(self.lib, f"go_{name}")
-
-            def launch(grid, block, args):
-                assert len(grid) == len(block) == 3 and min(grid) > 0
-                keep = [np.array([int(a)], np.int32) if isinstance(a, np.integer) else a for a in args]
-                ptrs = (ctypes.c_void_p * len(keep))(*[k.ctypes.data if isinstance(k, np.ndarray) else k.data.ptr
-                                                        for k in keep])
-                shape = (ctypes.c_uint * 6)(*grid, *block)
-                record_or_run(lambda: (keep, fn(shape, ptrs)))
-            return launch
-
-    runtime = types.SimpleNamespace(
-        CUDARuntimeError=RuntimeError, memcpyDeviceToDevice=3, getDeviceCount=lambda: 1,
-        getDeviceProperties=lambda i: {"name": b"fake GPU"},
-        memcpyAsync=lambda dst, src, n, kind, stream: record_or_run(lambda: ctypes.memmove(dst, src, n)))
-    return types.SimpleNamespace(
-        __version__="fake", uint32=np.uint32, RawModule=RawModule,
-        zeros=lambda shape, dtype: _Array(np.zeros(shape, dtype)),
-        empty=lambda shape, dtype: _Array(np.empty(shape, dtype)),
-        asnumpy=lambda a, stream=None: a.a.copy(),
-        cuda=types.SimpleNamespace(Stream=Stream, runtime=runtime))
+from dlc.runtime.emu import emu_available  # noqa: E402
 
 
 @pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
 @pytest.mark.parametrize("graphed", [False, True], ids=["launches", "cuda-graph"])
 @pytest.mark.parametrize("name", ["red", "cnn", "mm"])  # mm trains with Adam: 0-d state buffers
 def test_backend_bookkeeping_with_a_fake_cupy(monkeypatch, name, graphed):
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
     from dlc.runtime.cuda import CudaBackend
     g = dlc.compile(MODELS[name], backend="interp").graph
     backend = CudaBackend(g, cuda_graph=graphed)
@@ -192,3 +117,51 @@ def test_backend_bookkeeping_with_a_fake_cupy(monkeypatch, name, graphed):
         compare_step(g, backend, batch, seed=batch, rng=(7, batch))
     if graphed:
         assert len(backend._graphs) == 2  # one per batch size, replayed
+
+
+# -- tests/fake_cupy_path: the `cupy` of dry runs never shadows a real one -------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+FAKE_PATH = Path(__file__).resolve().parent / "fake_cupy_path"
+
+
+def _which_cupy(*path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, path)))
+    r = subprocess.run([sys.executable, "-c", "import cupy; c = cupy.cuda; print(cupy.__version__, '|', "
+                        "c.WHERE if hasattr(c, 'WHERE') else c.runtime.getDeviceCount())"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip(), r.stderr
+
+
+@pytest.fixture
+def real_cupy(tmp_path):
+    """A folder holding a package `cupy` (with a submodule) that plays an installed CuPy."""
+    pkg = tmp_path / "site" / "cupy"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('__version__ = "13.9-real"\nfrom . import cuda\n')
+    (pkg / "cuda.py").write_text('WHERE = "real cupy.cuda"\n')
+    return tmp_path / "site"
+
+
+def _cupy_installed() -> bool:
+    import importlib.util
+    return sys.modules.get("cupy") is not None or importlib.util.find_spec("cupy") is not None
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
+@pytest.mark.skipif(_cupy_installed(), reason="a real CuPy is installed here: the stand-in gives way to it")
+def test_fake_cupy_path_is_the_stand_in_where_no_cupy_is_installed():
+    out, _ = _which_cupy(FAKE_PATH)
+    assert out == "fake (emulator) | 1"
+
+
+@pytest.mark.parametrize("order", ["stand-in first", "stand-in last"])
+def test_fake_cupy_path_gives_way_to_a_real_cupy(real_cupy, order):
+    path = [FAKE_PATH, real_cupy] if order == "stand-in first" else [real_cupy, FAKE_PATH]
+    out, err = _which_cupy(*path)
+    assert out == "13.9-real | real cupy.cuda"
+    if order == "stand-in first":  # the stand-in ran, found the real one and loaded it instead
+        assert "a real CuPy is installed" in err and "using it, not the stand-in" in err

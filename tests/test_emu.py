@@ -6,7 +6,9 @@ Tolerance (float32 against the float32 reference): the kernels sum in another or
 differ from NumPy's by an ulp or so. Each sum of K terms then differs by about sqrt(K) ulps of
 the sum of |terms| (K * ulps at worst), K <= a few thousand here; so we allow a relative error
 of 1e-4 plus an absolute 1e-5 of the tensor's largest magnitude (values near zero inherit the
-error of their larger neighbours). Observed errors are 1e-7 to 1e-6 relative.
+error of their larger neighbours). Observed errors are 1e-7 to 1e-6 relative. The random graphs
+can cancel (a sum that is exactly 0 from terms of size 5): there each tensor is also allowed the
+float32 rounding it inherits, measured per tensor (`float32_rounding`, below).
 """
 import ctypes
 import os
@@ -32,14 +34,16 @@ RTOL, ATOL = 1e-4, 1e-5
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def assert_close(got, want, what, scale=None):
+def assert_close(got, want, what, rounding=0.0):
+    """|got - want| <= ATOL * max(1, max|want|) + RTOL * |want| + `rounding` elementwise: the
+    tolerance of this tensor alone (`rounding`: see `float32_rounding`)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    if scale is None:
-        scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
     err = np.abs(got - want)
-    bad = err > ATOL * scale + RTOL * np.abs(want)
-    assert not bad.any(), f"{what}: NOT OK, maxdiff {err.max():.3g} (scale {scale:.3g}) at {np.argwhere(bad)[0]}"
+    bad = err > ATOL * scale + RTOL * np.abs(want) + rounding
+    assert not bad.any(), (f"{what}: NOT OK, maxdiff {err.max():.3g} (scale {scale:.3g}, rounding {rounding:.3g}) "
+                           f"at {np.argwhere(bad)[0]}")
 
 
 def step_roots(g):
@@ -48,33 +52,74 @@ def step_roots(g):
     return list(dict.fromkeys(r for r in roots if r))
 
 
-def compare_step(g, emu, batch, seed=0, rng=None, scale_by_intermediates=False):
-    """One training step on both backends from the same state and batch; everything compared.
+# Rounding inherited through the graph. Emu and the reference are two float32 evaluations of the
+# same step that round differently (summation order: 16x16 tiles and tree reductions against
+# NumPy's pairwise sums; expf/logf against NumPy's). Each differs from the exact (float64) value
+# by float32 rounding carried forward through every node the tensor depends on, so
+#     |emu - ref| <= |emu - exact| + |ref - exact|.
+# A tensor that comes out of a cancellation (sum(x - mean(x)) is 0 exactly, from terms of size 5)
+# carries the rounding of its operands' magnitude, not of its own: ATOL * max(1, |tensor|) misses
+# it. So `float32_rounding` measures, per tensor, R = the largest |float32 - float64| over the
+# reference and RUNS more float32 evaluations whose inputs and state are moved by one ulp up or
+# down at random (a different rounding each time: R is not one lucky draw). R bounds
+# |ref - exact|; emu's own |emu - exact| is rounding of the same operations and magnitudes, a few
+# times R at most where it sums sequentially what NumPy sums pairwise: hence the factor
+# ROUNDING_FACTOR (over 2,000 random-graph tensors, the excess over the tensor's own tolerance
+# stayed below 1.5 R). R is a property of that tensor's own values and dependencies, typically
+# 1-3% of its ATOL * max(1, |tensor|); unlike the largest value anywhere in the step, it does not
+# loosen the check of tensors that nothing cancelled.
+ROUNDING_RUNS, ROUNDING_FACTOR = 3, 4.0
 
-    With `scale_by_intermediates`, the absolute tolerance scales with the largest value the step
-    computes anywhere, not with the result alone: a result that cancels (a sum of terms of size
-    5 that is 0 in exact arithmetic) carries float32 rounding of the size of its terms, and both
-    backends are then equally right to within that."""
+
+def _nudge(a, r):
+    """Each float32 element moved one ulp up, one down, or left, at random."""
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        return a
+    step = r.integers(-1, 2, a.shape)
+    up, down = np.nextafter(a, np.float32(np.inf)), np.nextafter(a, np.float32(-np.inf))
+    return np.where(step > 0, up, np.where(step < 0, down, a)).astype(np.float32)
+
+
+def float32_rounding(g, state, feeds, roots, rng=None, seed=0) -> dict[str, float]:
+    """Per root: R, the float32 rounding it inherits (see above)."""
+    exact = Interpreter(g, np.float64)
+    exact.set_state(state)
+    want = exact.run(roots, feeds, rng=rng)
+    r = np.random.default_rng(seed)
+    out = dict.fromkeys(roots, 0.0)
+    for k in range(1 + ROUNDING_RUNS):
+        move = (lambda a: a) if k == 0 else (lambda a: _nudge(a, r))
+        b = Interpreter(g)
+        b.set_state({n: move(v) for n, v in state.items()})
+        got = b.run(roots, {n: move(v) for n, v in feeds.items()}, rng=rng)
+        for x in roots:
+            d = np.abs(np.asarray(got[x], np.float64) - np.asarray(want[x], np.float64))
+            out[x] = max(out[x], float(d.max(initial=0.0)))
+    return out
+
+
+def compare_step(g, emu, batch, seed=0, rng=None, inherited_rounding=False):
+    """One training step on both backends from the same state and batch; everything compared,
+    each tensor with its own tolerance. With `inherited_rounding`, each tolerance also allows
+    ROUNDING_FACTOR times the float32 rounding that tensor inherits (`float32_rounding`)."""
     ref = Interpreter(g)
     state = initial_state(g, seed)
     ref.set_state(state)
     emu.set_state(state)
     feeds = synth_feeds(g, batch, seed)
     roots = step_roots(g)
-    scale = None
-    if scale_by_intermediates:
-        every = [n for n in g.order() if g.op(n) not in ("input", "param", "state", "assign")]
-        values = Interpreter(g)
-        values.set_state(state)
-        scale = max([1.0] + [float(np.abs(v).max()) for v in values.run(every, feeds, rng=rng).values()
-                             if np.size(v)])
+    rounding = dict.fromkeys(roots, 0.0)
+    if inherited_rounding:
+        rounding = {k: ROUNDING_FACTOR * v for k, v in float32_rounding(g, state, feeds, roots, rng, seed).items()}
     want = ref.run(roots, feeds, commit=True, rng=rng)
     got = emu.run(roots, feeds, commit=True, rng=rng)
     for r in roots:
-        assert_close(got[r], want[r], f"{r} (batch {batch})", scale)
+        assert_close(got[r], want[r], f"{r} (batch {batch})", rounding[r])
+    assigned = {g.operands(a)[0]: a for a in g.nodes_of("assign")}  # updated state <- its assign
     want_state, got_state = ref.get_state(), emu.get_state()
     for k in want_state:
-        assert_close(got_state[k], want_state[k], f"updated {k} (batch {batch})")
+        assert_close(got_state[k], want_state[k], f"updated {k} (batch {batch})", rounding.get(assigned.get(k), 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +242,8 @@ def test_mlp_training_step_through_the_api():
     loss = emu.step(**feeds)
     seconds = time.perf_counter() - t0
     assert_close(loss, ref.step(**feeds), "loss of step 3")
-    for k, v in ref.state().items():
-        assert_close(emu.state()[k], v, f"{k} after 3 steps")
+    for k, v in ref.state.items():
+        assert_close(emu.state[k], v, f"{k} after 3 steps")
     print(f"emu: one MLP 64-128-10 training step at batch 32 in {seconds * 1e3:.1f} ms")
 
 
@@ -208,8 +253,8 @@ def test_mlp_training_step_through_the_api():
 @given(recipes, st.integers(1, 19))
 def test_random_graphs_match_interpreter(recipe, batch):
     g = build_random_graph(recipe)
-    # random chains can cancel exactly (x - mean(x), summed): scale by the step's intermediates
-    compare_step(g, EmuBackend(g), batch, scale_by_intermediates=True)
+    # random chains can cancel exactly (x - mean(x), summed): allow each tensor its inherited rounding
+    compare_step(g, EmuBackend(g), batch, inherited_rounding=True)
 
 
 # -- the examples ----------------------------------------------------------------------------

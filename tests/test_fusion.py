@@ -130,3 +130,59 @@ def test_the_verifier_checks_groups():
         text = base.replace("group %y[rule=elementwise] = %m, %a, %r, %y", bad)
         with pytest.raises(DlcError, match=why):
             verify(parse_ir(text))
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def _dlc(*argv, capsys):
+    from dlc.cli import main
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_compile_o2_stats_and_fusion_report(tmp_path, capsys):
+    mlp = HERE.parent / "examples" / "mlp.dln"
+    rc, out, err = _dlc("compile", mlp, "-o", tmp_path, "-O", "2", "--emit", "plan", "--stats", "--explain-fusion",
+                        capsys=capsys)
+    assert rc == 0, err
+    import json
+    plan = json.loads((tmp_path / "mlp.plan.json").read_text())
+    assert len(plan["launches"]) + len(plan["commits"]) == 14
+    stats = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("-O")}
+    assert stats["-O0"][1] == "69" and stats["-O2"][1] == "14"          # launches
+    assert stats["-O0"][2] == stats["-O2"][2]                           # same FLOPs
+    assert float(stats["-O2"][4]) < float(stats["-O0"][4])              # less peak memory
+    assert "group %h  epilogue  3 nodes: %h.matmul, %h.add, %h" in out
+    assert "%h -> %d.h.add (group %d.h.add): it is also read by %logits.matmul" in out
+
+
+def test_passes_flag_runs_the_named_passes(tmp_path, capsys):
+    mlp = HERE.parent / "examples" / "mlp.dln"
+    rc, out, err = _dlc("compile", mlp, "-o", tmp_path, "--passes", "dce,fuse", "--time-passes", "--verify-each",
+                        capsys=capsys)
+    assert rc == 0, err
+    ran = [line.split()[0] for line in out.splitlines()[2:] if line and not line.startswith("wrote")]
+    assert ran == ["autodiff", "optimizer", "dce", "fuse"]
+    assert "group %" in (tmp_path / "mlp.ir").read_text()
+    rc, out, err = _dlc("compile", mlp, "-o", tmp_path / "x", "--passes", "cse,nope", capsys=capsys)
+    assert rc == 2 and "--passes: unknown pass 'nope'" in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+def test_diff_at_o2_compares_what_the_fused_step_keeps(capsys):
+    rc, out, err = _dlc("diff", HERE.parent / "examples" / "mlp.dln", "--backends", "interp,emu", "-O", "2",
+                        capsys=capsys)
+    assert rc == 0, out + err
+    assert "compared: emu against interp" in out and "result: agree" in out
+    for name in ("dw1", "w1", "w1.velocity", "loss"):
+        assert f" {name} " in out
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+def test_a_fused_inner_value_is_refused_by_name():
+    from dlc.ir.errors import DlcError
+    m = dlc.compile(HERE.parent / "examples" / "mlp.dln", backend="emu", opt_level=2)
+    feeds = synth_feeds(m.graph, 4)
+    with pytest.raises(DlcError, match=r"%h.add is not kept"):
+        m._backend.run(["h.add"], feeds)

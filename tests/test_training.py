@@ -59,3 +59,21 @@ def test_xor_is_solved(tmp_path):
     metrics = _metrics("xor", tmp_path)
     assert metrics["accuracy"] == 1.0, metrics
     assert metrics["loss"] < 0.05, metrics
+
+
+def test_readme_logreg_commands_write_under_build(tmp_path):
+    """The README's save / load / predict commands, run as written, from a folder with no build/:
+    they create it and write only there."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.split("#")[0].split() for line in readme.splitlines()
+                if line.startswith("dlc run examples/logreg.dln ")]
+    assert len(commands) >= 3, commands
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for words in commands:
+        dlc_cli(*words[1:], "--no-progress", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "examples"]
+    assert {"w.npz", "m.json", "p.csv"} <= {p.name for p in (tmp_path / "build").iterdir()}
+    metrics = json.loads((tmp_path / "build" / "m.json").read_text())
+    assert metrics["epochs"] == 5
+    rows = (tmp_path / "build" / "p.csv").read_text().splitlines()
+    assert rows[0].startswith("class,logits_0") and len(rows) == 1797 + 1
