@@ -50,14 +50,19 @@ def read_source(source) -> tuple[str, str]:
 
 
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int = 0,
-            float_dtype="float32", check: bool = False, cuda_graph: bool = False) -> "Model":
+            float_dtype="float32", check: bool = False, cuda_graph: bool = False,
+            insert_bottlenecks: float | None = None, freeze=None) -> "Model":
     """Compile a `.dln` file (a path) or `.dln` text into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
     `model`: which model, when the source defines several. `opt_level`: a level of the pass manager (as `-O`). `seed`: initial
     weights (an integer >= 0). `float_dtype`: "float32" or "float64". `check`: run the IR verifier
     after every pass. `cuda_graph` (cuda backend only): replay each kind of step as one captured
-    CUDA graph. Every mistake, in the source or in an argument, raises `DlcError`."""
+    CUDA graph. `insert_bottlenecks=R` CHANGES THE MODEL: 1x1 reductions to a fraction R of the
+    channels before wide convolutions (passes/bottleneck.py; the report is `Model.rewrite`).
+    `freeze`: names of params to keep fixed besides the model's own `freeze` statement (a list,
+    or a comma-separated string, as `dlc run --freeze a,b`): they get no gradient and no update.
+    Every mistake, in the source or in an argument, raises `DlcError`."""
     if not isinstance(source, (str, Path)):
         raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
     if model is not None and not isinstance(model, str):
@@ -75,9 +80,35 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
         raise DlcError(f"cuda_graph: needs backend 'cuda', not {backend!r}")
     text, file = read_source(source)
     g = lower(text, file, model)
+    if freeze is not None:
+        _freeze(g, freeze)
+    rewrite = None
+    if insert_bottlenecks is not None:
+        from .passes.bottleneck import insert_bottlenecks as rewrite_model
+        rewrite = rewrite_model(g, insert_bottlenecks)
+        g = rewrite.graph
     res = run_pipeline(g, opt_level, check=bool(check))
-    return Model(res, backend, int(seed), dtype, path=None if file == "<string>" else file,
-                 cuda_graph=bool(cuda_graph))
+    m = Model(res, backend, int(seed), dtype, path=None if file == "<string>" else file,
+              cuda_graph=bool(cuda_graph))
+    m.rewrite = rewrite.lines if rewrite else None
+    return m
+
+
+def _freeze(g, names) -> None:
+    """Add params to the graph's frozen list (as the `freeze` statement does), checking the names."""
+    import difflib
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise DlcError(f"freeze: expected param names (a list, or 'a,b'), found {names!r}")
+    params = g.params
+    for n in names:
+        if n not in params:
+            close = difflib.get_close_matches(n, params, n=1)
+            raise DlcError(f"freeze: '{n}' is not a param of model {g.meta.name}"
+                           + (f" (did you mean '{close[0]}'?)" if close else "") + f" (params: {', '.join(params)})")
+        if n not in g.meta.frozen:
+            g.meta.frozen.append(n)
 
 
 def load(source, weights, **options) -> "Model":
@@ -182,16 +213,54 @@ class Model:
         """A copy of the params and the optimizer state (momentum buffers, ...), name -> array."""
         return self._backend.get_state()
 
-    def save(self, path) -> None:
-        """Write the params to an .npz file, one array per param name, as `dlc run --save` does:
-        atomically, creating missing folders. Optimizer state is not saved."""
-        save_weights(path, {p: np.asarray(self.params[p]) for p in self._params}, parents=True)
+    def split_state(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(params, optimizer state): copies, name -> array; the state is every `state` node of the
+        graph (velocities, moments, Adam's beta powers, the schedule's step counter)."""
+        everything = self._backend.get_state()
+        return ({p: everything[p] for p in self._params},
+                {n: everything[n] for n in self.graph.nodes_of("state")})
+
+    @property
+    def check_numerics(self) -> bool:
+        """When true, every run stops at the first NaN or infinity a node (interp) or a kernel (emu,
+        cuda) produces, with a `DlcError` naming the op, the node and its `.dln` line. Slower."""
+        return bool(getattr(self._backend, "check_numerics", False))
+
+    @check_numerics.setter
+    def check_numerics(self, on: bool) -> None:
+        if not isinstance(on, (bool, np.bool_)):
+            raise DlcError(f"check_numerics: must be True or False, found {on!r}")
+        self._backend.check_numerics = bool(on)
+
+    def save(self, path, state: bool = False) -> None:
+        """Write the params to an .npz file, one array per param name, atomically, creating missing
+        folders. `state=True` adds the optimizer state as `state/NAME` arrays, as `dlc run --save`
+        writes it."""
+        params, opt = self.split_state()
+        save_weights(path, params, parents=True, state=opt if state else None)
 
     def load(self, path) -> "Model":
         """Read params from an .npz (as `save` writes); every name and shape is checked before
-        any param changes. Returns the model itself."""
-        self.params.update(load_weights(path, self.graph))
+        any param changes. When the file holds the model's whole optimizer state (`state/NAME`
+        arrays) that is restored too; otherwise the state is left as it is. Returns the model."""
+        from .runtime.data import load_state, read_npz
+        arrays = read_npz(path)
+        params = load_weights(path, self.graph, arrays)
+        state, _ = load_state(path, self.graph, arrays)
+        self.params.update(params)
+        if state:
+            self._backend.set_state(state)
         return self
+
+    def load_partial(self, path) -> dict:
+        """Transfer learning: load every param whose name and shape match an array of `path` (the
+        weights of any model) and leave the others as they are; the optimizer state is not read.
+        Returns the report: `loaded`, `not_in_file`, `not_in_model`, `misshaped` ((name, file shape,
+        model shape)). A file that matches no param raises `DlcError`."""
+        from .runtime.data import load_weights_by_name
+        params, report = load_weights_by_name(path, self.graph)
+        self.params.update(params)
+        return report
 
     def ir(self, stage: str = "optimized") -> str:
         """The IR text at a stage: "forward", "backward", "train" or "optimized"."""

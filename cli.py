@@ -19,6 +19,13 @@ from .ir.errors import DlcError, file_error
 EMITS = ("ir", "dot", "cuda", "plan")
 
 
+def _bottleneck_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insert-bottlenecks", nargs="?", const=1 / 3, type=float, metavar="R",
+                   help="CHANGES THE MODEL: a 1x1 convolution reducing the channels to a fraction R "
+                        "(default 1/3) before each wide 3x3-or-larger convolution; prints FLOPs and params "
+                        "before and after")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the .dln model file")
     p.add_argument("--model", help="which model, when the file defines several")
@@ -31,6 +38,13 @@ def _build(args, opt_level=None):
     from .passes.manager import run_pipeline
     text, file = read_source(args.file)
     g = lower(text, file, args.model)
+    if getattr(args, "insert_bottlenecks", None) is not None:
+        from .passes.bottleneck import insert_bottlenecks
+        rewrite = insert_bottlenecks(g, args.insert_bottlenecks)
+        g = rewrite.graph
+        if not getattr(args, "_rewrite_shown", False):
+            print("\n".join(rewrite.lines))
+            args._rewrite_shown = True
     level = opt_level if opt_level is not None else getattr(args, "O", 1)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
     check = getattr(args, "verify_each", False) or bool(os.environ.get("DLC_DEBUG"))
@@ -178,11 +192,9 @@ def _print_stats(args, g) -> None:
 
 
 def _build_level(args, level):
-    from .api import read_source
-    from .dsl.frontend import lower
-    from .passes.manager import run_pipeline
-    text, file = read_source(args.file)
-    return run_pipeline(lower(text, file, args.model), level).stages["optimized"]
+    """The optimized graph at `level`, whatever --passes said (for the -O0 row of --stats)."""
+    return _build(argparse.Namespace(**{**vars(args), "passes": None, "dump_ir_after": None}), level
+                  ).stages["optimized"]
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -204,6 +216,36 @@ def _data_path(args, g) -> Path:
     return Path(args.file).parent / d
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say how data files become the model's inputs (`run`, `eval`)."""
+    from .runtime.data import CSV_HEADER, NORMALIZE
+    p.add_argument("--data", metavar="FILE|INPUT=FILE,...",
+                   help="the data: an .npz with one array per input; an IDX (MNIST: *-idx3-ubyte, .gz too) or "
+                        "CSV file for the input the outputs read (a CSV's label column feeds the labels); or one "
+                        "file per input, x=FILE,y=FILE (default: the model's train(data=...))")
+    p.add_argument("--labels", metavar="FILE", help="the labels for --data FILE (IDX, CSV, or .npz)")
+    p.add_argument("--normalize", default="none", choices=NORMALIZE,
+                   help="float feature inputs: scale (integers / the largest value of their type: 255 for uint8), "
+                        "standardize (per feature, over the file's examples) or none (the default)")
+    p.add_argument("--label-column", metavar="COL", help="CSV: the labels' column, a 0-based index (negative from "
+                   "the end) or a header name, or none (default: the last column)")
+    p.add_argument("--label-offset", type=int, default=0, metavar="K",
+                   help="subtract K from integer labels (1 for classes numbered from 1)")
+    p.add_argument("--header", default="auto", choices=CSV_HEADER,
+                   help="CSV: whether the first line names the columns (default auto: when a field is not a number)")
+
+
+def _read_data(args, g):
+    """(feeds, N, what was read): the data of --data (else the model's train(data=...)) as the data
+    flags say."""
+    from .runtime.data import DataOptions, load_data
+    spec = args.data if args.data else _data_path(args, g)
+    opts = DataOptions(labels=args.labels, normalize=args.normalize, label_column=args.label_column,
+                       label_offset=args.label_offset, header=args.header)
+    feeds, n = load_data(spec, g, opts)
+    return feeds, n, f"{spec} and {args.labels}" if args.labels else str(spec)
+
+
 def _check_flags(args) -> None:
     """Every flag of `run` that can be checked before compiling; each error names its flag."""
     from .runtime.data import check_output
@@ -214,12 +256,26 @@ def _check_flags(args) -> None:
             raise DlcError(f"{_flag(key)}: {setting_problem(key, v)}, found {v!r}")
     if args.predict and Path(args.predict).suffix.lower() not in PREDICT_FORMATS:
         raise DlcError(f"--predict: expected a file name ending in .npz or .csv, found {args.predict}")
+    if getattr(args, "plot", None):
+        if Path(args.plot).suffix.lower() != ".png":
+            raise DlcError(f"--plot: expected a file name ending in .png, found {args.plot}")
+        _matplotlib()  # a missing matplotlib is an error before anything trains
+        _check_output("--plot", args.plot)
     for key in OUTPUT_FLAGS:
         if getattr(args, key):
             try:
                 check_output(getattr(args, key))
             except DlcError as e:
                 raise DlcError(f"{_flag(key)}: {e.loc}: {e.message}")
+
+
+def _check_output(flag: str, path) -> None:
+    """An output file's path can become a file (not a folder, no file in the way); else an error naming the flag."""
+    from .runtime.data import check_output
+    try:
+        check_output(path)
+    except DlcError as e:
+        raise DlcError(f"{flag}: {e.loc}: {e.message}")
 
 
 def _settings(args, g) -> dict:
@@ -238,6 +294,68 @@ def _settings(args, g) -> dict:
     return out
 
 
+def _check_training_flags(args) -> None:
+    """--load, --load-partial, --resume and --checkpoint: which go together, and folders that are files."""
+    starts = [f for f, v in (("--load", args.load), ("--load-partial", args.load_partial),
+                             ("--resume", args.resume)) if v]
+    if len(starts) > 1:
+        raise DlcError(f"{starts[1]}: cannot be combined with {starts[0]}: a run starts from one of --load "
+                       "(strict), --load-partial (by name) or --resume (a checkpoint)")
+    if args.checkpoint:
+        from .runtime.data import CHECKPOINT_FILE, check_output
+        if Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
+            raise DlcError(f"--checkpoint: {args.checkpoint} is a file; expected a folder (created if missing)")
+        try:
+            check_output(Path(args.checkpoint) / CHECKPOINT_FILE)
+        except DlcError as e:
+            raise DlcError(f"--checkpoint: {e.loc}: {e.message}")
+
+
+def _start_from(args, model, feeds, n, s) -> tuple[dict | None, list[str]]:
+    """Weights for the run from --load, --load-partial or --resume; returns (the checkpoint's
+    metadata when resuming, lines to print). Resuming takes the checkpoint's seed, batch and
+    val_split (a flag that disagrees is an error) and checks the data is the same."""
+    from .runtime.data import (CHECKPOINT_FILE, load_checkpoint, load_state, load_weights, partial_report,
+                               read_npz)
+    from .runtime.train import data_digest
+    g = model.graph
+    notes = []
+    if args.freeze:
+        notes.append(f"frozen (no gradient, no update): {', '.join(g.meta.frozen)}")
+    if args.load:
+        arrays = read_npz(args.load)
+        params = load_weights(args.load, g, arrays)
+        state, why = load_state(args.load, g, arrays)
+        model.params.update(params)
+        if state:
+            model._backend.set_state(state)
+        notes.append(f"loaded {len(params)} params from {args.load}"
+                     + (" and the optimizer state" if state else
+                        "" if not g.nodes_of("state") else f" (optimizer state starts fresh: {why})"))
+    elif args.load_partial:
+        notes.append(f"{args.load_partial}: {partial_report(model.load_partial(args.load_partial))}")
+    elif args.resume:
+        where = Path(args.resume)
+        params, state, meta = load_checkpoint(where, g)
+        file = where / CHECKPOINT_FILE if where.is_dir() else where
+        for key in ("seed", "batch", "val_split"):
+            flag = getattr(args, key)
+            if flag is not None and flag != meta[key]:
+                raise DlcError(f"{_flag(key)}: {flag} differs from the checkpoint's {key} = {meta[key]} ({file}); "
+                               "--resume continues that run: leave the flag out")
+            s[key] = meta[key]
+        if meta["examples"] != n or meta["data"] != data_digest(feeds):
+            raise file_error(file, f"the checkpoint was trained on other data ({meta['examples']} examples, "
+                             f"not these {n}, or different values): --resume needs the same --data")
+        model.params.update(params)
+        model._backend.set_state(state)
+        model.seed = meta["seed"]
+        notes.append(f"resumed from {file}: epoch {meta['epoch']} done, {meta['steps']} steps"
+                     + ("" if meta["epoch"] < s["epochs"] else
+                        f"; nothing left to train up to epoch {s['epochs']} (raise --epochs)"))
+    return (meta if args.resume else None), notes
+
+
 def cmd_run(args) -> int:
     import dlc
     from .runtime.backends import resolve
@@ -245,12 +363,21 @@ def cmd_run(args) -> int:
     from .runtime.init import initial_state
     from .runtime.train import accuracy_rule, evaluate, per_example_problem, predict, train
     _check_flags(args)
+    _check_training_flags(args)
     backend = resolve(args.backend, "--backend")
     if args.cuda_graph and backend != "cuda":
         raise DlcError(f"--cuda-graph needs the cuda backend, not {backend}")
-    model = dlc.compile(args.file, backend=backend, model=args.model, opt_level=args.O, seed=args.seed or 0,
-                        cuda_graph=args.cuda_graph)
+    try:
+        model = dlc.compile(args.file, backend=backend, model=args.model, opt_level=args.O, seed=args.seed or 0,
+                            insert_bottlenecks=args.insert_bottlenecks,
+                            cuda_graph=args.cuda_graph, freeze=args.freeze)
+    except DlcError as e:
+        if args.freeze and e.message.startswith("freeze: "):
+            raise DlcError("--" + e.message)
+        raise
     g = model.graph
+    if model.rewrite:
+        print("\n".join(model.rewrite))
     if args.predict and per_example_problem(g):
         raise DlcError(f"--predict: {per_example_problem(g)}")
     s = _settings(args, g)
@@ -258,17 +385,29 @@ def cmd_run(args) -> int:
     if seed != (args.seed or 0):  # the model's train(seed = ...)
         model._backend.set_state(initial_state(g, seed))
         model.seed = seed
-    path = _data_path(args, g)
-    feeds, n = load_data(path, g)
-    if args.load:
-        model.params.update(load_weights(args.load, g))
+    if args.plot and not (model.trainable and epochs > 0):
+        raise DlcError("--plot: nothing to plot: it draws the training epochs, and this run trains none "
+                       + ("(--epochs 0)" if model.trainable else f"(model {g.meta.name} minimises nothing)"))
+    feeds, n, path = _read_data(args, g)
+    resume, notes = _start_from(args, model, feeds, n, s)
+    epochs, batch, val_split, seed = s["epochs"], s["batch"], s["val_split"], s["seed"]
     how = f" (auto: {'a GPU is present' if backend == 'cuda' else 'no GPU found'})" if args.backend == "auto" else ""
     print(f"model {g.meta.name}: {n} examples from {path}, backend {model.backend}{how}")
+    for note in notes:
+        print(note)
+    model.check_numerics = bool(args.check_numerics)
     if model.trainable and epochs > 0:
-        metrics = train(model, feeds, n, epochs, batch, val_split, seed, progress=not args.no_progress)
+        metrics = train(model, feeds, n, epochs, batch, val_split, seed, progress=not args.no_progress,
+                        checkpoint=args.checkpoint, resume=resume)
+        if args.checkpoint and metrics["history"]:
+            print(f"checkpoint: {Path(args.checkpoint) / 'checkpoint.npz'} (epoch {metrics['history'][-1]['epoch']})")
     else:
         rule = accuracy_rule(g)
-        loss, acc = evaluate(model, feeds, batch, rule)
+        try:
+            loss, acc = evaluate(model, feeds, batch, rule)
+        except DlcError as e:
+            from .runtime.train import with_context
+            raise with_context(e, "while evaluating")
         metrics = {"epochs": 0, "backend": model.backend, "examples": n}
         if g.meta.loss:
             metrics["loss"] = loss
@@ -282,12 +421,56 @@ def cmd_run(args) -> int:
         _write_predictions(args.predict, predict(model, feeds, batch), accuracy_rule(g))
         print(f"wrote predictions for {n} examples to {args.predict}")
     if args.save:
-        save_weights(args.save, {p: np.asarray(model.params[p]) for p in g.params}, parents=True)
-        print(f"saved weights to {args.save}")
+        params, state = model.split_state()
+        save_weights(args.save, params, parents=True, state=state)
+        print(f"saved weights to {args.save}" + (" (with the optimizer state)" if state else ""))
     if args.metrics_json:
         text = json.dumps(metrics, indent=2) + "\n"
         atomic_write(args.metrics_json, lambda f: f.write(text.encode()), parents=True)
+    if args.plot:
+        write_plot(args.plot, metrics["history"], f"model {g.meta.name}")
+        print(f"wrote the training curves to {args.plot}")
     return 0
+
+
+PLOT_SIZE = (10, 4)  # inches, at PLOT_DPI: a --plot PNG is 1000 x 400 pixels
+PLOT_DPI = 100
+
+
+def _matplotlib():
+    """matplotlib's Agg figure and canvas (no pyplot, no display), or a DlcError naming the extra."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise DlcError(f"--plot needs matplotlib, which is not installed ({e}): pip install 'dlc[plot]'")
+    return Figure, FigureCanvasAgg
+
+
+def write_plot(path, history: list[dict], title: str) -> None:
+    """Loss and accuracy per epoch, training and held-out, as a PNG (1000 x 400 pixels), written
+    atomically. The accuracy panel is left out when the model reports no accuracy."""
+    from .runtime.data import atomic_write
+    Figure, Canvas = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+    epochs = [h["epoch"] for h in history]
+    panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if any("accuracy" in h for h in history) else [])
+    fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    Canvas(fig)
+    for i, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for k, style, name in ((key, "-o", "training"), (f"val_{key}", "--s", "held-out")):
+            pts = [(e, h[k]) for e, h in zip(epochs, history) if k in h]
+            if pts:
+                ax.plot(*zip(*pts), style, markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=PLOT_DPI), parents=True)
 
 
 def _write_predictions(path, outputs: dict, rule) -> None:
@@ -311,6 +494,61 @@ def _write_predictions(path, outputs: dict, rule) -> None:
     rows = np.concatenate([c.astype(np.float64) for c in cols], axis=1)
     atomic_write(path, lambda f: np.savetxt(f, rows, fmt=fmt, delimiter=",", header=",".join(names),
                                             comments=""), parents=True)
+
+
+# -- eval -------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    import dlc
+    from .runtime.backends import resolve
+    from .runtime.data import atomic_write
+    from .runtime.evaluate import evaluate_classes, report_lines
+    from .runtime.train import setting_problem
+    if args.batch is not None and setting_problem("batch", args.batch):
+        raise DlcError(f"--batch: {setting_problem('batch', args.batch)}, found {args.batch!r}")
+    if args.metrics_json:
+        _check_output("--metrics-json", args.metrics_json)
+    backend = resolve(args.backend, "--backend")
+    model = dlc.compile(args.file, backend=backend, model=args.model, opt_level=args.O)
+    g = model.graph
+    batch = args.batch
+    if batch is None:
+        batch = g.meta.train.get("batch", RUN_DEFAULTS["batch"])
+        if setting_problem("batch", batch):
+            raise file_error(args.file, f"train(batch = {batch!r}) in model {g.meta.name}: batch "
+                             f"{setting_problem('batch', batch)} (--batch overrides it)")
+    model.load(args.load)
+    feeds, n, what = _read_data(args, g)
+    print(f"model {g.meta.name}: weights {args.load}, {n} examples from {what}, backend {model.backend}")
+    metrics = evaluate_classes(model, feeds, batch)
+    print("\n".join(report_lines(metrics)))
+    if args.metrics_json:
+        metrics = {**metrics, "backend": model.backend, "weights": str(args.load), "data": what}
+        text = json.dumps(metrics, indent=2) + "\n"
+        atomic_write(args.metrics_json, lambda f: f.write(text.encode()), parents=True)
+    return 0
+
+
+# -- export -----------------------------------------------------------------------------------
+from .runtime.onnx_export import OPSET as ONNX_OPSET  # noqa: E402  (no onnx import: only numpy and ir)
+
+
+def cmd_export(args) -> int:
+    import dlc
+    from .runtime.data import atomic_write
+    from .runtime.onnx_export import export_onnx, require_onnx
+    from .runtime.train import setting_problem
+    require_onnx()  # before compiling: a missing package is the first thing said
+    if setting_problem("seed", args.seed):
+        raise DlcError(f"--seed: {setting_problem('seed', args.seed)}, found {args.seed!r}")
+    _check_output("-o", args.output)
+    model = dlc.compile(args.file, backend="interp", model=args.model, seed=args.seed)
+    if args.load:
+        model.load(args.load)
+    proto, summary = export_onnx(model.stages["forward"], {p: np.asarray(v) for p, v in model.params.items()})
+    data = proto.SerializeToString()
+    atomic_write(args.output, lambda f: f.write(data), parents=True)
+    print(f"wrote {args.output}: {summary}")
+    return 0
 
 
 # -- diff -------------------------------------------------------------------------------------
@@ -458,10 +696,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and type-check; print inputs, params (with counts) and outputs")
     _common(p)
+    _bottleneck_flag(p)
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("compile", help="run the pipeline and write artefacts (IR, DOT, CUDA, launch plan)")
     _common(p)
+    _bottleneck_flag(p)
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--emit", default="ir", help=f"comma-separated artefacts: {','.join(EMITS)} (default: ir)")
     p.add_argument("--dump-ir-after", metavar="PASS", help="also write the IR after PASS (or all) to OUTPUT/dumps/")
@@ -478,21 +718,61 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train (if the model minimises something) or run inference")
     _common(p)
-    p.add_argument("--data", help="an .npz with one array per model input (default: the model's train(data=...))")
+    _bottleneck_flag(p)
+    _data_flags(p)
     p.add_argument("--backend", default="auto", help="auto (cuda if a GPU is present, else interp), interp, emu, cuda")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: model's, else 10)")
     p.add_argument("--batch", type=int, help="mini-batch size (default: model's, else 32)")
     p.add_argument("--val-split", type=float, dest="val_split", help="held-out fraction (default: model's, else 0)")
     p.add_argument("--seed", type=int, help="seed for initial weights, split and shuffling (default 0)")
-    p.add_argument("--load", metavar="W.npz", help="start from these weights")
-    p.add_argument("--save", metavar="W.npz", help="save the trained weights (missing folders are created)")
+    p.add_argument("--load", metavar="W.npz", help="start from these weights (and their optimizer state, if saved)")
+    p.add_argument("--load-partial", metavar="W.npz", dest="load_partial",
+                   help="transfer learning: start from the params of W.npz (any model's weights) whose name and "
+                        "shape match, initialise the others, and report which")
+    p.add_argument("--freeze", metavar="A,B", help="keep these params fixed (no gradient, no update), besides the "
+                   "model's own `freeze`")
+    p.add_argument("--save", metavar="W.npz", help="save the trained weights and the optimizer state "
+                   "(missing folders are created)")
+    p.add_argument("--checkpoint", metavar="DIR", help="after every epoch, write DIR/checkpoint.npz (params, optimizer "
+                   "state, epoch, step count, the shuffling generator) atomically")
+    p.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR up to --epochs, exactly as if "
+                   "it had not stopped")
+    p.add_argument("--check-numerics", action="store_true", dest="check_numerics",
+                   help="stop at the first NaN or infinity, naming the op (on emu/cuda: the kernel) and its .dln line")
     p.add_argument("--metrics-json", metavar="M.json", help="write final metrics and per-epoch history")
     p.add_argument("--predict", metavar="OUT.npz|OUT.csv",
                    help="write the outputs over the whole data (after training): .npz, or .csv one row per example")
+    p.add_argument("--plot", metavar="FILE.png", help="draw loss and accuracy per epoch, training and held-out "
+                   "(needs matplotlib: pip install 'dlc[plot]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--cuda-graph", action="store_true", help="cuda: capture the step once, replay it as a CUDA graph")
     p.add_argument("-O", type=int, default=1, choices=OPT_LEVELS, help="optimisation level (default 1)")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate weights on data: loss, accuracy, per-class precision/recall, "
+                       "confusion matrix",
+                       description="Run the model in inference mode over a whole data file and print the loss, the "
+                       "accuracy, each class's precision, recall, F1 and support, and the confusion matrix (rows: "
+                       "the true class, columns: the predicted class).")
+    _common(p)
+    p.add_argument("--load", metavar="W.npz", required=True, help="the weights to evaluate (as run --save writes)")
+    _data_flags(p)
+    p.add_argument("--backend", default="auto", help="auto (cuda if a GPU is present, else interp), interp, emu, cuda")
+    p.add_argument("--batch", type=int, help="examples per forward pass (default: model's train(batch=...), else 32)")
+    p.add_argument("--metrics-json", metavar="M.json", help="write the metrics, per-class figures and confusion "
+                   "matrix as JSON")
+    p.add_argument("-O", type=int, default=1, choices=OPT_LEVELS, help="optimisation level (default 1)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="write the inference graph as an ONNX model",
+                       description="Write the model's inference graph (its outputs from its inputs: no loss, no "
+                       f"training nodes) as an ONNX model, opset {ONNX_OPSET}, with the weights as initializers. "
+                       "Needs the onnx package: pip install 'dlc[onnx]'.")
+    _common(p)
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
+    p.add_argument("--load", metavar="W.npz", help="the weights (default: the initial weights drawn from --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, without --load (default 0)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("diff", help="one training step on several backends; max abs/rel error per tensor",
                        description="One training step (dropout in training mode, the same masks everywhere) on "

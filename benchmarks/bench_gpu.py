@@ -1,5 +1,6 @@
 """GPU measurements for issue 5: one configuration per process; `gpu_check.sh` drives it.
 
+    python benchmarks/bench_gpu.py deps    --wheels DIR --site DIR        # install what is missing, offline
     python benchmarks/bench_gpu.py env     [--json F]                     # versions, GPU, driver
     python benchmarks/bench_gpu.py step    --impl IMPL --example E --batch B [--json F] [--warm-only]
     python benchmarks/bench_gpu.py kernels [--example mlp] [--batch 1024 32768] [--json F]
@@ -24,6 +25,14 @@ with CUDA events recorded on the stream the step runs on:
 TF32 is off on both sides (torch.backends.*.allow_tf32 = False, precision "highest",
 CUPY_TF32=0); dlc's own kernels are plain fp32 FMA code anyway.
 
+`deps` (standard library only: it runs before anything else can be imported) makes `import dlc`
+work on a bare GPU machine without network: every module dlc and its tests need that this python
+cannot import is installed from DIR (`benchmarks/gpu_prepare.sh` fills it), with pip --no-index
+into --site (which gpu_check.sh puts first on PYTHONPATH); what is still missing is named, with
+the fix. dlc itself goes there too: the prepared wheel where it matches the working tree file for
+file, else a link to the working tree. Exit status 0 all there, 1 a test tool missing, 2 dlc
+cannot run.
+
 `kernels` times the MLP's step kernels one by one (each captured R times in a CUDA graph and
 replayed, so launch gaps are left out), and compares the largest elementwise kernels' bandwidth
 with a device-to-device copy (same size, and 1 GiB) and the matmul kernels' FLOP/s with cuBLAS
@@ -35,13 +44,21 @@ Everything degrades: a configuration that fails writes a record with "error" and
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import datetime
+import hashlib
+import io
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("CUPY_TF32", "0")  # before CuPy is imported: cuBLAS in full fp32
@@ -66,6 +83,199 @@ def _median(xs):
     xs = sorted(xs)
     n = len(xs)
     return float("nan") if n == 0 else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+
+
+# -- deps -------------------------------------------------------------------------------------
+# What dlc, then its tests, import, by module name: (module, what needs it, whether dlc itself does).
+DEPS = (("numpy", "dlc", True), ("networkx", "dlc's IR graphs", True), ("lark", "dlc's parsers", True),
+        ("jinja2", "dlc's CUDA templates", True), ("tqdm", "dlc's progress bars", True),
+        ("pytest", "the test sections", False),
+        ("hypothesis", "the tests (test_cuda.py imports it through test_emu.py)", False),
+        ("setuptools", "tests/test_layout.py, which builds dlc's wheel", False),
+        ("wheel", "tests/test_layout.py, which builds dlc's wheel", False))
+# what gpu_prepare.sh carries for the wheels above: installed only when an import asks for it
+HELPERS = {"sortedcontainers", "exceptiongroup", "typing_extensions", "packaging"}
+DIST = {"attr": "attrs", "yaml": "pyyaml", "_pytest": "pytest"}   # module -> distribution, where they differ
+PREPARE = ("run `bash benchmarks/gpu_prepare.sh` on a machine with network (it fills gpu_wheels/) "
+           "and bring that folder along")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT)) + ("/" if path.is_dir() else "")
+    except ValueError:
+        return str(path) + ("/" if path.is_dir() else "")
+
+
+def _wheel_for(folder: Path, module: str):
+    dist = _norm(DIST.get(module, module))
+    hits = sorted(p for p in folder.glob("*.whl") if _norm(p.name.split("-")[0]) == dist) if folder.is_dir() else []
+    return hits[-1] if hits else None
+
+
+def _probe(code: str, env: dict):
+    """(ok, last line of the output) of `python -c code`, from / so that the current folder shadows nothing."""
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False, "timed out after 120 s"
+    lines = [l for l in (r.stdout if r.returncode == 0 else r.stderr).splitlines() if l.strip()]
+    return r.returncode == 0, (lines[-1].strip() if lines else f"exit {r.returncode}")
+
+
+def _importable(module: str, env: dict):
+    return _probe(f"import {module} as m; print(getattr(m, '__version__', 'version unknown'))", env)
+
+
+def _install(whl: Path, site: Path, env: dict):
+    """Installs one wheel into `site` without its dependencies: pip --no-index, else (no pip) unpacked."""
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "--upgrade",
+                        "--quiet", "--disable-pip-version-check", "--target", str(site), str(whl)],
+                       capture_output=True, text=True, env=dict(env, PIP_ROOT_USER_ACTION="ignore"), timeout=300)
+    if r.returncode == 0:
+        return True, "pip"
+    if "No module named pip" in r.stderr:
+        with zipfile.ZipFile(whl) as z:   # a pure-Python wheel is the site-packages tree itself
+            z.extractall(site, [n for n in z.namelist() if ".data/" not in n.split("/", 1)[0] + "/"])
+        return True, "unpacked (no pip here)"
+    err = [l for l in r.stderr.splitlines() if l.strip() and "WARNING" not in l]
+    return False, (err[-1].strip() if err else f"pip exited {r.returncode}")
+
+
+def wheel_differs(whl: Path, repo: Path) -> list[str]:
+    """The package files in which the wheel of dlc and the working tree differ (by the wheel's
+    RECORD hashes), plus files of the tree a new wheel would hold that this one lacks."""
+    with zipfile.ZipFile(whl) as z:
+        record = next(n for n in z.namelist() if n.endswith(".dist-info/RECORD"))
+        rows = list(csv.reader(io.TextIOWrapper(z.open(record), "utf-8")))
+    held = {r[0][len("dlc/"):]: r[1][len("sha256="):] for r in rows
+            if len(r) > 1 and r[0].startswith("dlc/") and r[1].startswith("sha256=")}
+    out = []
+    for rel, digest in sorted(held.items()):
+        f = repo / rel
+        if not f.is_file():
+            out.append(f"{rel} (gone)")
+        elif base64.urlsafe_b64encode(hashlib.sha256(f.read_bytes()).digest()).rstrip(b"=").decode() != digest:
+            out.append(rel)
+    suffixes = {}
+    for rel in held:
+        suffixes.setdefault(str(Path(rel).parent), set()).add(Path(rel).suffix)
+    for folder, sfx in suffixes.items():
+        for f in sorted((repo / folder).iterdir()):
+            rel = str(f.relative_to(repo))
+            if f.is_file() and f.suffix in sfx and rel not in held:
+                out.append(f"{rel} (new)")
+    return out
+
+
+def cmd_deps(args) -> int:
+    site, wheels, repo = Path(args.site).resolve(), Path(args.wheels), Path(args.repo).resolve()
+    site.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(site) not in path:
+        env["PYTHONPATH"] = os.pathsep.join([str(site)] + path)
+    held = f"{len(list(wheels.glob('*.whl')))} wheels" if wheels.is_dir() else "does not exist"
+    print(f"python {sys.version.split()[0]} ({sys.executable}); wheels folder {_shown(wheels)} ({held})")
+    print(f"installing into {site} (first on PYTHONPATH)")
+    missing = []   # (module, needed by dlc itself, message)
+
+    def report(module, state, detail):
+        print(f"  {module:<16} {state:<9} {detail}")
+
+    def ensure(module, why, core) -> bool:
+        ok, said = _importable(module, env)
+        if ok:
+            report(module, "ok", said)
+            return True
+        whl = _wheel_for(wheels, module)
+        if whl is None:
+            msg = (f"{module} is not installed and {_shown(wheels)} has no {DIST.get(module, module)} wheel"
+                   if wheels.is_dir() else f"{module} is not installed and there is no {_shown(wheels)} folder")
+            missing.append((module, core, f"{msg} (needed by {why})"))
+            report(module, "MISSING", f"{msg}; needed by {why} ({said})")
+            return False
+        done, how = _install(whl, site, env)
+        if not done:
+            missing.append((module, core, f"{module} is not installed and installing {_shown(whl)} failed: {how}"))
+            report(module, "MISSING", f"installing {whl.name} failed: {how}")
+            return False
+        for _ in range(8):   # its own dependencies, one at a time, as its import names them
+            ok, said = _importable(module, env)
+            dep = None if ok else re.search(r"No module named '(\w+)", said)
+            if ok or dep is None or dep.group(1) == module:
+                break
+            if not ensure(dep.group(1), f"{module}, for {why}", core):
+                return False
+        if ok:
+            report(module, "installed", f"{said} from {_shown(whl)} ({how})")
+            return True
+        missing.append((module, core, f"{module} was installed from {_shown(whl)} but cannot be imported: {said}"))
+        report(module, "MISSING", f"installed from {whl.name}, but: {said}")
+        return False
+
+    for module, why, core in DEPS:
+        ensure(module, why, core)
+    # any other wheel gpu_prepare.sh was asked for (onnx, matplotlib, ...): installed where this
+    # python lacks that distribution; one that cannot be used here (another platform) is a note
+    known = {_norm(DIST.get(m, m)) for m, _w, _c in DEPS} | {"dlc"} | HELPERS
+    for whl in sorted(wheels.glob("*.whl")) if wheels.is_dir() else []:
+        dist = _norm(whl.name.split("-")[0])
+        if dist in known:
+            continue
+        known.add(dist)
+        if _probe(f"import importlib.metadata as m; print(m.version({dist!r}))", env)[0]:
+            continue
+        done, how = _install(whl, site, env)
+        report(dist, "installed" if done else "not used", f"{_shown(whl)} ({how}; not needed by the check itself)")
+
+    # dlc itself, from site/dlc: the prepared wheel where it is this working tree, else a link to the tree
+    if not any(core for _m, core, _s in missing):
+        target = site / "dlc"
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        whl = _wheel_for(wheels, "dlc")
+        differ = wheel_differs(whl, repo) if whl is not None else None
+        how = None
+        if whl is not None and not differ:
+            done, pip = _install(whl, site, env)
+            how = f"{_shown(whl)}, which matches the working tree" if done else None
+            if not done:
+                print(f"  dlc: installing {whl.name} failed ({pip}); linking the working tree instead")
+        if how is None:
+            target.symlink_to(repo, target_is_directory=True)
+            why = ("no dlc wheel in " + _shown(wheels) if whl is None else
+                   f"{whl.name} differs from the working tree in {len(differ)} files "
+                   f"({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}); gpu_prepare.sh rebuilds it")
+            how = f"the working tree through a link in {site} ({why})"
+        ok, said = _probe("import dlc, os; from dlc.runtime import cuda; assert callable(dlc.compile); "
+                          "print(dlc.__version__, os.path.realpath(dlc.__file__))", env)
+        script = site / "bin" / "dlc"   # the entry point, as pip would write it (gpu_check.sh puts bin/ on PATH)
+        if not script.exists():
+            script.parent.mkdir(exist_ok=True)
+            script.write_text(f"#!{sys.executable}\nimport sys\nfrom dlc.cli import main\nsys.exit(main())\n")
+            script.chmod(0o755)
+        if ok:
+            report("dlc", "ok", f"{said.split()[0]} from {how}")
+        else:
+            missing.append(("dlc", True, f"dlc cannot be imported: {said}"))
+            report("dlc", "MISSING", f"import dlc fails: {said}")
+    else:
+        report("dlc", "not tried", "its dependencies are missing")
+
+    core = [m for m in missing if m[1]]
+    if missing:
+        said = "; ".join(msg for _m, _c, msg in core + [m for m in missing if not m[1]])
+        print(f"MISSING: {said}" + (f": {PREPARE}" if "wheel" in said or "folder" in said else ""))
+        return 2 if core else 1
+    print("ok: every module dlc and its tests import is here")
+    return 0
 
 
 # -- env --------------------------------------------------------------------------------------
@@ -332,7 +542,8 @@ def cmd_kernels(args) -> int:
             ms = _graph_time(cp, stream, lambda: cp.cuda.runtime.memcpyAsync(
                 dst.data.ptr, src.data.ptr, n * 4, cp.cuda.runtime.memcpyDeviceToDevice, stream.ptr), reps)
             return 2 * n * 4 / (ms * 1e-3) / 1e9  # bytes read + written
-        rec["copy_1gib_gbs"] = copy_gbs(2**30)
+        rec["copy_1gib_gbs"] = copy_gbs(args.copy_mib * 2**20)
+        rec["copy_big_mib"] = args.copy_mib
 
         def cublas_tflops(m, n, k, ta=False, tb=False, reps=None):
             a = cp.random.standard_normal((k, m) if ta else (m, k), dtype=cp.float32)
@@ -534,7 +745,8 @@ def cmd_summary(args) -> int:
             rec = json.loads(kj.read_text())
             if "error" in rec:
                 lines.append(f"kernels: FAILED {rec['error']}")
-            lines.append(f"ceilings: device-to-device copy of 1 GiB {rec.get('copy_1gib_gbs', float('nan')):.0f} GB/s "
+            lines.append(f"ceilings: device-to-device copy of {rec.get('copy_big_mib', 1024)} MiB "
+                         f"{rec.get('copy_1gib_gbs', float('nan')):.0f} GB/s "
                          f"(read+write); cuBLAS fp32 {rec.get('cublas_big', {}).get('shape')}^3 "
                          f"{rec.get('cublas_big', {}).get('tflops', float('nan')):.1f} TFLOP/s")
             for pb in rec.get("batches", []):
@@ -551,6 +763,10 @@ def cmd_summary(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="GPU measurements for dlc (see the module docstring)")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("deps", help="install what this python lacks from a wheels folder, offline")
+    p.add_argument("--wheels", default=str(ROOT / "gpu_wheels"), help="the folder gpu_prepare.sh filled")
+    p.add_argument("--site", required=True, help="install here (put it first on PYTHONPATH)")
+    p.add_argument("--repo", default=str(ROOT), help="the working tree dlc must come from")
     p = sub.add_parser("env")
     p.add_argument("--json")
     p = sub.add_parser("step")
@@ -569,12 +785,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1024, 32768])
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--big", type=int, default=4096)
+    p.add_argument("--copy-mib", type=int, default=1024, help="the large device copy, in MiB (the %%copy1G column)")
     p.add_argument("--json")
     p = sub.add_parser("summary")
     p.add_argument("--work", required=True)
     p.add_argument("--out")
     args = ap.parse_args(argv)
-    return {"env": cmd_env, "step": cmd_step, "kernels": cmd_kernels, "summary": cmd_summary}[args.cmd](args)
+    return {"deps": cmd_deps, "env": cmd_env, "step": cmd_step, "kernels": cmd_kernels, "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,158 +1,261 @@
 #!/usr/bin/env bash
-# The whole GPU check of issue 5 in one command (see benchmarks/GPU.md):
+# The whole GPU check in one command, within the 600 s a GPU session's command may run
+# (issues 5 and 13; benchmarks/GPU.md says what each section checks):
 #
-#   bash benchmarks/gpu_check.sh [SECTIONS]
+#   bash benchmarks/gpu_check.sh [--quick] [SECTIONS]
+#   bash benchmarks/gpu_check.sh prepare [PACKAGE ...]  # = gpu_prepare.sh: on a machine WITH network,
+#                                                       # fills gpu_wheels/ for the GPU machine
 #
-# SECTIONS: comma-separated, default all =
-#   env,tests,diff,train,sanitize,kernels,speed,suite
-# Each section has a time budget (seconds; override with the variables below) and the whole run
-# stays under BUDGET (default 540 s). A step that fails prints FAILED with the reason and the
-# script goes on; a step that does not fit prints SKIPPED. It always exits 0.
-# Results: under $OUT (default /tmp/dlc-gpu-check): gpu-DATE.txt (the summary, to be committed
-# as benchmarks/results/gpu-DATE.txt), full.log, env.json, speed.jsonl, kernels.json,
-# logs.tar.gz (every step's own log). Without a GPU it says so, runs the CPU-side parts
-# (environment, the PyTorch twins against the interpreter, the cuda backend's bookkeeping on the
-# emulator) and exits 0; GPU_CHECK_FORCE=1 runs every section anyway.
+# SECTIONS: comma-separated, default all = prep,env,tests,diff,train,sanitize,kernels,speed,suite
+# (prep runs whatever is asked: the rest needs it). Budgets in seconds (T_PREP=... to change one):
 #
-# Budgets: T_ENV T_TESTS T_DIFF T_TRAIN T_SANITIZE T_KERNELS T_SPEED (seconds), BUDGET (total).
-# SPEED_IMPLS (default "dlc-graph eager dlc compile-ro compile"), SPEED_EXAMPLES, SPEED_BATCHES,
-# TAG (the result file is gpu-DATE-TAG.txt), SAN_TOOLS (default "memcheck racecheck synccheck"), WARM_JOBS (parallel torch.compile cache
-# warm-up processes during the correctness sections, default 2; 0 = none).
+#   prep      20  installs, offline, what this python lacks (lark, hypothesis, ...) from gpu_wheels/,
+#                 and dlc itself: the prepared wheel where it matches the working tree, else the tree
+#                 through a link. Names precisely what is missing, and stops (exit 2) if dlc cannot run.
+#   env       30  versions, nvidia-smi, what CuPy, dlc and PyTorch see, compute-sanitizer
+#   tests     90  pytest tests/test_cuda.py: every test model and example against the interpreter
+#   diff      60  dlc diff --backends interp,cuda --batch 5 on every example (cuda diverges: again with emu)
+#   train     40  dlc run examples/mlp.dln on interp, cuda, cuda --cuda-graph: held-out accuracies
+#   sanitize 100  compute-sanitizer memcheck 35 (batch 7), racecheck 40 (batch 3), synccheck 25 (batch 7)
+#                 on gpu_step.py, one step of every example, the smallest first
+#   kernels   30  the MLP's kernels: bandwidth and FLOP/s against a device copy and cuBLAS
+#   speed    120  step times per example and batch: dlc-graph, eager, dlc (one process each)
+#   suite     60  the rest of pytest, with whatever time the sections before it left
+#   total    550  = BUDGET (the default: the sum of the sections asked for), 50 s short of 600 for
+#                 start-up, the summary and any overshoot
+#
+# Every step has a time limit within its section's and the whole run's budget; a step that does
+# not fit is "skipped: no time left in the budget". Without a GPU it says so, skips the GPU
+# sections and runs the CPU-side ones instead (section cpu). Tools it lacks (compute-sanitizer,
+# PyTorch or PyTorch's GPU) make their rows "skipped: <reason>".
+#
+# Results, as they come, in $OUT (default /tmp/dlc-gpu-check): gpu-DATE.txt (gpu-DATE-TAG.txt) gets
+# the budget table at the start and a row per section (ok / skipped / FAILED) as each ends, so a
+# run cut off still leaves a table; then the line "end: exit N ..." and the full summary (every
+# check, accuracies, speed and kernel tables). Also full.log, env.json, speed.jsonl, kernels.json,
+# logs.tar.gz (every step's own log).
+#
+# Exit status: 0 no FAILED row (every section ok or skipped), 1 some row FAILED, 2 the preparation
+# failed (a module dlc needs is missing and gpu_wheels/ has no wheel for it; the message says which
+# and what to run) or the arguments are wrong, 124 stopped by a signal.
+#
+# --quick (or DLC_GPU_CHECK_QUICK=1): a smoke run of every section's plumbing, a minute or so:
+# a few tests, diff and speed on xor (and mlp), one epoch, small kernels, no suite.
+# DLC_FAKE_CUPY=1: a dry run without a GPU, on the CuPy stand-in of tests/fake_cupy.py (kernels on
+# the emulator; PyTorch on the CPU; numbers meaningless); ignored where a real CuPy is installed.
+# tests/test_gpu_check.py runs `DLC_FAKE_CUPY=1 bash benchmarks/gpu_check.sh --quick`.
+#
+# Other knobs: PYTHON (default python, else python3), GPU_WHEELS (default gpu_wheels), BUDGET,
+# KEEP_WORK=1 (keep the work folder under /tmp; its logs are in logs.tar.gz anyway),
+# TAG (result file name), DIFF_EXAMPLES, DIFF_BATCH, DIFF_BACKENDS, TRAIN_EPOCHS, SAN_TOOLS
+# (default "memcheck racecheck synccheck"), SAN_EXAMPLES, RACE_BATCH, KERNEL_ARGS, SPEED_IMPLS
+# (default "dlc-graph eager dlc"; add compile-ro compile for torch.compile, warmed up in the
+# background by WARM_JOBS processes), SPEED_EXAMPLES, SPEED_BATCHES, SPEED_ARGS, GPU_CHECK_FORCE=1
+# (run the GPU sections even where no GPU is found).
 set -u
-cd "$(dirname "$0")/.." || exit 0
+cd "$(dirname "$0")/.." || exit 2
 REPO=$(pwd)
+ALL=prep,env,tests,diff,train,sanitize,kernels,speed,suite
+case "${1:-}" in
+    prepare) shift; exec bash benchmarks/gpu_prepare.sh "$@";;
+    -h|--help) sed -n '2,/^set -u$/{/^set -u$/d;s/^# \{0,1\}//;p;}' "$0"; exit 0;;
+esac
+QUICK=${DLC_GPU_CHECK_QUICK:-0}
+SECTIONS=all
+for a in "$@"; do
+    case $a in
+        --quick) QUICK=1;;
+        -*) echo "gpu_check.sh: unknown option $a (see --help)" >&2; exit 2;;
+        *) SECTIONS=$a;;
+    esac
+done
+[ "$SECTIONS" = all ] && SECTIONS=$ALL
+for s in ${SECTIONS//,/ }; do
+    case ",$ALL,cpu," in *",$s,"*) ;; *) echo "gpu_check.sh: unknown section '$s' (known: $ALL)" >&2; exit 2;; esac
+done
+case ",$SECTIONS," in *,prep,*) ;; *) SECTIONS=prep,$SECTIONS;; esac
+
+declare -A T=([prep]=${T_PREP:-20} [env]=${T_ENV:-30} [tests]=${T_TESTS:-90} [diff]=${T_DIFF:-60}
+              [train]=${T_TRAIN:-40} [sanitize]=${T_SANITIZE:-100} [kernels]=${T_KERNELS:-30}
+              [speed]=${T_SPEED:-120} [suite]=${T_SUITE:-60} [cpu]=${T_CPU:-240})
+declare -A WHAT=([prep]="install what this python lacks from gpu_wheels/; dlc from the working tree"
+                 [env]="versions, nvidia-smi, what CuPy, dlc and PyTorch see"
+                 [tests]="pytest tests/test_cuda.py on the GPU"
+                 [diff]="dlc diff on every example"
+                 [train]="examples/mlp.dln on interp, cuda, cuda-graph: accuracies"
+                 [sanitize]="compute-sanitizer on one step of every example"
+                 [kernels]="the MLP's kernels against a device copy and cuBLAS"
+                 [speed]="step times against PyTorch"
+                 [suite]="the rest of pytest, and what the sections before left"
+                 [cpu]="without a GPU: PyTorch twins, the cuda backend on the CuPy stand-in")
+has() { case ",$SECTIONS," in *",$1,"*) return 0;; *) return 1;; esac; }
+SUM=0
+for s in ${ALL//,/ }; do has "$s" && SUM=$(( SUM + T[$s] )); done
+BUDGET=${BUDGET:-$SUM}
+LIMIT=600    # what one command of a GPU session may run
+
 START=$(date +%s)
-BUDGET=${BUDGET:-540}
 DATE=$(date -u +%Y-%m-%d)
-SECTIONS=${1:-all}
-[ "$SECTIONS" = all ] && SECTIONS=env,tests,diff,train,sanitize,kernels,speed,suite
 OUT=${OUT:-/tmp/dlc-gpu-check}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d /tmp/dlc-gpu-work.XXXXXX)
 mkdir -p "$WORK/logs"
 LOG=$OUT/full.log
 : > "$LOG"
+RESULT="$OUT/gpu-$DATE${TAG:+-$TAG}.txt"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-PY=${PYTHON:-python3}
 export DLC_CACHE_DIR=${DLC_CACHE_DIR:-/tmp/dlc-cache}                 # emu libraries, shared by all steps
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/dlc-inductor-cache}
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/dlc-triton-cache}
 export CUPY_TF32=0 NVIDIA_TF32_OVERRIDE=0                           # fp32 everywhere
 : > "$WORK/status.tsv"
 
-has() { case ",$SECTIONS," in *",$1,"*) return 0;; *) return 1;; esac; }
 now() { date +%s; }
 elapsed() { echo $(( $(now) - START )); }
-status() {  # SECTION ITEM STATUS DETAIL
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$WORK/status.tsv"
-    printf '[%4ss] %-10s %-34s %s %s\n' "$(elapsed)" "$1" "$2" "$3" "${4:-}"
+status() {  # SECTION ITEM STATUS DETAIL; STATUS is ok, skipped or FAILED
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" | tr -d '\r' >> "$WORK/status.tsv"
+    printf '[%4ss] %-9s %-30s %-7s %s\n' "$(elapsed)" "$1" "$2" "$3" "${4:-}"
 }
-SEC_END=0
-section() {  # NAME BUDGET
-    SEC=$1
-    SEC_END=$(( $(now) + $2 ))
+
+# -- the budget table, and the result file's head --------------------------------------------
+budget_table() {
+    local s
+    echo "budget (s)"
+    for s in ${ALL//,/ }; do has "$s" && printf '  %-9s %4s  %s\n' "$s" "${T[$s]}" "${WHAT[$s]}"; done
+    printf '  %-9s %4s  %s\n' total "$BUDGET" "overall cap (BUDGET), of the ${LIMIT} s a GPU session's command may run"
+    (( BUDGET > LIMIT - 30 )) && echo "  WARNING: less than 30 s of the ${LIMIT} s left for start-up and the summary"
+    return 0
+}
+PY=${PYTHON:-$(command -v python || command -v python3 || echo python3)}
+DRY=0
+if [ "${DLC_FAKE_CUPY:-0}" = 1 ]; then   # (no dlc imported here: prep has not run yet)
+    if timeout 60 "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('cupy') is None)" 2>/dev/null; then
+        echo "DLC_FAKE_CUPY=1 ignored: a real CuPy is installed here, and the stand-in never replaces it"
+    else
+        DRY=1
+    fi
+fi
+MODE=""
+[ "$QUICK" = 1 ] && MODE="; quick mode (a smoke run: few tests, small sizes, no suite)"
+[ "$DRY" = 1 ] && MODE="$MODE; DRY RUN: CuPy is the stand-in of tests/fake_cupy.py (kernels on the emulator), PyTorch on the CPU, numbers meaningless"
+{
+    echo "dlc GPU check, $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
+    echo "command: bash benchmarks/gpu_check.sh $*"
+    echo "sections: $SECTIONS$MODE"
+    budget_table
     echo
-    echo "=== $1 (budget ${2}s, $(( BUDGET - $(elapsed) ))s left overall) ==="
+    printf '%-9s %-8s %11s  %s\n' section status used/budget detail
+} > "$RESULT"
+echo "dlc GPU check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sections $SECTIONS$MODE"
+echo "repo $REPO, results in $OUT (the table: $RESULT), work files in $WORK"
+budget_table
+
+# -- sections: a row in the result file as each ends ---------------------------------------------
+SEC=""
+SEC_END=0
+HEADLINE=""   # what a section's row says after its counts, where it has more than one check
+begin() {  # NAME: ends the section before; this one runs within its budget (suite: all that is left)
+    end_section
+    SEC=$1
+    SEC_T0=$(now)
+    SEC_BUDGET=${T[$1]}
+    if [ "$1" = suite ]; then SEC_BUDGET=$(( BUDGET - $(elapsed) )); fi
+    SEC_END=$(( SEC_T0 + SEC_BUDGET ))
+    echo
+    echo "=== $1 (budget ${SEC_BUDGET}s, $(( BUDGET - $(elapsed) ))s left overall) ==="
+}
+row() {  # SECTION STATUS USED BUDGET DETAIL: one line of the section table
+    printf '%-9s %-8s %5ss/%-5s %s\n' "$1" "$2" "$3" "$4" "$5" | cut -c1-400 >> "$RESULT"
+}
+end_section() {  # the row of the section that ran: FAILED if a check failed, ok if one passed, else skipped
+    [ -n "$SEC" ] || return 0
+    local r
+    r=$(awk -F'\t' -v s="$SEC" '$1 == s { c[$3]++; d = $2 ": " $4
+            if ($3 == "FAILED" && f == "") f = d; if ($3 == "skipped" && k == "") k = d; if ($3 == "ok" && o == "") o = d }
+        END { n = c["ok"] + c["skipped"] + c["FAILED"]
+              st = c["FAILED"] ? "FAILED" : (c["ok"] ? "ok" : "skipped")
+              counts = (c["ok"] + 0) " ok, " (c["skipped"] + 0) " skipped, " (c["FAILED"] + 0) " FAILED"
+              if (n == 0) d = "nothing ran"
+              else if (n == 1) d = f o k
+              else if (st == "FAILED") d = counts "; first: " f
+              else if (st == "skipped") d = k
+              else d = counts (h != "" ? "; " h : (c["skipped"] ? "; " k : ""))
+              printf "%s\t%s", st, d }' h="$HEADLINE" "$WORK/status.tsv")
+    row "$SEC" "${r%%	*}" "$(( $(now) - SEC_T0 ))" "$SEC_BUDGET" "${r#*	}"
+    SEC=""
+    HEADLINE=""
+}
+skip_section() {  # NAME REASON: a section that does not run
+    end_section
+    status "$1" "(section)" skipped "$2"
+    row "$1" skipped 0 "${T[$1]}" "$2"
 }
 left() {  # seconds left in this section and overall, whichever is less
     local a=$(( SEC_END - $(now) )) b=$(( START + BUDGET - $(now) ))
     echo $(( a < b ? a : b ))
 }
-# run NAME TIMEOUT CMD...: runs CMD with a time limit, its output in logs/SEC-NAME.log
+# limited NAME TIMEOUT CMD...: CMD with a time limit (within what is left), its output in logs/SEC-NAME.log;
+# sets RC (125: no time left to start it) and STEP_LOG, STEP_T (the limit), STEP_DT (seconds it ran)
 RC=0
-run() {
+limited() {
     local name=$1 t=$2; shift 2
     local l; l=$(left)
-    local f="$WORK/logs/$SEC-$name.log"
-    if (( l < 8 )); then status "$SEC" "$name" SKIPPED "no time left in the budget"; RC=125; return 125; fi
+    STEP_LOG="$WORK/logs/$SEC-$name.log"
+    STEP_DT=0
+    if (( l < 8 )); then RC=125; : > "$STEP_LOG"; return 125; fi
     (( t > l - 3 )) && t=$(( l - 3 ))
+    STEP_T=$t
     local t0; t0=$(now)
-    timeout -k 5 "$t" "$@" > "$f" 2>&1
+    timeout -k 5 "$t" "$@" > "$STEP_LOG" 2>&1
     RC=$?
-    local dt=$(( $(now) - t0 ))
-    if [ $RC = 0 ]; then
-        status "$SEC" "$name" ok "${dt}s"
-    elif [ $RC = 124 ] || [ $RC = 137 ]; then
-        status "$SEC" "$name" FAILED "timed out after ${t}s"
-    else
-        status "$SEC" "$name" FAILED "exit $RC: $(grep -v '^\s*$' "$f" | tail -n 2 | tr '\n' ' ' | cut -c1-220)"
+    STEP_DT=$(( $(now) - t0 ))
+    return $RC
+}
+lastlines() { grep -v '^\s*$' "$1" | tail -n "${2:-2}" | tr '\n' ' ' | cut -c1-220; }
+# run NAME TIMEOUT CMD...: limited, then a row: ok (seconds), FAILED (why), skipped (no time left)
+run() {
+    local name=$1
+    limited "$@"
+    if [ $RC = 0 ]; then status "$SEC" "$name" ok "${STEP_DT}s"
+    elif [ $RC = 125 ]; then status "$SEC" "$name" skipped "no time left in the budget"
+    elif [ $RC = 124 ] || [ $RC = 137 ]; then status "$SEC" "$name" FAILED "timed out after ${STEP_T}s"
+    else status "$SEC" "$name" FAILED "exit $RC: $(lastlines "$STEP_LOG")"
     fi
     return $RC
 }
-
-echo "dlc GPU check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sections $SECTIONS, budget ${BUDGET}s"
-echo "repo $REPO, results in $OUT, work files in $WORK"
-
-# -- environment ---------------------------------------------------------------------------------
-section env "${T_ENV:-40}"
-if ! $PY -c "import lark" 2>/dev/null; then
-    if ls .whl/*.whl > /dev/null 2>&1; then
-        echo "lark missing: installing the carried wheels from .whl/"
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# pytest_run NAME TIMEOUT PYTEST-ARGS...: a row with pytest's own summary line. CUT_OFF_OK=1: a run
+# the budget cuts off before any failure is "skipped" with what passed so far, not FAILED.
+pytest_run() {
+    local name=$1 t=$2; shift 2
+    limited "$name" "$t" "$PY" -m pytest -q -p no:cacheprovider -rs "$@"
+    local summary; summary=$(grep -E '(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' "$STEP_LOG" | tail -n 1 | tr -d '=' | sed 's/^ *//')
+    if [ $RC = 0 ]; then status "$SEC" "$name" ok "${summary:-${STEP_DT}s}"
+    elif [ $RC = 125 ]; then status "$SEC" "$name" skipped "no time left in the budget"
+    elif [ $RC = 124 ] || [ $RC = 137 ]; then
+        local prog passed bad
+        prog=$(grep -E '^[.sxFEX]+( +\[ *[0-9]+%\])?$' "$STEP_LOG" | tr -d ' []%0-9\n')
+        passed=$(printf '%s' "$prog" | tr -cd '.' | wc -c)
+        bad=$(printf '%s' "$prog" | tr -cd 'FE' | wc -c)
+        if [ "${CUT_OFF_OK:-0}" = 1 ] && [ "$bad" = 0 ]; then
+            status "$SEC" "$name" skipped "cut off by the budget after ${STEP_T}s: $passed passed, none failed so far"
+        else
+            status "$SEC" "$name" FAILED "timed out after ${STEP_T}s: $passed passed, $bad failed or errors so far"
+        fi
     else
-        echo "lark missing and no .whl/ folder carried (see benchmarks/GPU.md)"
+        status "$SEC" "$name" FAILED "exit $RC: ${summary:-$(lastlines "$STEP_LOG")} $(grep -E '^(FAILED|ERROR) ' "$STEP_LOG" | head -n 2 | tr '\n' ' ' | cut -c1-160)"
     fi
-fi
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-TORCH_DEVICE=${TORCH_DEVICE:-cuda}
-if [ "${DLC_FAKE_CUPY:-0}" = 1 ] && $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('cupy') is None)" 2>/dev/null; then
-    echo "DLC_FAKE_CUPY=1 ignored: a real CuPy is installed here, and the stand-in never replaces it"
-    DLC_FAKE_CUPY=0
-fi
-if [ "${DLC_FAKE_CUPY:-0}" = 1 ]; then  # a dry run of every section without a GPU (numbers meaningless)
-    echo "DRY RUN: CuPy is the emulator-backed stand-in of tests/fake_cupy.py, PyTorch runs on the CPU"
-    export PYTHONPATH=$REPO/tests/fake_cupy_path:$PYTHONPATH
-    TORCH_DEVICE=cpu
-    GPU_CHECK_FORCE=1
-    KERNEL_ARGS=${KERNEL_ARGS:-"--batch 64 --reps 3 --big 256"}
-fi
-if $PY -c "import lark, jinja2, networkx, numpy" 2>/dev/null; then
-    status env "dlc dependencies" ok "$($PY -c 'import lark; print("lark", lark.__version__)')"
-else
-    status env "dlc dependencies" FAILED "$($PY -c 'import lark, jinja2, networkx, numpy' 2>&1 | tail -n 1)"
-fi
-if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu \
-        --format=csv,noheader > "$WORK/nvidia-smi.txt" 2>&1 || true
-    nvidia-smi > "$WORK/logs/env-nvidia-smi.log" 2>&1 || true
-    echo "nvidia-smi: $(head -n 1 "$WORK/nvidia-smi.txt")"
-else
-    echo "no nvidia-smi" > "$WORK/nvidia-smi.txt"
-    echo "nvidia-smi: not found"
-fi
-run versions 60 $PY benchmarks/bench_gpu.py env --json "$WORK/env.json"
-cat "$WORK/logs/env-versions.log"
-GPU_WHY=$($PY -c "from dlc.runtime.cuda import cuda_available as c; ok, why = c(); print(('yes ' if ok else 'no ') + why)" 2>&1 | tail -n 1)
-case "$GPU_WHY" in yes*) HAVE_GPU=1;; *) HAVE_GPU=0;; esac
-TORCH_GPU=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-[ "$TORCH_DEVICE" = cpu ] && TORCH_GPU=1  # dry run: PyTorch's side runs on the CPU
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)
-echo "cuda backend: $GPU_WHY"
-echo "torch sees a GPU: $TORCH_GPU; compute-sanitizer: ${SANITIZER:-not found}"
-if [ $HAVE_GPU = 0 ]; then
-    status env "GPU" "NONE" "${GPU_WHY#no }"
-    if [ "${GPU_CHECK_FORCE:-0}" != 1 ]; then
-        echo
-        echo "NO GPU: running only the parts that need none (the PyTorch twins against the interpreter,"
-        echo "the cuda backend's bookkeeping on the emulator); GPU sections are reported as SKIPPED."
-        SECTIONS=env,cpu
-        for s in tests diff train sanitize kernels speed suite; do status "$s" "(section)" SKIPPED "no GPU"; done
-    fi
-else
-    status env "GPU" ok "${GPU_WHY#yes }"
-fi
+    return $RC
+}
+probe() {  # CMD...: the last line CMD prints, within what is left of the section (5 to 30 s)
+    local t; t=$(left)
+    (( t > 30 )) && t=30
+    (( t < 5 )) && t=5
+    timeout -k 5 "$t" "$@" 2>&1 | grep -v '^\s*$' | tail -n 1 | cut -c1-200
+}
 
-# -- torch.compile cache warm-up ----------------------------------------------------------------
-# torch.compile spends 10-60 s per configuration compiling. These untimed processes fill the
-# Inductor and Triton caches (shared through TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR), in the
-# background while the correctness sections run (they time nothing, so sharing the GPU is harmless),
-# and again before the compiled configurations are timed, with nothing timed beside them.
-SPEED_EXAMPLES=${SPEED_EXAMPLES:-"mlp logreg xor deep_mlp lenet inception"}
-SPEED_BATCHES=${SPEED_BATCHES:-"128 1024"}
-SPEED_IMPLS=${SPEED_IMPLS:-"dlc-graph eager dlc compile-ro compile"}
 WARM_PIDS=()
 warm_todo() {  # the compiled configurations without a warm-up record yet
     local impl b ex
@@ -167,7 +270,7 @@ warm_todo() {  # the compiled configurations without a warm-up record yet
 warm_start() {  # PARALLEL
     local n=$1 k
     [ ${#WARM_PIDS[@]} = 0 ] || return 0
-    [ "$TORCH_GPU" = 1 ] && [ "$n" -gt 0 ] || return 0
+    [ "${TORCH_OK:-0}" = 1 ] && [ "$n" -gt 0 ] || return 0
     warm_todo > "$WORK/warm.jobs"
     [ -s "$WORK/warm.jobs" ] || return 0
     rm -f "$WORK/warm.stop"
@@ -178,7 +281,7 @@ warm_start() {  # PARALLEL
                 i=$(( i + 1 ))
                 (( (i - 1) % n == k )) || continue
                 [ -e "$WORK/warm.stop" ] && break
-                TORCHINDUCTOR_COMPILE_THREADS=4 timeout -k 5 180 $PY benchmarks/bench_gpu.py step --warm-only \
+                TORCHINDUCTOR_COMPILE_THREADS=4 timeout -k 5 180 "$PY" benchmarks/bench_gpu.py step --warm-only \
                     --device "$TORCH_DEVICE" --impl "$impl" --example "$ex" --batch "$b" --json "$WORK/warm.jsonl" \
                     >> "$WORK/logs/warm-$k.log" 2>&1 &
                 echo $! > "$WORK/warm-$k.pid"
@@ -209,62 +312,230 @@ warm_wait() {  # SECONDS: let the warm-up finish, for at most this long, then st
     done
     stop_warm
 }
+finish() {  # CODE (2: preparation failed): the end line, the summary, the logs; exits
+    local code=$1
+    stop_warm
+    end_section
+    local fails; fails=$(awk -F'\t' '$3 == "FAILED"' "$WORK/status.tsv" | wc -l)
+    [ "$code" = 0 ] && [ "$fails" -gt 0 ] && code=1
+    local counts
+    counts=$(awk '/^section +status/ {t = 1; next} t && NF >= 2 {c[$2]++}
+                  END {printf "%d ok, %d skipped, %d FAILED", c["ok"], c["skipped"], c["FAILED"]}' "$RESULT")
+    echo
+    echo "=== summary ($(elapsed)s) ==="
+    {
+        echo "end: exit $code ($counts sections; $fails checks FAILED) after $(elapsed)s of the ${BUDGET}s budget"
+        echo
+        timeout -k 5 60 "$PY" benchmarks/bench_gpu.py summary --work "$WORK" 2>&1 || echo "summary FAILED"
+    } >> "$RESULT"
+    for f in env.json speed.jsonl kernels.json; do [ -e "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" . 2>/dev/null || true
+    if [ "${HAVE_GPU:-0}" = 1 ] && [ "$DRY" != 1 ] && [ -d benchmarks/results ]; then cp "$RESULT" benchmarks/results/; fi
+    cat "$RESULT"
+    echo
+    echo "=== not ok (also above) ==="
+    awk -F'\t' '$3 != "ok" {printf "  %-9s %-30s %-7s %s\n", $1, $2, $3, substr($4, 1, 150)}' "$WORK/status.tsv" | head -n 40
+    grep -E "^target|^FAILED" "$RESULT" | cut -c1-170 | head -n 20
+    echo "results: $RESULT (commit as benchmarks/results/$(basename "$RESULT")), full log $LOG, logs $OUT/logs.tar.gz"
+    echo "exit status $code (0 nothing FAILED, 1 something FAILED, 2 the preparation failed)"
+    [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"
+    exec 1>&- 2>&-
+    wait "$TEE_PID" 2>/dev/null
+    exit "$code"
+}
+on_signal() {  # a run cut off still leaves its table (tee may be gone: write to the log itself)
+    trap - TERM INT HUP
+    exec >> "$LOG" 2>&1
+    [ -n "$SEC" ] && status "$SEC" "(cut off)" FAILED "stopped by a signal after $(elapsed)s"
+    stop_warm
+    end_section
+    echo "end: stopped by a signal after $(elapsed)s" >> "$RESULT"
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" . 2>/dev/null || true
+    [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"
+    exit 124
+}
+trap on_signal TERM INT HUP
+
+# -- prep: what this python lacks, from gpu_wheels/; dlc itself --------------------------------
+# Nothing here imports dlc before it is known to be importable, so a missing lark reads as
+# "lark is missing", not as "no GPU".
+SITE=$WORK/site
+mkdir -p "$SITE"
+PP=$SITE
+[ $DRY = 1 ] && PP=$PP:$REPO/tests/fake_cupy_path
+export PYTHONPATH=$PP${PYTHONPATH:+:$PYTHONPATH}
+export PATH=$SITE/bin:$PATH    # the `dlc` command of what prep installs
+TORCH_DEVICE=${TORCH_DEVICE:-cuda}
+if [ $DRY = 1 ]; then  # every section without a GPU, on the stand-in
+    TORCH_DEVICE=cpu
+    GPU_CHECK_FORCE=1
+fi
+
+begin prep
+GPU_WHEELS=${GPU_WHEELS:-$REPO/gpu_wheels}
+if ! command -v "$PY" > /dev/null; then
+    status prep python FAILED "$PY not found (PYTHON=... picks the interpreter)"
+    finish 2
+fi
+limited deps 60 "$PY" benchmarks/bench_gpu.py deps --wheels "$GPU_WHEELS" --site "$SITE" --repo "$REPO"
+DEPS_RC=$RC
+sed 's/^/  /' "$STEP_LOG"
+DEPS_LAST=$(grep -v '^\s*$' "$STEP_LOG" | tail -n 1 | cut -c1-400)
+case $DEPS_RC in
+    0) status prep "dlc and its dependencies" ok "$(grep -E '^  dlc ' "$STEP_LOG" | sed 's/^  dlc *ok *//' | cut -c1-200)";;
+    1) status prep "test tools" FAILED "${DEPS_LAST#MISSING: }";;
+    2) status prep "dlc and its dependencies" FAILED "${DEPS_LAST#MISSING: }";;
+    *) status prep "dlc and its dependencies" FAILED "exit $DEPS_RC: $(lastlines "$STEP_LOG")";;
+esac
+if [ $DEPS_RC != 0 ] && [ $DEPS_RC != 1 ]; then
+    echo
+    echo "PREPARATION FAILED: ${DEPS_LAST#MISSING: }"
+    end_section
+    for s in ${ALL//,/ }; do [ "$s" != prep ] && has "$s" && skip_section "$s" "the preparation failed (see prep)"; done
+    finish 2
+fi
+
+# -- environment ---------------------------------------------------------------------------------
+HAVE_GPU=0
+if has env || has tests || has diff || has train || has sanitize || has kernels || has speed || has suite; then
+    begin env
+    SMI_GPUS=0
+    if command -v nvidia-smi > /dev/null; then
+        timeout -k 5 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu \
+            --format=csv,noheader > "$WORK/nvidia-smi.txt" 2>&1 || true
+        timeout -k 5 20 nvidia-smi > "$WORK/logs/env-nvidia-smi.log" 2>&1 || true
+        SMI_GPUS=$(timeout -k 5 20 nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+        status env nvidia-smi "$([ "$SMI_GPUS" -gt 0 ] && echo ok || echo FAILED)" "$SMI_GPUS GPU(s): $(head -n 1 "$WORK/nvidia-smi.txt")"
+    else
+        echo "no nvidia-smi" > "$WORK/nvidia-smi.txt"
+        status env nvidia-smi skipped "not found"
+    fi
+    run versions 40 "$PY" benchmarks/bench_gpu.py env --json "$WORK/env.json"
+    cat "$STEP_LOG"
+    CUPY_SAYS=$(probe "$PY" -c "
+import cupy
+rt = cupy.cuda.runtime
+n = rt.getDeviceCount()
+name = rt.getDeviceProperties(0)['name'] if n else ''
+name = name.decode() if isinstance(name, bytes) else name
+print(f'CuPy {cupy.__version__} sees {n} GPU(s)' + (f': {name}' if n else ''))")
+    DLC_SAYS=$(probe "$PY" -c "from dlc.runtime.cuda import cuda_available as c; ok, why = c(); print(('yes ' if ok else 'no ') + why)")
+    TORCH_SAYS=$(probe "$PY" -c "import torch; print(int(torch.cuda.is_available()), torch.__version__)")
+    SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)
+    case $CUPY_SAYS in "CuPy "*" sees "[1-9]*) status env CuPy ok "$CUPY_SAYS";; *) status env CuPy skipped "$CUPY_SAYS";; esac
+    HEADLINE="cuda backend: $DLC_SAYS"
+    case $DLC_SAYS in
+        yes*) HAVE_GPU=1; status env "GPU for dlc's cuda backend" ok "${DLC_SAYS#yes }";;
+        *)  if [ "$SMI_GPUS" -gt 0 ] || [[ $CUPY_SAYS == *" sees "[1-9]* ]]; then
+                status env "GPU for dlc's cuda backend" FAILED "a GPU is here, but the cuda backend cannot use it: ${DLC_SAYS#no }"
+            else
+                status env "GPU for dlc's cuda backend" skipped "no GPU: ${DLC_SAYS#no }"
+            fi;;
+    esac
+    TORCH_OK=0
+    case $TORCH_SAYS in
+        "1 "*) TORCH_OK=1; status env PyTorch ok "${TORCH_SAYS#1 }, sees the GPU";;
+        "0 "*) if [ "$TORCH_DEVICE" = cpu ]; then TORCH_OK=1; TORCH_WHY=""
+                   status env PyTorch ok "${TORCH_SAYS#0 } on the CPU (dry run)"
+               else TORCH_WHY="PyTorch ${TORCH_SAYS#0 } sees no GPU"; status env PyTorch skipped "$TORCH_WHY"; fi;;
+        *) TORCH_WHY="PyTorch cannot be imported: $TORCH_SAYS"; status env PyTorch skipped "$TORCH_WHY";;
+    esac
+    if [ -n "$SANITIZER" ]; then status env compute-sanitizer ok "$SANITIZER"
+    else status env compute-sanitizer skipped "not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/*)"; fi
+    if [ $HAVE_GPU = 0 ] && [ "${GPU_CHECK_FORCE:-0}" != 1 ]; then
+        echo
+        echo "NO GPU for the cuda backend: ${DLC_SAYS#no }"
+        echo "The GPU sections are skipped; the parts that need none run instead (section cpu)."
+        end_section
+        for s in tests diff train sanitize kernels speed suite; do has "$s" && skip_section "$s" "no GPU for the cuda backend (see env)"; done
+        SECTIONS=prep,env,cpu
+    fi
+fi
+
+# -- torch.compile cache warm-up (only where SPEED_IMPLS names compile or compile-ro) --------
+# torch.compile spends 10-60 s per configuration compiling. These untimed processes fill the
+# Inductor and Triton caches (shared through TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR), in the
+# background while the correctness sections run (they time nothing, so sharing the GPU is harmless),
+# and again before the compiled configurations are timed, with nothing timed beside them.
+if [ "$QUICK" = 1 ]; then
+    SPEED_EXAMPLES=${SPEED_EXAMPLES:-xor}
+    SPEED_BATCHES=${SPEED_BATCHES:-16}
+    SPEED_ARGS=${SPEED_ARGS:-"--warmup 2 --blocks 2 --steps 2"}
+fi
+SPEED_EXAMPLES=${SPEED_EXAMPLES:-"mlp lenet inception deep_mlp logreg xor"}   # what matters most first
+SPEED_BATCHES=${SPEED_BATCHES:-"128 1024"}
+SPEED_IMPLS=${SPEED_IMPLS:-"dlc-graph eager dlc"}
+SPEED_ARGS=${SPEED_ARGS:-}
 has speed && warm_start "${WARM_JOBS:-2}"
 
 # -- CPU-only parts (no GPU here) ----------------------------------------------------------------
 if has cpu; then
-    section cpu "${T_CPU:-240}"
-    run torch-twins 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_torch_equivalents.py
-    echo "  $(tail -n 1 "$WORK/logs/cpu-torch-twins.log")"
-    run cuda-bookkeeping 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
-    echo "  $(tail -n 1 "$WORK/logs/cpu-cuda-bookkeeping.log")"
-    $PY benchmarks/gpu_step.py mlp > "$WORK/logs/cpu-gpu_step.log" 2>&1
-    if grep -q "cuda backend unavailable" "$WORK/logs/cpu-gpu_step.log"; then
-        status cpu "gpu_step (no GPU)" ok "reports: $(head -n 1 "$WORK/logs/cpu-gpu_step.log" | cut -c1-150)"
+    begin cpu
+    pytest_run torch-twins 120 tests/test_torch_equivalents.py
+    pytest_run cuda-bookkeeping 120 tests/test_cuda.py
+    limited gpu_step 60 "$PY" benchmarks/gpu_step.py mlp
+    if grep -q "cuda backend unavailable" "$STEP_LOG"; then
+        status cpu "gpu_step (no GPU)" ok "reports: $(head -n 1 "$STEP_LOG" | cut -c1-150)"
     else
-        status cpu "gpu_step (no GPU)" FAILED "$(tail -n 2 "$WORK/logs/cpu-gpu_step.log" | tr '\n' ' ' | cut -c1-200)"
+        status cpu "gpu_step (no GPU)" FAILED "$(lastlines "$STEP_LOG")"
     fi
 fi
 
-# -- 1. correctness: the test suites on the GPU ---------------------------------------------------
+# -- 1. correctness: the cuda test suite on the GPU -----------------------------------------------
 if has tests; then
-    section tests "${T_TESTS:-150}"
-    run test_cuda 90 $PY -m pytest -q -p no:cacheprovider -rs --maxfail=10 tests/test_cuda.py
-    echo "  $(tail -n 1 "$WORK/logs/tests-test_cuda.log")"
-    if grep -q "SKIPPED.*cuda backend unavailable" "$WORK/logs/tests-test_cuda.log"; then
+    begin tests
+    K=()
+    [ "$QUICK" = 1 ] && K=(-k "${TESTS_K:-test_api_backend_cuda or test_example_matches_interpreter and xor}")
+    pytest_run test_cuda 85 --maxfail=10 "${K[@]}" tests/test_cuda.py
+    if grep -q "SKIPPED.*cuda backend unavailable" "$STEP_LOG"; then
         status tests "test_cuda GPU tests" FAILED "skipped: the tests did not see the GPU"
     fi
-    run test_emu 140 $PY -m pytest -q -p no:cacheprovider -rs -x tests/test_emu.py
-    echo "  $(tail -n 1 "$WORK/logs/tests-test_emu.log")"
 fi
 
 # -- 1. correctness: dlc diff on every example -----------------------------------------------------
 if has diff; then
-    section diff "${T_DIFF:-70}"
-    for f in examples/*.dln; do
-        ex=$(basename "$f" .dln)
-        if run "$ex" 25 $PY -m dlc.cli diff "$f" --backends interp,emu,cuda; then :; elif [ $RC = 124 ] || [ $RC = 137 ]; then
-            run "$ex-noemu" 15 $PY -m dlc.cli diff "$f" --backends interp,cuda
+    begin diff
+    DIFF_BACKENDS=${DIFF_BACKENDS:-interp,cuda}
+    if [ "$QUICK" = 1 ]; then DIFF_EXAMPLES=${DIFF_EXAMPLES:-"xor mlp"}; fi
+    DIFF_EXAMPLES=${DIFF_EXAMPLES:-$(for f in examples/*.dln; do basename "$f" .dln; done)}
+    diff_one() {  # NAME BACKENDS EXAMPLE: a row with dlc diff's verdict
+        limited "$1" 20 "$PY" -m dlc.cli diff "examples/$3.dln" --backends "$2" --batch "${DIFF_BATCH:-5}"
+        local said; said=$(grep -E '^(emu|cuda): skipped|^result' "$STEP_LOG" | tr '\n' ' ' | sed 's/ *$//')
+        case $RC in
+            0) status diff "$1" ok "${said#result: } (${STEP_DT}s)";;
+            125) status diff "$1" skipped "no time left in the budget";;
+            124|137) status diff "$1" FAILED "timed out after ${STEP_T}s";;
+            1) status diff "$1" FAILED "$said: $(grep -E 'DIVERG|first' "$STEP_LOG" | head -n 1 | cut -c1-150)";;
+            *) status diff "$1" FAILED "exit $RC: $(lastlines "$STEP_LOG")";;
+        esac
+    }
+    agree=()
+    for ex in $DIFF_EXAMPLES; do
+        diff_one "$ex" "$DIFF_BACKENDS" "$ex" && agree+=("$ex")
+        if [ $RC = 1 ] && [[ $DIFF_BACKENDS != *emu* ]]; then  # cuda diverges: does emu, on the same generated source?
+            diff_one "$ex+emu" interp,emu,cuda "$ex"
         fi
-        lf=$(ls -t "$WORK"/logs/diff-"$ex"*.log | head -n 1)
-        echo "  $ex: $(grep -E '^(emu|cuda): skipped|^result' "$lf" | tr '\n' ' ')"
     done
+    HEADLINE="$DIFF_BACKENDS agree at batch ${DIFF_BATCH:-5} on: ${agree[*]:-none}"
 fi
 
 # -- 1. correctness: a short training run, GPU against CPU --------------------------------------
 if has train; then
-    section train "${T_TRAIN:-50}"
+    begin train
+    [ "$QUICK" = 1 ] && TRAIN_EPOCHS=${TRAIN_EPOCHS:-1}
+    EPOCHS=()
+    [ -n "${TRAIN_EPOCHS:-}" ] && EPOCHS=(--epochs "$TRAIN_EPOCHS")
     : > "$WORK/accuracy.txt"
     for cfg in interp cuda cuda-graph; do
         extra=(--backend "${cfg%-graph}")
         [ $cfg = cuda-graph ] && extra+=(--cuda-graph)
         t0=$(now)
-        run "mlp-$cfg" 30 $PY -m dlc.cli run examples/mlp.dln "${extra[@]}" --no-progress \
+        run "mlp-$cfg" 30 "$PY" -m dlc.cli run examples/mlp.dln "${extra[@]}" "${EPOCHS[@]}" --no-progress \
             --metrics-json "$WORK/acc-$cfg.json"
-        acc=$($PY -c "import json; print(json.load(open('$WORK/acc-$cfg.json'))['val_accuracy'])" 2>/dev/null || echo FAILED)
+        acc=$("$PY" -c "import json; print(json.load(open('$WORK/acc-$cfg.json'))['val_accuracy'])" 2>/dev/null || echo FAILED)
         printf '%-11s held-out accuracy %s  (%ss)\n' "$cfg" "$acc" "$(( $(now) - t0 ))" | tee -a "$WORK/accuracy.txt"
     done
-    verdict=$($PY - "$WORK" <<'EOF'
+    verdict=$("$PY" - "$WORK" <<'EOF'
 import json, sys
 w = sys.argv[1]
 acc = {}
@@ -281,28 +552,47 @@ else:
 EOF
 )
     status train "accuracy cuda vs interp" "${verdict%% *}" "${verdict#* }"
+    HEADLINE="${TRAIN_EPOCHS:-20} epoch(s): ${verdict#* }"
     echo "${verdict#* }" >> "$WORK/accuracy.txt"
 fi
 
 # -- 2. memory safety: compute-sanitizer on one step of every example -----------------------------
 if has sanitize; then
-    section sanitize "${T_SANITIZE:-110}"
-    if [ -z "$SANITIZER" ]; then
-        status sanitize compute-sanitizer FAILED "not found on this machine"
+    begin sanitize
+    if [ $DRY = 1 ]; then
+        status sanitize compute-sanitizer skipped "dry run: no GPU for it to watch"
+    elif [ -z "$SANITIZER" ]; then
+        status sanitize compute-sanitizer skipped "compute-sanitizer not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/*)"
     else
+        # smallest first, so that a cut-off leaves the most examples checked; racecheck (shared
+        # memory hazards, the slowest tool) on a smaller batch: the block shapes are the same
+        if [ "$QUICK" = 1 ]; then SAN_EXAMPLES=${SAN_EXAMPLES:-xor}; fi
+        SAN_EXAMPLES=${SAN_EXAMPLES:-$(for f in examples/*.dln; do e=$(basename "$f" .dln)
+            case " lenet bottleneck inception " in *" $e "*) ;; *) echo "$e";; esac; done
+            for e in lenet bottleneck inception; do [ -e "examples/$e.dln" ] && echo "$e"; done)}
+        declare -A SAN_T=([memcheck]=35 [racecheck]=40 [synccheck]=25)
         for tool in ${SAN_TOOLS:-memcheck racecheck synccheck}; do
-            run "$tool" 45 "$SANITIZER" --tool "$tool" --print-limit 50 --error-exitcode 99 \
-                $PY benchmarks/gpu_step.py --batch 7
-            f="$WORK/logs/sanitize-$tool.log"
+            batch=7
+            [ "$tool" = racecheck ] && batch=${RACE_BATCH:-3}
+            # shellcheck disable=SC2086
+            limited "$tool" "${SAN_T[$tool]:-40}" "$SANITIZER" --tool "$tool" --print-limit 50 --error-exitcode 99 \
+                "$PY" benchmarks/gpu_step.py --batch "$batch" $SAN_EXAMPLES
+            f=$STEP_LOG
             summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard" "$f" | tail -n 2 | tr '\n' ' ')
             per=$(awk '/^@@ [^ ]+ start/ {ex=$2} /^========= +(Invalid|Program hit|Error|Race|ERROR|Barrier|Divergent|Warning)/ && !/SUMMARY/ && ex != "" {n[ex]++}
                        END {for (e in n) printf "%s:%d ", e, n[e]}' "$f")
+            done_ok=$(awk '/^@@ [^ ]+ ok/ {printf "%s ", $2}' "$f")
             steps=$(grep -c '^@@ .* ok' "$f")
-            if grep -q "Device not supported" "$f"; then
-                status sanitize "$tool summary" FAILED "compute-sanitizer cannot watch this GPU here (Device not supported: a sandboxed or virtualised GPU?)"
+            total=$(echo $SAN_EXAMPLES | wc -w)
+            if [ $RC = 125 ]; then
+                status sanitize "$tool" skipped "no time left in the budget"
+            elif grep -q "Device not supported" "$f"; then
+                status sanitize "$tool" FAILED "compute-sanitizer cannot watch this GPU here (Device not supported: a sandboxed or virtualised GPU?)"
+            elif { [ $RC = 124 ] || [ $RC = 137 ]; } && [ -z "$per" ]; then
+                status sanitize "$tool" skipped "cut off after ${STEP_T}s (batch $batch): clean on $steps of $total examples (${done_ok:-none}); the rest not reached"
             else
-                status sanitize "$tool summary" "$([ $RC = 0 ] && echo ok || echo FAILED)" \
-                    "${summary:-no summary line} | steps ok $steps | findings by example: ${per:-none}"
+                status sanitize "$tool" "$([ $RC = 0 ] && echo ok || echo FAILED)" \
+                    "batch $batch: ${summary:-no summary line (exit $RC)} | steps ok $steps of $total | findings by example: ${per:-none}"
             fi
         done
     fi
@@ -312,65 +602,59 @@ stop_warm
 
 # -- 3. kernels against a copy and cuBLAS -----------------------------------------------------
 if has kernels; then
-    section kernels "${T_KERNELS:-45}"
+    begin kernels
+    [ "$QUICK" = 1 ] || [ $DRY = 1 ] && KERNEL_ARGS=${KERNEL_ARGS:-"--batch 64 --reps 3 --big 256 --copy-mib 16"}
     # shellcheck disable=SC2086
-    run mlp 60 $PY benchmarks/bench_gpu.py kernels --example mlp ${KERNEL_ARGS:---batch 1024 32768} --json "$WORK/kernels.json"
-    grep -v '^{' "$WORK/logs/kernels-mlp.log" | tail -n 25
+    run mlp 25 "$PY" benchmarks/bench_gpu.py kernels --example mlp ${KERNEL_ARGS:---batch 1024 32768} --json "$WORK/kernels.json"
+    grep -v '^{' "$STEP_LOG" | tail -n 25
 fi
 
 # -- 3. speed: one process per configuration ------------------------------------------------------
+# Each (example, batch) pair is completed before the next, so a cut-off leaves whole rows.
 if has speed; then
-    section speed "${T_SPEED:-200}"
+    begin speed
     : > "$WORK/speed.jsonl"
+    speed_one() {  # IMPL EXAMPLE BATCH
+        local impl=$1 ex=$2 b=$3
+        # shellcheck disable=SC2086
+        run "$impl-$ex-$b" 60 "$PY" benchmarks/bench_gpu.py step --impl "$impl" --example "$ex" --batch "$b" \
+            --device "$TORCH_DEVICE" --json "$WORK/speed.jsonl" $SPEED_ARGS
+        grep -q "^{" "$STEP_LOG" 2>/dev/null || \
+            echo "{\"kind\": \"step\", \"impl\": \"$impl\", \"example\": \"$ex\", \"batch\": $b, \"error\": \"$([ $RC = 125 ] && echo 'skipped: no time left' || echo "no record (exit $RC)")\"}" \
+            >> "$WORK/speed.jsonl"
+    }
+    PLAIN=() COMPILED=()
     for impl in $SPEED_IMPLS; do
-        case $impl in compile*)
-            [ "$TORCH_GPU" = 1 ] || { status speed "$impl" SKIPPED "torch has no GPU"; continue; }
-            if [ -n "$(warm_todo)" ]; then  # compile what is not cached yet, nothing timed meanwhile
-                l=$(left)
-                echo "compiling $(warm_todo | wc -l) torch.compile configurations first (at most $(( l / 2 ))s)"
-                warm_start "${WARM_JOBS_SPEED:-4}"
-                warm_wait $(( l / 2 ))
-            fi;;
+        case $impl in
+            eager|compile*) if [ "${TORCH_OK:-0}" != 1 ]; then status speed "$impl" skipped "${TORCH_WHY:-PyTorch unusable}"; continue; fi;;
         esac
-        for b in $SPEED_BATCHES; do
-            for ex in $SPEED_EXAMPLES; do
-                run "$impl-$ex-$b" 90 $PY benchmarks/bench_gpu.py step --impl "$impl" --example "$ex" --batch "$b" \
-                    --device "$TORCH_DEVICE" --json "$WORK/speed.jsonl"
-                grep -q "^{" "$WORK/logs/speed-$impl-$ex-$b.log" 2>/dev/null || \
-                    echo "{\"kind\": \"step\", \"impl\": \"$impl\", \"example\": \"$ex\", \"batch\": $b, \"error\": \"$([ $RC = 125 ] && echo 'skipped: no time left' || echo "no record (exit $RC)")\"}" \
-                    >> "$WORK/speed.jsonl"
-            done
-        done
+        case $impl in compile*) COMPILED+=("$impl");; *) PLAIN+=("$impl");; esac
     done
+    for ex in $SPEED_EXAMPLES; do for b in $SPEED_BATCHES; do for impl in "${PLAIN[@]}"; do
+        speed_one "$impl" "$ex" "$b"
+    done; done; done
+    if [ ${#COMPILED[@]} -gt 0 ]; then
+        if [ -n "$(warm_todo)" ]; then  # compile what is not cached yet, nothing timed meanwhile
+            l=$(left)
+            echo "compiling $(warm_todo | wc -l) torch.compile configurations first (at most $(( l / 2 ))s)"
+            warm_start "${WARM_JOBS_SPEED:-4}"
+            warm_wait $(( l / 2 ))
+        fi
+        for ex in $SPEED_EXAMPLES; do for b in $SPEED_BATCHES; do for impl in "${COMPILED[@]}"; do
+            speed_one "$impl" "$ex" "$b"
+        done; done; done
+    fi
 fi
 
-# -- 1. the rest of the suite, if time allows -------------------------------------------------
+# -- 1. the rest of the suite, with what time is left ------------------------------------------
 if has suite; then
-    section suite $(( BUDGET - $(elapsed) - 15 ))
-    run rest-of-suite 600 $PY -m pytest -q -p no:cacheprovider -rs -x --ignore=tests/test_cuda.py \
-        --ignore=tests/test_emu.py tests
-    echo "  $(tail -n 1 "$WORK/logs/suite-rest-of-suite.log" 2>/dev/null)"
+    if [ "$QUICK" = 1 ]; then
+        skip_section suite "quick mode (the suite itself runs this dry run, in tests/test_gpu_check.py)"
+    else
+        begin suite
+        CUT_OFF_OK=1 pytest_run rest-of-suite 600 --maxfail=5 --ignore=tests/test_cuda.py \
+            --ignore=tests/test_gpu_check.py tests
+    fi
 fi
 
-# -- summary ------------------------------------------------------------------------------------
-stop_warm
-echo
-echo "=== summary ($(elapsed)s) ==="
-RESULT="$OUT/gpu-$DATE${TAG:+-$TAG}.txt"
-{
-    echo "command: bash benchmarks/gpu_check.sh $*   (sections ${SECTIONS})"
-    $PY benchmarks/bench_gpu.py summary --work "$WORK" 2>&1 || echo "summary FAILED"
-    echo "total time $(elapsed)s"
-} > "$RESULT"
-for f in env.json speed.jsonl kernels.json; do [ -e "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done
-tar -czf "$OUT/logs.tar.gz" -C "$WORK" . 2>/dev/null || true
-if [ $HAVE_GPU = 1 ] && [ "${DLC_FAKE_CUPY:-0}" != 1 ] && [ -d benchmarks/results ]; then cp "$RESULT" "benchmarks/results/"; fi
-cat "$RESULT"
-echo
-echo "=== not ok (also above) ==="
-grep -E "^  [a-z]+ +.* (FAILED|SKIPPED|NONE) " "$RESULT" | cut -c1-170 | head -n 40
-grep -E "^target|^FAILED" "$RESULT" | cut -c1-170 | head -n 20
-echo "results: $RESULT (commit as benchmarks/results/$(basename "$RESULT")), full log $LOG, logs $OUT/logs.tar.gz"
-exec 1>&- 2>&-
-wait "$TEE_PID" 2>/dev/null
-exit 0
+finish 0

@@ -18,6 +18,11 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | deep_mlp | 64-128(relu)-64(relu)-10 | cross-entropy + 1e-4 * sum of squared weights | RMSprop lr 0.001 |
 | lenet    | conv3x3(16)-pool-conv3x3(32)-pool-64-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
+| transfer_base | 64-64(relu)-64(relu)-5 | cross-entropy | SGD, momentum ramp 0.5 -> 0.9, cosine lr with warm-up |
+| transfer_finetune | the same, hidden layers frozen, a new head | cross-entropy | SGD with momentum, step lr |
+
+Schedules (lr and momentum by step) are applied by `Scheduled` with dlc's formulas before each
+step; frozen params have `requires_grad=False`.
 
 The optimizer settings are read from the compiled dlc model (`graph.meta.optimizer`), so they
 follow the `.dln` file. dlc stores a dense weight as [in, out] (`x @ w`); nn.Linear as
@@ -31,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception")
+EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception", "transfer_base", "transfer_finetune")
 
 
 class MLP(nn.Module):  # mlp.dln: params w1 b1 w2 b2
@@ -146,8 +151,23 @@ class InceptionNet(nn.Module):
         return self.logits(gap.flatten(1))
 
 
+class Transfer(nn.Module):  # transfer_base.dln / transfer_finetune.dln: 64-64(relu)-64(relu)-5
+    def __init__(self, head: str, frozen: bool):
+        super().__init__()
+        self.h1, self.h2, self.out = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 5)
+        self.dlc = {"h1.w": "h1.weight", "h1.b": "h1.bias", "h2.w": "h2.weight", "h2.b": "h2.bias",
+                    f"{head}.w": "out.weight", f"{head}.b": "out.bias"}
+        self.decay = []
+        for p in (self.h1.weight, self.h1.bias, self.h2.weight, self.h2.bias):
+            p.requires_grad_(not frozen)  # `freeze`: no gradient, no update
+
+    def forward(self, x):
+        return self.out(torch.relu(self.h2(torch.relu(self.h1(x)))))
+
+
 MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet,
-          "inception": InceptionNet}
+          "inception": InceptionNet, "transfer_base": lambda: Transfer("digits", False),
+          "transfer_finetune": lambda: Transfer("head", True)}
 
 # the weight-decay factor each .dln adds as `c * l2(...)`
 L2 = {"mlp": 1e-4, "deep_mlp": 1e-4}
@@ -206,10 +226,53 @@ def loss_fn(name: str, net: nn.Module):
     return f
 
 
-def optimizer(net: nn.Module, spec) -> torch.optim.Optimizer:
-    """torch.optim from dlc's (name, settings), e.g. graph.meta.optimizer."""
+def scheduled_lr(s: dict, t: int) -> float:
+    """The learning rate of step t (from 0) under dlc's schedule settings (docs/language.md)."""
+    import math
+    kind, k = s.get("schedule", "constant"), s.get("warmup", 0)
+    u = max(0, t - k)
+    if kind == "step":
+        lr = s["lr"] * s["gamma"] ** (u // s["step_size"])
+    elif kind == "exponential":
+        lr = s["lr"] * s["gamma"] ** u
+    elif kind == "cosine":
+        span = s["total"] - k
+        lr = s["lr_min"] + (s["lr"] - s["lr_min"]) * (1 + math.cos(math.pi * min(u, span) / span)) / 2
+    else:
+        lr = s["lr"]
+    return lr * (min(1.0, (t + 1) / k) if k else 1.0)
+
+
+class Scheduled:
+    """A torch optimizer whose lr (and SGD momentum) follow dlc's schedule, set before each step."""
+
+    def __init__(self, opt, s: dict):
+        self.opt, self.s, self.t = opt, s, 0
+
+    def zero_grad(self):
+        self.opt.zero_grad()
+
+    def step(self):
+        s = self.s
+        for group in self.opt.param_groups:
+            group["lr"] = scheduled_lr(s, self.t)
+            if s.get("momentum_warmup"):
+                group["momentum"] = s["momentum"] - (s["momentum"] - s["momentum_start"]) * max(
+                    0.0, 1 - self.t / s["momentum_warmup"])
+        self.opt.step()
+        self.t += 1
+
+
+def optimizer(net: nn.Module, spec):
+    """torch.optim from dlc's (name, settings), e.g. graph.meta.optimizer; wrapped in `Scheduled`
+    when the settings have a schedule."""
     name, s = spec
-    ps = list(net.parameters())
+    opt = _optimizer(net, name, s)
+    return Scheduled(opt, s) if any(k in s for k in ("schedule", "warmup", "momentum_warmup")) else opt
+
+
+def _optimizer(net, name, s):
+    ps = [p for p in net.parameters() if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(ps, lr=s["lr"], momentum=s["momentum"], nesterov=bool(s["nesterov"]))
     if name == "rmsprop":

@@ -37,6 +37,8 @@ struct dim3 {
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static thread_local
+#define __align__(n) alignas(n)
+struct alignas(16) float4 { float x, y, z, w; };
 #define __launch_bounds__(...)
 
 // Everything below has internal linkage (an unnamed namespace, `static` functions): each loaded

@@ -43,10 +43,11 @@ _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUnde
 CTYPE = {"f32": "float", "i32": "int", "u32": "unsigned int"}
 RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime before each run
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
-MATMUL_TILE = 16             # matmul: TILE x TILE threads, TILE x TILE shared tiles of A and B
+GEMM_TILE = (64, 64, 16, 8, 8)  # matmul: BM x BN outputs per block, BK-deep slices, TM x TN per thread
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
-POINTWISE = ("elementwise", "broadcast")  # families a fusion group computes inline
-INLINED = ("const", "shape")  # families whose value a fused kernel writes as a literal
+POINTWISE = ("elementwise", "broadcast", "slice")  # families a fusion group computes inline
+INLINED = ("const", "shape")
+STORE_HOOK = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # families whose template ends in store.cu.j2  # families whose value a fused kernel writes as a literal
 UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 COLUMN_OUTPUTS = 64          # reducing leading axes into at least this many outputs: a thread per output
@@ -210,7 +211,7 @@ def plan_memory(mod: "Module") -> None:
     for l in mod.launches:
         l.args = [slot_of.get(a, a) for a in l.args]
     mod.node_buffer = {n: slot_of.get(b, b) for n, b in mod.node_buffer.items()}
-    mod.reused = {n for n, b in mod.node_buffer.items() if b.startswith("@s")}
+    mod.reused |= {n for n, b in mod.node_buffer.items() if b.startswith("@s")}
 
 
 class _Generator:
@@ -225,6 +226,9 @@ class _Generator:
         self.commits: list[str] = []     # assigns, committed after every kernel of the step
         self._epilogue: dict | None = None  # set while a product's kernel is emitted with a group
         self.inplace: dict[str, str] = {}    # assign -> target that an update group writes in place
+        self.concats: set[str] = set()       # concats whose parts are stored into their buffer
+        self.into: dict[str, tuple] = {}     # part -> (concat, C index of element j in the concat)
+        self.unkept: set[str] = set()        # values stored only inside a concat's buffer
 
     def run(self) -> Module:
         g = self.g
@@ -237,10 +241,15 @@ class _Generator:
                 for a in g.users(m):
                     if OPS[g.op(a)].family == "assign":
                         self.inplace[a] = self.node_buffer[a] = self.node_buffer[m] = g.operands(a)[0]
+        if g.meta.groups:
+            self._plan_concats(member_of)
         for n in g.order():
             op = g.op(n)
             if op not in OPS:
                 raise DlcError(f"codegen: unknown op '{op}'", g.loc(n))
+            if n in self.concats:  # every part was stored into it by its producer
+                self.node_buffer[n] = n
+                continue
             if n in member_of:
                 if member_of[n] == n and g.meta.groups[n][0] != "update":
                     self.emit_group(n)
@@ -266,12 +275,56 @@ class _Generator:
         mod = Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
         mod.after_commit = {n for r in updates for n in g.meta.groups[r][1] if n in self.node_buffer}
         mod.after_commit |= set(self.inplace)
+        mod.reused |= self.unkept
         return mod
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _plan_concats(self, member_of: dict) -> None:
+        """Concat elimination (-O2): when every part of a concat is computed by a kernel whose
+        store can be redirected (a fusion group's root, or a matmul or convolution) and is used
+        by the concat alone, each of those kernels writes its part straight into its slice of the
+        concat's buffer, and no concat kernel runs. (Its adjoint's slices are read in place by
+        the fused kernels that consume them.)"""
+        g = self.g
+        m = g.meta
+        wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values())
+        for c in g.order():
+            if OPS[g.op(c)].family != "concat" or c in member_of:
+                continue
+            parts = g.operands(c)
+            shape = g.type(c).shape
+            axis = normalize_axes(g.attrs(c)["axis"], len(shape))[0]
+            inner = Size.of(shape[axis + 1:])
+            if len(set(parts)) != len(parts) or not all(self._redirectable(v, c, member_of, wanted) for v in parts):
+                continue
+            t = g.type(c)
+            self.buffers[c] = Buffer(c, t.dtype, list(t.shape), "temp")
+            self.concats.add(c)
+            start = 0
+            for v in parts:
+                length = g.type(v).shape[axis]
+                span, total, off = (Size(length) * inner).c(), (Size(shape[axis]) * inner).c(), (Size(start) * inner).c()
+                self.into[v] = (c, lambda j, s=span, t=total, o=off: f"(({j}) / {s}) * {t} + {o} + ({j}) % {s}")
+                start += length
+
+    def _redirectable(self, v: str, c: str, member_of: dict, wanted: set) -> bool:
+        """A part can be stored into the concat when its kernel's store can be redirected and
+        every other reader is a fusion group, which loads it from its slice (`_pointwise_body`)."""
+        g = self.g
+        others = [u for u in g.users(v) if u != c]
+        if v in wanted or g.meta.groups.get(member_of.get(v), ("",))[0] == "update" or list(
+                g.operands(c)).count(v) != 1 or any(u not in member_of or u == v for u in others):
+            return False
+        if member_of.get(v) == v:  # a group's root: its kernel is pointwise.cu.j2 or a product's
+            return True
+        return v not in member_of and OPS[g.op(v)].family in STORE_HOOK
+
     def _temp(self, n: str) -> str:
         if self._epilogue and n == self._epilogue["producer"]:
             n = self._epilogue["root"]  # the product's value lives only in registers
+        if n in self.into:  # stored into its slice of a concat's buffer (see _plan_concats)
+            self.unkept.add(n)
+            return self.into[n][0]
         t = self.g.type(n)
         self.buffers[n] = Buffer(n, t.dtype, list(t.shape), "temp")
         self.node_buffer[n] = n
@@ -308,6 +361,10 @@ class _Generator:
         if epi:  # the product's kernel, finishing with its fusion group (see emit_group)
             n, ins, stem = epi["root"], ins + epi["bufs"], epi["stem"] or stem
             extra_dims, comment = tuple(extra_dims) + tuple(epi["dims"]), epi["comment"]
+        # where element j of the value goes: its place, or its slice of a concat's buffer
+        ctx["dest"] = self.into[n][1] if n in self.into else (lambda j: j)
+        if n in self.into:
+            comment = (comment or self._comment(n, what)) + [f"stores into its slice of %{self.into[n][0]} (concat elimination)"]
         dims = sorted(set(symbols_of(*[self.buffers[b].shape for b in [out] + ins])) | set(extra_dims))
         name = self._kernel_name(stem or f"{self.g.op(n)}_{n}")
         params = [f"{CTYPE[self.buffers[out].dtype]}* __restrict__ out"]
@@ -417,12 +474,26 @@ class _Generator:
                     expr[a] = f"(float)({count.c()})"
                 else:
                     var = f"x{len(bufs)}"
-                    loads.append((var, slot0 + len(bufs), broadcast_index(index, shape, g.type(a).shape)))
-                    bufs.append(self.node_buffer[a])
+                    at = broadcast_index(index, shape, g.type(a).shape)
+                    if a in self.into:  # stored in its slice of a concat's buffer
+                        buf, at = self.into[a][0], self.into[a][1](at)
+                    else:
+                        buf = self.node_buffer[a]
+                    loads.append((var, slot0 + len(bufs), at))
+                    bufs.append(buf)
                     expr[a] = var
             return expr[a]
         for k, m in enumerate(members):
             d = OPS[g.op(m)]
+            if d.family == "slice":  # its operand, gathered: the slice's element `index`
+                a = g.operands(m)[0]
+                at = self._slice_index(m, index)
+                var = f"x{len(bufs)}"
+                loads.append((var, slot0 + len(bufs), at))
+                bufs.append(self.node_buffer[a])
+                lets.append((f"t{k}", var))
+                expr[m] = f"t{k}"
+                continue
             args = g.operands(m)[:1] if d.family == "broadcast" else g.operands(m)
             vals = [expr[a] if a in inside else outside(a) for a in args]
             lets.append((f"t{k}", _ewise(g.op(m), *vals) if d.family == "elementwise" else vals[0]))
@@ -509,15 +580,31 @@ class _Generator:
         g = self.g
         self._copy(n, broadcast_index("i", g.type(n).shape, g.type(g.operands(n)[0]).shape))
 
-    def emit_slice(self, n):
+    def _slice_index(self, n, index: str) -> str:
+        """The operand element that element `index` of slice `n` reads."""
         g = self.g
         in_shape = g.type(g.operands(n)[0]).shape
         a = g.attrs(n)
         axis = normalize_axes(a["axis"], len(in_shape))[0]
         st = strides(in_shape)
-        index = gather_index("i", g.type(n).shape, st)
-        start = Size(a["start"]) * st[axis]
-        self._copy(n, index if a["start"] == 0 else f"{index} + {start.c()}")
+        at = gather_index(index, g.type(n).shape, st)
+        return at if a["start"] == 0 else f"{at} + {(Size(a['start']) * st[axis]).c()}"
+
+    def emit_slice(self, n):
+        self._copy(n, self._slice_index(n, "i"))
+
+    def emit_pad(self, n):
+        """out[..., c, ...] = in0[..., c - start, ...] where start <= c < start + length, else 0."""
+        g = self.g
+        out_shape = g.type(n).shape
+        a = g.attrs(n)
+        axis = normalize_axes(a["axis"], len(out_shape))[0]
+        length = g.type(g.operands(n)[0]).shape[axis]
+        size = Size.of(out_shape)
+        ctx = dict(size=size.c(), inner=Size.of(out_shape[axis + 1:]).c(), total=a["total"], start=a["start"],
+                   stop=a["start"] + length, length=length)
+        self._add(n, "pad.cu.j2", ctx, self._temp(n), self._ins(n), [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1],
+                  [ELEMENTWISE_BLOCK, 1, 1])
 
     def emit_concat(self, n):
         """out[..., c, ...] along the axis comes from the operand whose range holds c."""
@@ -677,17 +764,22 @@ class _Generator:
         b_index = f"col * {K.c()} + kb" if tb else f"kb * {N.c()} + col"
         variant = ("t" if ta else "n") + ("t" if tb else "n")
         self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}",
-                   f"{'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}")
+                   f"{'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}", a_fast="m" if ta else "k",
+                   b_fast="k" if tb else "n")
 
-    def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1"):
-        """The tiled shared-memory product out[row, col] = sum_k A[row, k] B[k, col], with the
+    def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1",
+              a_fast="k", b_fast="n"):
+        """The register-blocked product out[row, col] = sum_k A[row, k] B[k, col], with the
         element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
-        are the operands named `a_in` and `b_in`."""
-        T = MATMUL_TILE
-        ctx = dict(M=M.c(), N=N.c(), K=K.c(), tile=T, a_index=a_index, b_index=b_index,
-                   out_index=out_index, what=what, a_in=a_in, b_in=b_in)
+        are the operands named `a_in` and `b_in`. `a_fast` ("m" or "k") and `b_fast` ("n" or "k")
+        say which index runs along memory in each operand, so that staging reads coalesce."""
+        BM, BN, BK, TM, TN = GEMM_TILE
+        threads = (BM // TM) * (BN // TN)
+        ctx = dict(M=M.c(), N=N.c(), K=K.c(), BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, threads=threads,
+                   a_index=a_index, b_index=b_index, out_index=out_index, what=what, a_in=a_in, b_in=b_in,
+                   a_fast=a_fast, b_fast=b_fast)
         self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n),
-                  [ceil_div(N, T), ceil_div(M, T), 1], [T, T, 1], barriers=True, stem=stem)
+                  [ceil_div(N, BN), ceil_div(M, BM), 1], [threads, 1, 1], barriers=True, stem=stem)
 
     def _conv_1x1(self, n, x_shape, g_shape, w_shape, which) -> bool:
         """A 1x1 convolution with stride 1 and no padding is a matrix product over the channels at
@@ -709,11 +801,13 @@ class _Generator:
                        pixel("col", o) + f" + row * {P}", f"conv1x1_{n}", "w @ x, per pixel", "in1", "in0")
         elif which == "grad_x":      # dx[b, c, p] = sum_o w[o, c] g[b, o, p]; operands (g, w, x)
             self._gemm(n, Size.of([c]), Size.of([o]), B, f"ka * {c} + row", pixel("col", o) + f" + kb * {P}",
-                       pixel("col", c) + f" + row * {P}", f"conv1x1_grad_x_{n}", "w^T @ g, per pixel", "in1", "in0")
+                       pixel("col", c) + f" + row * {P}", f"conv1x1_grad_x_{n}", "w^T @ g, per pixel", "in1", "in0",
+                       a_fast="m")
         else:                        # dw[o, c] = sum over (b, p) of g[b, o, p] x[b, c, p]; operands (x, g, w)
             self._gemm(n, Size.of([o]), B, Size.of([c]), pixel("ka", o) + f" + row * {P}",
                        pixel("kb", c) + f" + col * {P}", f"row * {c} + col",
-                       f"conv1x1_grad_w_{n}", "g @ x^T, summed over images and pixels", "in1", "in0")
+                       f"conv1x1_grad_w_{n}", "g @ x^T, summed over images and pixels", "in1", "in0",
+                       b_fast="k")
         return True
 
 def _ewise(op: str, a: str, b: str | None = None) -> str:
@@ -738,6 +832,7 @@ EMITTERS = {
     "broadcast": _Generator.emit_broadcast,
     "slice": _Generator.emit_slice,
     "concat": _Generator.emit_concat,
+    "pad": _Generator.emit_pad,
     "alias": _Generator.emit_alias,
     "conv": _Generator.emit_conv,
     "conv_grad_x": _Generator.emit_conv_grad_x,

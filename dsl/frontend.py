@@ -18,7 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
 from ..ir.ops import OPS, REQUIRED, VARIADIC
-from ..ir.optim import INITIALISERS, OPTIMIZERS, TRAIN_SETTINGS
+from ..ir.optim import INITIALISERS, OPTIMIZERS, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS, schedule_problem
 from ..ir.types import DTYPES, TensorType
 from ..ir.verify import verify
 from . import ast as A
@@ -245,9 +245,11 @@ class _Lowerer:
         if len(s.args) > len(names):
             raise DlcError(f"{what} takes at most {len(names)} settings, found {len(s.args)}", s.loc)
         given = dict(zip(names, s.args))
+        extra = SCHEDULE_SETTINGS if isinstance(s, A.Minimize) else {}  # by name only
         for k, v in s.kwargs.items():
-            if k not in table:
-                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, table)} (settings: {', '.join(names)})",
+            if k not in table and k not in extra:
+                known = names + list(extra)
+                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, known)} (settings: {', '.join(known)})",
                                s.loc)
             if k in given:
                 raise DlcError(f"{what}: '{k}' given twice", s.loc)
@@ -276,7 +278,35 @@ class _Lowerer:
                 out[k] = default
         if isinstance(s, A.Minimize) and out.get("nesterov") and not out.get("momentum"):
             raise DlcError(f"{what}: nesterov needs a momentum greater than 0", s.loc)
+        if extra:
+            self.schedule_settings(s, given, out, what, scope)
         return out
+
+    def schedule_settings(self, s, given: dict, out: dict, what: str, scope) -> None:
+        """The learning-rate and momentum schedule settings given (`schedule = cosine, total = 1000`),
+        checked, into `out` with the chosen schedule's defaults (ir/optim.py)."""
+        for k in SCHEDULE_SETTINGS:
+            if k not in given:
+                continue
+            node = given[k]
+            if k == "schedule" and isinstance(node, A.Name):
+                v = node.name  # a bare name: schedule = cosine
+                if v not in SCHEDULES:
+                    raise DlcError(f"{what}: schedule must be one of {', '.join(SCHEDULES)}, found '{v}'"
+                                   f"{_suggest(v, SCHEDULES)}", node.loc)
+            else:
+                v = self.expr(node, scope, _Stmt("setting", 0))
+            if isinstance(v, (Tensor, Sym, list)):
+                raise DlcError(f"{what}: {k} must be a constant", node.loc)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise DlcError(f"{what}: {k} must not be negative, found {v}", node.loc)
+            out[k] = float(v) if SCHEDULE_SETTINGS[k] is float and isinstance(v, int) and not isinstance(v, bool) \
+                else v
+        bad = schedule_problem(s.optimizer, out)
+        if bad:
+            k, msg = bad
+            raise DlcError(f"{what}: {k} {msg}" if not msg.startswith("schedule =") else f"{what}: {msg}",
+                           given[k].loc if k in given else s.loc)
 
     def define(self, scope: _Scope, name: str, value, loc: Loc):
         if isinstance(scope.vars.get(name), Sym) and not scope.in_func:

@@ -108,6 +108,7 @@ FAMILIES = {  # family: (keys its entries declare in `kernel`, default FLOP rule
     "transpose": ((), _no_flops),     # gathers: copies with an index map
     "broadcast": ((), _no_flops),
     "slice": ((), _no_flops),
+    "pad": ((), _no_flops),           # zeros around the operand along one axis
     "concat": ((), _no_flops),
     "alias": ((), _no_flops),         # reshape: the same buffer under another shape
     "conv": ((), _no_flops), "conv_grad_x": ((), _no_flops), "conv_grad_w": ((), _no_flops),

@@ -257,7 +257,33 @@ def _slice(x, axis, start, stop):
     return x[tuple(idx)]
 
 
+def _pad_rule(types, attrs):
+    t = types[0]
+    ax = normalize_axes(attrs["axis"], t.rank, "pad axis")[0]
+    lo, total = attrs["start"], attrs["total"]
+    if isinstance(t.shape[ax], str) or not (0 <= lo and lo + t.shape[ax] <= total):
+        raise DlcError(f"pad of {t} to {total} at {lo} along axis {ax} does not fit")
+    return t.with_shape(total if i == ax else d for i, d in enumerate(t.shape))
+
+
+def _pad(x, axis, start, total):
+    width = [(0, 0)] * x.ndim
+    width[axis] = (start, total - start - x.shape[axis])
+    return np.pad(x, width)
+
+
+def _slice_vjp(b, n, g):
+    ax = normalize_axes(n.attrs["axis"], n.type.rank)[0]
+    return [lambda: b.pad(g, axis=ax, start=n.attrs["start"], total=n.types[0].shape[ax])]
+
+
 op("concat", VARIADIC, _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp,
    family="concat", attrs={"axis": 1}, doc="join tensors along an axis (default 1, the channels)")
-op("slice", 1, _slice_rule, _slice, family="slice", attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
-   dsl=False, doc="x[start:stop] along one axis (the adjoint of concat)")
+op("pad", 1, _pad_rule, _pad, lambda b, n, g: [lambda: b.slice(g, axis=n.attrs["axis"], start=n.attrs["start"],
+                                                                stop=n.attrs["start"] + n.types[0].shape[
+                                                                    normalize_axes(n.attrs["axis"], n.type.rank)[0]])],
+   family="pad", attrs={"axis": REQUIRED, "start": REQUIRED, "total": REQUIRED}, dsl=False,
+   doc="x placed at [start:start+len) of zeros of length total along one axis (the adjoint of slice)")
+op("slice", 1, _slice_rule, _slice, _slice_vjp, family="slice",
+   attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
+   doc="x[start:stop] along one axis (also the adjoint of concat)")

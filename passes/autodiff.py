@@ -129,6 +129,7 @@ def autodiff(g: Graph) -> Graph:
 def _total(b: _GradBuilder, n: str, parts: list[str], name: str, made_for: set) -> str:
     """The adjoint of `n`, named `name`: its one contribution, or the sum of several (fan-out).
     A contribution passed through from a user (not made for `n`) keeps its own name."""
+    parts = _join_slices(b, parts, made_for)
     if len(parts) == 1:
         return b.rename(parts[0], name, adjoint=True) if parts[0] in made_for else parts[0]
     total = parts[0]
@@ -136,3 +137,30 @@ def _total(b: _GradBuilder, n: str, parts: list[str], name: str, made_for: set) 
         last = i == len(parts)
         total = b.add("add", [total, p], name=name if last else f"{name}.add", adjoint=last)
     return total
+
+
+def _join_slices(b: _GradBuilder, parts: list[str], made_for: set) -> list[str]:
+    """Slices that partition one axis of a value send back pads (each adjoint in its place,
+    zeros elsewhere); summed, those are the concatenation of the adjoints along the axis. So
+    such pads are replaced by one `concat` of what they pad: no zeros are made and nothing is
+    added (the inception pass slices one merged 1x1 convolution into its branches)."""
+    g = b.graph
+    pads: dict = {}
+    for p in parts:
+        if g.op(p) == "pad":
+            pads.setdefault((g.attrs(p)["axis"], g.attrs(p)["total"], g.type(p)), []).append(p)
+    for (axis, total, _), group in pads.items():
+        group.sort(key=lambda p: g.attrs(p)["start"])
+        ends = [g.attrs(p)["start"] for p in group] + [total]
+        inner = [g.operands(p)[0] for p in group]
+        ax = axis if axis >= 0 else axis + g.type(group[0]).rank
+        if len(group) < 2 or ends[0] != 0 or any(
+                ends[i] + g.type(v).shape[ax] != ends[i + 1] for i, v in enumerate(inner)):
+            continue
+        joined = b.add("concat", inner, {"axis": ax})
+        made_for.add(joined)
+        for p in group:
+            if not g.users(p):
+                g.remove(p)
+        parts = [p for p in parts if p not in group] + [joined]
+    return parts

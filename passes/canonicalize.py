@@ -38,7 +38,7 @@ def fold_transpose(g: Graph) -> Graph:
                 changed = True
         if changed:
             replace_node(g, n, "matmul", args, attrs)
-    return dce(g)
+    return _drop_dead(g)  # on this pass's own copy
 
 
 def constant_fold(g: Graph) -> Graph:
@@ -63,7 +63,7 @@ def constant_fold(g: Graph) -> Graph:
                 value = None  # keep it visible rather than bake an inf into the model
         if value is not None:
             replace_node(g, n, "const", [], {"value": value})
-    return dce(g)
+    return _drop_dead(g)  # on this pass's own copy
 
 
 def cse(g: Graph) -> Graph:
@@ -88,7 +88,11 @@ def cse(g: Graph) -> Graph:
 
 def dce(g: Graph) -> Graph:
     """Remove nodes that nothing wanted (outputs, loss, gradients, assignments) depends on."""
-    g = g.copy()
+    return _drop_dead(g.copy())
+
+
+def _drop_dead(g: Graph) -> Graph:
+    """DCE in place, on a graph the calling pass has already copied."""
     live = g.upstream(g.roots())
     for n in list(g.nx):
         if n not in live and g.op(n) not in _KEEP:

@@ -1,7 +1,7 @@
 """Kernel fusion (-O2): which nodes one kernel computes, recorded in `meta.groups`.
 
-A group is a connected set of pointwise nodes (the `elementwise` and `broadcast` kernel
-families) that codegen turns into a single kernel, one thread per element of the group's root:
+A group is a connected set of pointwise nodes (the `elementwise`, `broadcast` and `slice`
+kernel families) that codegen turns into a single kernel, one thread per element of the group's root:
 the members' values live in registers and never touch memory. The rules, as TVM's FuseOps and
 XLA's loop fusion apply them to injective ops (rule `elementwise`):
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ..ir.graph import Graph
 from ..ir.ops import OPS
 
-POINTWISE = ("elementwise", "broadcast")
+POINTWISE = ("elementwise", "broadcast", "slice")  # a slice gathers its operand: a load, no kernel
 PRODUCERS = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # kernels with an epilogue hook
 
 

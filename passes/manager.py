@@ -2,7 +2,8 @@
 
     -O0  autodiff, optimizer            (the graph as derived, nothing simplified)
     -O1  + transpose folding, constant folding, CSE, DCE      (the default)
-    -O2  + fusion: groups of pointwise nodes computed by one kernel each
+    -O2  + merged sibling 1x1 convolutions (before autodiff), fusion: groups of nodes computed
+         by one kernel each, memory planning in codegen
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from ..ir.verify import verify
 from .autodiff import autodiff
 from .canonicalize import constant_fold, cse, dce, fold_transpose
 from .fusion import fuse
+from .inception import merge_1x1
 from .optimizer import optimizer_update
 
 # (name, pass, lowest -O level that runs it)
 PIPELINE = [
+    ("inception", merge_1x1, 2),        # sibling 1x1 convolutions: one wider one (forward, so training too)
     ("autodiff", autodiff, 0),          # gradients of the loss w.r.t. every trainable param
     ("optimizer", optimizer_update, 0),  # the update step, with its state, as IR ops
     ("fold-transpose", fold_transpose, 1),  # transposes become matmul operand flags
@@ -47,7 +50,8 @@ class Result:
 
 def select(opt_level: int = 1, passes: list[str] | None = None) -> list[tuple]:
     """The (name, pass) list to run: the passes of `opt_level`, or, given `passes`, autodiff and
-    the optimizer (they define the training step) followed by the named passes in that order."""
+    the optimizer (they define the training step) followed by the named passes in that order
+    (a named rewrite of the forward graph, such as `inception`, runs before autodiff)."""
     if passes is None:
         return [(name, fn) for name, fn, level in PIPELINE if level <= opt_level]
     table = {name: fn for name, fn, _ in PIPELINE}
@@ -55,7 +59,9 @@ def select(opt_level: int = 1, passes: list[str] | None = None) -> list[tuple]:
         if name not in table:
             raise DlcError(f"--passes: unknown pass '{name}' (passes: {', '.join(PASS_NAMES)})")
     required = [name for name, _, level in PIPELINE if level == 0]
-    return [(name, table[name]) for name in required + [n for n in passes if n not in required]]
+    before = PASS_NAMES[:PASS_NAMES.index(required[0])]  # rewrites of the forward graph go first
+    chosen = [n for n in passes if n in before] + required + [n for n in passes if n not in required + before]
+    return [(name, table[name]) for name in chosen]
 
 
 def run_pipeline(g: Graph, opt_level: int = 1, dump_dir: str | Path | None = None,

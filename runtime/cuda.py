@@ -25,6 +25,7 @@ from ..ir.types import NUMPY_DTYPE
 from ..codegen.generate import RNG_BUFFER
 from .backends import BufferState
 from .emu import check_labels, label_checks, rng_words
+from .interp import nonfinite, numerics_error
 
 
 def cuda_available() -> tuple[bool, str]:
@@ -50,6 +51,7 @@ def cuda_available() -> tuple[bool, str]:
 
 class CudaBackend(BufferState):
     name = "cuda"
+    check_numerics = False  # after every launch, synchronise and check what it wrote (no CUDA graph)
 
     def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False):
         if np.dtype(float_dtype) != np.float32:
@@ -117,7 +119,7 @@ class CudaBackend(BufferState):
                 buf.set(v, stream=self.stream)
         self._rng.set(np.array(rng_words(rng), np.uint32), stream=self.stream)
         try:
-            if self.cuda_graph:
+            if self.cuda_graph and not self.check_numerics:
                 key = (roots, commit, tuple(sorted(dims.items())))
                 g = self._graphs.get(key)
                 if g is None:
@@ -145,17 +147,32 @@ class CudaBackend(BufferState):
         with self.stream:
             for kind, *what in prog["ops"]:
                 if kind == "launch":
-                    name, grid, block, args = what
+                    name, grid, block, args, launch = what
                     try:
                         self._kernels[name](grid, block, args)
                         if self.sync_each_launch:
                             self.stream.synchronize()
                     except Exception as e:
                         raise DlcError(f"cuda: kernel {name} failed: {e}")
+                    if self.check_numerics:
+                        self._check_launch(launch, args)
                 else:  # a device-to-device copy of a wanted value
                     dst, src = what
                     cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes,
                                                 cp.cuda.runtime.memcpyDeviceToDevice, self.stream.ptr)
+
+    def _check_launch(self, l, args) -> None:
+        """--check-numerics: the buffers launch `l` wrote (its output; an update kernel's targets),
+        checked on the GPU right after it, before a later launch reuses them."""
+        cp = self.cp
+        for buf in args[:max(1, l.writes)]:
+            if buf.dtype.kind == "f" and not bool(cp.isfinite(buf).all()):
+                for name, src in zip(l.args[l.writes:], args[l.writes:]):  # a param or state not finite before
+                    if self.module.buffers[name].kind in ("param", "state") and not bool(cp.isfinite(src).all()):
+                        host = cp.asnumpy(src, stream=self.stream)
+                        raise numerics_error(self.graph, l.node, nonfinite(host), host, source=name)
+                host = cp.asnumpy(buf, stream=self.stream)
+                raise numerics_error(self.graph, l.node, nonfinite(host), host, kernel=l.kernel)
 
     def _capture(self, prog):
         """The step as a CUDA graph: the same launches and copies, recorded once."""
@@ -204,7 +221,7 @@ class CudaBackend(BufferState):
             if min(grid) <= 0:
                 continue
             args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims)
-            (commits if l.phase == "commit" else ops).append(("launch", l.kernel, grid, tuple(l.block), args))
+            (commits if l.phase == "commit" else ops).append(("launch", l.kernel, grid, tuple(l.block), args, l))
         with self.stream:
             # a reshape (or an assign) shares its operand's buffer; its output has its own shape
             outs = {r: cp.empty(g.type(r).concrete(dims), env[self.module.node_buffer[r]].dtype) for r in roots}

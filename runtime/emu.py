@@ -25,6 +25,7 @@ from ..codegen import EMU_HEADER, evaluate, generate
 from ..codegen.generate import RNG_BUFFER
 from ..ir.errors import DlcError
 from .backends import BufferState
+from .interp import nonfinite, numerics_error
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
 
@@ -87,6 +88,7 @@ def _debug(msg: str) -> None:
 
 class EmuBackend(BufferState):
     name = "emu"
+    check_numerics = False  # after every launch, check what it wrote (stop at NaN or infinity)
 
     def __init__(self, graph: Graph, float_dtype=np.float32):
         if np.dtype(float_dtype) != np.float32:
@@ -139,16 +141,21 @@ class EmuBackend(BufferState):
         check_labels(self._labels, feeds)
         self._check_roots(roots, commit)
         step, commits = self._program(roots, dims, env, feeds)
-        for fn, args in step:
+        check = self.check_numerics
+        for fn, args, l in step:
             fn(*args)
+            if check:
+                self._check_launch(l, env)
         values, late = self.module.node_buffer, self.module.after_commit
 
         def read(r):  # a reshape (or an assign) shares its operand's buffer: view it in its own shape
             return env[values[r]].reshape(self.graph.type(r).concrete(dims)).copy()
         out = {r: read(r) for r in roots if r not in late}
         if commit:
-            for fn, args in commits:
+            for fn, args, l in commits:
                 fn(*args)
+                if check:
+                    self._check_launch(l, env)
             out.update({r: read(r) for r in roots if r in late})  # written in place by the update
         return out
 
@@ -195,9 +202,20 @@ class EmuBackend(BufferState):
             shape = (ctypes.c_uint * 6)(*grid, *l.block)
             ptrs = (ctypes.c_void_p * max(1, len(l.args)))(*[env[a].ctypes.data for a in l.args])
             ints = (ctypes.c_int * max(1, len(l.dims)))(*[dims[d] for d in l.dims])
-            (commits if l.phase == "commit" else step).append((self._fns[l.kernel], (shape, ptrs, ints)))
+            (commits if l.phase == "commit" else step).append((self._fns[l.kernel], (shape, ptrs, ints), l))
         self._programs[key] = (step, commits, inputs)
         return step, commits
+
+    def _check_launch(self, l, env) -> None:
+        """--check-numerics: the buffers launch `l` wrote (its output; an update kernel's targets),
+        read right after it, before a later launch reuses them."""
+        for b in l.args[:max(1, l.writes)]:
+            what = nonfinite(env[b])
+            if what:
+                for a in l.args[l.writes:]:  # a param or state that was not finite to begin with
+                    if self.module.buffers[a].kind in ("param", "state") and nonfinite(env[a]):
+                        raise numerics_error(self.graph, l.node, nonfinite(env[a]), env[a], source=a)
+                raise numerics_error(self.graph, l.node, what, env[b], kernel=l.kernel)
 
 
 def rng_words(rng) -> tuple[int, int, int]:

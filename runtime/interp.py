@@ -16,8 +16,41 @@ from ..ir.ops import OPS
 from .backends import bind_dims, input_shapes
 
 
+class NumericsError(DlcError):
+    """--check-numerics: a node or kernel produced NaN or infinity (the training loop adds when)."""
+
+
+def nonfinite(v) -> str | None:
+    """'nan', 'inf' or '-inf' (what a float array holds that is not finite, NaN first), or None."""
+    v = np.asarray(v)
+    if v.dtype.kind != "f" or np.isfinite(v).all():
+        return None
+    if np.isnan(v).any():
+        return "nan"
+    return "inf" if (v == np.inf).any() else "-inf"
+
+
+def numerics_error(graph, n: str, what: str, v, kernel: str | None = None, source: str | None = None
+                   ) -> NumericsError:
+    """The located error for node `n` (or the kernel that computes it) producing `what`; with
+    `source`, a param or state that held `what` already (`v`) when `n` read it."""
+    v = np.asarray(v)
+    if source is not None:
+        loc = graph.loc(source)
+        return NumericsError(f"--check-numerics: {graph.op(source)} {source} holds {what} already, before "
+                             f"{graph.op(n)} (node %{n}) reads it (the step that made it ran without the check)",
+                             loc, graph.sources.get(getattr(loc, "file", ""), None))
+    bad = int((~np.isfinite(v)).sum())
+    count = f" ({bad} of {v.size} values)" if v.size > 1 else ""
+    by = f"kernel {kernel} (op {graph.op(n)}, node %{n})" if kernel else f"{graph.op(n)} (node %{n})"
+    loc = graph.loc(n)
+    return NumericsError(f"--check-numerics: {by} produced {what}{count}", loc,
+                         graph.sources.get(getattr(loc, "file", ""), None))
+
+
 class Interpreter:
     name = "interp"
+    check_numerics = False  # stop at the first node whose value is NaN or infinite
 
     @staticmethod
     def keeps(n: str) -> bool:
@@ -91,6 +124,13 @@ class Interpreter:
                 env[n] = fn(*[env[a] for a in args], **attrs)
             except DlcError as e:
                 raise e.located(self.graph.loc(n), self.graph.sources.get(getattr(self.graph.loc(n), "file", ""), None))
+            if self.check_numerics:  # in execution order: the first one found produced it
+                what = nonfinite(env[n])
+                if what:
+                    for a in args:  # a param or state that was not finite to begin with
+                        if self.graph.op(a) in ("param", "state") and nonfinite(env[a]):
+                            raise numerics_error(self.graph, n, nonfinite(env[a]), env[a], source=a)
+                    raise numerics_error(self.graph, n, what, env[n])
         out = {r: env[r] for r in roots}
         if commit:
             for target, value, n in assigns:

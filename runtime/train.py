@@ -10,6 +10,7 @@ evaluating: a loss that stops being finite ends training with one clear error in
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -44,11 +45,13 @@ def accuracy_rule(g):
         return None
     out_name, out = next(iter(g.meta.outputs.items()))
     t = g.type(out)
-    for n in g.inputs:
+    # a label is an input the output does not depend on (x : f32[N, 1] is no target of out)
+    labels = [n for n in g.inputs if n not in g.upstream([out])]
+    for n in labels:
         it = g.type(n)
         if it.dtype == "i32" and it.rank == 1 and t.rank == 2 and it.shape[0] == t.shape[0]:
             return out_name, n, "argmax"
-    for n in g.inputs:
+    for n in labels:
         if g.type(n) == t and t.rank >= 1 and (t.rank == 1 or t.shape[-1] == 1):
             return out_name, n, "threshold"
     return None
@@ -112,19 +115,53 @@ def predict(model, feeds: dict, batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in g.meta.outputs}
 
 
+def data_digest(feeds: dict) -> str:
+    """A hash of the (checked) data, so that a checkpoint is resumed on the data it was made on."""
+    h = hashlib.sha256()
+    for k in sorted(feeds):
+        a = np.ascontiguousarray(feeds[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
+
+
+def with_context(e: DlcError, where: str) -> DlcError:
+    """A --check-numerics error (runtime/interp.py's NumericsError) told when it happened."""
+    from .interp import NumericsError
+    if isinstance(e, NumericsError):
+        e.message += f" {where}"
+        e.args = (e.message,)
+    return e
+
+
 @np.errstate(all="ignore")  # a diverging loss is reported once, as an error, not as NumPy warnings
 def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
-          progress: bool = True, out=sys.stdout) -> dict:
-    """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics."""
+          progress: bool = True, out=None, checkpoint=None, resume: dict | None = None) -> dict:
+    """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics.
+
+    `checkpoint`: a folder; at the end of every epoch FOLDER/checkpoint.npz gets the params, the
+    optimizer state, the epoch, `model.steps` and the state of the shuffling generator
+    (runtime/data.py `save_checkpoint`). `resume`: the metadata of such a checkpoint whose params
+    and state the model already holds: training goes on from its epoch, bit for bit as if it had
+    never stopped."""
+    from .data import save_checkpoint
+    out = out or sys.stdout  # looked up now: a caller (or a test) may have replaced it
     g = model.graph
     rule = accuracy_rule(g)
     tr, va = split(feeds, n, val_split, seed) if val_split > 0 else (feeds, {})
     n_tr = len(next(iter(tr.values())))
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng(seed + 1)  # the shuffling: the loop's only randomness (dropout is keyed by steps)
     history = []
+    first = 1
+    digest = data_digest(feeds) if checkpoint or resume else None
+    if resume:
+        rng.bit_generator.state = resume["rng"]
+        history = list(resume["history"])
+        first = resume["epoch"] + 1
+        model.steps = resume["steps"]
     steps = math.ceil(n_tr / batch)
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         order = rng.permutation(n_tr)
         total, right = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
@@ -132,7 +169,11 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         for s in bar:
             idx = order[s * batch:(s + 1) * batch]
             part = {k: v[idx] for k, v in tr.items()}
-            loss, outs = model.train_step(part, fetch_outputs=rule is not None, checked=True)
+            try:
+                loss, outs = model.train_step(part, fetch_outputs=rule is not None, checked=True)
+            except DlcError as e:
+                bar.close()
+                raise with_context(e, f"in epoch {epoch}, step {s + 1}")
             if not math.isfinite(loss):
                 bar.close()
                 raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
@@ -146,12 +187,21 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         if rule:
             rec["accuracy"] = right / n_tr
         if va:
-            rec["val_loss"], rec["val_accuracy"] = evaluate(model, va, batch, rule)
+            try:
+                rec["val_loss"], rec["val_accuracy"] = evaluate(model, va, batch, rule)
+            except DlcError as e:
+                raise with_context(e, f"evaluating the held-out data after epoch {epoch}")
             if rec["val_accuracy"] is None:
                 del rec["val_accuracy"]
         history.append(rec)
         print("  ".join([f"epoch {epoch:>3}/{epochs}"] + [f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"]),
               file=out, flush=True)
+        if checkpoint:
+            meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
+                    "val_split": val_split, "examples": n, "data": digest, "rng": rng.bit_generator.state,
+                    "history": history, "backend": model.backend}
+            params, state = model.split_state()
+            save_checkpoint(checkpoint, params, state, meta)
     metrics = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
     metrics.update(epochs=epochs, backend=model.backend, seconds=round(time.perf_counter() - t0, 3),
                    train_examples=n_tr, val_examples=n - n_tr if va else 0, history=history)

@@ -26,6 +26,22 @@ from dlc.ir.types import TensorType
 from dlc.passes.manager import run_pipeline
 
 MODELS = {
+    # slices that do not cover their operand: the adjoint is a pad (zeros around it), and slices of
+    # two ends whose adjoints autodiff joins into a concat
+    "slices": """
+model slices {
+    input  x : f32[N, 7]
+    param  w : f32[7, 9] = normal(0, 0.5)
+    h    = x @ w
+    a    = slice(h, axis = 1, start = 2, stop = 5)
+    e    = slice(x, axis = 1, start = 0, stop = 3) * a
+    lo   = slice(h, axis = 1, start = 0, stop = 4)
+    hi   = slice(h, axis = 1, start = 4, stop = 9)
+    loss = sum(e * e) + sum(tanh(lo)) + mean(hi * hi)
+    output e
+    minimize loss with sgd(lr = 0.05)
+}
+""",
     # every elementwise op and its derivative helper; broadcasting against [37], [1, 37], [1]
     "ew": """
 model ew {

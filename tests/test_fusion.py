@@ -186,3 +186,35 @@ def test_a_fused_inner_value_is_refused_by_name():
     feeds = synth_feeds(m.graph, 4)
     with pytest.raises(DlcError, match=r"%h.add is not kept"):
         m._backend.run(["h.add"], feeds)
+
+
+# -- random graphs and every op's model, fused, on the emulator ----------------------------------
+
+@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@pytest.mark.parametrize("name", ["slices", "ew", "red", "mm", "cnn"])
+def test_op_models_at_o2_match_the_interpreter(name):
+    """The shared op models of test_codegen (every op forward and backward, odd sizes), at -O2:
+    one training step, every root and updated state within test_emu's per-tensor tolerances."""
+    from test_codegen import MODELS
+    from test_emu import compare_step
+    from dlc.runtime.emu import EmuBackend
+    g = dlc.compile(MODELS[name], backend="interp", opt_level=2).graph
+    compare_step(g, EmuBackend(g), 7, seed=7, rng=(11, 3))
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_codegen import build_random_graph, recipes  # noqa: E402
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes, st.integers(1, 19))
+def test_random_graphs_fused_match_the_interpreter(recipe, batch):
+    """Random chains of every elementwise op, matmuls and reductions (test_codegen's recipes),
+    fused: groups, epilogues and in-place updates against the unfused reference."""
+    from test_emu import compare_step
+    from dlc.passes.fusion import fuse
+    from dlc.runtime.emu import EmuBackend
+    g = fuse(build_random_graph(recipe))
+    compare_step(g, EmuBackend(g), batch, inherited_rounding=True)

@@ -24,6 +24,7 @@ from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
 from dlc.passes.fusion import fuse
+from dlc.passes.inception import merge_1x1
 from dlc.passes.manager import run_pipeline
 from dlc.passes.optimizer import optimizer_update
 
@@ -41,6 +42,7 @@ PASSES = {
     "autodiff": autodiff,
     "optimizer_update": optimizer_update,
     "fuse": fuse,
+    "inception": merge_1x1,
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -375,7 +377,8 @@ def _snapshot(g: Graph):
 
 # which stages each pass applies to (autodiff wants a forward graph, the update its gradients)
 APPLIES = {"autodiff": ("forward",), "optimizer_update": ("backward",),
-           **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")}}
+           **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
+           "inception": ("forward",)}
 ALL_PASSES = PASSES
 
 

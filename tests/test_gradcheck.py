@@ -367,6 +367,15 @@ CASES = {
     "avgpool2d_overlapping_padded": ("loss = sum(tanh(avgpool2d(x, kernel = 3, stride = 2, padding = 1)) * c)",
                                      C((1, 2, 3, 3)), lambda r: {"x": normal(r, 1, 2, 5, 5)},
                                      lambda c, x: np.sum(np.tanh(_pool_ref(x, 3, 2, 1, "avg")) * c)),
+    # slices: one alone (its adjoint is a pad of zeros), and slices that partition their operand
+    # (autodiff joins their adjoints into one concat)
+    "slice": ("loss = sum(tanh(slice(a, axis = 1, start = 1, stop = 4)) * c)", C((2, 3)),
+              lambda r: {"a": normal(r, 2, 5)},
+              lambda c, a: np.sum(np.tanh(a[:, 1:4]) * c)),
+    "slice_partition": ("loss = sum(tanh(slice(a, axis = 0, start = 0, stop = 2)) * c) + "
+                        "sum(slice(a, axis = 0, start = 2, stop = 3) * slice(a, axis = 0, start = 2, stop = 3))",
+                        C((2, 4)), lambda r: {"a": normal(r, 3, 4)},
+                        lambda c, a: np.sum(np.tanh(a[:2]) * c) + np.sum(a[2:] ** 2)),
     "concat": ("loss = sum(tanh(concat(a, b)) * c)", C((2, 5)),
                lambda r: {"a": normal(r, 2, 3), "b": normal(r, 2, 2)},
                lambda c, a, b: np.sum(np.tanh(np.concatenate([a, b], 1)) * c)),

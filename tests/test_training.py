@@ -77,3 +77,19 @@ def test_readme_logreg_commands_write_under_build(tmp_path):
     assert metrics["epochs"] == 5
     rows = (tmp_path / "build" / "p.csv").read_text().splitlines()
     assert rows[0].startswith("class,logits_0") and len(rows) == 1797 + 1
+
+
+def test_accuracy_target_is_an_input_the_output_does_not_read():
+    """x : f32[N, 1] has the output's type, but the output depends on it: the target is y."""
+    import dlc
+    from dlc.runtime.train import accuracy_rule
+    g = dlc.compile("""model m {
+    input x : f32[N, 1]
+    input y : f32[N, 1]
+    param w : f32[1, 1] = ones
+    out = sigmoid(x @ w)
+    loss = mse(out, y)
+    output out
+    minimize loss with sgd(lr = 0.1)
+}""", backend="interp").graph
+    assert accuracy_rule(g) == ("out", "y", "threshold")
