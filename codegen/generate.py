@@ -225,6 +225,8 @@ class _Generator:
         self.names: set[str] = set()
         self.commits: list[str] = []     # assigns, committed after every kernel of the step
         self._epilogue: dict | None = None  # set while a product's kernel is emitted with a group
+        self._folding: dict | None = None   # operand -> its producers, while a reduction is emitted with them
+        self._folded_comment, self._folded_stem = None, None
         self.inplace: dict[str, str] = {}    # assign -> target that an update group writes in place
         self.concats: set[str] = set()       # concats whose parts are stored into their buffer
         self.into: dict[str, tuple] = {}     # part -> (concat, C index of element j in the concat)
@@ -435,6 +437,16 @@ class _Generator:
         for m in members:
             comment += self._comment(m)
         stem = f"fused_{root}" if len(members) > 1 else None
+        if rule == "reduce":  # pointwise producers computed inside the reduction's loop
+            red = root
+            inputs = [a for a in g.operands(red) if a in members]
+            self._folding = {a: [m for m in members if m in g.upstream([a]) and m != red] for a in inputs}
+            self._folded_comment, self._folded_stem = comment, stem
+            try:
+                EMITTERS[OPS[g.op(red)].family](self, red)
+            finally:
+                self._folding, self._folded_comment, self._folded_stem = None, None, None
+            return
         if rule == "epilogue":
             producer = next(m for m in members if OPS[g.op(m)].family not in POINTWISE)
             slots = len(g.operands(producer))  # the product's own inputs come first
@@ -454,7 +466,7 @@ class _Generator:
                   [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], stem=stem,
                   extra_dims=body["dims"], comment=comment)
 
-    def _pointwise_body(self, members, root, index: str, slot0: int, known: dict) -> dict:
+    def _pointwise_body(self, members, root, index: str, slot0: int, known: dict, prefix: str = "") -> dict:
         """C statements for pointwise members at flat element `index` of the root: the buffers
         they load (as in{slot0}, in{slot0 + 1}, ... with the root's broadcast index), their lets,
         the root's expression and the symbols they need. `known` gives C for values already at
@@ -473,7 +485,7 @@ class _Generator:
                     dims.update(count.syms)
                     expr[a] = f"(float)({count.c()})"
                 else:
-                    var = f"x{len(bufs)}"
+                    var = f"{prefix}x{len(bufs)}"
                     at = broadcast_index(index, shape, g.type(a).shape)
                     if a in self.into:  # stored in its slice of a concat's buffer
                         buf, at = self.into[a][0], self.into[a][1](at)
@@ -488,16 +500,16 @@ class _Generator:
             if d.family == "slice":  # its operand, gathered: the slice's element `index`
                 a = g.operands(m)[0]
                 at = self._slice_index(m, index)
-                var = f"x{len(bufs)}"
+                var = f"{prefix}x{len(bufs)}"
                 loads.append((var, slot0 + len(bufs), at))
                 bufs.append(self.node_buffer[a])
-                lets.append((f"t{k}", var))
-                expr[m] = f"t{k}"
+                lets.append((f"{prefix}t{k}", var))
+                expr[m] = f"{prefix}t{k}"
                 continue
             args = g.operands(m)[:1] if d.family == "broadcast" else g.operands(m)
             vals = [expr[a] if a in inside else outside(a) for a in args]
-            lets.append((f"t{k}", _ewise(g.op(m), *vals) if d.family == "elementwise" else vals[0]))
-            expr[m] = f"t{k}"
+            lets.append((f"{prefix}t{k}", _ewise(g.op(m), *vals) if d.family == "elementwise" else vals[0]))
+            expr[m] = f"{prefix}t{k}"
         return dict(bufs=bufs, loads=loads, lets=lets, expr=expr[root], dims=sorted(dims), vars=expr)
 
     def emit_updates(self, roots):
@@ -566,7 +578,7 @@ class _Generator:
 
     def _copy(self, n, index: str):
         """A layout op: out[i] = in0[index(i)]."""
-        self._pointwise(n, self._temp(n), self._ins(n)[:1], "a", [("a", 0, index)])
+        self._pointwise(n, self._temp(n), [self.node_buffer[self.g.operands(n)[0]]], "a", [("a", 0, index)])
 
     def emit_transpose(self, n):
         g = self.g
@@ -718,15 +730,32 @@ class _Generator:
             offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
             index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
         kernel = OPS[op].kernel
-        loads = [(var, i, index) for i, var in enumerate("ab"[:len(args)])]
-        ctx = dict(extent=extent.c(), loads=loads, expr=kernel["map"], finish=kernel["finish"], size=outputs.c())
+        # an operand that a fusion group computes (rule `reduce`) is computed where it is read:
+        # its members' lets at element `index` of it, in the reduction's loop (a prologue)
+        folded = self._folding or {}
+        loads, prologues, ins, dims = [], [], [], []
+        for i, (var, a) in enumerate(zip("ab", args)):
+            if a in folded:
+                body = self._pointwise_body(folded[a], a, f"i{var}", 0, {}, prefix=f"{var}_")
+                slot = len(ins)
+                prologues.append(dict(index_var=f"i{var}", index=index, var=var, expr=body["expr"], lets=body["lets"],
+                                      loads=[(v, slot + s, at) for v, s, at in body["loads"]]))
+                ins += body["bufs"]
+                dims += body["dims"]
+            else:
+                loads.append((var, len(ins), index))
+                ins.append(self.node_buffer[a])
+        ctx = dict(extent=extent.c(), loads=loads, prologues=prologues, expr=kernel["map"], finish=kernel["finish"],
+                   size=outputs.c())
         if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
             # many columns: one thread each walks down its column (neighbours read neighbours)
-            self._add(n, "reduce_columns.cu.j2", ctx, self._temp(n), self._ins(n),
-                      [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])
+            self._add(n, "reduce_columns.cu.j2", ctx, self._temp(n), ins,
+                      [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=dims,
+                      comment=self._folded_comment, stem=self._folded_stem)
         else:  # one block per output, a tree reduction across its threads
-            self._add(n, "reduce.cu.j2", ctx, self._temp(n), self._ins(n), [outputs.static or outputs.py(), 1, 1],
-                      [_pow2_block(extent), 1, 1], barriers=True)
+            self._add(n, "reduce.cu.j2", ctx, self._temp(n), ins, [outputs.static or outputs.py(), 1, 1],
+                      [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=self._folded_comment,
+                      stem=self._folded_stem)
 
     def emit_softmax(self, n):  # softmax, log_softmax over one axis
         g = self.g

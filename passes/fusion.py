@@ -19,6 +19,9 @@ has the group's shape, is not wanted outside and has no other user. The group th
 the product's kernel, on its accumulator, before the one store: `relu(x @ w + b)` is one kernel,
 and so is `relu_grad(dY @ w^T, h)`.
 
+Reductions (rule `reduce`): a `sum`, `mean`, `l1`, `l2` or `mse` whose operand is a pointwise
+group's root, used by it alone, computes that group inside its loop: `sum(x * y)` is one kernel.
+
 Every pointwise node belongs to exactly one group (a group of one still inlines its constants).
 The pass changes no node; it only records the groups. `plan(g)` also returns each refusal with
 its reason, for `dlc compile --explain-fusion`.
@@ -40,6 +43,13 @@ class Refusal:
     consumer: str     # the group member that reads it
     root: str         # the group's root
     reason: str
+
+
+def _readers(g: Graph, a: str) -> list[str]:
+    """The users that read `a`'s value, not only its shape (a `size`, a `broadcast_like`'s
+    operand 1)."""
+    return [u for u in g.users(a) if OPS[g.op(u)].family != "shape"
+            and not (OPS[g.op(u)].family == "broadcast" and g.operands(u)[0] != a)]
 
 
 def _reads(g: Graph, n: str) -> list[str]:
@@ -69,7 +79,7 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
                 for a in _reads(g, m):
                     if a in members or a in group_of or family[a] not in POINTWISE:
                         continue
-                    if g.type(a).shape == shape and a not in wanted and all(u in members for u in g.users(a)):
+                    if g.type(a).shape == shape and a not in wanted and all(u in members for u in _readers(g, a)):
                         members.add(a)
                         grew = True
         rule = "elementwise"
@@ -78,13 +88,14 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
         # matmul that makes the adjoint), when that product has the group's shape and no other use
         producers = sorted({a for m in members for a in _reads(g, m) if family[a] in PRODUCERS}, key=pos.get)
         fits = [a for a in producers if g.type(a).shape == shape and a not in wanted
-                and all(u in members for u in g.users(a))]
+                and all(u in members for u in _readers(g, a))]
         if fits:
             members.add(fits[-1])
             rule = "epilogue"
         for m in members:
             group_of[m] = root
         groups[root] = (rule, sorted(members, key=pos.get))
+    _fold_into_reductions(g, groups, group_of, wanted)
     _merge_updates(g, groups, group_of)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
@@ -95,6 +106,25 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
                 if (family[a] in POINTWISE or family[a] in PRODUCERS) and group_of.get(a) != root:
                     refusals.append(Refusal(a, m, root, _why(g, a, root, wanted, group_of)))
     return dict(sorted(groups.items(), key=lambda kv: pos[kv[0]])), refusals
+
+
+def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set) -> None:
+    """Reductions with their producers (rule `reduce`): a reduction (`sum`, `mean`, `l1`, `l2`,
+    `mse`) whose operand is a pointwise group's root, used by the reduction alone and not wanted
+    outside, computes that group inside its loop, element by element: the operand never touches
+    memory. (`l2`'s square is already its registry `map`.)"""
+    for r in g.order():
+        if OPS[g.op(r)].family != "reduce" or r in group_of:
+            continue
+        folded = [a for a in dict.fromkeys(g.operands(r)) if group_of.get(a) == a and groups[a][0] == "elementwise"
+                  and a not in wanted and set(_readers(g, a)) == {r}]
+        if not folded:
+            continue
+        members = [m for a in folded for m in groups.pop(a)[1]] + [r]
+        members.sort(key=lambda n: g.nx.nodes[n]["seq"])
+        groups[r] = ("reduce", members)
+        for m in members:
+            group_of[m] = r
 
 
 def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
@@ -108,17 +138,17 @@ def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
 
     def outputs(members):
         inside = set(members)
-        return [m for m in members if any(u not in inside for u in g.users(m))]
+        return [m for m in members if any(u not in inside for u in _readers(g, m))]
 
     def is_update(members):
-        return all(m in assign_of and set(g.users(m)) - set(members) == {assign_of[m]} for m in outputs(members))
+        return all(m in assign_of and set(_readers(g, m)) - set(members) == {assign_of[m]} for m in outputs(members))
     merged = True
     while merged:  # v_new = mu v + g feeds w_new = w - lr (g + mu v_new): one group writes both
         merged = False
         for root, (rule, members) in list(groups.items()):
             if rule != "elementwise" or root not in assign_of:
                 continue
-            readers = {group_of.get(u) for u in g.users(root) if u != assign_of[root]} - {root}
+            readers = {group_of.get(u) for u in _readers(g, root) if u != assign_of[root]} - {root}
             if len(readers) != 1 or None in readers:
                 continue
             (other,) = readers
@@ -133,7 +163,7 @@ def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
     updates = {r for r, (rule, ms) in groups.items() if rule == "elementwise" and r in assign_of and is_update(ms)}
     for r in sorted(updates):
         targets = [g.operands(assign_of[o])[0] for o in outputs(groups[r][1])]
-        others = {group_of.get(u) for t in targets for u in g.users(t)} & (updates - {r})
+        others = {group_of.get(u) for t in targets for u in _readers(g, t)} & (updates - {r})
         if not others:
             groups[r] = ("update", groups[r][1])
 
@@ -143,7 +173,7 @@ def _why(g: Graph, a: str, root: str, wanted: set, group_of: dict) -> str:
         return f"shape {g.type(a)} differs from the group's {g.type(root)} (it would be recomputed per element)"
     if a in wanted:
         return "its value is wanted outside the step (an output, the loss or a gradient)"
-    others = [u for u in g.users(a) if group_of.get(u) != root]
+    others = [u for u in _readers(g, a) if group_of.get(u) != root]
     if not others:
         return "a GEMM or convolution epilogue absorbs one producer, and this group has taken another"
     return f"it is also read by %{others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")

@@ -218,3 +218,28 @@ def test_random_graphs_fused_match_the_interpreter(recipe, batch):
     from dlc.runtime.emu import EmuBackend
     g = fuse(build_random_graph(recipe))
     compare_step(g, EmuBackend(g), batch, inherited_rounding=True)
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+def test_reductions_compute_their_producers():
+    """sum((p - t)^2) + mean(p * p * 0.5) at -O2: each reduction is one kernel that computes its
+    operand element by element (no backward rule reads those operands); the step agrees with the
+    interpreter (tolerances of test_emu)."""
+    from test_emu import compare_step
+    from dlc.runtime.emu import EmuBackend
+    src = """model r {
+    input x : f32[N, 6]
+    input t : f32[N, 3]
+    param w : f32[6, 3] = normal(0, 0.3)
+    p = tanh(x @ w)
+    loss = sum((p - t) * (p - t)) + mean(p * p * 0.5)
+    output p
+    minimize loss with sgd(lr = 0.05)
+}"""
+    g = dlc.compile(src, backend="interp", opt_level=2).graph
+    rules = {r: rule for r, (rule, _) in g.meta.groups.items()}
+    assert list(rules.values()).count("reduce") >= 2, rules
+    mod = generate(g)
+    reduce_kernels = [k for k in mod.kernels if "computed here by its fused producers" in k.body]
+    assert len(reduce_kernels) >= 2
+    compare_step(g, EmuBackend(g), 9, seed=3)
