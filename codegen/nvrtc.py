@@ -74,16 +74,24 @@ def compile_ptx(source: str, arch: str = "sm_80", name: str = "dlc_module.cu") -
         opts = [f"--gpu-architecture={arch.replace('sm_', 'compute_')}".encode(), b"--std=c++17"]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-        log = b" " * size
+        log = _buffer(size)
         nvrtc.nvrtcGetProgramLog(prog, log)
-        log = log.decode(errors="replace").rstrip("\x00 \n")
+        log = log[:size].decode(errors="replace").rstrip("\x00 \n")
         _check((err, None), f"compilation for {arch}", log)
         size = _check(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
-        ptx = b" " * size
+        ptx = _buffer(size)
         _check((nvrtc.nvrtcGetPTX(prog, ptx)[0], None), "PTX retrieval")
-        return ptx.decode().rstrip("\x00")
+        return ptx[:size].decode().rstrip("\x00")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _buffer(size: int) -> bytes:
+    """A fresh bytes object of at least `size` bytes for NVRTC to write into. Never one of length
+    0 or 1: CPython shares those (b" " * 1 is the interpreter's one b" "), and NVRTC writing its
+    terminating zero there turned every later " ".encode() into b"\x00" (Jinja then rendered the
+    string literal " " as a NUL)."""
+    return b" " * (size + 2)
 
 
 def ptx_entries(ptx: str) -> list[str]:

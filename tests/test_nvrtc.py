@@ -55,3 +55,10 @@ def test_random_graph_kernels_compile(recipe):
 def test_compile_errors_carry_nvrtc_log():
     with pytest.raises(DlcError, match=r'identifier "undefined_thing" is undefined'):
         compile_ptx('extern "C" __global__ void k(float* x) { x[0] = undefined_thing; }', "sm_90")
+
+
+def test_compiling_leaves_python_intact():
+    """NVRTC writes its (empty) log into the buffer it is given: a shared 1-byte b" " corrupted
+    the interpreter, so that " ".encode() gave b"\\x00" and Jinja rendered " " as NUL."""
+    compile_ptx('extern "C" __global__ void k(float* x) { x[0] = 1.0f; }', "sm_80")
+    assert " ".encode("ascii") == b" " and b" " * 1 == bytes([32])

@@ -1,0 +1,42 @@
+"""The generated GEMM read as the hardware will (no GPU needed): compiled by nvcc for sm_90, no
+kernel spills, and the GEMM's main loop issues at least 4 FMAs per shared-memory load (the
+16x16-tile kernel it replaced had 0.5). Skipped, with the reason, where nvcc or cuobjdump is
+missing (the CUDA toolkit's nvcc; pip's nvidia-cuda-cuobjdump)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import kernel_stats  # noqa: E402
+
+NVCC, CUOBJDUMP = kernel_stats.tool("nvcc"), kernel_stats.tool("cuobjdump")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
+def test_no_kernel_spills_and_the_gemm_is_register_blocked():
+    rows = kernel_stats.stats("mlp", 2, "sm_90", NVCC, CUOBJDUMP)
+    assert rows and all("registers" in r for r in rows), rows
+    assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), [r for r in rows if r["spill_stores"]]
+    gemms = [r for r in rows if r["template"] == "matmul.cu.j2"]
+    assert len(gemms) >= 4  # forward (2 epilogues) and the backward products
+    if CUOBJDUMP is None:
+        pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump): SASS not read")
+    for r in gemms:
+        assert r["ffma"] >= 4 * r["lds"] > 0, r
+
+
+def test_ptxas_log_parsing():
+    log = """ptxas info    : Compiling entry function 'k1' for 'sm_90'
+ptxas info    : Function properties for k1
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 8704 bytes smem
+ptxas info    : Compiling entry function 'k2' for 'sm_90'
+ptxas info    : Function properties for k2
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 8 registers, used 0 barriers"""
+    info = kernel_stats.ptxas_info(log)
+    assert info == {"k1": {"registers": 40, "spill_stores": 4, "spill_loads": 12, "smem": 8704},
+                    "k2": {"registers": 8, "spill_stores": 0, "spill_loads": 0, "smem": 0}}
