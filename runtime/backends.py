@@ -120,3 +120,22 @@ class BufferState:
         if getattr(self, "_input_shapes", None) is None:
             self._input_shapes = input_shapes(self.graph)
         return bind_dims(self._input_shapes, feeds)
+
+
+# What a GPU accepts in a launch (compute capability 7.0 and later): the emulator refuses the
+# same, so that a plan a GPU would reject fails on every machine, not only on the GPU.
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)
+MAX_BLOCK = (1024, 1024, 64)
+MAX_THREADS = 1024
+
+
+def check_launch(kernel: str, grid, block) -> None:
+    """A located error for a launch shape no NVIDIA GPU runs."""
+    for axis, (n, most) in enumerate(zip(grid, MAX_GRID)):
+        if n > most:
+            raise DlcError(f"kernel {kernel}: grid.{'xyz'[axis]} = {n} is more than a GPU launches ({most}); "
+                           f"the batch or the tensor is too large for this kernel's launch shape")
+    threads = int(np.prod(block))
+    if threads > MAX_THREADS or any(b > m for b, m in zip(block, MAX_BLOCK)):
+        raise DlcError(f"kernel {kernel}: a block of {list(block)} threads is more than a GPU runs "
+                       f"({MAX_THREADS} in all, {list(MAX_BLOCK)} per axis)")

@@ -23,7 +23,7 @@ from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
 from ..codegen.generate import RNG_BUFFER
-from .backends import BufferState
+from .backends import BufferState, check_launch
 from .emu import check_labels, label_checks, rng_words
 from .interp import nonfinite, numerics_error
 
@@ -218,6 +218,7 @@ class CudaBackend(BufferState):
             if l.node not in need:
                 continue
             grid = tuple(evaluate(x, dims) for x in l.grid)
+            check_launch(l.kernel, grid, l.block)
             if min(grid) <= 0:
                 continue
             args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims)

@@ -24,7 +24,7 @@ import numpy as np
 from ..codegen import EMU_HEADER, evaluate, generate
 from ..codegen.generate import RNG_BUFFER
 from ..ir.errors import DlcError
-from .backends import BufferState
+from .backends import BufferState, check_launch
 from .interp import nonfinite, numerics_error
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
@@ -197,6 +197,7 @@ class EmuBackend(BufferState):
             if l.node not in need:
                 continue
             grid = [evaluate(x, dims) for x in l.grid]
+            check_launch(l.kernel, grid, l.block)
             if min(grid) <= 0:
                 continue  # an empty tensor: nothing to compute
             shape = (ctypes.c_uint * 6)(*grid, *l.block)

@@ -424,3 +424,24 @@ def test_library_cache_is_keyed_by_source(tmp_path, monkeypatch):
     assert a.parent == tmp_path and ctypes.CDLL(str(a)).answer() == 42
     with pytest.raises(DlcError, match="host compiler rejected"):
         build_library(src + "this is not C++\n")
+
+
+# -- what a GPU would refuse, the emulator refuses too -------------------------------------------
+
+def test_launch_limits_are_a_gpus():
+    from dlc.runtime.backends import check_launch
+    check_launch("k", [2 ** 31 - 1, 65535, 65535], [1024, 1, 1])
+    check_launch("k", [1, 1, 1], [32, 32, 1])
+    for grid, block, why in [([1, 65536, 1], [1, 1, 1], "grid.y = 65536"), ([1, 1, 70000], [1, 1, 1], "grid.z"),
+                             ([2 ** 31, 1, 1], [1, 1, 1], "grid.x"), ([1, 1, 1], [1025, 1, 1], "block of"),
+                             ([1, 1, 1], [64, 32, 1], "block of"), ([1, 1, 1], [1, 1, 65], "block of")]:
+        with pytest.raises(DlcError, match=why):
+            check_launch("k", grid, block)
+
+
+def test_the_emulator_refuses_a_launch_a_gpu_would():
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="emu")
+    launch = m._backend.module.launches[0]
+    launch.grid = [1, 70000, 1]  # as if a matmul had 70000 row tiles
+    with pytest.raises(DlcError, match=rf"kernel {launch.kernel}: grid.y = 70000"):
+        m.forward(x=np.zeros((2, 64), np.float32))
