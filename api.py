@@ -138,7 +138,7 @@ class Params(MutableMapping):
     def __getitem__(self, k):
         if k not in self._names():
             raise KeyError(k)
-        return self._m._backend.get_state()[k] if self._m.backend != "interp" else self._m._backend.values[k]
+        return self._m._backend.get_value(k) if self._m.backend != "interp" else self._m._backend.values[k]
 
     def __setitem__(self, k, v):
         if k not in self._names():
@@ -330,7 +330,10 @@ class Model:
             raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
         roots = self._step_roots(fetch_outputs)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds, commit=True, **self._training())
+        # computes the whole step; hands back only the loss (and the outputs asked for): params
+        # and optimizer state stay where the backend keeps them until read (`params`, `save`)
+        fetch = [m.loss] + ([v for v in m.outputs.values() if v != m.loss] if fetch_outputs else [])
+        res = self._backend.run(roots, feeds, commit=True, fetch=fetch, **self._training())
         self.steps += 1
         outs = {k: res[v] for k, v in m.outputs.items()} if fetch_outputs else None
         return float(res[m.loss]), outs

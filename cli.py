@@ -660,8 +660,8 @@ def cmd_bench(args) -> int:
     plans = [("forward", list(m.outputs.values()), False, {})]
     if m.loss:
         plans.append(("forward+backward", [m.loss] + list(m.grads.values()), False, training))
-    if model.trainable:
-        plans.append(("step", model._step_roots(False), True, training))
+    if model.trainable:  # as Model.step runs it: the whole step, the loss alone handed back
+        plans.append(("step", model._step_roots(False), True, dict(training, fetch=[m.loss])))
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
     print(f"model {m.name}, backend {model.backend}, batch {args.batch}, {args.iters} iterations after warm-up, "
@@ -679,6 +679,13 @@ def cmd_bench(args) -> int:
         st = time_stats(times)
         print(f"{name:<18} {st['min'] * 1e3:>10.4g} {st['median'] * 1e3:>10.4g} {st['p10'] * 1e3:>10.4g} "
               f"{st['p90'] * 1e3:>10.4g} {st['spread']:>8.2f}")
+        counters = getattr(model._backend, "counters", None)
+        if counters is not None and name == "step":  # the cuda backend counts what it asks of the host
+            before = dict(counters)
+            model._backend.run(roots, feeds, commit=commit, **opts)
+            per = {k: counters[k] - before[k] for k in counters}
+            print(f"{'':<18} per step: {per['syncs']} host sync{'s' * (per['syncs'] != 1)}, "
+                  f"{per['d2h_bytes']} bytes device-to-host, {per['h2d_copies']} key upload(s) besides the inputs")
         if unreliable(st):
             warnings.append(f"warning: {name}: unreliable, p90/p10 = {st['spread']:.2f} > {SPREAD_LIMIT} (the times "
                             "scatter: a busy machine?); quote the min, or run again on a quiet machine")

@@ -348,8 +348,9 @@ def _dlc_setup(args):
     first = step()  # binds buffers, builds the program (and captures the graph)
     roots = tuple(model._step_roots(False))
     dims = b._dims(feeds)
-    key = (roots, True, tuple(sorted(dims.items())))
-    prog = b._program(roots, dims, b._buffers(dims), True)
+    fetch = (model.graph.meta.loss,)  # as Model.step runs it: the loss alone comes back
+    key = (roots, True, fetch, tuple(sorted(dims.items())))
+    prog = b._program(roots, dims, b._buffers(dims), True, fetch)
     if args.impl == "dlc-graph":
         graph = b._graphs.get(key) or (next(iter(b._graphs.values())) if len(b._graphs) == 1 else None)
         if graph is None:

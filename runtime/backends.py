@@ -110,6 +110,14 @@ class BufferState:
                 self._extra[k] = np.array(v, dtype=np.float32)
         self._sync()
 
+    def get_value(self, k: str) -> np.ndarray:
+        """One param or state, downloaded on its own (reading `m.params["w1"]` moves w1 only)."""
+        if k in self._persistent:
+            v = self._download(self._persistent[k])
+            self._sync()
+            return v
+        return self._extra[k].copy()
+
     def get_state(self) -> dict[str, np.ndarray]:
         out = {k: self._download(v) for k, v in self._persistent.items()}
         self._sync()

@@ -124,7 +124,7 @@ class EmuBackend(BufferState):
 
     # -- running ----------------------------------------------------------------------------
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
-            rng: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+            rng: tuple[int, int] | None = None, fetch=None) -> dict[str, np.ndarray]:
         """Evaluate `roots` from `feeds`; with `commit`, apply the assignments afterwards.
         `rng=(seed, step)` is training mode (dropout draws its Philox mask); None is inference."""
         roots = tuple(roots)
@@ -150,13 +150,14 @@ class EmuBackend(BufferState):
 
         def read(r):  # a reshape (or an assign) shares its operand's buffer: view it in its own shape
             return env[values[r]].reshape(self.graph.type(r).concrete(dims)).copy()
-        out = {r: read(r) for r in roots if r not in late}
+        fetch = roots if fetch is None else tuple(fetch)  # the values handed back
+        out = {r: read(r) for r in fetch if r not in late}
         if commit:
             for fn, args, l in commits:
                 fn(*args)
                 if check:
                     self._check_launch(l, env)
-            out.update({r: read(r) for r in roots if r in late})  # written in place by the update
+            out.update({r: read(r) for r in fetch if r in late})  # written in place by the update
         return out
 
     def _buffers(self, dims: dict) -> dict[str, np.ndarray]:

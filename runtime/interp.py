@@ -107,7 +107,7 @@ class Interpreter:
         return steps, assigns
 
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
-            rng: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+            rng: tuple[int, int] | None = None, fetch=None) -> dict[str, np.ndarray]:
         """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
         `rng=(seed, step)` runs in training mode (dropout draws its mask); None is inference."""
         roots = tuple(roots)

@@ -30,6 +30,17 @@ class _Array:
     def set(self, v, stream=None):
         assert v.shape == self.shape and v.dtype == self.dtype and v.flags.c_contiguous
         self.a[...] = v
+        _Array.observed["h2d_copies"] += 1
+
+    def get(self, stream=None, out=None, blocking=True):
+        """A device-to-host copy (counted, as a GPU's profiler would see it)."""
+        _Array.observed["d2h_bytes"] += self.nbytes
+        if out is None:
+            return self.a.copy()
+        out[...] = self.a
+        return out
+
+    observed = {"syncs": 0, "d2h_bytes": 0, "h2d_copies": 0}  # what the stand-in saw, for tests
 
     @property
     def T(self):
@@ -63,7 +74,7 @@ def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
             return False
 
         def synchronize(self):
-            pass
+            _Array.observed["syncs"] += 1
 
         def begin_capture(self):
             state["capture"] = []
@@ -108,7 +119,7 @@ def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
         __version__="fake", uint32=np.uint32, RawModule=RawModule,
         zeros=lambda shape, dtype: _Array(np.zeros(shape, dtype)),
         empty=lambda shape, dtype: _Array(np.empty(shape, dtype)),
-        asnumpy=lambda a, stream=None: a.a.copy(),
+        asnumpy=lambda a, stream=None: a.get(),
         cuda=types.SimpleNamespace(Stream=Stream, runtime=runtime))
 
 

@@ -113,3 +113,22 @@ def test_the_limit_is_inclusive_and_zero_times_are_unreliable():
     assert unreliable({"spread": math.nextafter(SPREAD_LIMIT, 2.0)})
     assert unreliable(time_stats([0.0, 0.0, 1e-3]))     # p10 of 0: no ratio, no figure
     assert unreliable({"spread": float("nan")})
+
+
+def test_bench_on_cuda_prints_what_a_step_asks_of_the_host():
+    """Through the CuPy stand-in (tests/fake_cupy_path): the step phase reports one host sync and
+    the 4 bytes of the loss per step, counted by the cuda backend."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from dlc.runtime.emu import emu_available
+    if not emu_available()[0]:
+        pytest.skip(f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests / "fake_cupy_path"), str(tests)]))
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", "bench", str(tests.parent / "examples" / "mlp.dln"),
+                        "--backend", "cuda", "--iters", "2", "--batch", "4", "-O", "2"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "per step: 1 host sync, 4 bytes device-to-host" in r.stdout, r.stdout

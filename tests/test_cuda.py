@@ -119,6 +119,33 @@ def test_backend_bookkeeping_with_a_fake_cupy(monkeypatch, name, graphed):
         assert len(backend._graphs) == 2  # one per batch size, replayed
 
 
+@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@pytest.mark.parametrize("level, graphed", [(1, False), (2, False), (2, True)])
+def test_a_training_step_waits_once_and_downloads_the_loss_only(monkeypatch, level, graphed):
+    """What the stand-in sees (its own counts of stream synchronisations and device-to-host
+    bytes) and what the runtime counts agree: one wait and 4 bytes (the f32 loss) per step,
+    whatever the params and optimizer state; reading the params is a separate, explicit download."""
+    import fake_cupy as fc
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    from dlc.runtime.cuda import CudaBackend
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
+    backend = CudaBackend(m.graph, cuda_graph=graphed)
+    backend.set_state(m.state)
+    m._backend, m.backend = backend, "cuda"
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 64)).astype(np.float32), rng.integers(0, 10, 16).astype(np.int32)
+    m.step(x=x, y=y)  # the first step builds the program (and the graph)
+    for _ in range(3):
+        seen, counted = dict(fc._Array.observed), dict(backend.counters)
+        m.step(x=x, y=y)
+        assert fc._Array.observed["syncs"] - seen["syncs"] == backend.counters["syncs"] - counted["syncs"] == 1
+        assert fc._Array.observed["d2h_bytes"] - seen["d2h_bytes"] == 4
+        assert backend.counters["d2h_bytes"] - counted["d2h_bytes"] == 4
+    seen = fc._Array.observed["d2h_bytes"]
+    assert m.params["w1"].shape == (64, 128)  # on demand: w1 alone comes down
+    assert fc._Array.observed["d2h_bytes"] - seen == 64 * 128 * 4
+
+
 # -- tests/fake_cupy_path: the `cupy` of dry runs never shadows a real one -------------------------
 
 import os  # noqa: E402
