@@ -12,6 +12,7 @@ computed had 0.5; register blocking (8x8 outputs per thread, float4 shared loads
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -60,8 +61,15 @@ def ptxas_info(log: str) -> dict[str, dict]:
 
 def sass_counts(cuobjdump: str, cubin: Path, kernel: str) -> tuple[int, int]:
     """(FFMA, LDS) instructions in a kernel's SASS."""
-    text = subprocess.run([cuobjdump, "-sass", "-fun", kernel, str(cubin)], capture_output=True, text=True).stdout
-    return len(re.findall(r"\bFFMA\b", text)), len(re.findall(r"\bLDS(\.\w+)*\b", text))
+    env = dict(os.environ)
+    nvdisasm = tool("nvdisasm")
+    if nvdisasm:  # cuobjdump -sass runs nvdisasm; pip puts both in site-packages/nvidia/cu13/bin
+        env["PATH"] = str(Path(nvdisasm).parent) + os.pathsep + env.get("PATH", "")
+    r = subprocess.run([cuobjdump, "-sass", "-fun", kernel, str(cubin)], capture_output=True, text=True, env=env)
+    if r.returncode or "Function" not in r.stdout:
+        raise RuntimeError(f"cuobjdump could not disassemble {kernel}: {(r.stderr or r.stdout).strip()[-300:]} "
+                           "(pip install nvidia-cuda-nvdisasm)")
+    return len(re.findall(r"\bFFMA\b", r.stdout)), len(re.findall(r"\bLDS(\.\w+)*\b", r.stdout))
 
 
 def stats(example: str, level: int, arch: str, nvcc: str, cuobjdump: str | None) -> list[dict]:
