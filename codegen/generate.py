@@ -733,7 +733,9 @@ class _Generator:
         # an operand that a fusion group computes (rule `reduce`) is computed where it is read:
         # its members' lets at element `index` of it, in the reduction's loop (a prologue)
         folded = self._folding or {}
-        loads, prologues, ins, dims = [], [], [], []
+        # the operand's symbols size the loop even when no buffer of that shape is passed (a folded
+        # operand computed from smaller, broadcast ones)
+        loads, prologues, ins, dims = [], [], [], list(Size.of(shape).syms)
         for i, (var, a) in enumerate(zip("ab", args)):
             if a in folded:
                 body = self._pointwise_body(folded[a], a, f"i{var}", 0, {}, prefix=f"{var}_")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import dlc
 from dlc.codegen import generate
@@ -13,6 +15,8 @@ from dlc.ir.text import parse_ir, print_ir
 from dlc.passes.fusion import plan
 from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import emu_available
+from test_codegen import build_random_graph, recipes
+from test_emu import compare_step  # at import: hypothesis refuses @given applied inside a running test
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "fuse"
@@ -196,24 +200,21 @@ def test_op_models_at_o2_match_the_interpreter(name):
     """The shared op models of test_codegen (every op forward and backward, odd sizes), at -O2:
     one training step, every root and updated state within test_emu's per-tensor tolerances."""
     from test_codegen import MODELS
-    from test_emu import compare_step
     from dlc.runtime.emu import EmuBackend
     g = dlc.compile(MODELS[name], backend="interp", opt_level=2).graph
     compare_step(g, EmuBackend(g), 7, seed=7, rng=(11, 3))
 
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from test_codegen import build_random_graph, recipes  # noqa: E402
 
 
 @pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes, st.integers(1, 19))
+@example(recipe=(1, [("binary", "add", "row", False)], "sum"), batch=1)  # was a bug: a reduction over N
+# whose folded operand reads no N-shaped buffer was not passed dim_N
 def test_random_graphs_fused_match_the_interpreter(recipe, batch):
     """Random chains of every elementwise op, matmuls and reductions (test_codegen's recipes),
     fused: groups, epilogues and in-place updates against the unfused reference."""
-    from test_emu import compare_step
     from dlc.passes.fusion import fuse
     from dlc.runtime.emu import EmuBackend
     g = fuse(build_random_graph(recipe))
@@ -225,7 +226,6 @@ def test_reductions_compute_their_producers():
     """sum((p - t)^2) + mean(p * p * 0.5) at -O2: each reduction is one kernel that computes its
     operand element by element (no backward rule reads those operands); the step agrees with the
     interpreter (tolerances of test_emu)."""
-    from test_emu import compare_step
     from dlc.runtime.emu import EmuBackend
     src = """model r {
     input x : f32[N, 6]
