@@ -440,7 +440,7 @@ class _Generator:
         if rule == "reduce":  # pointwise producers computed inside the reduction's loop
             red = root
             inputs = [a for a in g.operands(red) if a in members]
-            self._folding = {a: [m for m in members if m in g.upstream([a]) and m != red] for a in inputs}
+            self._folding = {a: _within(g, a, set(members)) for a in inputs}
             self._folded_comment, self._folded_stem = comment, stem
             try:
                 EMITTERS[OPS[g.op(red)].family](self, red)
@@ -657,27 +657,26 @@ class _Generator:
         return [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
                 ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("DH", dh), ("DW", dw)]
 
+    def _convolution(self, n, x, y, w, which, template):
+        """A convolution or one of its adjoints, given its input x, output-side tensor y (the
+        output, or the adjoint g) and kernel w: the tiled product when it is a 1x1, else the
+        direct template, one thread per element of what it computes."""
+        t = self.g.type
+        if self._conv_1x1(n, t(x).shape, t(y).shape, t(w).shape, which):
+            return
+        self._per_element(n, template, self._geometry(t(x).shape, t(y).shape, self.g.attrs(n), t(w).shape[2:]))
+
     def emit_conv(self, n):  # (x, w) -> y
         x, w = self.g.operands(n)
-        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(n).shape, self.g.type(w).shape, "forward"):
-            return
-        consts = self._geometry(self.g.type(x).shape, self.g.type(n).shape, self.g.attrs(n), self.g.type(w).shape[2:])
-        self._per_element(n, "conv2d.cu.j2", consts)
+        self._convolution(n, x, n, w, "forward", "conv2d.cu.j2")
 
     def emit_conv_grad_x(self, n):  # (g, w, x) -> dx, one thread per element of x
         gy, w, x = self.g.operands(n)
-        if self._conv_1x1(n, self.g.type(x).shape, self.g.type(gy).shape, self.g.type(w).shape, "grad_x"):
-            return
-        consts = self._geometry(self.g.type(x).shape, self.g.type(gy).shape, self.g.attrs(n), self.g.type(w).shape[2:])
-        self._per_element(n, "conv2d_grad_x.cu.j2", consts)
+        self._convolution(n, x, gy, w, "grad_x", "conv2d_grad_x.cu.j2")
 
     def emit_conv_grad_w(self, n):  # (x, g, w) -> dw, one thread per element of w
         x, gy, w = self.g.operands(n)
-        t = self.g.type
-        if self._conv_1x1(n, t(x).shape, t(gy).shape, t(w).shape, "grad_w"):
-            return
-        consts = self._geometry(t(x).shape, t(gy).shape, self.g.attrs(n), t(w).shape[2:])
-        self._per_element(n, "conv2d_grad_w.cu.j2", consts)
+        self._convolution(n, x, gy, w, "grad_w", "conv2d_grad_w.cu.j2")
 
     def _pool(self, n, x, y_shape):
         a = self.g.attrs(n)
@@ -840,6 +839,18 @@ class _Generator:
                        f"conv1x1_grad_w_{n}", "g @ x^T, summed over images and pixels", "in1", "in0",
                        b_fast="k")
         return True
+
+def _within(g: Graph, a: str, members: set) -> list[str]:
+    """`a` and the members of a group it depends on through members only, in graph order: the
+    producers a folded reduction computes for its operand `a` (a walk bounded by the group)."""
+    seen, todo = {a}, [a]
+    while todo:
+        for u in g.operands(todo.pop()):
+            if u in members and u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return sorted(seen, key=lambda n: g.nx.nodes[n]["seq"])
+
 
 def _ewise(op: str, a: str, b: str | None = None) -> str:
     """The registry's C expression of an elementwise op, applied to the C expressions a and b."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..codegen import generate
 from ..ir.errors import DlcError
+from ..ir.graph import Graph
 
 BACKENDS = ("interp", "emu", "cuda")
 
@@ -84,6 +86,18 @@ class BufferState:
 
     def _sync(self) -> None:
         pass
+
+    def _prepare(self, graph: Graph, float_dtype, available) -> None:
+        """What both generated-code backends do first: float32 only, the backend can run here
+        (`available()` -> (ok, why)), the module generated from the graph."""
+        if np.dtype(float_dtype) != np.float32:
+            raise DlcError(f"the {self.name} backend computes in float32, not {np.dtype(float_dtype).name} "
+                           "(use the interp backend for float64)")
+        ok, why = available()
+        if not ok:
+            raise DlcError(f"backend '{self.name}' cannot run here: {why}")
+        self.graph = graph
+        self.module = generate(graph)
 
     def keeps(self, n: str) -> bool:
         """Whether `run` can hand out node `n`'s value: at -O2 a fused group's inner values live

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ..codegen import evaluate, generate
+from ..codegen import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
@@ -54,16 +54,9 @@ class CudaBackend(BufferState):
     check_numerics = False  # after every launch, synchronise and check what it wrote (no CUDA graph)
 
     def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False):
-        if np.dtype(float_dtype) != np.float32:
-            raise DlcError(f"the cuda backend computes in float32, not {np.dtype(float_dtype).name} "
-                           "(use the interp backend for float64)")
-        ok, why = cuda_available()
-        if not ok:
-            raise DlcError(f"backend 'cuda' cannot run here: {why}")
+        self._prepare(graph, float_dtype, cuda_available)
         import cupy as cp
         self.cp = cp
-        self.graph = graph
-        self.module = generate(graph)
         self.cuda_graph = cuda_graph
         self.sync_each_launch = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codegen import EMU_HEADER, evaluate, generate
+from ..codegen import EMU_HEADER, evaluate
 from ..codegen.generate import RNG_BUFFER
 from ..ir.errors import DlcError
 from .backends import BufferState, check_launch
@@ -91,14 +91,7 @@ class EmuBackend(BufferState):
     check_numerics = False  # after every launch, check what it wrote (stop at NaN or infinity)
 
     def __init__(self, graph: Graph, float_dtype=np.float32):
-        if np.dtype(float_dtype) != np.float32:
-            raise DlcError(f"the emu backend computes in float32, not {np.dtype(float_dtype).name} "
-                           "(use the interp backend for float64)")
-        ok, why = emu_available()
-        if not ok:
-            raise DlcError(f"backend 'emu' cannot run here: {why}")
-        self.graph = graph
-        self.module = generate(graph)
+        self._prepare(graph, float_dtype, emu_available)
         self.lib = ctypes.CDLL(str(build_library(self.module.emu_source())))
         self._fns = {}
         for k in self.module.launches:
