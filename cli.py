@@ -402,7 +402,7 @@ def cmd_run(args) -> int:
         if args.checkpoint and metrics["history"]:
             print(f"checkpoint: {Path(args.checkpoint) / 'checkpoint.npz'} (epoch {metrics['history'][-1]['epoch']})")
     else:
-        rule = accuracy_rule(g)
+        rule = accuracy_rule(g, feeds)
         try:
             loss, acc = evaluate(model, feeds, batch, rule)
         except DlcError as e:
@@ -417,8 +417,10 @@ def cmd_run(args) -> int:
         print(f"{shown or 'ran inference'} on {n} examples")
     if "val_accuracy" in metrics:
         print(f"held-out accuracy {metrics['val_accuracy']:.4f} on {metrics['val_examples']} examples")
+    elif "val_loss" in metrics:  # a model with no accuracy (a regression): its held-out loss
+        print(f"held-out loss {metrics['val_loss']:.4f} on {metrics['val_examples']} examples")
     if args.predict:
-        _write_predictions(args.predict, predict(model, feeds, batch), accuracy_rule(g))
+        _write_predictions(args.predict, predict(model, feeds, batch), accuracy_rule(g, feeds))
         print(f"wrote predictions for {n} examples to {args.predict}")
     if args.save:
         params, state = model.split_state()

@@ -20,9 +20,18 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
 | transfer_base | 64-64(relu)-64(relu)-5 | cross-entropy | SGD, momentum ramp 0.5 -> 0.9, cosine lr with warm-up |
 | transfer_finetune | the same, hidden layers frozen, a new head | cross-entropy | SGD with momentum, step lr |
+| sine     | nn.RNN(1, 16, tanh) over 20 steps, last state, 16-1 | MSE | Adam lr 0.01, clipped to norm 1 |
+| adding_elman | nn.RNN(2, 32, tanh) over 40 steps, last state, 32-1 | MSE | Adam lr 0.003, clipped to norm 1 |
+| adding_lstm  | nn.LSTM(2, 32) over 40 steps, last state, 32-1 | MSE | Adam lr 0.003, clipped to norm 1 |
 
 Schedules (lr and momentum by step) are applied by `Scheduled` with dlc's formulas before each
-step; frozen params have `requires_grad=False`.
+step; frozen params have `requires_grad=False`. Clipping (`clip = c`) is
+torch.nn.utils.clip_grad_norm_ before each step (`Clipped`).
+
+Recurrent layers: dlc's Elman and LSTM layers (the prelude) have one bias, PyTorch's two
+(`bias_ih` and `bias_hh`, added): `bias_ih` is dlc's bias, and `bias_hh` is fixed (no gradient)
+at 0, except that an LSTM's forget-gate block holds dlc's `forget_bias` (1). The gate order of
+`lstm_cell` is PyTorch's (input, forget, cell, output), so the weights copy over transposed.
 
 The optimizer settings are read from the compiled dlc model (`graph.meta.optimizer`), so they
 follow the `.dln` file. dlc stores a dense weight as [in, out] (`x @ w`); nn.Linear as
@@ -36,7 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception", "transfer_base", "transfer_finetune")
+EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception", "transfer_base", "transfer_finetune",
+            "sine", "adding_elman", "adding_lstm")
+REGRESSION = ("xor", "sine", "adding_elman", "adding_lstm")  # float targets and an MSE loss
 
 
 class MLP(nn.Module):  # mlp.dln: params w1 b1 w2 b2
@@ -165,9 +176,34 @@ class Transfer(nn.Module):  # transfer_base.dln / transfer_finetune.dln: 64-64(r
         return self.out(torch.relu(self.h2(torch.relu(self.h1(x)))))
 
 
+class Recurrent(nn.Module):
+    """sine.dln, adding_elman.dln, adding_lstm.dln: an Elman (nn.RNN, tanh) or LSTM layer of n
+    units over [N, T, F], the state after the last step, and a linear read-out to one value."""
+
+    def __init__(self, kind: str, features: int, n: int, forget_bias: float = 1.0):
+        super().__init__()
+        layer = nn.LSTM if kind == "lstm" else nn.RNN
+        self.rnn = layer(features, n, batch_first=True)
+        self.out = nn.Linear(n, 1)
+        wh = "h.s.wh" if kind == "lstm" else "h.wh"
+        self.dlc = {"h.wx": "rnn.weight_ih_l0", "h.b": "rnn.bias_ih_l0", wh: "rnn.weight_hh_l0",
+                    "pred.linear.w": "out.weight", "pred.linear.b": "out.bias"}
+        self.decay = []
+        with torch.no_grad():  # PyTorch's second bias: fixed, holding what dlc adds as a constant
+            self.rnn.bias_hh_l0.zero_()
+            if kind == "lstm":
+                self.rnn.bias_hh_l0[n:2 * n] = forget_bias
+        self.rnn.bias_hh_l0.requires_grad_(False)
+
+    def forward(self, x):
+        states, _ = self.rnn(x)
+        return self.out(states[:, -1])
+
+
 MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet,
           "inception": InceptionNet, "transfer_base": lambda: Transfer("digits", False),
-          "transfer_finetune": lambda: Transfer("head", True)}
+          "transfer_finetune": lambda: Transfer("head", True), "sine": lambda: Recurrent("elman", 1, 16),
+          "adding_elman": lambda: Recurrent("elman", 2, 32), "adding_lstm": lambda: Recurrent("lstm", 2, 32)}
 
 # the weight-decay factor each .dln adds as `c * l2(...)`
 L2 = {"mlp": 1e-4, "deep_mlp": 1e-4}
@@ -190,9 +226,16 @@ def load_dlc_params(net: nn.Module, params) -> None:
         for k, tname in net.dlc.items():
             p = mine[tname]
             v = torch.as_tensor(np.asarray(params[k], np.float32))
-            if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Linear) and tname.endswith("weight"):
+            if _transposed(net, tname):
                 v = v.T
             p.copy_(v.reshape(p.shape).to(p.device))
+
+
+def _transposed(net: nn.Module, tname: str) -> bool:
+    """Whether a weight is stored [out, in] in PyTorch where dlc stores [in, out] (x @ w)."""
+    owner = net.get_submodule(tname.rsplit(".", 1)[0])
+    return isinstance(owner, nn.Linear) and tname.endswith("weight") or \
+        isinstance(owner, nn.RNNBase) and ".weight_" in tname
 
 
 def dlc_params(net: nn.Module) -> dict[str, np.ndarray]:
@@ -201,7 +244,7 @@ def dlc_params(net: nn.Module) -> dict[str, np.ndarray]:
     out = {}
     for k, tname in net.dlc.items():
         v = mine[tname].detach().cpu()
-        if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Linear) and tname.endswith("weight"):
+        if _transposed(net, tname):
             v = v.T
         if isinstance(net.get_submodule(tname.rsplit(".", 1)[0]), nn.Conv2d) and tname.endswith("bias"):
             v = v.reshape(-1, 1, 1)
@@ -214,7 +257,7 @@ def loss_fn(name: str, net: nn.Module):
     c = L2.get(name, 0.0)
     decay = net.decay
 
-    if name == "xor":
+    if name in REGRESSION:
         def f(x, y):
             return F.mse_loss(net(x), y)
     elif c:
@@ -268,7 +311,23 @@ def optimizer(net: nn.Module, spec):
     when the settings have a schedule."""
     name, s = spec
     opt = _optimizer(net, name, s)
-    return Scheduled(opt, s) if any(k in s for k in ("schedule", "warmup", "momentum_warmup")) else opt
+    opt = Scheduled(opt, s) if any(k in s for k in ("schedule", "warmup", "momentum_warmup")) else opt
+    return Clipped(opt, net, s["clip"]) if s.get("clip") else opt
+
+
+class Clipped:
+    """An optimizer that clips the gradients to a global norm before each step (`clip = c`)."""
+
+    def __init__(self, opt, net: nn.Module, clip: float):
+        self.opt, self.clip = opt, clip
+        self.params = [p for p in net.parameters() if p.requires_grad]
+
+    def zero_grad(self):
+        self.opt.zero_grad()
+
+    def step(self):
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
 
 
 def _optimizer(net, name, s):
@@ -286,5 +345,5 @@ def torch_batch(name: str, feeds: dict, device="cpu"):
     """dlc feeds (x float32, y int32 labels or float32 targets) as PyTorch tensors."""
     x = torch.as_tensor(np.asarray(feeds["x"], np.float32)).to(device)
     y = torch.as_tensor(np.asarray(feeds["y"]))
-    y = y.float() if name == "xor" else y.long()
+    y = y.float() if name in REGRESSION else y.long()
     return x, y.to(device)

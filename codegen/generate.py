@@ -786,30 +786,47 @@ class _Generator:
         g = self.g
         a, b = g.operands(n)
         ta, tb = g.attrs(n)["ta"], g.attrs(n)["tb"]
-        m, k = g.type(a).shape[::-1] if ta else g.type(a).shape
-        _, cols = g.type(n).shape
+        sa, sb, so = g.type(a).shape, g.type(b).shape, g.type(n).shape
+        m, k = sa[-1:-3:-1] if ta else sa[-2:]
+        cols = so[-1]
         M, K, N = (Size.of([d]) for d in (m, k, cols))
+        variant = ("t" if ta else "n") + ("t" if tb else "n")
+        a_fast, b_fast = ("m" if ta else "k"), ("k" if tb else "n")
+        what = f"{'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}"
+        b_index = f"col * {K.c()} + kb" if tb else f"kb * {N.c()} + col"
+        if len(so) == 3 and len(sa) == 3 and len(sb) == 2 and not ta:
+            # a batch of row blocks times one matrix: the batch folds into the rows (one GEMM)
+            M = Size.of([sa[0]]) * M
+            what += ", the batch folded into the rows"
+        elif len(so) == 3:
+            # a batch of products, one per blockIdx.z; a matrix operand is shared by every item
+            def at(shape, index, size):
+                return f"blockIdx.z * {size.c()} + {index}" if len(shape) == 3 else index
+            a_index = at(sa, f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka", M * K)
+            self._gemm(n, M, K, N, a_index, at(sb, b_index, K * N), at(so, "row * N + col", M * N),
+                       f"bmatmul_{variant}_{n}", what + ", one product per item of the batch", a_fast=a_fast,
+                       b_fast=b_fast, batch=so[0])
+            return
         # A is [M, K] (or [K, M] when ta); B is [K, N] (or [N, K] when tb)
         a_index = f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka"
-        b_index = f"col * {K.c()} + kb" if tb else f"kb * {N.c()} + col"
-        variant = ("t" if ta else "n") + ("t" if tb else "n")
-        self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}",
-                   f"{'A^T' if ta else 'A'} @ {'B^T' if tb else 'B'}", a_fast="m" if ta else "k",
-                   b_fast="k" if tb else "n")
+        self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}", what,
+                   a_fast=a_fast, b_fast=b_fast)
 
     def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1",
-              a_fast="k", b_fast="n"):
+              a_fast="k", b_fast="n", batch=1):
         """The register-blocked product out[row, col] = sum_k A[row, k] B[k, col], with the
         element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
         are the operands named `a_in` and `b_in`. `a_fast` ("m" or "k") and `b_fast` ("n" or "k")
-        say which index runs along memory in each operand, so that staging reads coalesce."""
+        say which index runs along memory in each operand, so that staging reads coalesce. With a
+        `batch` dimension, one product per blockIdx.z (the index expressions offset by it)."""
         BM, BN, BK, TM, TN = GEMM_TILE
         threads = (BM // TM) * (BN // TN)
         ctx = dict(M=M.c(), N=N.c(), K=K.c(), BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, threads=threads,
                    a_index=a_index, b_index=b_index, out_index=out_index, what=what, a_in=a_in, b_in=b_in,
                    a_fast=a_fast, b_fast=b_fast)
         self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n),
-                  [ceil_div(N, BN), ceil_div(M, BM), 1], [threads, 1, 1], barriers=True, stem=stem)
+                  [ceil_div(N, BN), ceil_div(M, BM), ceil_div(Size.of([batch]), 1)], [threads, 1, 1],
+                  barriers=True, stem=stem, extra_dims=symbols_of((batch,)))
 
     def _conv_1x1(self, n, x_shape, g_shape, w_shape, which) -> bool:
         """A 1x1 convolution with stride 1 and no padding is a matrix product over the channels at
@@ -852,7 +869,7 @@ def _within(g: Graph, a: str, members: set) -> list[str]:
     return sorted(seen, key=lambda n: g.nx.nodes[n]["seq"])
 
 
-def _ewise(op: str, a: str, b: str | None = None) -> str:
+def _ewise(op: str, a: str | None = None, b: str | None = None) -> str:
     """The registry's C expression of an elementwise op, applied to the C expressions a and b."""
     c = OPS[op].c
     return "(" + re.sub(r"\b([ab])\b", lambda m: f"({a})" if m.group(1) == "a" else f"({b})", c) + ")"

@@ -125,7 +125,7 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
         raise DlcError("expression nested too deeply", Loc(file, 1, 1))
 
 
-_SPECIAL = {"l1", "l2"}  # variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2)
+_SPECIAL = {"l1", "l2", "scan"}  # l1, l2 variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2); scan: below
 _UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split"}  # settings that must lie in [0, 1)
 
 
@@ -145,6 +145,8 @@ class _Lowerer:
     def __init__(self, file: str, text: str, funcs: dict):
         self.file, self.text, self.funcs = file, text, funcs
         self.depth = 0
+        self.steps: list[tuple[str, str]] = []  # scans being unrolled: (step prefix, scan prefix)
+        self.shared: set[str] = set()           # params made by a scan's cell, shared by its steps
 
     # -- model ------------------------------------------------------------------------------
     def model(self, m: A.Model) -> Graph:
@@ -176,8 +178,18 @@ class _Lowerer:
                 raise DlcError(f"param {s.name} must be f32, found {t}", s.type.loc)
             init = self.init(s.init, scope) if s.init is not None else "zeros"
             name = scope.qual(s.name)
+            for step, base in self.steps:  # inside a scan: every step's cell shares one set of params
+                if name.startswith(step + "."):
+                    name = base + name[len(step):]
+            if name in self.shared and self.steps:
+                if g.type(name) != t or g.attrs(name)["init"] != init:  # pragma: no cover - same text each step
+                    raise DlcError(f"param {name} differs between the steps of a scan", s.loc)
+                self.define(scope, s.name, Tensor(name), s.loc)
+                return
             if name in g:
                 raise DlcError(f"'{name}' is already defined", s.loc)
+            if self.steps:
+                self.shared.add(name)
             self.define(scope, s.name, Tensor(g.add("param", [], {"init": init}, name=name, loc=s.loc, type=t)),
                         s.loc)
         elif isinstance(s, A.Bind):
@@ -434,6 +446,8 @@ class _Lowerer:
 
     def call(self, e: A.Call, scope: _Scope, ctx: "_Stmt", name: str | None):
         g = self.g
+        if e.fn == "scan":
+            return self.scan(e, scope, ctx, name)
         if e.fn in _SPECIAL:
             if e.kwargs or not e.args:
                 raise DlcError(f"{e.fn}() takes one or more tensors, e.g. {e.fn}(w1, w2)", e.loc)
@@ -482,6 +496,62 @@ class _Lowerer:
             return self.call_func(self.funcs[e.fn], e, scope, ctx, name)
         known = [k for k, d in OPS.items() if d.dsl] + list(self.funcs) + list(_SPECIAL)
         raise DlcError(f"unknown function or op '{e.fn}'{_suggest(e.fn, known)}", e.loc)
+
+    def scan(self, e: A.Call, scope: _Scope, ctx: "_Stmt", name: str | None):
+        """`scan(cell, xs, init, args...)`: the function `cell` applied along axis 1 (time) of
+        `xs` [B, T, ...], unrolled at compile time: state = cell(xs[:, t], state, args...) for t
+        in 0..T-1, starting from `init`. The value is every step's state, stacked along axis 1:
+        [B, T, ...state]. The cell's params are made once and shared by all steps (named after
+        the binding, like any call's); its other values are named BINDING.tK.NAME for step K."""
+        g = self.g
+        usage = "scan(cell, xs, init, ...) takes a function name, a sequence [B, T, ...] and an initial state"
+        if len(e.args) < 3 or not isinstance(e.args[0], A.Name):
+            raise DlcError(usage, e.loc)
+        fname = e.args[0].name
+        if fname not in self.funcs:
+            known = list(self.funcs)
+            raise DlcError(f"scan: '{fname}' is not a function{_suggest(fname, known)}", e.args[0].loc)
+        f = self.funcs[fname]
+        if len(f.params) < 2:
+            raise DlcError(f"scan: the cell {fname}() must take the input of a step and the state", e.args[0].loc)
+        xs = self.tensor(self.expr(e.args[1], scope, ctx), e.args[1].loc)
+        state = self.tensor(self.expr(e.args[2], scope, ctx), e.args[2].loc)
+        xt_type, st_type = g.type(xs), g.type(state)
+        if xt_type.rank < 2:
+            raise DlcError(f"scan: the sequence must be [B, T, ...] with time on axis 1, found {xt_type}", e.args[1].loc)
+        steps = xt_type.shape[1]
+        if not isinstance(steps, int):
+            raise DlcError(f"scan: the sequence length must be known when compiling, found {xt_type} "
+                           f"(write it as a number in the input's type)", e.args[1].loc)
+        base = name or ctx.temp("scan")
+        step_shape = [d for i, d in enumerate(xt_type.shape) if i != 1]
+        # the remaining arguments reach the cell as written, evaluated in the caller's scope;
+        # the step's input and state are passed under names no .dln text can spell
+        argscope = _Scope(scope.prefix, scope.in_func)
+        argscope.vars, argscope.where = dict(scope.vars), dict(scope.where)
+        call = A.Call(e.loc, fname, [A.Name(e.args[1].loc, " x"), A.Name(e.args[2].loc, " state"), *e.args[3:]],
+                      dict(e.kwargs))
+        states = []
+        for t in range(steps):
+            prefix = f"{base}.t{t}"
+            xt = g.add("slice", [xs], {"axis": 1, "start": t, "stop": t + 1}, name=f"{prefix}.x", loc=e.loc)
+            xt = g.add("reshape", [xt], {"shape": step_shape}, name=f"{prefix}.x", loc=e.loc)
+            argscope.vars[" x"], argscope.vars[" state"] = Tensor(xt), Tensor(state)
+            self.steps.append((prefix, base))
+            try:
+                out = self.call_func(f, call, argscope, _Stmt(prefix, 1), None)
+            finally:
+                self.steps.pop()
+            out = self.tensor(out, e.loc)
+            if g.type(out) != st_type:
+                raise DlcError(f"scan: the cell {fname}() returns {g.type(out)}, but the state is {st_type} "
+                               f"(a cell returns the next state, of the initial state's type)", e.loc)
+            state = out
+            states.append(g.add("reshape", [out], {"shape": [st_type.shape[0], 1, *st_type.shape[1:]]},
+                                name=f"{prefix}.stack", loc=e.loc))
+        if len(states) == 1:
+            return Tensor(g.add("reshape", states, {"shape": list(g.type(states[0]).shape)}, name=base, loc=e.loc))
+        return Tensor(g.add("concat", states, {"axis": 1}, name=base, loc=e.loc))
 
     def call_func(self, f: A.Func, e: A.Call, scope: _Scope, ctx: "_Stmt", name: str | None):
         if self.depth >= MAX_CALL_DEPTH:

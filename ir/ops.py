@@ -184,15 +184,22 @@ def _scalar_loss(name):
 
 
 def _matmul_rule(types, attrs):
+    """Matrices, or batches of them: [M, K] @ [K, N], [B, M, K] @ [K, N] (the matrix shared by
+    every item), [M, K] @ [B, K, N] and [B, M, K] @ [B, K, N]. `ta`/`tb` transpose the last two
+    dimensions of an operand."""
     a, b = types
     _floats("matmul", types)
-    if a.rank != 2 or b.rank != 2:
-        raise DlcError(f"matmul expects two matrices, found {a} @ {b}")
-    m, k = a.shape[::-1] if attrs["ta"] else a.shape
-    k2, n = b.shape[::-1] if attrs["tb"] else b.shape
+    if a.rank not in (2, 3) or b.rank not in (2, 3):
+        raise DlcError(f"matmul expects matrices or batches of matrices (rank 2 or 3), found {a} @ {b}")
+    m, k = a.shape[-1:-3:-1] if attrs["ta"] else a.shape[-2:]
+    k2, n = b.shape[-1:-3:-1] if attrs["tb"] else b.shape[-2:]
     if k != k2:
         raise DlcError(f"shape mismatch in matmul: {a} @ {b} (inner dimensions {k} and {k2} differ)")
-    return TensorType("f32", (m, n))
+    if a.rank == 3 and b.rank == 3 and a.shape[0] != b.shape[0]:
+        raise DlcError(f"shape mismatch in matmul: {a} @ {b} (batch dimensions {a.shape[0]} and {b.shape[0]} "
+                       f"differ)")
+    batch = a.shape[:1] if a.rank == 3 else b.shape[:1] if b.rank == 3 else ()
+    return TensorType("f32", (*batch, m, n))
 
 
 def _transpose_rule(types, attrs):
@@ -213,6 +220,14 @@ def _reshape_rule(types, attrs):
             isinstance(d, (int, str)) and not isinstance(d, bool) for d in target):
         raise DlcError(f"reshape needs a shape list such as [N, 64], found {target!r}")
     return types[0].with_shape(reshape_shape(types[0].shape, tuple(target)))
+
+
+def _zeros_rule(types, attrs):
+    shape = attrs["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, str) or isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise DlcError(f"zeros needs a shape list of positive sizes such as [N, 32], found {shape!r}")
+    return TensorType("f32", tuple(shape))
 
 
 def _axis_rule(name):
@@ -323,7 +338,19 @@ def _mean(x, axis, keepdims):
 
 
 def _matmul(a, b, ta, tb):
-    return (a.T if ta else a) @ (b.T if tb else b)
+    return (np.swapaxes(a, -1, -2) if ta else a) @ (np.swapaxes(b, -1, -2) if tb else b)
+
+
+def _matmul_vjp(b, n, g):
+    """Y = A @ B:  dA = dY @ B^T,  dB = A^T @ dY, with the operands' own transposes folded in.
+    Where one operand is a matrix shared by a batch, its adjoint is summed over the batch."""
+    x, y = n.args
+    ta, tb = n.attrs["ta"], n.attrs["tb"]
+
+    def shared(i, adj):  # the adjoint of a matrix operand that a batched product broadcast
+        return b.sum(adj, axis=0) if n.type.rank == 3 and n.types[i].rank == 2 else adj
+    return [lambda: shared(0, b.matmul(y, g, ta=tb, tb=True) if ta else b.matmul(g, y, tb=not tb)),
+            lambda: shared(1, b.matmul(g, x, ta=True, tb=ta) if tb else b.matmul(x, g, ta=not ta))]
 
 
 def _reshape(x, shape, dims):
@@ -407,16 +434,10 @@ op("sigmoid", 1, _unary_float("sigmoid"), lambda x: 0.5 * (1 + np.tanh(0.5 * x))
 op("tanh", 1, _unary_float("tanh"), np.tanh, lambda b, n, g: [lambda: b.tanh_grad(g, n.out)], c="tanhf(a)")
 
 # linear algebra and layout
-op("matmul", 2, _matmul_rule, _matmul,
-   lambda b, n, g: [
-       # Y = A @ B:  dA = dY @ B^T,  dB = A^T @ dY  (with the operands' own transposes folded in)
-       lambda: (b.matmul(n.args[1], g, ta=n.attrs["tb"], tb=True) if n.attrs["ta"]
-                else b.matmul(g, n.args[1], tb=not n.attrs["tb"])),
-       lambda: (b.matmul(g, n.args[0], ta=True, tb=n.attrs["ta"]) if n.attrs["tb"]
-                else b.matmul(n.args[0], g, ta=not n.attrs["ta"]))],
+op("matmul", 2, _matmul_rule, _matmul, _matmul_vjp,
    family="matmul", attrs={"ta": False, "tb": False}, flops=lambda n, size: 2 * size(n.type) * size(
-       n.types[0].with_shape([n.types[0].shape[0 if n.attrs["ta"] else 1]])),
-   doc="matrix product, operands optionally transposed")
+       n.types[0].with_shape([n.types[0].shape[-2 if n.attrs["ta"] else -1]])),
+   doc="matrix product (or a batch of them), operands optionally transposed")
 op("transpose", 1, _transpose_rule, lambda x, perm: np.transpose(x, perm),
    lambda b, n, g: [lambda: b.transpose(g, perm=None if n.attrs["perm"] is None
                                           else list(np.argsort(n.attrs["perm"]).tolist()))],
@@ -424,6 +445,10 @@ op("transpose", 1, _transpose_rule, lambda x, perm: np.transpose(x, perm),
 op("reshape", 1, _reshape_rule, _reshape,
    lambda b, n, g: [lambda: b.reshape(g, shape=list(n.types[0].shape))],
    family="alias", attrs={"shape": REQUIRED}, needs_dims=True)
+op("zeros", 0, _zeros_rule, lambda shape, dims: np.zeros([dims[d] if isinstance(d, str) else d for d in shape],
+                                                        "float32"),
+   lambda b, n, g: [], c="0.0f", attrs={"shape": REQUIRED}, needs_dims=True,
+   doc="a tensor of zeros of the given shape, which may name symbolic dimensions (an initial state)")
 op("broadcast_like", 2, _bcast_like_rule, lambda a, ref: np.broadcast_to(a, ref.shape),
    family="broadcast", dsl=False, doc="operand 0 broadcast to the shape of operand 1")
 

@@ -13,8 +13,8 @@ OPTIMIZERS = {
     "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
 }
 
-# Schedules: settings every optimizer also takes, by name only. Only those a model gives (and the
-# defaults of the schedule it chose) are stored, so a model without a schedule keeps its IR.
+# Schedules and clipping: settings every optimizer also takes, by name only. Only those a model
+# gives (and the defaults of the schedule it chose) are stored, so a model without them keeps its IR.
 # Steps are counted from 0: step t is the (t+1)-th optimizer step (passes/optimizer.py).
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 SCHEDULE_SETTINGS = {
@@ -26,6 +26,7 @@ SCHEDULE_SETTINGS = {
     "warmup": int,            # any schedule: linear warm-up over this many steps (default 0: none)
     "momentum_start": float,  # sgd with momentum: the momentum of the first step ...
     "momentum_warmup": int,   # ... rising linearly to `momentum` over this many steps
+    "clip": float,            # clip the gradients by their global norm to at most this (> 0)
 }
 # what each schedule needs (REQUIRED) or defaults to; settings of another schedule are errors
 SCHEDULE_NEEDS = {
@@ -51,6 +52,8 @@ def schedule_problem(optimizer: str, s: dict) -> tuple[str, str] | None:
             return k, f"must be an integer number of steps, found {v!r}"
         elif want is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return k, f"must be a number, found {v!r}"
+    if "clip" in s and not s["clip"] > 0:
+        return "clip", f"must be greater than 0 (the largest global gradient norm), found {s['clip']}"
     kind = s.get("schedule", "constant")
     needs = SCHEDULE_NEEDS[kind]
     for k in ("step_size", "gamma", "total", "lr_min"):

@@ -23,6 +23,13 @@ computes the same rates. With K = warmup and u = max(0, t - K) (steps since the 
                  polynomial to z^13, within 7e-10 of sin on [0, pi/2])
     momentum_t = momentum - (momentum - momentum_start) * max(0, 1 - t / momentum_warmup)
 
+Clipping (`clip = c`) scales every trainable param's gradient by one factor before the update,
+as torch.nn.utils.clip_grad_norm_ does: with n = sqrt(sum over params of sum(g^2)),
+
+    g <- g * min(1, c / (n + 1e-6))      (min(r, 1) = s r + (1 - s) with s = [r < 1]: exact)
+
+`Model.grad` still returns the gradients before clipping; the factor is the node %clip.scale.
+
 There is no floor, min, max or cos op: min(x, 1) = x - relu(x - 1), [t >= K] = relu(sign(t - K + 0.5))
 on whole numbers, and floor(u / step_size) comes from a phase counter; all exact in float32.
 """
@@ -56,10 +63,13 @@ def optimizer_update(g: Graph) -> Graph:
             shared[k] = b.mul(old, b.const(s[k]))
             g.add("assign", [old, shared[k]], name=f"adam.{k}_t.assign", loc=loc)
     lr_t, mu_t = schedule(g, s)
+    scale = clip_scale(g, s["clip"]) if s.get("clip") else None
     for p in g.trainable:
         gr = g.meta.grads[p]
         loc = g.loc(p)
         b = Builder(g, f"{p}.new", loc)
+        if scale:
+            gr = b.mul(gr, scale)
         lr = lr_t or b.const(s["lr"])
         if name == "sgd":
             if s["nesterov"] and s["momentum"] <= 0:
@@ -95,6 +105,19 @@ def optimizer_update(g: Graph) -> Graph:
             raise DlcError(f"unknown optimizer '{name}'")
         g.add("assign", [p, new], name=f"{p}.assign", loc=loc)
     return g
+
+
+def clip_scale(g: Graph, clip: float) -> str:
+    """The factor min(1, clip / (global norm + 1e-6)) that clipping applies to every gradient."""
+    b = Builder(g, "clip", g.loc(g.meta.loss))
+    total = None
+    for p in g.trainable:
+        sq = b.l2(g.meta.grads[p])
+        total = sq if total is None else b.add(total, sq)
+    norm = _name(g, b.sqrt(total), "clip.norm")
+    ratio = b.div(b.const(clip), b.add(norm, b.const(1e-6)))
+    below = b.relu(b.sign(b.sub(b.const(1.0), ratio)))  # 1.0 where ratio < 1, else 0.0
+    return _name(g, b.add(b.mul(below, ratio), b.sub(b.const(1.0), below)), "clip.scale")
 
 
 # sin(z) = z (1 + z^2 (c3 + z^2 (c5 + ...))), Taylor to z^13: within 7e-10 of sin on [0, pi/2]

@@ -25,7 +25,7 @@ def evaluate_classes(model, feeds: dict, batch: int) -> dict:
     precision or recall is None where its denominator is 0), `macro` (the means over the classes
     where each is defined) and `confusion` (a list of rows, one per true class)."""
     g = model.graph
-    rule = accuracy_rule(g)
+    rule = accuracy_rule(g, feeds)
     if rule is None and not g.meta.loss:
         raise DlcError(f"model {g.meta.name} has neither a loss nor labels to evaluate against (integer labels "
                        "i32[N] for an [N, C] output, or 0/1 targets for a single-unit output)")

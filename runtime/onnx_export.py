@@ -75,8 +75,22 @@ def _plain(op_type: str) -> Exporter:
 
 def _matmul(e, n, ins, a, out):
     if not a["ta"] and not a["tb"]:
-        return e.node("MatMul", ins, n, out)
-    return e.node("Gemm", ins, n, out, transA=int(a["ta"]), transB=int(a["tb"]))
+        return e.node("MatMul", ins, n, out)  # MatMul broadcasts a matrix over a batch, as dlc does
+    if e.g.type(n).rank == 2:
+        return e.node("Gemm", ins, n, out, transA=int(a["ta"]), transB=int(a["tb"]))
+    ins = list(ins)  # a batched product: transpose the last two axes of a flagged operand first
+    for i, flag in enumerate(("ta", "tb")):
+        if a[flag]:
+            rank = e.g.type(e.g.operands(n)[i]).rank
+            ins[i] = e.node("Transpose", [ins[i]], f"{n}.{flag}", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+    return e.node("MatMul", ins, n, out)
+
+
+def _zeros(e, n, ins, a, out):
+    parts = [e.ints([d], f"{n}.dim") if isinstance(d, int) else _dim(e, d, n) for d in a["shape"]]
+    shape = e.node("Concat", parts, f"{n}.shape", axis=0) if len(parts) > 1 else parts[0]
+    return e.node("ConstantOfShape", [shape], n, out,
+                  value=e.h.make_tensor(f"{n}.zero", e.onnx.TensorProto.FLOAT, [1], [0.0]))
 
 
 def _transpose(e, n, ins, a, out):
@@ -210,6 +224,7 @@ EXPORT: dict[str, Exporter] = {
     "transpose": _transpose,
     "reshape": _reshape,                    # symbolic N: 0 (copy the input's) or -1
     "broadcast_like": _broadcast_like,      # Expand to the Shape of the reference
+    "zeros": _zeros,                        # ConstantOfShape, symbolic dims read off an input
     "sum": _reduce("ReduceSum", True),      # axes as an input since opset 13
     "mean": _reduce("ReduceMean", False),   # axes as an attribute until opset 18
     "size": _size,

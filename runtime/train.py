@@ -39,8 +39,11 @@ def setting_problem(key: str, value) -> str | None:
     return None
 
 
-def accuracy_rule(g):
-    """(output name, label input, kind) or None when the model has nothing to compare with."""
+def accuracy_rule(g, feeds: dict | None = None):
+    """(output name, label input, kind) or None when the model has nothing to compare with.
+    "argmax": i32 class labels against the output's largest entry; "threshold": targets of the
+    output's own type, compared at 0.5, which counts only when the targets are 0 or 1 (with
+    `feeds` given, other targets, such as a regression's, get no accuracy)."""
     if not g.meta.outputs:
         return None
     out_name, out = next(iter(g.meta.outputs.items()))
@@ -53,6 +56,8 @@ def accuracy_rule(g):
             return out_name, n, "argmax"
     for n in labels:
         if g.type(n) == t and t.rank >= 1 and (t.rank == 1 or t.shape[-1] == 1):
+            if feeds is not None and n in feeds and not np.isin(feeds[n], (0.0, 1.0)).all():
+                return None
             return out_name, n, "threshold"
     return None
 
@@ -147,7 +152,7 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
     from .data import save_checkpoint
     out = out or sys.stdout  # looked up now: a caller (or a test) may have replaced it
     g = model.graph
-    rule = accuracy_rule(g)
+    rule = accuracy_rule(g, feeds)
     tr, va = split(feeds, n, val_split, seed) if val_split > 0 else (feeds, {})
     n_tr = len(next(iter(tr.values())))
     rng = np.random.default_rng(seed + 1)  # the shuffling: the loop's only randomness (dropout is keyed by steps)

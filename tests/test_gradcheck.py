@@ -200,6 +200,14 @@ CASES = {
                           lambda x, c, w: np.sum(np.tanh(x @ w) * c)),
     "matmul_same_operand": ("loss = sum(tanh(w @ w) * c)", C((3, 3)), lambda r: {"w": normal(r, 3, 3)},
                             lambda c, w: np.sum(np.tanh(w @ w) * c)),
+    # zeros (an initial state): no operand, nothing to differentiate, but its users still are
+    "zeros": ("loss = sum(tanh(w + zeros([3, 4])) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4)},
+              lambda c, w: np.sum(np.tanh(w) * c)),
+    # a batch of products sharing one matrix (a recurrent layer's input projection)
+    "matmul_batched": ("loss = sum(tanh(x @ w) * c)",
+                       lambda r: {"x": f32(normal(r, 2, 3, 4)), "c": f32(normal(r, 2, 3, 2))},
+                       lambda r: {"w": normal(r, 4, 2)},
+                       lambda x, c, w: np.sum(np.tanh(x @ w) * c)),
     # layout
     "transpose": ("loss = sum(tanh(transpose(w)) * c)", C((4, 3)), lambda r: {"w": normal(r, 3, 4)},
                   lambda c, w: np.sum(np.tanh(w.T) * c)),

@@ -263,3 +263,27 @@ def test_missing_onnx_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "pip install 'dlc[onnx]'" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_batched_products_and_zeros_export():
+    """Every batched product form (3-D @ 2-D, 2-D @ 3-D, 3-D @ 3-D, transposed operands) and a
+    zeros state with a symbolic batch, through onnxruntime at two batch sizes."""
+    src = """
+model b {
+    input x : f32[N, 5, 3]
+    param u : f32[4, 5] = xavier
+    param v : f32[7, 3] = xavier
+    e  = elman(x, 6)
+    q  = matmul(x, e, ta = true)
+    r  = matmul(e, q, tb = true)
+    k  = u @ matmul(x, x, tb = true)
+    w  = matmul(v, x, tb = true)
+    z  = r + zeros([N, 5, 3])
+    output z, k, w
+}"""
+    m = dlc.compile(src, backend="interp")
+    rng = np.random.default_rng(3)
+    randomize(m, rng)
+    proto, _ = export(m)
+    for n in (1, 4):
+        assert_agree(m, proto, random_feeds(m.graph, n, rng))
