@@ -668,7 +668,7 @@ def speed_table(recs: list) -> list[str]:
     for (e, b, _i) in by:
         if (e, b) not in examples:
             examples.append((e, b))
-    order = ["mlp", "logreg", "xor", "deep_mlp", "lenet", "inception"]
+    order = ["mlp", "logreg", "xor", "deep_mlp", "lenet", "inception", "adding_lstm"]
     examples.sort(key=lambda eb: (eb[1], order.index(eb[0]) if eb[0] in order else 99, eb[0]))
 
     def cell(e, b, impl, key):

@@ -462,7 +462,7 @@ if [ "$QUICK" = 1 ]; then
     SPEED_BATCHES=${SPEED_BATCHES:-16}
     SPEED_ARGS=${SPEED_ARGS:-"--warmup 2 --blocks 2 --steps 2"}
 fi
-SPEED_EXAMPLES=${SPEED_EXAMPLES:-"mlp lenet inception deep_mlp logreg xor"}   # what matters most first
+SPEED_EXAMPLES=${SPEED_EXAMPLES:-"mlp lenet inception deep_mlp logreg xor adding_lstm"}   # what matters most first (adding_lstm: against cuDNN's nn.LSTM)
 SPEED_BATCHES=${SPEED_BATCHES:-"128 1024"}
 SPEED_IMPLS=${SPEED_IMPLS:-"dlc-graph eager dlc"}
 SPEED_ARGS=${SPEED_ARGS:-}
