@@ -75,6 +75,8 @@ class Launch:
     block: list
     barriers: bool        # uses __syncthreads (the emulator then runs the block as fibers)
     writes: int = 0       # how many leading args a kernel also reads (in-place updates)
+    consts: list = field(default_factory=list)  # ints passed after the symbols, as `int off<i>`:
+                          # what would otherwise make kernels differ (a slice's offset per step)
 
 
 @dataclass
@@ -133,8 +135,9 @@ class Module:
             for l in self.launches:
                 if l.phase == phase:
                     grid = ", ".join(map(str, l.grid))
+                    consts = [f"off{i}={v}" for i, v in enumerate(l.consts)]
                     lines.append(f"{l.kernel}<<<({grid}), ({', '.join(map(str, l.block))})>>>"
-                                 f"({', '.join(l.args + [f'dim_{d}' for d in l.dims])})")
+                                 f"({', '.join(l.args + [f'dim_{d}' for d in l.dims] + consts)})")
         return "\n".join(lines) + "\n"
 
     def stats(self, dims: dict) -> dict:
@@ -355,9 +358,10 @@ class _Generator:
         return [line.replace("\\", "/") for line in lines]
 
     def _add(self, n: str, template: str, ctx: dict, out: str, ins: list[str], grid, block,
-             barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None) -> Kernel:
+             barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None, consts=()) -> Kernel:
         """Add a kernel for node `n` writing buffer `out` and reading buffers `ins`; it takes the
-        symbols of their shapes (and `extra_dims`) as `int dim_<symbol>` arguments."""
+        symbols of their shapes (and `extra_dims`) as `int dim_<symbol>` arguments, then `consts`
+        as `int off0, off1, ...` (values the body names instead of writing them as literals)."""
         epi = self._epilogue if self._epilogue and n == self._epilogue["producer"] else None
         ctx = dict(ctx, epilogue=epi)
         if epi:  # the product's kernel, finishing with its fusion group (see emit_group)
@@ -372,7 +376,9 @@ class _Generator:
         params = [f"{CTYPE[self.buffers[out].dtype]}* __restrict__ out"]
         params += [f"const {CTYPE[self.buffers[b].dtype]}* __restrict__ in{i}" for i, b in enumerate(ins)]
         params += [f"int dim_{d}" for d in dims]
-        launch = Launch(name, n, self.g.op(n), phase, [out] + ins, dims, list(grid), list(block), barriers)
+        params += [f"int off{i}" for i in range(len(consts))]
+        launch = Launch(name, n, self.g.op(n), phase, [out] + ins, dims, list(grid), list(block), barriers,
+                        consts=list(consts))
         k = Kernel(name, template, ctx, launch, comment or self._comment(n, what), params)
         return self._register(k)
 
@@ -405,12 +411,12 @@ class _Generator:
     def _ins(self, n: str) -> list[str]:
         return [self.node_buffer[a] for a in self.g.operands(n)]
 
-    def _pointwise(self, n, out, ins, expr, loads, stem=None, phase="step", what=None):
+    def _pointwise(self, n, out, ins, expr, loads, stem=None, phase="step", what=None, consts=()):
         """One thread per output element: `loads` are (name, buffer index, C index expr)."""
         size = Size.of(self.buffers[out].shape)
         ctx = dict(size=size.c(), loads=loads, expr=expr, ctype=CTYPE[self.buffers[out].dtype])
         return self._add(n, "pointwise.cu.j2", ctx, out, ins, [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1],
-                         [ELEMENTWISE_BLOCK, 1, 1], phase=phase, stem=stem, what=what)
+                         [ELEMENTWISE_BLOCK, 1, 1], phase=phase, stem=stem, what=what, consts=consts)
 
     # -- families --------------------------------------------------------------------------------
     def emit_source(self, n):  # input, param, state: a buffer of their own, no kernel
@@ -458,19 +464,23 @@ class _Generator:
             finally:
                 self._epilogue = None
             return
-        body = self._pointwise_body(members, root, "i", 0, {})
+        consts: list[int] = []
+        body = self._pointwise_body(members, root, "i", 0, {}, consts=consts)
         size = Size.of(g.type(root).shape)
         ctx = dict(size=size.c(), loads=body["loads"], lets=body["lets"], expr=body["expr"],
                    ctype=CTYPE[g.type(root).dtype])
         self._add(root, "pointwise.cu.j2", ctx, self._temp(root), body["bufs"],
                   [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], stem=stem,
-                  extra_dims=body["dims"], comment=comment)
+                  extra_dims=body["dims"], comment=comment, consts=consts)
 
-    def _pointwise_body(self, members, root, index: str, slot0: int, known: dict, prefix: str = "") -> dict:
+    def _pointwise_body(self, members, root, index: str, slot0: int, known: dict, prefix: str = "",
+                        consts: list | None = None) -> dict:
         """C statements for pointwise members at flat element `index` of the root: the buffers
         they load (as in{slot0}, in{slot0 + 1}, ... with the root's broadcast index), their lets,
         the root's expression and the symbols they need. `known` gives C for values already at
-        hand (an epilogue's accumulator); constants and static sizes become literals."""
+        hand (an epilogue's accumulator); constants and static sizes become literals. With a
+        `consts` list, slice offsets become kernel arguments `off<i>` appended to it instead, so
+        that slices at different places (a scan's steps) share one kernel."""
         g = self.g
         inside, shape = set(members), g.type(root).shape
         bufs, loads, lets, dims, expr = [], [], [], set(), dict(known)
@@ -499,7 +509,10 @@ class _Generator:
             d = OPS[g.op(m)]
             if d.family == "slice":  # its operand, gathered: the slice's element `index`
                 a = g.operands(m)[0]
-                at = self._slice_index(m, index)
+                off = self.slice_offset(m) if consts is not None else None
+                if off is not None:
+                    consts.append(off)
+                at = self._slice_index(m, index, f"off{len(consts) - 1}" if off is not None else None)
                 var = f"{prefix}x{len(bufs)}"
                 loads.append((var, slot0 + len(bufs), at))
                 bufs.append(self.node_buffer[a])
@@ -592,18 +605,36 @@ class _Generator:
         g = self.g
         self._copy(n, broadcast_index("i", g.type(n).shape, g.type(g.operands(n)[0]).shape))
 
-    def _slice_index(self, n, index: str) -> str:
-        """The operand element that element `index` of slice `n` reads."""
+    def _slice_index(self, n, index: str, offset: str | None = None) -> str:
+        """The operand element that element `index` of slice `n` reads; `offset` names the
+        slice's start offset in the body instead of writing it as a literal."""
         g = self.g
         in_shape = g.type(g.operands(n)[0]).shape
         a = g.attrs(n)
         axis = normalize_axes(a["axis"], len(in_shape))[0]
         st = strides(in_shape)
         at = gather_index(index, g.type(n).shape, st)
+        if offset:
+            return f"{at} + {offset}"
         return at if a["start"] == 0 else f"{at} + {(Size(a['start']) * st[axis]).c()}"
 
+    def slice_offset(self, n) -> int | None:
+        """A slice's start as an element offset, when it is a number (it is unless a later axis
+        is symbolic)."""
+        g = self.g
+        in_shape = g.type(g.operands(n)[0]).shape
+        a = g.attrs(n)
+        return (Size(a["start"]) * strides(in_shape)[normalize_axes(a["axis"], len(in_shape))[0]]).static
+
     def emit_slice(self, n):
-        self._copy(n, self._slice_index(n, "i"))
+        # the offset is an argument, so the slices of one tensor at different places (the steps
+        # of a scan, the adjoint of a concat) are one kernel however many there are
+        off = self.slice_offset(n)
+        if off is None:
+            self._copy(n, self._slice_index(n, "i"))
+            return
+        self._pointwise(n, self._temp(n), [self.node_buffer[self.g.operands(n)[0]]], "a",
+                        [("a", 0, self._slice_index(n, "i", "off0"))], consts=[off])
 
     def emit_pad(self, n):
         """out[..., c, ...] = in0[..., c - start, ...] where start <= c < start + length, else 0."""

@@ -233,7 +233,8 @@ class CudaBackend(BufferState):
             check_launch(l.kernel, grid, l.block)
             if min(grid) <= 0:
                 continue
-            args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims)
+            args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims) + \
+                tuple(np.int32(v) for v in l.consts)
             (commits if l.phase == "commit" else ops).append(("launch", l.kernel, grid, tuple(l.block), args, l))
         with self.stream:
             # a reshape (or an assign) shares its operand's buffer; its output has its own shape

@@ -196,7 +196,8 @@ class EmuBackend(BufferState):
                 continue  # an empty tensor: nothing to compute
             shape = (ctypes.c_uint * 6)(*grid, *l.block)
             ptrs = (ctypes.c_void_p * max(1, len(l.args)))(*[env[a].ctypes.data for a in l.args])
-            ints = (ctypes.c_int * max(1, len(l.dims)))(*[dims[d] for d in l.dims])
+            vals = [dims[d] for d in l.dims] + list(l.consts)
+            ints = (ctypes.c_int * max(1, len(vals)))(*vals)
             (commits if l.phase == "commit" else step).append((self._fns[l.kernel], (shape, ptrs, ints), l))
         self._programs[key] = (step, commits, inputs)
         return step, commits

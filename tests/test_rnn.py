@@ -332,3 +332,15 @@ def test_lstm_solves_the_adding_problem_that_the_elman_network_does_not(capsys):
         out = capsys.readouterr().out
         vals[layer] = float(out.split("held-out loss ")[1].split()[0])
     assert vals["lstm"] < 0.03 and vals["lstm"] < vals["elman"] / 2, vals
+
+
+@pytest.mark.parametrize("opt", [1, 2])
+@pytest.mark.parametrize("layer", ["elman", "lstm"])
+def test_the_cuda_module_does_not_grow_with_the_sequence(layer, opt):
+    """Each step's kernels read like the others' (a slice's offset is an argument, not a
+    literal), so the module holds the same kernels for 5 or 15 steps; only the launches grow."""
+    from dlc.codegen import generate
+    from dlc.passes.manager import run_pipeline
+    mods = [generate(run_pipeline(lower(seq_model(layer, t), "seq.dln"), opt).stages["optimized"]) for t in (5, 15)]
+    assert len(mods[0].kernels) == len(mods[1].kernels)
+    assert len(mods[1].launches) > len(mods[0].launches)
