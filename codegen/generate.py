@@ -609,22 +609,20 @@ class _Generator:
         """The operand element that element `index` of slice `n` reads; `offset` names the
         slice's start offset in the body instead of writing it as a literal."""
         g = self.g
-        in_shape = g.type(g.operands(n)[0]).shape
-        a = g.attrs(n)
-        axis = normalize_axes(a["axis"], len(in_shape))[0]
-        st = strides(in_shape)
-        at = gather_index(index, g.type(n).shape, st)
+        at = gather_index(index, g.type(n).shape, strides(g.type(g.operands(n)[0]).shape))
         if offset:
             return f"{at} + {offset}"
-        return at if a["start"] == 0 else f"{at} + {(Size(a['start']) * st[axis]).c()}"
+        return at if g.attrs(n)["start"] == 0 else f"{at} + {self._slice_start(n).c()}"
+
+    def _slice_start(self, n) -> Size:
+        """Where slice `n` starts in its operand, as an element offset."""
+        in_shape = self.g.type(self.g.operands(n)[0]).shape
+        a = self.g.attrs(n)
+        return Size(a["start"]) * strides(in_shape)[normalize_axes(a["axis"], len(in_shape))[0]]
 
     def slice_offset(self, n) -> int | None:
-        """A slice's start as an element offset, when it is a number (it is unless a later axis
-        is symbolic)."""
-        g = self.g
-        in_shape = g.type(g.operands(n)[0]).shape
-        a = g.attrs(n)
-        return (Size(a["start"]) * strides(in_shape)[normalize_axes(a["axis"], len(in_shape))[0]]).static
+        """A slice's start offset when it is a number (it is unless a later axis is symbolic)."""
+        return self._slice_start(n).static
 
     def emit_slice(self, n):
         # the offset is an argument, so the slices of one tensor at different places (the steps

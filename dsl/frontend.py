@@ -510,7 +510,8 @@ class _Lowerer:
         fname = e.args[0].name
         if fname not in self.funcs:
             known = list(self.funcs)
-            raise DlcError(f"scan: '{fname}' is not a function{_suggest(fname, known)}", e.args[0].loc)
+            builtin = " (it is a built-in op; a cell is a function written with `def`)" if fname in OPS else ""
+            raise DlcError(f"scan: '{fname}' is not a function{builtin or _suggest(fname, known)}", e.args[0].loc)
         f = self.funcs[fname]
         if len(f.params) < 2:
             raise DlcError(f"scan: the cell {fname}() must take the input of a step and the state", e.args[0].loc)

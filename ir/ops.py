@@ -226,7 +226,8 @@ def _zeros_rule(types, attrs):
     shape = attrs["shape"]
     if not isinstance(shape, (list, tuple)) or not all(
             isinstance(d, str) or isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise DlcError(f"zeros needs a shape list of positive sizes such as [N, 32], found {shape!r}")
+        shown = "[" + ", ".join(map(str, shape)) + "]" if isinstance(shape, (list, tuple)) else repr(shape)
+        raise DlcError(f"zeros needs a shape list of positive sizes such as [N, 32], found {shown}")
     return TensorType("f32", tuple(shape))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen import generate
+from ..codegen.sizes import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 
@@ -77,6 +78,22 @@ class BufferState:
     """State handling shared by the generated-code backends (emu, cuda): params and optimizer
     state live in buffers allocated once (`self._persistent`); values for names the graph does
     not hold are kept aside. A backend says how to copy in (`_upload`) and out (`_download`)."""
+
+    def _launches(self, need, env: dict, dims: dict):
+        """The plan's launches of the nodes in `need` at these symbol values, as (launch, grid,
+        ints): ints are what the kernel takes after its buffers, the symbols' values and then the
+        launch's consts. Launches over empty tensors are left out; a shape no GPU runs is an error."""
+        for n in need:
+            if n in self.module.node_buffer and self.module.node_buffer[n] not in env:  # (fused: no buffer)
+                raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
+        for l in self.module.launches:
+            if l.node not in need:
+                continue
+            grid = tuple(evaluate(x, dims) for x in l.grid)
+            check_launch(l.kernel, grid, l.block)
+            if min(grid) <= 0:
+                continue  # an empty tensor: nothing to compute
+            yield l, grid, [dims[d] for d in l.dims] + list(l.consts)
 
     def _upload(self, buf, v: np.ndarray) -> None:
         raise NotImplementedError

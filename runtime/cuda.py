@@ -18,12 +18,11 @@ import os
 
 import numpy as np
 
-from ..codegen import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
 from ..codegen.generate import RNG_BUFFER
-from .backends import BufferState, check_launch
+from .backends import BufferState
 from .emu import check_labels, label_checks, rng_words
 from .interp import nonfinite, numerics_error
 
@@ -222,19 +221,9 @@ class CudaBackend(BufferState):
             return prog
         g, cp = self.graph, self.cp
         need = g.upstream(roots)
-        for n in need:
-            if n in self.module.node_buffer and self.module.node_buffer[n] not in env:  # (fused: no buffer)
-                raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
         ops, commits = [], []
-        for l in self.module.launches:
-            if l.node not in need:
-                continue
-            grid = tuple(evaluate(x, dims) for x in l.grid)
-            check_launch(l.kernel, grid, l.block)
-            if min(grid) <= 0:
-                continue
-            args = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims) + \
-                tuple(np.int32(v) for v in l.consts)
+        for l, grid, vals in self._launches(need, env, dims):
+            args = tuple(env[a] for a in l.args) + tuple(np.int32(v) for v in vals)
             (commits if l.phase == "commit" else ops).append(("launch", l.kernel, grid, tuple(l.block), args, l))
         with self.stream:
             # a reshape (or an assign) shares its operand's buffer; its output has its own shape

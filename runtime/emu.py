@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codegen import EMU_HEADER, evaluate
+from ..codegen import EMU_HEADER
 from ..codegen.generate import RNG_BUFFER
 from ..ir.errors import DlcError
-from .backends import BufferState, check_launch
+from .backends import BufferState
 from .interp import nonfinite, numerics_error
 from ..ir.graph import Graph
 from ..ir.types import NUMPY_DTYPE
@@ -183,20 +183,10 @@ class EmuBackend(BufferState):
         for n in inputs:
             if n not in feeds:
                 raise DlcError(f"missing input '{n}' : {g.type(n)}")
-        for n in need:
-            if n in self.module.node_buffer and self.module.node_buffer[n] not in env:  # (fused: no buffer)
-                raise DlcError(f"the size of a dimension of '{n}' is unknown (feed an input that has it)")
         step, commits = [], []
-        for l in self.module.launches:
-            if l.node not in need:
-                continue
-            grid = [evaluate(x, dims) for x in l.grid]
-            check_launch(l.kernel, grid, l.block)
-            if min(grid) <= 0:
-                continue  # an empty tensor: nothing to compute
+        for l, grid, vals in self._launches(need, env, dims):
             shape = (ctypes.c_uint * 6)(*grid, *l.block)
             ptrs = (ctypes.c_void_p * max(1, len(l.args)))(*[env[a].ctypes.data for a in l.args])
-            vals = [dims[d] for d in l.dims] + list(l.consts)
             ints = (ctypes.c_int * max(1, len(vals)))(*vals)
             (commits if l.phase == "commit" else step).append((self._fns[l.kernel], (shape, ptrs, ints), l))
         self._programs[key] = (step, commits, inputs)
