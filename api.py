@@ -321,9 +321,12 @@ class Model:
         """One optimizer step on one batch; returns the loss before the update."""
         return self.train_step(inputs)[0]
 
-    def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False):
+    def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False, wait: bool = True):
         """One optimizer step on `inputs` (a dict): (loss, outputs or None). `fetch_outputs` also
-        returns the outputs; `checked` skips checking the arrays (the training loop checked them)."""
+        returns the outputs; `checked` skips checking the arrays (the training loop checked them).
+        `wait=False` returns at once, without waiting for the device, a `PendingStep` whose
+        `result()` gives (loss, outputs or None); the first `result()` brings down every pending
+        step's values with one wait (the training loop reads them once per logging interval)."""
         g = self.graph
         m = g.meta
         if not self.trainable:
@@ -333,10 +336,10 @@ class Model:
         # computes the whole step; hands back only the loss (and the outputs asked for): params
         # and optimizer state stay where the backend keeps them until read (`params`, `save`)
         fetch = [m.loss] + ([v for v in m.outputs.values() if v != m.loss] if fetch_outputs else [])
-        res = self._backend.run(roots, feeds, commit=True, fetch=fetch, **self._training())
+        res = self._backend.run(roots, feeds, commit=True, fetch=fetch, defer=not wait, **self._training())
         self.steps += 1
-        outs = {k: res[v] for k, v in m.outputs.items()} if fetch_outputs else None
-        return float(res[m.loss]), outs
+        step = PendingStep(res, m, fetch_outputs)
+        return step.result() if wait else step
 
     def evaluate(self, inputs: dict, checked: bool = False):
         """(loss or None, outputs) for `inputs` (a dict), in inference mode, without changing
@@ -357,6 +360,20 @@ class Model:
         if fetch_outputs:
             roots += [v for v in m.outputs.values() if v not in roots]
         return roots
+
+
+class PendingStep:
+    """A training step that may still be running on the device: `result()` -> (loss, outputs or
+    None), waiting for it (and for every step queued before it) once."""
+
+    def __init__(self, fetched, meta, outputs: bool):
+        self._fetched, self._meta, self._outputs = fetched, meta, outputs
+
+    def result(self):
+        m = self._meta
+        res = self._fetched if isinstance(self._fetched, dict) else self._fetched.result()
+        outs = {k: res[v] for k, v in m.outputs.items()} if self._outputs else None
+        return float(res[m.loss]), outs
 
 
 def _only_inputs(g, names):

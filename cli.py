@@ -648,6 +648,7 @@ def cmd_bench(args) -> int:
     import dlc
     from .runtime.diff import synth_feeds
     from .runtime.backends import resolve
+    from .runtime.train import SYNC_EVERY
     for flag, v, least in (("--iters", args.iters, 1), ("--batch", args.batch, 1), ("--threads", args.threads, 0)):
         if v < least:
             raise DlcError(f"{flag}: must be at least {least}, found {v}")
@@ -664,6 +665,9 @@ def cmd_bench(args) -> int:
         plans.append(("forward+backward", [m.loss] + list(m.grads.values()), False, training))
     if model.trainable:  # as Model.step runs it: the whole step, the loss alone handed back
         plans.append(("step", model._step_roots(False), True, dict(training, fetch=[m.loss])))
+        # as `dlc run` trains: SYNC_EVERY steps queued, then their losses read with one wait
+        plans.append(("step-deferred", model._step_roots(False), True,
+                      dict(training, fetch=[m.loss], defer=True)))
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
     print(f"model {m.name}, backend {model.backend}, batch {args.batch}, {args.iters} iterations after warm-up, "
@@ -671,22 +675,29 @@ def cmd_bench(args) -> int:
     print(f"{'phase':<18} {'min ms':>10} {'median ms':>10} {'p10 ms':>10} {'p90 ms':>10} {'p90/p10':>8}")
     warnings = []
     for name, roots, commit, opts in plans:
+        group = SYNC_EVERY if opts.get("defer") else 1  # a deferred step's time: its group's over its size
+
+        def steps():
+            for _ in range(group):
+                res = model._backend.run(roots, feeds, commit=commit, **opts)
+            if group > 1:
+                res.result()
         for _ in range(3):
-            model._backend.run(roots, feeds, commit=commit, **opts)
+            steps()
         times = []
-        for _ in range(args.iters):
+        for _ in range(max(3, args.iters // group) if group > 1 else args.iters):
             t0 = time.perf_counter()
-            model._backend.run(roots, feeds, commit=commit, **opts)
-            times.append(time.perf_counter() - t0)
+            steps()
+            times.append((time.perf_counter() - t0) / group)
         st = time_stats(times)
         print(f"{name:<18} {st['min'] * 1e3:>10.4g} {st['median'] * 1e3:>10.4g} {st['p10'] * 1e3:>10.4g} "
               f"{st['p90'] * 1e3:>10.4g} {st['spread']:>8.2f}")
         counters = getattr(model._backend, "counters", None)
-        if counters is not None and name == "step":  # the cuda backend counts what it asks of the host
+        if counters is not None and commit:  # the generated-code backends count what a step asks of the host
             before = dict(counters)
-            model._backend.run(roots, feeds, commit=commit, **opts)
+            steps()
             per = {k: counters[k] - before[k] for k in counters}
-            print(f"{'':<18} per step: {per['syncs']} host sync{'s' * (per['syncs'] != 1)}, "
+            print(f"{'':<18} per {f'{group} steps' if group > 1 else 'step'}: {per['syncs']} host sync{'s' * (per['syncs'] != 1)}, "
                   f"{per['d2h_bytes']} bytes device-to-host, {per['h2d_copies']} key upload(s) besides the inputs")
         if unreliable(st):
             warnings.append(f"warning: {name}: unreliable, p90/p10 = {st['spread']:.2f} > {SPREAD_LIMIT} (the times "

@@ -13,7 +13,7 @@ import numpy as np
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import OPS
-from .backends import bind_dims, input_shapes
+from .backends import Fetched, bind_dims, input_shapes
 
 
 class NumericsError(DlcError):
@@ -107,9 +107,11 @@ class Interpreter:
         return steps, assigns
 
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
-            rng: tuple[int, int] | None = None, fetch=None) -> dict[str, np.ndarray]:
+            rng: tuple[int, int] | None = None, fetch=None, defer: bool = False):
         """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
-        `rng=(seed, step)` runs in training mode (dropout draws its mask); None is inference."""
+        `rng=(seed, step)` runs in training mode (dropout draws its mask); None is inference.
+        Returns {root: array} for every root in `fetch` (default: all); with `defer`, the same in
+        a `Fetched` (computed already: the interpreter has no device to wait for)."""
         roots = tuple(roots)
         prog = self._programs.get(roots)
         if prog is None:
@@ -136,11 +138,11 @@ class Interpreter:
                         if self.graph.op(a) in ("param", "state") and nonfinite(env[a]):
                             raise numerics_error(self.graph, n, nonfinite(env[a]), env[a], source=a)
                     raise numerics_error(self.graph, n, what, env[n])
-        out = {r: env[r] for r in roots}
+        out = {r: env[r] for r in (roots if fetch is None else fetch)}
         if commit:
             for target, value, n in assigns:
                 self.values[target] = np.asarray(env[value], self.dtype)
-        return out
+        return Fetched(values=out) if defer else out
 
     def _dims(self, feeds) -> dict[str, int]:
         if self._input_shapes is None:  # graph.inputs sorts the whole graph: do it once

@@ -5,6 +5,9 @@ Accuracy is reported where the model has labels to compare with: an integer inpu
 against the arg-max of the first output `[N, C]`; or, for a single-unit output, an f32 target
 input of the same shape holding 0/1 values, against the output thresholded at 0.5.
 
+The loss of each step is read in batches of SYNC_EVERY steps (and at the end of an epoch): on the
+cuda backend the steps in between run without the host waiting for the device.
+
 NumPy's floating-point warnings (overflow, invalid value) are silenced while training and
 evaluating: a loss that stops being finite ends training with one clear error instead.
 """
@@ -20,6 +23,8 @@ from tqdm import tqdm
 
 from ..ir.errors import DlcError
 
+
+SYNC_EVERY = 25  # training steps per read of their losses: on a GPU, one wait for the device each
 
 # the settings of a run (flags, the model's `train(...)`, `dlc.compile(seed=...)`): what each must be
 SETTINGS = {
@@ -171,22 +176,39 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         total, right = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
                    file=sys.stderr, unit="batch", dynamic_ncols=True)
+        pending = []  # steps whose loss (and outputs) the device may still be computing
+
+        def drain():
+            """Read the queued steps' losses, with one wait for the device (see SYNC_EVERY)."""
+            nonlocal total, right
+            for s, step, labels, count in pending:
+                try:
+                    loss, outs = step.result()
+                except DlcError as e:
+                    bar.close()
+                    raise with_context(e, f"in epoch {epoch}, step {s + 1}")
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
+                                   f"(try a smaller learning rate)")
+                total += loss * count
+                if rule:
+                    right += correct(rule, outs, labels)
+            if pending:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            pending.clear()
         for s in bar:
             idx = order[s * batch:(s + 1) * batch]
             part = {k: v[idx] for k, v in tr.items()}
             try:
-                loss, outs = model.train_step(part, fetch_outputs=rule is not None, checked=True)
+                step = model.train_step(part, fetch_outputs=rule is not None, checked=True, wait=False)
             except DlcError as e:
                 bar.close()
                 raise with_context(e, f"in epoch {epoch}, step {s + 1}")
-            if not math.isfinite(loss):
-                bar.close()
-                raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
-                               f"(try a smaller learning rate)")
-            total += loss * len(idx)
-            if rule:
-                right += correct(rule, outs, part)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            pending.append((s, step, {rule[1]: part[rule[1]]} if rule else None, len(idx)))
+            if len(pending) >= SYNC_EVERY:
+                drain()
+        drain()
         bar.close()
         rec = {"epoch": epoch, "loss": total / n_tr}
         if rule:

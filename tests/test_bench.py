@@ -47,7 +47,8 @@ def test_bench_prints_every_phase_with_its_statistics():
     assert "backend interp, batch 8, 7 iterations" in head
     assert "threads: 1 (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, MKL_NUM_THREADS=1)" in head
     rows = parse_table(r.stdout)
-    assert list(rows) == ["forward", "forward+backward", "step"]
+    # step-deferred: 25 steps queued, then their losses read (as `dlc run` trains), per step
+    assert list(rows) == ["forward", "forward+backward", "step", "step-deferred"]
     for phase, v in rows.items():
         assert 0 < v["min ms"] <= v["median ms"], phase
         assert v["min ms"] <= v["p10 ms"] <= v["median ms"] <= v["p90 ms"], phase
@@ -62,7 +63,7 @@ def test_threads_zero_leaves_the_libraries_alone():
     r = bench(EXAMPLES / "logreg.dln", "--backend", "interp", "--iters", "3", "--batch", "4", "--threads", "0")
     assert r.returncode == 0, r.stderr
     assert "threads: the libraries' defaults (OMP_NUM_THREADS=unset" in r.stdout
-    assert list(parse_table(r.stdout)) == ["forward", "forward+backward", "step"]
+    assert list(parse_table(r.stdout)) == ["forward", "forward+backward", "step", "step-deferred"]
 
 
 def test_a_scattered_phase_is_reported_unreliable(monkeypatch, capsys):
@@ -73,7 +74,7 @@ def test_a_scattered_phase_is_reported_unreliable(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     warned = [ln for ln in out.splitlines() if ln.startswith("warning:")]
-    assert [w.split(":")[1].strip() for w in warned] == ["forward", "forward+backward", "step"]
+    assert [w.split(":")[1].strip() for w in warned] == ["forward", "forward+backward", "step", "step-deferred"]
     assert all(f"> {SPREAD_LIMIT}" in w for w in warned)
 
 
@@ -117,7 +118,8 @@ def test_the_limit_is_inclusive_and_zero_times_are_unreliable():
 
 def test_bench_on_cuda_prints_what_a_step_asks_of_the_host():
     """Through the CuPy stand-in (tests/fake_cupy_path): the step phase reports one host sync and
-    the 4 bytes of the loss per step, counted by the cuda backend."""
+    the 4 bytes of the loss per step, and the deferred phase one sync per 25 steps, counted by
+    the cuda backend."""
     import os
     import subprocess
     import sys
@@ -132,3 +134,5 @@ def test_bench_on_cuda_prints_what_a_step_asks_of_the_host():
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "per step: 1 host sync, 4 bytes device-to-host" in r.stdout, r.stdout
+    # the deferred phase queues 25 steps and reads their losses with one wait
+    assert "per 25 steps: 1 host sync, 100 bytes device-to-host" in r.stdout, r.stdout

@@ -2,6 +2,7 @@
 reason, where either is missing. What runs everywhere: the availability report, the backend's
 bookkeeping on the CuPy stand-in of tests/fake_cupy.py, and that stand-in's `cupy` for the GPU
 scripts (tests/fake_cupy_path/) giving way to a real CuPy."""
+import os
 import sys
 
 import numpy as np
@@ -144,6 +145,63 @@ def test_a_training_step_waits_once_and_downloads_the_loss_only(monkeypatch, lev
     seen = fc._Array.observed["d2h_bytes"]
     assert m.params["w1"].shape == (64, 128)  # on demand: w1 alone comes down
     assert fc._Array.observed["d2h_bytes"] - seen == 64 * 128 * 4
+
+
+def _fake_cuda_mlp(monkeypatch, graphed=False, level=1):
+    """The mlp example on the cuda backend over the CuPy stand-in, and the same model on interp."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    from dlc.runtime.cuda import CudaBackend
+    ref = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
+    backend = CudaBackend(m.graph, cuda_graph=graphed)
+    backend.set_state(m.state)
+    m._backend, m.backend = backend, "cuda"
+    return m, ref, backend
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@pytest.mark.parametrize("graphed", [False, True], ids=["launches", "cuda-graph"])
+def test_deferred_steps_wait_once_for_all(monkeypatch, graphed):
+    """Steps taken with wait=False queue their losses without waiting for the device: k steps
+    then cost no sync and no download until a result is read, and then one sync and 4 bytes per
+    step for all of them together; the losses are those of steps that wait (interp reference;
+    float32 on both sides, 1e-4 relative covers summation order in the kernels)."""
+    import fake_cupy as fc
+    m, ref, backend = _fake_cuda_mlp(monkeypatch, graphed)
+    rng = np.random.default_rng(1)
+    batches = [(rng.standard_normal((16, 64)).astype(np.float32), rng.integers(0, 10, 16).astype(np.int32))
+               for _ in range(5)]
+    want = [ref.step(x=x, y=y) for x, y in batches]
+    seen, counted = dict(fc._Array.observed), dict(backend.counters)
+    pending = [m.train_step({"x": x, "y": y}, wait=False) for x, y in batches]
+    assert fc._Array.observed["syncs"] == seen["syncs"] and backend.counters["syncs"] == counted["syncs"]
+    assert fc._Array.observed["d2h_bytes"] == seen["d2h_bytes"]
+    got = [pending[2].result()[0]]  # any one of them brings every queued step down
+    assert fc._Array.observed["syncs"] - seen["syncs"] == backend.counters["syncs"] - counted["syncs"] == 1
+    assert fc._Array.observed["d2h_bytes"] - seen["d2h_bytes"] == 4 * len(batches)
+    got = [p.result()[0] for p in pending]
+    assert fc._Array.observed["syncs"] - seen["syncs"] == 1
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert m.steps == len(batches)
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+def test_the_training_loop_waits_once_per_interval(monkeypatch):
+    """`dlc run`'s loop reads the losses every SYNC_EVERY steps and at the end of an epoch: one
+    host sync each, not one per step; the epoch's loss is the interpreter's (the same batches)."""
+    from dlc.runtime import train as training
+    m, ref, backend = _fake_cuda_mlp(monkeypatch, level=2)
+    monkeypatch.setattr(training, "SYNC_EVERY", 4)
+    rng = np.random.default_rng(2)
+    n, batch = 90, 8  # 12 steps an epoch (the last one of 2 examples): 3 reads
+    feeds = {"x": rng.random((n, 64)).astype(np.float32), "y": rng.integers(0, 10, n).astype(np.int32)}
+    before = backend.counters["syncs"]
+    got = training.train(m, feeds, n, epochs=2, batch=batch, val_split=0, seed=0, progress=False, out=open(os.devnull, "w"))
+    assert backend.counters["syncs"] - before == 2 * 3
+    want = training.train(ref, feeds, n, epochs=2, batch=batch, val_split=0, seed=0, progress=False,
+                          out=open(os.devnull, "w"))
+    np.testing.assert_allclose([h["loss"] for h in got["history"]], [h["loss"] for h in want["history"]], rtol=1e-4)
+    assert [h["accuracy"] for h in got["history"]] == [h["accuracy"] for h in want["history"]]
 
 
 # -- tests/fake_cupy_path: the `cupy` of dry runs never shadows a real one -------------------------
