@@ -69,7 +69,7 @@ def parse(text: str, file: str) -> list:
         allowed = f"; expected {_describe_expected(e.allowed)}" if e.allowed else ""
         raise DlcError(f"syntax error: unexpected character {text[e.pos_in_stream]!r}{allowed}",
                        Loc(file, e.line, e.column), text)
-    except UnexpectedEOF as e:
+    except UnexpectedEOF:
         lines = text.splitlines() or [""]
         raise DlcError("syntax error: unexpected end of file", Loc(file, len(lines), len(lines[-1]) + 1), text)
     except UnexpectedInput as e:  # pragma: no cover - the three above are all Lark raises

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DlcError
-from .types import (MAX_ELEMENTS, TensorType, broadcast_shapes, fmt_shape, normalize_axes,
+from .types import (MAX_ELEMENTS, TensorType, broadcast_shapes, normalize_axes,
                     reshape_shape, scalar)
 
 REQUIRED = object()  # marks an attribute without a default

@@ -29,16 +29,16 @@ from ..ir.types import fmt_shape
 def read_npz(path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
-        raise file_error(p, f"no such file")
+        raise file_error(p, "no such file")
     if p.is_dir():
-        raise file_error(p, f"is a directory, expected an .npz file")
+        raise file_error(p, "is a directory, expected an .npz file")
     if not zipfile.is_zipfile(p):
         raise file_error(p, "not an .npz file (expected a zip archive of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except PermissionError:
-        raise file_error(p, f"permission denied")
+        raise file_error(p, "permission denied")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise file_error(p, f"not a readable .npz file ({type(e).__name__}: {e})")
 
@@ -516,7 +516,7 @@ def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict,
         raise file_error(path, f"inputs have different numbers of examples {sorted(sizes)}")
     n = sizes.pop()
     if n == 0:
-        raise file_error(path, f"holds no examples")
+        raise file_error(path, "holds no examples")
     check_labels_in_range(g, feeds, files)
     return feeds, n
 
