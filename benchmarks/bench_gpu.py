@@ -528,8 +528,8 @@ def cmd_kernels(args) -> int:
     try:
         import cupy as cp
         import dlc
-        from dlc.codegen import evaluate
-        from dlc.ir.ops import OPS
+        from dlc.codegen.generate import STORE_HOOK
+        from dlc.ir.ops import OPS, flops
         from dlc.runtime.diff import synth_feeds
         model = dlc.compile(ROOT / "examples" / f"{args.example}.dln", backend="cuda")
         b, g = model._backend, model.graph
@@ -570,11 +570,12 @@ def cmd_kernels(args) -> int:
             dims = b._dims(feeds)
             env = b._buffers(dims)
             rows = []
-            for l in b.module.launches:
-                grid = tuple(int(evaluate(x, dims)) for x in l.grid)
-                if min(grid) <= 0 or any(a not in env for a in l.args):
+            template = {k.name: k.template for k in b.module.kernels}
+            # every launch of the step as the runtime binds it (symbols, then consts such as slice offsets)
+            for l, grid, ints in b._launches(set(g.nx), env, dims):
+                if any(a not in env for a in l.args):
                     continue
-                kargs = tuple(env[a] for a in l.args) + tuple(np.int32(dims[d]) for d in l.dims)
+                kargs = tuple(env[a] for a in l.args) + tuple(np.int32(v) for v in ints)
                 kern = b._kernels[l.kernel]
                 fn = (lambda k=kern, gr=grid, bl=tuple(l.block), a=kargs: k(gr, bl, a))
                 try:
@@ -588,19 +589,21 @@ def cmd_kernels(args) -> int:
                 row = {"kernel": l.kernel, "op": l.op, "family": family, "phase": l.phase,
                        "grid": grid, "block": list(l.block), "bytes": nbytes, "us": ms * 1e3,
                        "gbs": nbytes / (ms * 1e-3) / 1e9}
-                if l.op == "matmul":
-                    at = g.attrs(l.node)
-                    out_shape = env[l.args[0]].shape
-                    a_shape = env[l.args[1]].shape
-                    K = a_shape[0] if at.get("ta") else a_shape[1]
-                    M, Nn = out_shape
-                    row.update(m=M, n=Nn, k=K, ta=bool(at.get("ta")), tb=bool(at.get("tb")),
-                               tflops=2.0 * M * Nn * K / (ms * 1e-3) / 1e12)
-                    try:
-                        cb, cb_ms = cublas_tflops(M, Nn, K, row["ta"], row["tb"])
-                        row.update(cublas_tflops=cb, cublas_us=cb_ms * 1e3, frac_cublas=row["tflops"] / cb)
-                    except Exception as e:
-                        row["cublas_error"] = f"{type(e).__name__}: {e}"[:200]
+                if template[l.kernel] == "matmul.cu.j2":  # a product or convolution (split-K: its first launch)
+                    node = l.node if OPS[g.op(l.node)].family in STORE_HOOK else next(
+                        m for m in g.meta.groups[l.node][1] if OPS[g.op(m)].family in STORE_HOOK)
+                    row.update(gemm=node, tflops=flops(g, node, dims) / (ms * 1e-3) / 1e12)
+                    if g.op(node) == "matmul" and g.type(node).rank == 2:
+                        at = g.attrs(node)
+                        M, Nn = g.type(node).concrete(dims)
+                        a_shape = g.type(g.operands(node)[0]).concrete(dims)
+                        K = a_shape[0] if at.get("ta") else a_shape[1]
+                        row.update(m=M, n=Nn, k=K, ta=bool(at.get("ta")), tb=bool(at.get("tb")))
+                        try:
+                            cb, cb_ms = cublas_tflops(M, Nn, K, row["ta"], row["tb"])
+                            row.update(cublas_tflops=cb, cublas_us=cb_ms * 1e3, frac_cublas=row["tflops"] / cb)
+                        except Exception as e:
+                            row["cublas_error"] = f"{type(e).__name__}: {e}"[:200]
                 rows.append(row)
             ew = sorted((r for r in rows if r.get("family") == "elementwise"), key=lambda r: -r["bytes"])[:3]
             for r in ew:
@@ -611,7 +614,7 @@ def cmd_kernels(args) -> int:
                 sum(r.get("us", 0) for r in rows if r.get("phase") == "commit")
             per_batch.append({"batch": N, "kernels": rows, "sum_us": total,
                               "largest_elementwise": [r["kernel"] for r in ew],
-                              "matmuls": [r["kernel"] for r in rows if r.get("op") == "matmul"]})
+                              "matmuls": [r["kernel"] for r in rows if "gemm" in r]})
         rec["batches"] = per_batch
     except Exception as e:
         rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
