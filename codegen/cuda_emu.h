@@ -9,12 +9,19 @@
 //     `__syncthreads()` switches back to the block's scheduler, which resumes every other
 //     thread of the block up to the same barrier before any thread passes it. This is the
 //     barrier's meaning in CUDA, without one OS thread per CUDA thread;
+//   * `__syncwarp(mask)` is a barrier of one warp (32 consecutive linear thread ids): a thread
+//     waits there until every lane of the mask that has not exited has reached a `__syncwarp`,
+//     while the other warps go on;
 //   * a kernel that never synchronises (the code generator says so) skips the fibers: its
 //     threads simply run one after the other;
 //   * `__shared__` is `static thread_local`: one copy per OpenMP thread, i.e. per running block;
-//   * warp shuffles go through a per-block scratch array and a barrier, so every thread of
-//     the block must execute them (the generated code always does; on the GPU the mask is full);
-//   * atomics are real atomics, since blocks run concurrently.
+//   * warp shuffles go through a per-block scratch array and a warp barrier, so every live lane
+//     of the warp must execute them (the generated code always does; on the GPU the mask is full);
+//   * atomics are real atomics, since blocks run concurrently;
+//   * the order in which a block's threads run between barriers, and the blocks of a grid, is
+//     selectable (`dlc_emu_set_order`, or DLC_EMU_ORDER=forward|reverse|shuffle[:seed] when the
+//     library is loaded): a race-free kernel computes the same bits in every order, one missing a
+//     `__syncthreads` or `__syncwarp` between a write and another thread's read does not.
 #pragma once
 
 #include <math.h>
@@ -26,6 +33,7 @@
 #include <ucontext.h>
 
 #include <functional>
+#include <utility>
 
 struct dim3 {
     unsigned x, y, z;
@@ -56,10 +64,76 @@ constexpr long kParallelThreads = 16384;  // CUDA threads in a launch before blo
 // The CUDA built-in variables of the thread now running on this OS thread.
 thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
 
+// -- the order in which threads and blocks run ------------------------------------------------
+// forward: threads (between barriers) and blocks in increasing index; reverse: decreasing;
+// shuffle: a permutation drawn from the seed, the block and the barrier round. A kernel whose
+// threads communicate only across barriers computes the same bits in every order.
+enum { kForward = 0, kReverse = 1, kShuffle = 2 };
+
+struct Order {
+    int mode = kForward;
+    unsigned long long seed = 0;
+};
+
+Order order_from_env() {
+    Order o;
+    const char* s = getenv("DLC_EMU_ORDER");
+    if (!s || !*s || !strcmp(s, "forward")) return o;
+    if (!strcmp(s, "reverse")) {
+        o.mode = kReverse;
+    } else if (!strncmp(s, "shuffle", 7) && (s[7] == 0 || s[7] == ':')) {
+        o.mode = kShuffle;
+        o.seed = s[7] ? strtoull(s + 8, nullptr, 10) : 0;
+    } else {
+        fprintf(stderr, "cuda_emu: DLC_EMU_ORDER=%s: expected forward, reverse or shuffle[:seed]\n", s);
+        abort();
+    }
+    return o;
+}
+
+Order order = order_from_env();  // set between launches (dlc_emu_set_order), read by every block
+
+uint64_t mix64(uint64_t x) {  // splitmix64's finaliser: a well-spread hash of x
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+uint64_t gcd64(uint64_t a, uint64_t b) {
+    while (b) a %= b, std::swap(a, b);
+    return a;
+}
+
+// The i-th block to run of n: a fixed affine permutation i -> (a i + c) mod n when shuffled
+// (a coprime to n), so no table of n entries is needed for a grid of millions of blocks.
+struct BlockOrder {
+    int mode;
+    uint64_t n, a = 1, c = 0;
+    BlockOrder(const Order& o, uint64_t n_) : mode(o.mode), n(n_) {
+        if (mode != kShuffle || n < 2) return;
+        const uint64_t h = mix64(o.seed ^ mix64(n));
+        a = 1 + h % (n - 1);
+        while (gcd64(a, n) != 1) a = a % (n - 1) + 1;
+        c = mix64(h) % n;
+    }
+    long at(long i) const {
+        if (mode == kForward) return i;
+        if (mode == kReverse) return (long)n - 1 - i;
+        return (long)(((unsigned __int128)a * (uint64_t)i + c) % n);
+    }
+};
+
+// Where a fiber stands after its last turn: ready to run on, waiting at a barrier of the block
+// or of its warp, or done.
+enum : char { kReady, kAtSyncthreads, kAtSyncwarp, kDone };
+
 struct Fiber {
     ucontext_t ctx;    // only to start the fiber on its own stack, once
     jmp_buf resume;    // where it waits: at a barrier, or done and ready for its next thread
-    bool started, done;
+    bool started;
+    char state;
+    unsigned warp_mask;  // at a __syncwarp: the lanes it waits for
     int shuffles;      // shuffles this thread has made: picks the scratch half (see below)
 };
 
@@ -75,6 +149,9 @@ struct BlockRunner {
     int current = -1;
     bool in_fibers = false;
     float shfl_scratch[2][kMaxThreads];
+    int mode = kForward;       // the order of this block's threads (a copy of `order`)
+    int perm[kMaxThreads];     // shuffle: the permutation of the current round
+    int place_of[kMaxThreads]; // and its inverse
 
     static BlockRunner& self() {
         static thread_local BlockRunner* runner = new BlockRunner();  // lives as long as its thread
@@ -86,7 +163,7 @@ struct BlockRunner {
             BlockRunner& r = self();
             (*r.body)();
             Fiber& fb = r.fibers[r.current];
-            fb.done = true;
+            fb.state = kDone;
             if (!_setjmp(fb.resume)) _longjmp(r.scheduler, 1);
         }
     }
@@ -95,25 +172,52 @@ struct BlockRunner {
         thread_idx = dim3(t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y));
     }
 
-    // Run the threads of one block to completion, honouring __syncthreads.
-    void run_block(const std::function<void()>& f, int nthreads, bool fibers_needed) {
+    // The order of the threads for one round (the stretch between two __syncthreads): the i-th
+    // thread to run is pick(i); thread t runs at place(t).
+    void arrange(const Order& o, int nthreads, long block, int round) {
+        mode = o.mode;
+        if (mode != kShuffle) return;
+        uint64_t h = mix64(o.seed ^ mix64((uint64_t)block * 0x10001ull + (uint64_t)round));
+        for (int i = 0; i < nthreads; ++i) perm[i] = i;
+        for (int i = nthreads - 1; i > 0; --i) {  // Fisher-Yates
+            h = mix64(h);
+            std::swap(perm[i], perm[h % (uint64_t)(i + 1)]);
+        }
+        for (int i = 0; i < nthreads; ++i) place_of[perm[i]] = i;
+    }
+    int pick(int i, int nthreads) const {
+        return mode == kForward ? i : mode == kReverse ? nthreads - 1 - i : perm[i];
+    }
+    int place(int t, int nthreads) const {
+        return mode == kForward ? t : mode == kReverse ? nthreads - 1 - t : place_of[t];
+    }
+
+    // Run the threads of block number `block` to completion, honouring __syncthreads and
+    // __syncwarp, in the order `o` says.
+    void run_block(const std::function<void()>& f, int nthreads, bool fibers_needed, const Order& o, long block) {
         if (!fibers_needed) {
-            for (int t = 0; t < nthreads; ++t) {
-                set_thread(t);
+            arrange(o, nthreads, block, 0);
+            for (int i = 0; i < nthreads; ++i) {
+                set_thread(pick(i, nthreads));
                 f();
             }
             return;
         }
         if (!stacks) stacks = (char*)malloc((size_t)kMaxThreads * kStackStride);  // touched lazily
         body = &f;
-        for (int t = 0; t < nthreads; ++t) fibers[t].done = false, fibers[t].shuffles = 0;
+        for (int t = 0; t < nthreads; ++t) fibers[t].state = kReady, fibers[t].shuffles = 0;
         in_fibers = true;
-        // One round runs every live thread up to its next barrier (or its end).
-        for (bool live = true; live;) {
-            live = false;
-            for (int t = 0; t < nthreads; ++t) {
+        // One round runs every thread up to its next __syncthreads (or its end), in the round's
+        // order. A warp whose __syncwarp opens goes on at once, ahead of the threads after its
+        // lanes in the order: warps drift apart between __syncthreads, as on the GPU, so a
+        // __syncwarp standing where a __syncthreads is needed shows.
+        int live = nthreads;
+        for (int round = 0; live > 0; ++round) {
+            arrange(o, nthreads, block, round);
+            for (int i = 0; i < nthreads; ++i) {
+                const int t = pick(i, nthreads);
                 Fiber& fb = fibers[t];
-                if (fb.done) continue;
+                if (fb.state != kReady) continue;
                 current = t;
                 set_thread(t);
                 if (!_setjmp(scheduler)) {
@@ -127,19 +231,70 @@ struct BlockRunner {
                     ucontext_t here;
                     swapcontext(&here, &fb.ctx);  // never resumed: fibers come back by _longjmp
                 }
-                live |= !fb.done;
+                live -= fb.state == kDone;
+                if (fb.state != kAtSyncthreads) {  // at a __syncwarp, or done: its warp's barrier may open
+                    const int first = open_warp(t - t % 32, nthreads);
+                    if (first <= i) i = first - 1;  // run the warp's lanes next
+                }
             }
+            if (live == 0) break;
+            // No thread is ready: each waits at a barrier that cannot open before __syncthreads does.
+            for (int t = 0; t < nthreads; ++t)
+                if (fibers[t].state == kAtSyncwarp) deadlock(nthreads);
+            for (int t = 0; t < nthreads; ++t)
+                if (fibers[t].state == kAtSyncthreads) fibers[t].state = kReady;
         }
         in_fibers = false;
         current = -1;
     }
 
-    void barrier() {
+    // The __syncwarp of the warp starting at thread w opens when every lane its waiters name
+    // (the union of their masks) that has not exited waits at one: its waiters become ready.
+    // Returns the first place in the order of a thread let through, or nthreads if none.
+    int open_warp(int w, int nthreads) {
+        const int lanes = nthreads - w < 32 ? nthreads - w : 32;
+        unsigned waiting = 0, wanted = 0, live_lanes = 0;
+        for (int l = 0; l < lanes; ++l) {
+            const Fiber& fb = fibers[w + l];
+            if (fb.state != kDone) live_lanes |= 1u << l;
+            if (fb.state == kAtSyncwarp) waiting |= 1u << l, wanted |= fb.warp_mask;
+        }
+        int first = nthreads;
+        if (!waiting || (wanted & live_lanes & ~waiting)) return first;
+        for (int l = 0; l < lanes; ++l)
+            if (waiting >> l & 1) {
+                fibers[w + l].state = kReady;
+                const int at = place(w + l, nthreads);
+                first = at < first ? at : first;
+            }
+        return first;
+    }
+
+    [[noreturn]] void deadlock(int nthreads) {
+        fprintf(stderr, "cuda_emu: block (%u, %u, %u) can never go on (a GPU would hang or fail):\n",
+                block_idx.x, block_idx.y, block_idx.z);
+        for (int t = 0, shown = 0; t < nthreads && shown < 8; ++t) {
+            const Fiber& fb = fibers[t];
+            if (fb.state != kAtSyncwarp && fb.state != kAtSyncthreads) continue;
+            fprintf(stderr, "  thread %d waits at %s\n", t, fb.state == kAtSyncwarp ? "__syncwarp" : "__syncthreads");
+            ++shown;
+        }
+        fprintf(stderr, "  (threads of one warp wait at different barriers: __syncthreads and __syncwarp, or a "
+                        "shuffle, reached in divergent code)\n");
+        abort();
+    }
+
+    // Wait at a barrier: __syncthreads (kAtSyncthreads) or __syncwarp(mask) (kAtSyncwarp).
+    void wait(char barrier, unsigned mask) {
         if (!in_fibers) {
-            fprintf(stderr, "cuda_emu: __syncthreads() in a kernel launched without fibers\n");
+            fprintf(stderr, "cuda_emu: __syncthreads(), __syncwarp() or a warp shuffle in a kernel launched "
+                            "without fibers (its launch must say that it synchronises)\n");
             abort();
         }
-        if (!_setjmp(fibers[current].resume)) _longjmp(scheduler, 1);
+        Fiber& fb = fibers[current];
+        fb.state = barrier;
+        fb.warp_mask = mask;
+        if (!_setjmp(fb.resume)) _longjmp(scheduler, 1);
     }
 };
 
@@ -157,12 +312,15 @@ inline void launch(dim3 grid, dim3 block, bool uses_barriers, const std::functio
     }
     // Small launches run on the calling thread: waking the team costs more than they do.
     const bool parallel = nblocks > 1 && (long)nblocks * nthreads >= kParallelThreads;
+    const Order o = order;
+    const BlockOrder blocks(o, (uint64_t)nblocks);
 #pragma omp parallel for schedule(dynamic) if (parallel)
-    for (long b = 0; b < nblocks; ++b) {
+    for (long i = 0; i < nblocks; ++i) {
+        const long b = blocks.at(i);
         grid_dim = grid;
         block_dim = block;
         block_idx = dim3(b % grid.x, (b / grid.x) % grid.y, b / ((long)grid.x * grid.y));
-        BlockRunner::self().run_block(kernel_call, nthreads, uses_barriers);
+        BlockRunner::self().run_block(kernel_call, nthreads, uses_barriers, o, b);
     }
 }
 
@@ -175,47 +333,64 @@ inline void launch(dim3 grid, dim3 block, bool uses_barriers, const std::functio
 #define gridDim (dlc_emu::grid_dim)
 #define warpSize 32
 
-static inline void __syncthreads() { dlc_emu::BlockRunner::self().barrier(); }
+static inline void __syncthreads() { dlc_emu::BlockRunner::self().wait(dlc_emu::kAtSyncthreads, 0); }
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    dlc_emu::BlockRunner::self().wait(dlc_emu::kAtSyncwarp, mask);
+}
 
-// Warp shuffles: publish the value, barrier, read the partner lane's. Successive shuffles use
-// alternate halves of the scratch, so the next shuffle's barrier also guarantees that every
-// read of this half is over before it is written again: one barrier per shuffle.
+// The emulation's own entry points, exported by every library that includes this header (each
+// library has its own state; Python reaches them through ctypes on the loaded library).
+// dlc_emu_set_order(mode, seed): 0 forward, 1 reverse, 2 shuffle (drawn from seed); returns 0,
+// or -1 (nothing changed) for an unknown mode. dlc_emu_order(): the current mode.
+extern "C" int dlc_emu_set_order(int mode, unsigned long long seed) {
+    if (mode < dlc_emu::kForward || mode > dlc_emu::kShuffle) return -1;
+    dlc_emu::order.mode = mode;
+    dlc_emu::order.seed = seed;
+    return 0;
+}
+extern "C" int dlc_emu_order() { return dlc_emu::order.mode; }
+
+// Warp shuffles: publish the value, wait at the warp's barrier, read the partner lane's.
+// Successive shuffles use alternate halves of the scratch, so the next shuffle's barrier also
+// guarantees that every read of this half is over before it is written again: one barrier per
+// shuffle. Lanes of one warp only ever read each other's slots, so warps need not wait for
+// each other.
 template <class Lane>
-static inline float dlc_emu_shuffle(float v, Lane partner) {
+static inline float dlc_emu_shuffle(unsigned members, float v, Lane partner) {
     dlc_emu::BlockRunner& r = dlc_emu::BlockRunner::self();
     const int t = dlc_emu::linear_tid();
     float* scratch = r.shfl_scratch[r.fibers[r.current].shuffles++ & 1];
     scratch[t] = v;
-    __syncthreads();
+    __syncwarp(members);
     const int lane = t & 31, src = partner(lane);
     const int src_t = t - lane + src;
     const int nthreads = (int)(blockDim.x * blockDim.y * blockDim.z);
     return (src >= 0 && src < 32 && src_t < nthreads) ? scratch[src_t] : v;
 }
 
-static inline float __shfl_down_sync(unsigned, float v, int delta, int width = 32) {
-    return dlc_emu_shuffle(v, [&](int lane) {
+static inline float __shfl_down_sync(unsigned members, float v, int delta, int width = 32) {
+    return dlc_emu_shuffle(members, v, [&](int lane) {
         int base = lane - lane % width;
         return lane + delta < base + width ? lane + delta : lane;
     });
 }
 
-static inline float __shfl_up_sync(unsigned, float v, int delta, int width = 32) {
-    return dlc_emu_shuffle(v, [&](int lane) {
+static inline float __shfl_up_sync(unsigned members, float v, int delta, int width = 32) {
+    return dlc_emu_shuffle(members, v, [&](int lane) {
         int base = lane - lane % width;
         return lane - delta >= base ? lane - delta : lane;
     });
 }
 
-static inline float __shfl_xor_sync(unsigned, float v, int mask, int width = 32) {
-    return dlc_emu_shuffle(v, [&](int lane) {
+static inline float __shfl_xor_sync(unsigned members, float v, int mask, int width = 32) {
+    return dlc_emu_shuffle(members, v, [&](int lane) {
         int base = lane - lane % width, src = lane ^ mask;
         return src >= base && src < base + width ? src : lane;
     });
 }
 
-static inline float __shfl_sync(unsigned, float v, int src_lane, int width = 32) {
-    return dlc_emu_shuffle(v, [&](int lane) { return lane - lane % width + src_lane % width; });
+static inline float __shfl_sync(unsigned members, float v, int src_lane, int width = 32) {
+    return dlc_emu_shuffle(members, v, [&](int lane) { return lane - lane % width + src_lane % width; });
 }
 
 static inline float atomicAdd(float* addr, float v) {

@@ -19,6 +19,8 @@ So, as in the interpreter, every read in a step sees the old parameters.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import re
 from dataclasses import dataclass, field, asdict
@@ -32,7 +34,7 @@ from ..ir.ops import OPS
 from .philox import PHILOX_C
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
-from .sizes import Size, broadcast_index, ceil_div, evaluate, gather_index, strides, symbols_of
+from .sizes import Size, broadcast_index, capped_div, ceil_div, evaluate, gather_index, strides, symbols_of
 
 TEMPLATES = Path(__file__).with_name("templates")
 EMU_HEADER = Path(__file__).with_name("cuda_emu.h")
@@ -50,7 +52,45 @@ INLINED = ("const", "shape")
 STORE_HOOK = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # families whose template ends in store.cu.j2  # families whose value a fused kernel writes as a literal
 UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
-COLUMN_OUTPUTS = 64          # reducing leading axes into at least this many outputs: a thread per output
+COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
+# Split-K (`_Generator._gemm`): a product whose output is static and has fewer tiles than
+# SPLIT_TARGET_BLOCKS (a weight gradient: its K runs over the batch, or over batch x pixels for a
+# convolution) would leave most of a GPU idle, each block walking a long K alone. It sums K in S
+# parts instead, one per blockIdx.z, and a second kernel adds the S partial tiles in a fixed order
+# (no atomics: the same step gives the same bits, as `--resume` promises). S brings the blocks up
+# to about one wave on an H100 (132 SMs), each part keeping at least SPLIT_MIN_K of K (the
+# estimate, a symbol taken as Size.estimate's guess) so that its FMAs (SPLIT_MIN_K per output)
+# outweigh the round trip of its partial tile through the workspace (2 accesses per output).
+SPLIT_TARGET_BLOCKS = 132
+SPLIT_MIN_K = 32
+SPLIT_MIN_PARTS = 4  # fewer parts save at most 1/2..2/3 of a product short enough to have them:
+                     # less than the second launch costs (mlp's weight gradients, K = batch, stay whole)
+# Reductions in two launches (`emit_reduce`, `emit_xent`): stage 1 spreads one output's elements
+# over many blocks, each writing its partial sum to a workspace; stage 2 adds the partials in a
+# fixed order (no atomics: the same step gives the same bits, as `--resume` promises). How many
+# partials is a plan expression, min(ceil(extent / chunk), cap), so it grows with the batch.
+REDUCE_BLOCKS = 512          # stage-1 blocks a reduction aims at: about 4 resident 256-thread blocks
+                             # on each of an H100's 132 SMs, half its threads, enough loads in flight
+                             # to stream at bandwidth; more would only lengthen stage 2
+REDUCE_CHUNK = 2048          # elements per stage-1 block at least (8 per thread of 256), so that its
+                             # sum outweighs the round trip of its partial through the workspace
+REDUCE_ONE_BLOCK = 16384     # a static extent up to this stays one block per output (64 elements a
+                             # thread): it takes about as long as the second launch would cost.
+                             # A symbolic extent (the batch) always splits: the plan serves any N
+COLUMN_TILE, COLUMN_LANES = 32, 8  # column reductions: a block is 32 neighbouring columns (a warp
+                             # reads them from one row, coalesced) x 8 row lanes (256 threads)
+COLUMN_CHUNK_ROWS = 64       # rows of a stage-1 chunk at least (8 per row lane); a static extent of
+                             # at most this many rows is one chunk, one launch
+XENT_WARP_CLASSES = 1024     # softmax_xent(_grad): a warp per row up to this many classes (32 per lane:
+                             # three passes over a 4 KB row that stays in L1), several rows a block;
+                             # more classes: a block per row, whose 256 threads share its passes
+XENT_ROWS_PER_BLOCK = 8      # warps (rows) per block of the warp-per-row form: 256 threads
+# Elementwise kernels are grid-stride loops, the grid capped at ELEMENTWISE_MAX_BLOCKS: about four
+# waves of 8 resident 256-thread blocks on 132 SMs. Beyond that more blocks add no parallelism,
+# only block scheduling, while a thread that loops amortises its index setup; the cap also keeps
+# the grid far from any launch limit. (An elementwise kernel whose every load reads the store's own
+# element moves float4s: 4 elements a thread and step.)
+ELEMENTWISE_MAX_BLOCKS = 4096
 
 
 # -- the launch plan ------------------------------------------------------------------------------
@@ -77,6 +117,7 @@ class Launch:
     writes: int = 0       # how many leading args a kernel also reads (in-place updates)
     consts: list = field(default_factory=list)  # ints passed after the symbols, as `int off<i>`:
                           # what would otherwise make kernels differ (a slice's offset per step)
+    shared: int = 0       # static __shared__ bytes a block of the kernel uses (`shared_bytes`)
 
 
 @dataclass
@@ -137,7 +178,8 @@ class Module:
                     grid = ", ".join(map(str, l.grid))
                     consts = [f"off{i}={v}" for i, v in enumerate(l.consts)]
                     lines.append(f"{l.kernel}<<<({grid}), ({', '.join(map(str, l.block))})>>>"
-                                 f"({', '.join(l.args + [f'dim_{d}' for d in l.dims] + consts)})")
+                                 f"({', '.join(l.args + [f'dim_{d}' for d in l.dims] + consts)})"
+                                 + (f"  # {l.shared} B static shared" if l.shared else ""))
         return "\n".join(lines) + "\n"
 
     def stats(self, dims: dict) -> dict:
@@ -357,19 +399,31 @@ class _Generator:
         # a comment line must not continue onto the next line of code
         return [line.replace("\\", "/") for line in lines]
 
+    def _workspace(self, n: str, tag: str, shape: list) -> str:
+        """A scratch buffer for a node computed in two launches (split-K's partial products, a
+        reduction's per-block partial results): a float temp `n@tag` that holds no IR value.
+        The first launch writes it (`_add(..., partial=True)`), the second reads it and stores
+        the node's value; memory planning reuses it once the second launch has read it."""
+        name = f"{n}@{tag}"
+        self.buffers[name] = Buffer(name, "f32", list(shape), "temp")
+        return name
+
     def _add(self, n: str, template: str, ctx: dict, out: str, ins: list[str], grid, block,
-             barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None, consts=()) -> Kernel:
+             barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None, consts=(),
+             partial=False) -> Kernel:
         """Add a kernel for node `n` writing buffer `out` and reading buffers `ins`; it takes the
         symbols of their shapes (and `extra_dims`) as `int dim_<symbol>` arguments, then `consts`
-        as `int off0, off1, ...` (values the body names instead of writing them as literals)."""
-        epi = self._epilogue if self._epilogue and n == self._epilogue["producer"] else None
+        as `int off0, off1, ...` (values the body names instead of writing them as literals).
+        `partial`: the first of a node's two launches, writing a workspace (`_workspace`): no
+        fused epilogue and no concat redirection, which belong to the launch that stores the value."""
+        epi = self._epilogue if self._epilogue and n == self._epilogue["producer"] and not partial else None
         ctx = dict(ctx, epilogue=epi)
         if epi:  # the product's kernel, finishing with its fusion group (see emit_group)
             n, ins, stem = epi["root"], ins + epi["bufs"], epi["stem"] or stem
             extra_dims, comment = tuple(extra_dims) + tuple(epi["dims"]), epi["comment"]
         # where element j of the value goes: its place, or its slice of a concat's buffer
-        ctx["dest"] = self.into[n][1] if n in self.into else (lambda j: j)
-        if n in self.into:
+        ctx["dest"] = self.into[n][1] if n in self.into and not partial else (lambda j: j)
+        if n in self.into and not partial:
             comment = (comment or self._comment(n, what)) + [f"stores into its slice of %{self.into[n][0]} (concat elimination)"]
         dims = sorted(set(symbols_of(*[self.buffers[b].shape for b in [out] + ins])) | set(extra_dims))
         name = self._kernel_name(stem or f"{self.g.op(n)}_{n}")
@@ -390,6 +444,7 @@ class _Generator:
         # one kernel per distinct body: a node whose kernel would read exactly like an earlier one
         # (a deep net's layers of one width) launches that one on its own buffers
         k.body = self._render(k)
+        launch.shared = shared_bytes(k.body)
         key = (tuple(params), k.body)
         same = self.bodies.get(key)
         if same is None:
@@ -411,12 +466,32 @@ class _Generator:
     def _ins(self, n: str) -> list[str]:
         return [self.node_buffer[a] for a in self.g.operands(n)]
 
-    def _pointwise(self, n, out, ins, expr, loads, stem=None, phase="step", what=None, consts=()):
-        """One thread per output element: `loads` are (name, buffer index, C index expr)."""
-        size = Size.of(self.buffers[out].shape)
-        ctx = dict(size=size.c(), loads=loads, expr=expr, ctype=CTYPE[self.buffers[out].dtype])
-        return self._add(n, "pointwise.cu.j2", ctx, out, ins, [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1],
-                         [ELEMENTWISE_BLOCK, 1, 1], phase=phase, stem=stem, what=what, consts=consts)
+    def _pointwise(self, n, out, ins, expr, loads, stem=None, phase="step", what=None, consts=(), lets=(),
+                   extra_dims=(), comment=None):
+        """A pointwise kernel writing every element i of buffer `out`: `loads` are (name, buffer
+        index, C index expr), `lets` (name, C) computed in order, `expr` the value stored.
+        A grid-stride loop; float4s when every load reads element i of a float buffer and the
+        store is not redirected into a concat (`_vectorised`), else one element a step."""
+        # (a value stored into its slice of a concat's buffer has its own size, not the buffer's)
+        size = Size.of((self.g.type(n) if n in self.into else self.buffers[out]).shape)
+        vector = self._vectorised(n, out, ins, loads, size)
+        ctx = dict(size=size.c(), loads=loads, lets=list(lets), expr=expr, ctype=CTYPE[self.buffers[out].dtype],
+                   vector=vector)
+        blocks, _ = capped_div(size, ELEMENTWISE_BLOCK * (4 if vector else 1), ELEMENTWISE_MAX_BLOCKS)
+        return self._add(n, "pointwise.cu.j2", ctx, out, ins, [blocks, 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
+                         phase=phase, stem=stem, what=what, consts=consts, extra_dims=extra_dims, comment=comment)
+
+    def _vectorised(self, n, out, ins, loads, size: Size) -> bool:
+        """Whether a pointwise kernel can move float4s: it stores floats at their own place (not
+        into a slice of a concat's buffer) and every load reads a float buffer at the element the
+        store writes (no broadcast, gather, slice or concat slice), so that four neighbours are
+        four neighbours in every buffer. Buffers are whole allocations, 16-byte aligned (CuPy:
+        256 bytes; the emu backend's NumPy arrays: malloc's 16, checked in tests), so
+        `reinterpret_cast<float4*>(buf)[q]` is an aligned 16-byte access. A static size under 4
+        has no float4 to move."""
+        return (self.buffers[out].dtype == "f32" and n not in self.into
+                and (size.static is None or size.static >= 4)
+                and all(index == "i" and self.buffers[ins[slot]].dtype == "f32" for _, slot, index in loads))
 
     # -- families --------------------------------------------------------------------------------
     def emit_source(self, n):  # input, param, state: a buffer of their own, no kernel
@@ -433,7 +508,8 @@ class _Generator:
         self._pointwise(n, self._temp(n), self._ins(n), d.c, loads)
 
     def emit_group(self, root):
-        """A fusion group as one kernel. Rule `elementwise`: one thread per element of the root,
+        """A fusion group as one kernel. Rule `elementwise`: a grid-stride loop over the root's
+        elements (`_pointwise`: float4s when every load reads the stored element),
         each member a local variable, only the root's value stored. Rule `epilogue`: the first
         member that is not pointwise is a matmul or convolution; its kernel runs with the other members applied to its
         accumulator `acc` before the one store (the `store.cu.j2` hook of its template)."""
@@ -466,12 +542,8 @@ class _Generator:
             return
         consts: list[int] = []
         body = self._pointwise_body(members, root, "i", 0, {}, consts=consts)
-        size = Size.of(g.type(root).shape)
-        ctx = dict(size=size.c(), loads=body["loads"], lets=body["lets"], expr=body["expr"],
-                   ctype=CTYPE[g.type(root).dtype])
-        self._add(root, "pointwise.cu.j2", ctx, self._temp(root), body["bufs"],
-                  [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], stem=stem,
-                  extra_dims=body["dims"], comment=comment, consts=consts)
+        self._pointwise(root, self._temp(root), body["bufs"], body["expr"], body["loads"], stem=stem, consts=consts,
+                        lets=body["lets"], extra_dims=body["dims"], comment=comment)
 
     def _pointwise_body(self, members, root, index: str, slot0: int, known: dict, prefix: str = "",
                         consts: list | None = None) -> dict:
@@ -676,7 +748,7 @@ class _Generator:
 
     # -- convolution and pooling (NCHW; spatial sizes are static, the batch may be a symbol) --------
     def _geometry(self, x_shape, out_shape, attrs, kernel):
-        """C constants shared by the conv and pool templates."""
+        """C constants of the pooling templates (geometry.cu.j2)."""
         n, c, h, w = (Size.of([d]).c() for d in x_shape)
         _, o, ho, wo = (Size.of([d]).c() for d in out_shape)
         stride = attrs.get("stride")
@@ -686,26 +758,95 @@ class _Generator:
         return [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
                 ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("DH", dh), ("DW", dw)]
 
-    def _convolution(self, n, x, y, w, which, template):
-        """A convolution or one of its adjoints, given its input x, output-side tensor y (the
-        output, or the adjoint g) and kernel w: the tiled product when it is a 1x1, else the
-        direct template, one thread per element of what it computes."""
-        t = self.g.type
-        if self._conv_1x1(n, t(x).shape, t(y).shape, t(w).shape, which):
-            return
-        self._per_element(n, template, self._geometry(t(x).shape, t(y).shape, self.g.attrs(n), t(w).shape[2:]))
+    def _convolution(self, n, x, y, w, which):
+        """A convolution or one of its adjoints as an implicit GEMM: the tiled product (`_gemm`),
+        its operands read in place through index arithmetic (no im2col matrix is built), given the
+        input x, the output-side tensor y (the output, or the adjoint g) and the kernel w [O, C,
+        KH, KW]. The kernel (or g, for grad_w) is operand 1 and plays A; operand 0 plays B.
+
+            forward  y[b, o, oy, ox]  M = O, N = (b, oy, ox), K = (c, fy, fx): w @ the taps of x
+            grad_x   dx[b, c, iy, ix] M = C, N = (b, iy, ix), K = (o, fy, fx): w^T @ g, where the
+                     tap lands on an output (iy + PH - fy*DH a multiple of the stride, in range)
+            grad_w   dw[o, c, fy, fx] M = O, N = (c, fy, fx), K = (b, oy, ox): g @ the taps of x^T;
+                     K runs over the batch and every output pixel, so it is split-K
+
+        where a tap reads x at iy = oy*SH - PH + fy*DH (ix likewise) and padding reads zero.
+        Conditions that always hold for the geometry (no padding, stride 1) are left out."""
+        g = self.g
+        images, C, H, W = g.type(x).shape
+        O, _, KH, KW = g.type(w).shape
+        Ho, Wo = g.type(y).shape[2:]
+        attrs = g.attrs(n)
+        (SH, SW), (PH, PW), (DH, DW) = (_pair(attrs[k]) for k in ("stride", "padding", "dilation"))
+        T, P, Q = KH * KW, Ho * Wo, H * W
+        lets: list = []
+
+        def let(name, value):  # a named coordinate, unless it is a name or a number already
+            if re.fullmatch(r"-?\w+", value):
+                return value
+            lets.append((name, value))
+            return name
+
+        def taps(out_flat, tap_flat):
+            """(image, channel, offset of the x element within the channel, its validity) read by
+            output pixel number `out_flat` through channel-and-tap number `tap_flat`."""
+            im, oy, ox = (let(v, e) for v, e in zip(("im", "oy", "ox"), _coords(out_flat, [Ho, Wo])))
+            ch, fy, fx = (let(v, e) for v, e in zip(("ch", "fy", "fx"), _coords(tap_flat, [KH, KW])))
+            if (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0):  # the same pixel of x
+                return im, ch, let("px", _coords(out_flat, [P])[1]), None
+            iy = let("iy", _affine([(oy, SH), (fy, DH)], -PH))
+            ix = let("ix", _affine([(ox, SW), (fx, DW)], -PW))
+            # iy runs over [-PH, (Ho - 1) * SH + (KH - 1) * DH - PH], ix likewise
+            valid = [f"{iy} >= 0"] * (PH > 0) + [f"{iy} < {H}"] * ((Ho - 1) * SH + (KH - 1) * DH - PH >= H)
+            valid += [f"{ix} >= 0"] * (PW > 0) + [f"{ix} < {W}"] * ((Wo - 1) * SW + (KW - 1) * DW - PW >= W)
+            return im, ch, _affine([(iy, W), (ix, 1)]), " && ".join(valid) or None
+
+        def flat(index, extent, stride):  # (index / extent) * stride + row * extent + index % extent
+            outer, inner = _coords(index, [extent])
+            return _affine([(outer, stride), ("row", extent), (inner, 1)])
+
+        pixels = Size.of([images]) * Size(P)
+        if which == "forward":    # y[b, o, p] = sum over (c, fy, fx) of w[o, c, fy, fx] x[b, c, iy, ix]
+            im, ch, at, valid = taps("col", "kb")
+            at = _affine([(im, C * Q), (ch, Q), (at, 1)])
+            self._gemm(n, Size(O), Size(C * T), pixels, _affine([("row", C * T), ("ka", 1)]), at,
+                       flat("col", P, O * P), f"conv_{n}", "w @ the taps of x, K over (channel, tap)", "in1", "in0",
+                       b_lets=_used(lets, at, valid), b_valid=valid)
+        elif which == "grad_x":   # dx[b, c, q] = sum over (o, fy, fx) of w[o, c, fy, fx] g[b, o, ty / SH, tx / SW]
+            im, iy, ix = (let(v, e) for v, e in zip(("im", "iy", "ix"), _coords("col", [H, W])))
+            oc, fy, fx = (let(v, e) for v, e in zip(("oc", "fy", "fx"), _coords("kb", [KH, KW])))
+            ty = let("ty", _affine([(iy, 1), (fy, -DH)], PH))  # over [PH - (KH - 1) * DH, H - 1 + PH]
+            tx = let("tx", _affine([(ix, 1), (fx, -DW)], PW))
+            valid = [f"{ty} >= 0"] * (PH - (KH - 1) * DH < 0) + [f"{ty} % {SH} == 0"] * (SH > 1)
+            valid += [f"{ty} < {SH * Ho}"] * (H - 1 + PH >= SH * Ho)
+            valid += [f"{tx} >= 0"] * (PW - (KW - 1) * DW < 0) + [f"{tx} % {SW} == 0"] * (SW > 1)
+            valid += [f"{tx} < {SW * Wo}"] * (W - 1 + PW >= SW * Wo)
+            valid = " && ".join(valid) or None
+            oy, ox = (ty if SH == 1 else f"{ty} / {SH}"), (tx if SW == 1 else f"{tx} / {SW}")
+            at = _affine([(im, O * P), (oc, P), (oy, Wo), (ox, 1)])
+            o_of, tap_of = _coords("ka", [T])
+            self._gemm(n, Size(C), Size(O * T), Size.of([images]) * Size(Q),
+                       _affine([(o_of, C * T), ("row", T), (tap_of, 1)]), at, flat("col", Q, C * Q),
+                       f"conv_grad_x_{n}", "w^T @ g, K over (output channel, tap)", "in1", "in0",
+                       a_fast="m" if T == 1 else "k", b_lets=_used(lets, at, valid), b_valid=valid)
+        else:                     # dw[o, c, fy, fx] = sum over (b, oy, ox) of g[b, o, oy, ox] x[b, c, iy, ix]
+            im, ch, at, valid = taps("kb", "col")
+            at = _affine([(im, C * Q), (ch, Q), (at, 1)])
+            self._gemm(n, Size(O), pixels, Size(C * T), flat("ka", P, O * P), at, "row * N + col",
+                       f"conv_grad_w_{n}", "g @ the taps of x^T, K over (image, output pixel)", "in1", "in0",
+                       b_fast="k", b_lets=_used(lets, at, valid), b_valid=valid)
 
     def emit_conv(self, n):  # (x, w) -> y
         x, w = self.g.operands(n)
-        self._convolution(n, x, n, w, "forward", "conv2d.cu.j2")
+        self._convolution(n, x, n, w, "forward")
 
-    def emit_conv_grad_x(self, n):  # (g, w, x) -> dx, one thread per element of x
+    def emit_conv_grad_x(self, n):  # (g, w, x) -> dx
         gy, w, x = self.g.operands(n)
-        self._convolution(n, x, gy, w, "grad_x", "conv2d_grad_x.cu.j2")
+        self._convolution(n, x, gy, w, "grad_x")
 
-    def emit_conv_grad_w(self, n):  # (x, g, w) -> dw, one thread per element of w
+    def emit_conv_grad_w(self, n):  # (x, g, w) -> dw
         x, gy, w = self.g.operands(n)
-        self._convolution(n, x, gy, w, "grad_w", "conv2d_grad_w.cu.j2")
+        self._convolution(n, x, gy, w, "grad_w")
 
     def _pool(self, n, x, y_shape):
         a = self.g.attrs(n)
@@ -778,14 +919,62 @@ class _Generator:
         ctx = dict(extent=extent.c(), loads=loads, prologues=prologues, expr=kernel["map"], finish=kernel["finish"],
                    size=outputs.c())
         if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
-            # many columns: one thread each walks down its column (neighbours read neighbours)
-            self._add(n, "reduce_columns.cu.j2", ctx, self._temp(n), ins,
-                      [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=dims,
-                      comment=self._folded_comment, stem=self._folded_stem)
-        else:  # one block per output, a tree reduction across its threads
-            self._add(n, "reduce.cu.j2", ctx, self._temp(n), ins, [outputs.static or outputs.py(), 1, 1],
-                      [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=self._folded_comment,
-                      stem=self._folded_stem)
+            self._reduce_columns(n, ctx, ins, dims, extent, outputs, [shape[i] for i in kept])
+        else:
+            self._reduce_blocks(n, ctx, ins, dims, extent, outputs)
+
+    def _reduce_columns(self, n, ctx, ins, dims, extent: Size, outputs: Size, kept_shape):
+        """Leading axes reduced into columns (a bias gradient, [N, C] -> [C]). Stage 1: a block per
+        tile of COLUMN_TILE columns and chunk of the rows (grid y), its COLUMN_LANES row lanes
+        walking the chunk, their sums added in order into a workspace [chunks, columns]; chunks =
+        min(ceil(extent / COLUMN_CHUNK_ROWS), REDUCE_BLOCKS / tiles), so a batch of any size
+        fills the GPU. Stage 2: a thread per column adds its chunks in order and applies the op's
+        `finish`. One launch (the stage-1 kernel, storing the result) when there can be only one
+        chunk: a static extent of at most COLUMN_CHUNK_ROWS rows, or tiles enough to fill
+        REDUCE_BLOCKS alone. The operand's fused producers (`prologues`) run in stage 1."""
+        comment, stem = self._folded_comment, self._folded_stem
+        tiles = ceil_div(outputs, COLUMN_TILE)
+        most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
+        chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
+        ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
+        block = [COLUMN_TILE, COLUMN_LANES, 1]
+        if most == 1 or (extent.static is not None and chunks <= 1):
+            self._add(n, "reduce_columns.cu.j2", dict(ctx, chunks="1", final=True), self._temp(n), ins,
+                      [tiles, 1, 1], block, barriers=True, extra_dims=dims, comment=comment, stem=stem)
+            return
+        ws = self._workspace(n, "chunks", [most if extent.static is None else chunks] + list(kept_shape))
+        self._add(n, "reduce_columns.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins, [tiles, chunks, 1],
+                  block, barriers=True, extra_dims=dims, comment=comment,
+                  stem=(stem or f"{self.g.op(n)}_{n}") + "_chunks", partial=True)
+        self._add(n, "reduce_columns_finish.cu.j2", dict(ctx, chunks=chunks_c), self._temp(n), [ws],
+                  [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=extent.syms,
+                  comment=comment, stem=stem)
+
+    def _reduce_blocks(self, n, ctx, ins, dims, extent: Size, outputs: Size):
+        """One block per output, its threads striding over the extent, then a tree (block_sum).
+        Few outputs over a long extent (a full reduction; a convolution's bias gradient, a few
+        channels over batch x pixels) split in two launches. Stage 1: grid (outputs, parts), the
+        parts of an output taking turns over stretches of its elements (a grid stride), each
+        writing its block's sum to a workspace [outputs, parts]; parts = min(ceil(extent /
+        REDUCE_CHUNK), REDUCE_BLOCKS / outputs). Stage 2: a block per output adds its parts (a
+        tree of fixed shape) and applies the op's `finish`. A static extent of at most
+        REDUCE_ONE_BLOCK, or outputs enough to fill the GPU alone, stays one launch. The
+        operand's fused producers (`prologues`) run in stage 1."""
+        comment, stem = self._folded_comment, self._folded_stem
+        most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
+        if most < 2 or (extent.static is not None and extent.static <= REDUCE_ONE_BLOCK):
+            self._add(n, "reduce.cu.j2", dict(ctx, parts=None), self._temp(n), ins,
+                      [outputs.static if outputs.static is not None else outputs.py(), 1, 1],
+                      [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=comment, stem=stem)
+            return
+        parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
+        most = most if extent.static is None else parts
+        ws = self._workspace(n, "parts", [outputs.static, most])
+        self._add(n, "reduce.cu.j2", dict(ctx, parts=parts_c), ws, ins, [outputs.static, parts, 1],
+                  [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=comment,
+                  stem=(stem or f"{self.g.op(n)}_{n}") + "_parts", partial=True)
+        self._add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), self._temp(n), [ws], [outputs.static, 1, 1],
+                  [_pow2_block(Size(most)), 1, 1], barriers=True, extra_dims=extent.syms, comment=comment, stem=stem)
 
     def emit_softmax(self, n):  # softmax, log_softmax over one axis
         g = self.g
@@ -799,17 +988,35 @@ class _Generator:
         self._add(n, "softmax.cu.j2", ctx, self._temp(n), self._ins(n), [rows.static or rows.py(), 1, 1],
                   [_pow2_block(extent), 1, 1], barriers=True)
 
-    def emit_xent(self, n):  # softmax_xent: the mean loss over rows, in one block
+    def _xent_rows(self, n):
+        """What softmax_xent and its gradient share: the rows, and how a row's classes are split.
+        Up to XENT_WARP_CLASSES classes a warp per row, XENT_ROWS_PER_BLOCK rows a block; more, a
+        block per row. Returns (rows dimension, template context, grid, block)."""
         g = self.g
-        n_rows, classes = (Size.of([d]) for d in g.type(g.operands(n)[0]).shape)
-        self._add(n, "xent.cu.j2", dict(rows=n_rows.c(), classes=classes.c()), self._temp(n), self._ins(n),
-                  [1, 1, 1], [_pow2_block(n_rows), 1, 1], barriers=True)
+        rows, classes = g.type(g.operands(n)[0]).shape
+        R, C = Size.of([rows]), Size.of([classes])
+        warp = C.estimate() <= XENT_WARP_CLASSES
+        ctx = dict(rows=R.c(), classes=C.c(), warp=warp, rows_per_block=XENT_ROWS_PER_BLOCK)
+        if warp:
+            return rows, ctx, [ceil_div(R, XENT_ROWS_PER_BLOCK), 1, 1], [32 * XENT_ROWS_PER_BLOCK, 1, 1]
+        return rows, ctx, [R.static if R.static is not None else R.py(), 1, 1], [_pow2_block(C), 1, 1]
 
-    def emit_xent_grad(self, n):  # softmax_xent_grad: one block per row
-        g = self.g
-        n_rows, classes = (Size.of([d]) for d in g.type(g.operands(n)[0]).shape)
-        self._add(n, "xent_grad.cu.j2", dict(rows=n_rows.c(), classes=classes.c()), self._temp(n), self._ins(n),
-                  [n_rows.static or n_rows.py(), 1, 1], [_pow2_block(classes), 1, 1], barriers=True)
+    def emit_xent(self, n):
+        """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label], in two
+        launches: stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2
+        (one block) adds them as a tree of fixed shape and divides by the rows."""
+        rows, ctx, grid, block = self._xent_rows(n)
+        ws = self._workspace(n, "rows", [rows])
+        self._add(n, "xent.cu.j2", ctx, ws, self._ins(n), grid, block, barriers=True,
+                  stem=f"{self.g.op(n)}_{n}_rows", partial=True)
+        R = Size.of([rows])  # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
+        threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
+        self._add(n, "xent_mean.cu.j2", dict(rows=R.c()), self._temp(n), [ws], [1, 1, 1], [threads, 1, 1],
+                  barriers=True)
+
+    def emit_xent_grad(self, n):  # softmax_xent_grad: (softmax(x) - onehot) * g / rows, rows as `_xent_rows`
+        _, ctx, grid, block = self._xent_rows(n)
+        self._add(n, "xent_grad.cu.j2", ctx, self._temp(n), self._ins(n), grid, block, barriers=True)
 
     def emit_matmul(self, n):
         g = self.g
@@ -842,49 +1049,44 @@ class _Generator:
                    a_fast=a_fast, b_fast=b_fast)
 
     def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1",
-              a_fast="k", b_fast="n", batch=1):
+              a_fast="k", b_fast="n", batch=1, b_lets=(), b_valid=None):
         """The register-blocked product out[row, col] = sum_k A[row, k] B[k, col], with the
         element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
         are the operands named `a_in` and `b_in`. `a_fast` ("m" or "k") and `b_fast` ("n" or "k")
-        say which index runs along memory in each operand, so that staging reads coalesce. With a
-        `batch` dimension, one product per blockIdx.z (the index expressions offset by it)."""
+        say which index runs along memory in each operand, so that staging reads coalesce. An
+        implicit product (a convolution) names coordinates of B's element in `b_lets` ((name, C
+        int expression of col and kb), computed before the load) and loads it only where
+        `b_valid` holds (zero elsewhere: padding). With a `batch` dimension, one product per
+        blockIdx.z (the index expressions offset by it). A static output of few tiles with a
+        long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
+        workspace, then a second kernel adds them in order and does the store (epilogue, concat)."""
         BM, BN, BK, TM, TN = GEMM_TILE
         threads = (BM // TM) * (BN // TN)
+        splits = _splits(M, K, N) if batch == 1 else 1
         ctx = dict(M=M.c(), N=N.c(), K=K.c(), BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, threads=threads,
                    a_index=a_index, b_index=b_index, out_index=out_index, what=what, a_in=a_in, b_in=b_in,
-                   a_fast=a_fast, b_fast=b_fast)
-        self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n),
-                  [ceil_div(N, BN), ceil_div(M, BM), ceil_div(Size.of([batch]), 1)], [threads, 1, 1],
-                  barriers=True, stem=stem, extra_dims=symbols_of((batch,)))
-
-    def _conv_1x1(self, n, x_shape, g_shape, w_shape, which) -> bool:
-        """A 1x1 convolution with stride 1 and no padding is a matrix product over the channels at
-        every pixel: emit it (and its two adjoints) as the tiled product, columns running over
-        (image, pixel). The kernel (or the adjoint g, for grad_w) is operand 1 and plays A; operand
-        0 plays B. Returns False for any other convolution."""
-        a = self.g.attrs(n)
-        if tuple(w_shape[2:]) != (1, 1) or _pair(a["stride"]) != (1, 1) or _pair(a["padding"]) != (0, 0):
-            return False
-        batch, c, h, w = x_shape
-        o = w_shape[0]
-        P = h * w                                   # pixels per image
-        B = Size.of([batch]) * Size.of([P])         # columns: (image, pixel)
-
-        def pixel(j, ch):  # address of channel 0 of (image, pixel) number j in a [batch, ch, h, w] tensor
-            return f"({j} / {P}) * {ch} * {P} + {j} % {P}"
-        if which == "forward":       # y[b, o, p] = sum_c w[o, c] x[b, c, p]
-            self._gemm(n, Size.of([o]), Size.of([c]), B, f"row * {c} + ka", pixel("col", c) + f" + kb * {P}",
-                       pixel("col", o) + f" + row * {P}", f"conv1x1_{n}", "w @ x, per pixel", "in1", "in0")
-        elif which == "grad_x":      # dx[b, c, p] = sum_o w[o, c] g[b, o, p]; operands (g, w, x)
-            self._gemm(n, Size.of([c]), Size.of([o]), B, f"ka * {c} + row", pixel("col", o) + f" + kb * {P}",
-                       pixel("col", c) + f" + row * {P}", f"conv1x1_grad_x_{n}", "w^T @ g, per pixel", "in1", "in0",
-                       a_fast="m")
-        else:                        # dw[o, c] = sum over (b, p) of g[b, o, p] x[b, c, p]; operands (x, g, w)
-            self._gemm(n, Size.of([o]), B, Size.of([c]), pixel("ka", o) + f" + row * {P}",
-                       pixel("kb", c) + f" + col * {P}", f"row * {c} + col",
-                       f"conv1x1_grad_w_{n}", "g @ x^T, summed over images and pixels", "in1", "in0",
-                       b_fast="k")
-        return True
+                   a_fast=a_fast, b_fast=b_fast, b_lets=list(b_lets), b_valid=b_valid, splits=splits,
+                   k_end="kend" if splits > 1 else "K")
+        tiles = [ceil_div(N, BN), ceil_div(M, BM)]
+        if splits == 1:
+            self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n), tiles + [ceil_div(Size.of([batch]), 1)],
+                      [threads, 1, 1], barriers=True, stem=stem, extra_dims=symbols_of((batch,)))
+            return
+        work = self._workspace(n, "split", [splits, M.static, N.static])
+        self._add(n, "matmul.cu.j2", ctx, work, self._ins(n), tiles + [splits], [threads, 1, 1], barriers=True,
+                  stem=stem, partial=True, what=f"split-K, part blockIdx.z of {splits}: {what}")
+        # the sum reads the workspace as in0: a fused epilogue's loads, numbered after the
+        # product's operands, move down to follow it
+        epi = self._epilogue
+        if epi and epi["producer"] == n:
+            shift = 1 - len(self.g.operands(n))
+            self._epilogue = dict(epi, loads=[(var, slot + shift, at) for var, slot, at in epi["loads"]])
+        try:
+            self._add(n, "split_sum.cu.j2", dict(M=M.c(), N=N.c(), splits=splits, out_index=out_index),
+                      self._temp(n), [work], [ceil_div(M * N, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
+                      stem=f"{stem}_sum", what=f"split-K: the {splits} parts of {what}, added in order")
+        finally:
+            self._epilogue = epi
 
 def _within(g: Graph, a: str, members: set) -> list[str]:
     """`a` and the members of a group it depends on through members only, in graph order: the
@@ -936,6 +1138,53 @@ def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
+def _splits(M: Size, K: Size, N: Size) -> int:
+    """How many parts split-K sums K in (1: no split): for a static output of fewer tiles than
+    SPLIT_TARGET_BLOCKS, enough parts to bring the blocks up to it, each part at least
+    SPLIT_MIN_K of K's estimate, and no split into fewer than SPLIT_MIN_PARTS. An output that
+    grows with the batch fills the GPU by itself."""
+    BM, BN = GEMM_TILE[:2]
+    if M.static is None or N.static is None:
+        return 1
+    tiles = -(-M.static // BM) * -(-N.static // BN)
+    parts = min(-(-SPLIT_TARGET_BLOCKS // tiles), K.estimate() // SPLIT_MIN_K)
+    return parts if parts >= SPLIT_MIN_PARTS else 1
+
+
+def _coords(flat: str, inner: list[int]) -> list[str]:
+    """C for the row-major coordinates of index `flat` over (unbounded, *inner): the first is
+    `flat` divided by the product of `inner`, never reduced; coordinates of extent 1 are 0."""
+    out, step = [], 1
+    for e in reversed(inner):
+        at = flat if step == 1 else f"({flat} / {step})"
+        out.append("0" if e == 1 else f"{at} % {e}")
+        step *= e
+    out.append(flat if step == 1 else f"{flat} / {step}")
+    return out[::-1]
+
+
+def _affine(terms, const: int = 0) -> str:
+    """C for sum(expr * k for expr, k in terms) + const, without zero terms or unit factors."""
+    out = ""
+    for e, k in list(terms) + [("1", const)]:
+        if k == 0 or e == "0":
+            continue
+        e = e if re.fullmatch(r"\w+", e) else f"({e})"
+        mag = e if abs(k) == 1 else (str(abs(k)) if e == "1" else f"{e} * {abs(k)}")
+        out += (" - " if k < 0 else " + ") + mag if out else ("-" if k < 0 else "") + mag
+    return out or "0"
+
+
+def _used(lets: list, *exprs) -> list:
+    """The lets (name, value) that `exprs` (C, or None) need, directly or through later lets."""
+    text, kept = " ".join(e for e in exprs if e), []
+    for name, value in reversed(lets):
+        if re.search(rf"\b{name}\b", text):
+            kept.append((name, value))
+            text += " " + value
+    return kept[::-1]
+
+
 def _pow2_block(extent: Size) -> int:
     lo, hi = REDUCE_BLOCK
     want = extent.estimate()
@@ -951,3 +1200,81 @@ def _c_float(v: float) -> str:
     if v in (float("inf"), float("-inf")):
         return ("" if v > 0 else "-") + "__int_as_float(0x7f800000)"
     return f"{v!r}f" if ("e" in repr(v) or "." in repr(v)) else f"{v!r}.0f"
+
+
+# -- static shared memory -------------------------------------------------------------------------
+
+SHARED_TYPE_BYTES = {"float": 4, "int": 4, "unsigned": 4, "unsigned int": 4, "float4": 16, "double": 8}
+_SHARED_DECL = re.compile(r"(?:__align__\((\d+)\)\s*)?__shared__\s+(?:__align__\((\d+)\)\s*)?"
+                          r"((?:(?:volatile|const|unsigned)\s+)*\w+)\s+(\w+)\s*((?:\[[^\]]*\]\s*)*);")
+_HELPER = re.compile(r"^static __device__[^(]*?\b(\w+)\(", re.M)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def shared_bytes(body: str) -> int:
+    """The static shared memory one block of a kernel uses, in bytes, as ptxas counts it: the
+    `__shared__` arrays its rendered body declares (constant sizes, each placed at its alignment
+    after the previous one) plus those of module.cu.j2's helpers it calls (`block_sum` and
+    `block_max` each have their own `partial[32]`). check_launch (runtime/backends.py) refuses a
+    launch over 48 KiB, what every GPU since Volta gives static shared memory; the figure is
+    checked against ptxas in tests/test_kernel_stats.py. dlc emits no dynamic shared memory
+    (`extern __shared__`): a plan has no place for its size, so a body declaring it is an error."""
+    code = _COMMENT.sub("", body)
+    called = [decls for name, decls in _helper_shared().items() if re.search(rf"\b{name}\s*\(", code)]
+    return _declared_shared("\n".join([code, *called]), "a kernel")
+
+
+@functools.lru_cache(maxsize=None)
+def _helper_shared() -> dict[str, str]:
+    """The `__shared__` declarations (C text) of each `static __device__` helper of module.cu.j2
+    that has some. A helper calling another that has shared memory is not followed: none does."""
+    text = _COMMENT.sub("", (TEMPLATES / "module.cu.j2").read_text())
+    starts = [m.start() for m in _HELPER.finditer(text)] + [len(text)]
+    out = {}
+    for a, b in zip(starts, starts[1:]):
+        decls = [m.group(0) for m in _SHARED_DECL.finditer(text[a:b])]
+        if decls:
+            out[_HELPER.match(text, a).group(1)] = "\n".join(decls)
+    return out
+
+
+def _declared_shared(code: str, what: str) -> int:
+    """Bytes of the `__shared__` declarations in C code (comments ignored), in order, each
+    aligned to its `__align__` or its element size."""
+    code = _COMMENT.sub("", code)
+    if re.search(r"\bextern\s+__shared__|__shared__[^;]*\[\s*\]", code):
+        raise DlcError(f"codegen: {what} declares dynamic shared memory (extern __shared__), which the launch "
+                       "plan cannot size: declare a static __shared__ array")
+    decls = list(_SHARED_DECL.finditer(code))
+    if len(decls) != code.count("__shared__"):
+        raise DlcError(f"codegen: cannot read the __shared__ declarations of {what} (one array a declaration, "
+                       f"constant sizes): {re.findall(r'[^;{}]*__shared__[^;]*;?', code)}")
+    total = 0
+    for m in decls:
+        ctype = re.sub(r"\b(volatile|const)\s+", "", m.group(3)).strip()
+        if ctype not in SHARED_TYPE_BYTES:
+            raise DlcError(f"codegen: __shared__ array {m.group(4)} of {what} has type {ctype!r}, of unknown size "
+                           f"(known: {', '.join(SHARED_TYPE_BYTES)})")
+        n = SHARED_TYPE_BYTES[ctype]
+        for d in re.findall(r"\[([^\]]*)\]", m.group(5)):
+            n *= _const_int(d, f"__shared__ array {m.group(4)} of {what}")
+        align = int(m.group(1) or m.group(2) or SHARED_TYPE_BYTES[ctype])
+        total = -(-total // align) * align + n
+    return total
+
+
+def _const_int(expr: str, what: str) -> int:
+    """An array dimension written as a constant C expression of ints (+ - * / % and parentheses)."""
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a // b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](ev(node.left), ev(node.right))
+        raise DlcError(f"codegen: {what} has a size that is not a constant: [{expr}]")
+    try:
+        return ev(ast.parse(expr.strip(), mode="eval").body)
+    except SyntaxError:
+        raise DlcError(f"codegen: {what} has a size that is not a constant: [{expr}]") from None

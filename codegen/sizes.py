@@ -96,14 +96,21 @@ _ALLOWED = (ast.Expression, ast.BinOp, ast.Constant, ast.Name, ast.Load, ast.Add
 
 
 def evaluate(expr, dims: dict[str, int]) -> int:
-    """Value of a launch-plan size: an int, or an expression over symbols with + - * //."""
+    """Value of a launch-plan size: an int, or an expression over symbols with + - * // and
+    `min(a, b)` (a capped grid, see `capped_div`)."""
     if isinstance(expr, int):
         return expr
     tree = ast.parse(expr, mode="eval")
     for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id == "min" and len(node.args) == 2
+                    and not node.keywords):
+                raise ValueError(f"not a plan size expression: {expr!r}")
+        elif not isinstance(node, _ALLOWED):
             raise ValueError(f"not a plan size expression: {expr!r}")
-    return int(eval(compile(tree, "<plan>", "eval"), {"__builtins__": {}}, dict(dims)))
+    if "min" in dims:
+        raise ValueError(f"a symbol may not be called 'min' (plan expression {expr!r})")
+    return int(eval(compile(tree, "<plan>", "eval"), {"__builtins__": {}, "min": min}, dict(dims)))
 
 
 def ceil_div(size: Size, by: int) -> str | int:
@@ -111,3 +118,17 @@ def ceil_div(size: Size, by: int) -> str | int:
     if size.static is not None:
         return -(-size.static // by)
     return f"({size.py()} + {by - 1}) // {by}" if by > 1 else size.py()
+
+
+def capped_div(size: Size, by: int, cap: int) -> tuple[str | int, str]:
+    """min(ceil(size / by), cap): how many blocks (or chunks) of `by` elements cover `size`, at
+    most `cap`; as a plan expression (an int when the size is static) and as the same value in C
+    (`int` arithmetic that cannot overflow), for kernels that must agree with their launch's grid.
+    0 for an empty size (the runtime then leaves the launch out)."""
+    if size.static is not None:
+        n = min(-(-size.static // by), cap)
+        return n, str(n)
+    py = f"min(({size.py()} + {by - 1}) // {by}, {cap})" if by > 1 else f"min({size.py()}, {cap})"
+    s = size.c()
+    blocks = f"({s} / {by} + ({s} % {by} != 0))" if by > 1 else s
+    return py, f"({blocks} < {cap} ? {blocks} : {cap})"

@@ -166,7 +166,7 @@ class BufferState:
             if l.node not in need:
                 continue
             grid = tuple(evaluate(x, dims) for x in l.grid)
-            check_launch(l.kernel, grid, l.block)
+            check_launch(l.kernel, grid, l.block, l.shared)
             if min(grid) <= 0:
                 continue  # an empty tensor: nothing to compute
             yield l, grid, [dims[d] for d in l.dims] + list(l.consts)
@@ -390,10 +390,14 @@ class BufferState:
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 MAX_BLOCK = (1024, 1024, 64)
 MAX_THREADS = 1024
+# Static shared memory a block may use: 48 KiB on every GPU since Volta. More (up to 163 KiB on
+# sm_80, 227 KiB on sm_90) is only for dynamic shared memory after an opt-in, which dlc never emits.
+MAX_STATIC_SHARED = 48 * 1024
 
 
-def check_launch(kernel: str, grid, block) -> None:
-    """A located error for a launch shape no NVIDIA GPU runs."""
+def check_launch(kernel: str, grid, block, shared: int = 0) -> None:
+    """A located error for a launch no NVIDIA GPU runs: its grid, its block, or `shared`, the
+    static shared memory of a block in bytes (the plan's `shared`, codegen.generate.shared_bytes)."""
     for axis, (n, most) in enumerate(zip(grid, MAX_GRID)):
         if n > most:
             raise DlcError(f"kernel {kernel}: grid.{'xyz'[axis]} = {n} is more than a GPU launches ({most}); "
@@ -402,3 +406,6 @@ def check_launch(kernel: str, grid, block) -> None:
     if threads > MAX_THREADS or any(b > m for b, m in zip(block, MAX_BLOCK)):
         raise DlcError(f"kernel {kernel}: a block of {list(block)} threads is more than a GPU runs "
                        f"({MAX_THREADS} in all, {list(MAX_BLOCK)} per axis)")
+    if shared > MAX_STATIC_SHARED:
+        raise DlcError(f"kernel {kernel}: {shared} bytes of static shared memory a block is more than a GPU "
+                       f"gives ({MAX_STATIC_SHARED} bytes, 48 KiB); the kernel's __shared__ arrays are too large")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import dlc
 from dlc.codegen import generate
 import importlib
-from dlc.codegen.generate import ELEMENTWISE_BLOCK, EMITTERS, RNG_BUFFER, _ewise
+from dlc.codegen.generate import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS, EMITTERS, RNG_BUFFER, _ewise
 from dlc.codegen.sizes import Size, broadcast_index, evaluate, gather_index, strides
 from dlc.runtime.emu import emu_available
 from dlc.ir.errors import DlcError
@@ -277,7 +277,9 @@ def test_symbolic_sizes_are_kernel_arguments_and_plan_expressions(modules):
     m = modules["ew"]
     l = next(l for l in m.launches if l.op == "sigmoid")
     assert l.dims == ["N"] and "int dim_N" in m.source
-    assert evaluate(l.grid[0], {"N": 7}) == -(-7 * 37 // ELEMENTWISE_BLOCK)
+    # a grid-stride loop over float4s (sigmoid reads its operand at the stored element), capped
+    assert evaluate(l.grid[0], {"N": 1000}) == -(-1000 * 37 // (4 * ELEMENTWISE_BLOCK))
+    assert evaluate(l.grid[0], {"N": 10 ** 6}) == ELEMENTWISE_MAX_BLOCKS
     assert l.block == [ELEMENTWISE_BLOCK, 1, 1]
 
 
@@ -342,8 +344,12 @@ def test_gather_index_is_a_transpose():
 def test_plan_expressions_are_arithmetic_only():
     assert evaluate("(12*N + 255) // 256", {"N": 100}) == 5
     assert evaluate(7, {}) == 7
+    assert evaluate("min((N + 63) // 64, 8)", {"N": 100}) == 2      # a capped grid
+    assert evaluate("min((N + 63) // 64, 8)", {"N": 10 ** 5}) == 8
     with pytest.raises(ValueError):
         evaluate("__import__('os')", {})
+    with pytest.raises(ValueError):
+        evaluate("max(N, 8)", {"N": 1})
 
 
 def test_ewise_composes_registry_expressions():
@@ -384,7 +390,7 @@ def test_an_op_of_an_existing_family_needs_no_codegen_change():
     output y
 }"""
         mod = generate(dlc.compile(src, backend="interp").graph)
-        assert any("a * a * a" in mod.source.split(f"void {k.name}(")[1][:400] for k in mod.kernels)
+        assert any("a * a * a" in mod.source.split(f"void {k.name}(")[1].split("\n}\n")[0] for k in mod.kernels)
         if emu_available()[0]:
             x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
             got = dlc.compile(src, backend="emu").forward(x=x)["y"]
@@ -521,7 +527,7 @@ def test_random_graphs_generate_a_consistent_plan(recipe):
     json.loads(m.plan_json())
 
 
-# -- a 1x1 convolution is the matrix product it is ----------------------------------------------
+# -- a convolution is the matrix product it is (implicit GEMM) -----------------------------------
 
 ONE_BY_ONE = """
 model t {
@@ -530,23 +536,25 @@ model t {
     param a : f32[6, 5, 1, 1] = he
     param k : f32[3, 6, 3, 3] = he
     param s : f32[4, 5, 1, 1] = he
-    h = relu(conv2d(x, a))                       # 1x1: the tiled product, columns over (image, pixel)
-    z = conv2d(h, k, padding = 1)                # 3x3: the direct kernel
-    q = conv2d(x, s, stride = 2)                 # 1x1 but strided: the direct kernel
+    h = relu(conv2d(x, a))                       # 1x1: columns over (image, pixel), the same pixel of x
+    z = conv2d(h, k, padding = 1)                # 3x3: K over (channel, tap), padding reads zero
+    q = conv2d(x, s, stride = 2)                 # 1x1 but strided
     loss = sum(z * z) / 100 + sum(q * q) / 100
     output z
     minimize loss with sgd(lr = 0.01)
 }"""
 
 
-def test_1x1_convolutions_and_their_adjoints_use_the_tiled_product():
+def test_convolutions_and_their_adjoints_use_the_tiled_product():
     from dlc.codegen import generate
     g = dlc.compile(ONE_BY_ONE, backend="interp").graph
-    names = [k.name for k in generate(g).kernels]
-    one = [n for n in names if n.startswith("conv1x1")]
-    # forward and both adjoints of conv2d(x, a); the input adjoint of x is not needed
-    assert sorted(one) == ["conv1x1_grad_w_d_a", "conv1x1_h_conv2d"], names
-    assert any(n.startswith("conv2d_z") for n in names) and any(n.startswith("conv2d_q") for n in names)
+    convs = [k for k in generate(g).kernels if k.launch.op.startswith("conv2d")]
+    # every forward; the input adjoint of h (that of x is not needed); every kernel adjoint, split-K
+    # (a GEMM into partial products, then their sum: tests/test_gemm_conv.py)
+    assert sorted(k.name for k in convs) == [
+        "conv_grad_w_d_a", "conv_grad_w_d_a_sum", "conv_grad_w_d_k", "conv_grad_w_d_k_sum", "conv_grad_w_d_s",
+        "conv_grad_w_d_s_sum", "conv_grad_x_d_h", "conv_h_conv2d", "conv_q", "conv_z"]
+    assert {k.template for k in convs} == {"matmul.cu.j2", "split_sum.cu.j2"}
 
 
 @pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")

@@ -16,12 +16,17 @@ NVCC, CUOBJDUMP = kernel_stats.tool("nvcc"), kernel_stats.tool("cuobjdump")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
-def test_no_kernel_spills_and_the_gemm_is_register_blocked():
-    rows = kernel_stats.stats("mlp", 2, "sm_90", NVCC, CUOBJDUMP)
+@pytest.mark.parametrize("example", ["mlp", "lenet"])
+def test_no_kernel_spills_and_the_gemm_is_register_blocked(example):
+    rows = kernel_stats.stats(example, 2, "sm_90", NVCC, CUOBJDUMP)
     assert rows and all("registers" in r for r in rows), rows
     assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), [r for r in rows if r["spill_stores"]]
     gemms = [r for r in rows if r["template"] == "matmul.cu.j2"]
     assert len(gemms) >= 4  # forward (2 epilogues) and the backward products
+    if example == "lenet":  # convolutions are implicit GEMMs: forward (fused), both adjoints, split-K
+        names = [r["kernel"] for r in gemms]
+        assert "fused_c1" in names and "conv_grad_x_d_p1" in names and "conv_grad_w_d_c1_w" in names, names
+        assert not [r for r in rows if r["template"].startswith("conv")]
     if CUOBJDUMP is None:
         pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump): SASS not read")
     for r in gemms:
@@ -40,3 +45,24 @@ ptxas info    : Used 8 registers, used 0 barriers"""
     info = kernel_stats.ptxas_info(log)
     assert info == {"k1": {"registers": 40, "spill_stores": 4, "spill_loads": 12, "smem": 8704},
                     "k2": {"registers": 8, "spill_stores": 0, "spill_loads": 0, "smem": 0}}
+
+
+EXAMPLES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.dln"))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_the_plans_shared_memory_is_what_ptxas_allocates(example, level):
+    """The static shared memory the plan gives each kernel (`Launch.shared`, which check_launch
+    holds to 48 KiB), computed in Python from the kernel's __shared__ declarations and the helpers
+    it calls, is the `smem` ptxas reports for sm_90, for every kernel of every example."""
+    import dlc
+    from dlc.codegen import generate
+    mod = generate(dlc.compile(kernel_stats.ROOT / "examples" / f"{example}.dln", backend="interp",
+                               opt_level=level).graph)
+    smem = {r["kernel"]: r["smem"] for r in kernel_stats.stats(example, level, "sm_90", NVCC, None)}
+    assert smem.keys() == {k.name for k in mod.kernels}
+    wrong = {k.name: (k.launch.shared, smem[k.name]) for k in mod.kernels if k.launch.shared != smem[k.name]}
+    assert not wrong, f"plan vs ptxas bytes: {wrong}"
+    assert any(k.launch.shared for k in mod.kernels)  # the comparison covers some shared memory
