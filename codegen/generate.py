@@ -46,6 +46,16 @@ CTYPE = {"f32": "float", "i32": "int", "u32": "unsigned int"}
 RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime before each run
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
 GEMM_TILE = (64, 64, 16, 8, 8)  # matmul: BM x BN outputs per block, BK-deep slices, TM x TN per thread
+# ... and for a static side too short to fill 64 (a convolution's few channels, 10 classes), a tile
+# that wastes fewer FMAs on rows or columns past the end (`_gemm_tile`); 64 threads in each, at
+# least 8 FMAs per shared-memory load (TM/4 + TN/4 float4 loads for TM x TN FMAs per k step)
+GEMM_SHORT_TILES = [  # (most rows, most columns) -> tile, the first that fits
+    ((32, 32), (32, 32, 16, 4, 4)),
+    ((16, None), (16, 128, 16, 4, 8)),
+    ((32, None), (32, 64, 16, 4, 8)),
+    ((None, 16), (128, 16, 16, 8, 4)),
+    ((None, 32), (64, 32, 16, 8, 4)),
+]
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
 POINTWISE = ("elementwise", "broadcast", "slice")  # families a fusion group computes inline
 INLINED = ("const", "shape")
@@ -1043,13 +1053,16 @@ class _Generator:
                        f"bmatmul_{variant}_{n}", what + ", one product per item of the batch", a_fast=a_fast,
                        b_fast=b_fast, batch=so[0])
             return
-        # A is [M, K] (or [K, M] when ta); B is [K, N] (or [N, K] when tb)
+        # A is [M, K] (or [K, M] when ta); B is [K, N] (or [N, K] when tb). An operand whose rows
+        # (the stride of its slow index) are a static multiple of 4 floats long is staged with
+        # float4 loads: every 4 neighbours along its fast index start at an aligned address
         a_index = f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka"
+        a_stride, b_stride = Size.of([m if ta else k]), Size.of([k if tb else cols])
         self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}", what,
-                   a_fast=a_fast, b_fast=b_fast)
+                   a_fast=a_fast, b_fast=b_fast, a_vec=_fours(a_stride), b_vec=_fours(b_stride))
 
     def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1",
-              a_fast="k", b_fast="n", batch=1, b_lets=(), b_valid=None):
+              a_fast="k", b_fast="n", batch=1, b_lets=(), b_valid=None, a_vec=False, b_vec=False):
         """The register-blocked product out[row, col] = sum_k A[row, k] B[k, col], with the
         element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
         are the operands named `a_in` and `b_in`. `a_fast` ("m" or "k") and `b_fast` ("n" or "k")
@@ -1057,15 +1070,18 @@ class _Generator:
         implicit product (a convolution) names coordinates of B's element in `b_lets` ((name, C
         int expression of col and kb), computed before the load) and loads it only where
         `b_valid` holds (zero elsewhere: padding). With a `batch` dimension, one product per
-        blockIdx.z (the index expressions offset by it). A static output of few tiles with a
+        blockIdx.z (the index expressions offset by it). `a_vec`/`b_vec`: stage that operand with
+        float4 loads, 4 neighbours along its fast index (the caller vouches that its rows are a
+        static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
         long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
         workspace, then a second kernel adds them in order and does the store (epilogue, concat)."""
-        BM, BN, BK, TM, TN = GEMM_TILE
+        BM, BN, BK, TM, TN = tile = _gemm_tile(M, N)
         threads = (BM // TM) * (BN // TN)
-        splits = _splits(M, K, N) if batch == 1 else 1
+        splits = _splits(M, K, N, tile) if batch == 1 else 1
         ctx = dict(M=M.c(), N=N.c(), K=K.c(), BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, threads=threads,
                    a_index=a_index, b_index=b_index, out_index=out_index, what=what, a_in=a_in, b_in=b_in,
                    a_fast=a_fast, b_fast=b_fast, b_lets=list(b_lets), b_valid=b_valid, splits=splits,
+                   a_vec=a_vec, b_vec=b_vec and not b_lets and not b_valid,
                    k_end="kend" if splits > 1 else "K")
         tiles = [ceil_div(N, BN), ceil_div(M, BM)]
         if splits == 1:
@@ -1138,12 +1154,24 @@ def _pair(v) -> tuple:
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
-def _splits(M: Size, K: Size, N: Size) -> int:
+def _fours(stride: Size) -> bool:
+    """A static row length that is a multiple of 4 floats (16 bytes): float4 loads stay aligned."""
+    return stride.static is not None and stride.static % 4 == 0
+
+
+def _gemm_tile(M: Size, N: Size) -> tuple:
+    """(BM, BN, BK, TM, TN) for an M x N product: GEMM_TILE, unless a static side is short."""
+    def within(size: Size, most) -> bool:
+        return most is None or (size.static is not None and size.static <= most)
+    return next((tile for (rows, cols), tile in GEMM_SHORT_TILES if within(M, rows) and within(N, cols)), GEMM_TILE)
+
+
+def _splits(M: Size, K: Size, N: Size, tile=GEMM_TILE) -> int:
     """How many parts split-K sums K in (1: no split): for a static output of fewer tiles than
     SPLIT_TARGET_BLOCKS, enough parts to bring the blocks up to it, each part at least
     SPLIT_MIN_K of K's estimate, and no split into fewer than SPLIT_MIN_PARTS. An output that
     grows with the batch fills the GPU by itself."""
-    BM, BN = GEMM_TILE[:2]
+    BM, BN = tile[:2]
     if M.static is None or N.static is None:
         return 1
     tiles = -(-M.static // BM) * -(-N.static // BN)

@@ -110,6 +110,38 @@ model large {
 }"""
 
 
+# Products of every tile shape of `_gemm_tile` (GEMM_SHORT_TILES): static sides of 24 and 30 next
+# to long ones, and their gradients
+TILES = """
+model tiles {
+    input  x  : f32[N, 30]
+    param  p1 : f32[24, 50] = xavier
+    param  p2 : f32[50, 70] = xavier
+    param  p4 : f32[100, 50] = xavier
+    param  p5 : f32[50, 30] = xavier
+    param  w  : f32[30, 24] = xavier
+    a = p1 @ p2
+    b = p4 @ p5
+    c = x @ w
+    loss = mean(a * a) + mean(b * b) + mean(c * c)
+    minimize loss with sgd(lr = 0.1)
+}"""
+
+
+# Rows of 36, 20 and 12 floats: every operand is staged with float4 loads, along each fast index
+# (x @ w1: A along k, B along n; x^T @ dh: A along m; dh @ w2^T: B along k)
+FOURS = """
+model fours {
+    input  x  : f32[N, 36]
+    input  y  : i32[N]
+    param  w1 : f32[36, 20] = he
+    param  w2 : f32[20, 12] = xavier
+    h = relu(x @ w1)
+    loss = softmax_xent(h @ w2, y)
+    minimize loss with sgd(lr = 0.1)
+}"""
+
+
 def compiled(text, level):
     return dlc.compile(text, backend="interp", opt_level=level).graph
 
@@ -185,6 +217,42 @@ def test_each_product_agrees_with_the_interpreter(backends, text, batch, level):
     nodes = check_products(g, emu, batch, seed=batch)
     ops = {g.op(n) for n in nodes}
     assert ops == ({"conv2d", "conv2d_grad_x", "conv2d_grad_w"} if text is CONVS else {"matmul"})
+
+
+def test_every_tile_shape_is_tested():
+    """Each tile of the menu is used by a product the tests above and below check."""
+    from dlc.codegen.generate import GEMM_SHORT_TILES, GEMM_TILE
+    used = set()
+    for text in (CONVS, PRODUCTS_MODEL, TILES):
+        for k in generate(compiled(text, 0)).kernels:
+            if k.template == "matmul.cu.j2":
+                used.add(tuple(k.ctx[x] for x in ("BM", "BN", "BK", "TM", "TN")))
+    assert used == {GEMM_TILE} | {tile for _, tile in GEMM_SHORT_TILES}
+
+
+@needs_emu
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("batch", [1, 5, 70])
+def test_every_tile_shape_agrees_with_the_interpreter(backends, batch, level):
+    g, emu = backends(TILES, level)
+    if level == 0:
+        check_products(g, emu, batch, seed=batch)
+    else:
+        compare_step(g, emu, batch, seed=batch)
+
+
+@needs_emu
+@pytest.mark.parametrize("batch", [1, 5, 70])
+def test_float4_staging_agrees_with_the_interpreter(backends, batch):
+    g, emu = backends(FOURS, 0)
+    fast = {(k.ctx["a_fast"], k.ctx["a_vec"], k.ctx["b_fast"], k.ctx["b_vec"])
+            for k in emu.module.kernels if k.template == "matmul.cu.j2"}
+    assert {("k", True), ("m", True)} <= {f[:2] for f in fast} and {("n", True), ("k", True)} <= {f[2:] for f in fast}
+    check_products(g, emu, batch, seed=batch)
+    # a row of 37 floats is not aligned every 4: PRODUCTS_MODEL's x is staged one float at a time
+    reads_x = [k for k in generate(compiled(PRODUCTS_MODEL, 0)).kernels
+               if k.template == "matmul.cu.j2" and k.launch.args[1] == "x"]
+    assert reads_x and not any(k.ctx["a_vec"] for k in reads_x)
 
 
 @needs_emu
