@@ -454,9 +454,9 @@ class _Generator:
         # one kernel per distinct body: a node whose kernel would read exactly like an earlier one
         # (a deep net's layers of one width) launches that one on its own buffers
         k.body = self._render(k)
-        launch.shared = shared_bytes(k.body)
         key = (tuple(params), k.body)
         same = self.bodies.get(key)
+        launch.shared = shared_bytes(k.body) if same is None else same.launch.shared
         if same is None:
             self.bodies[key] = k
             self.kernels.append(k)
