@@ -91,26 +91,35 @@ def symbols_of(*shapes) -> list[str]:
 
 # -- evaluating plan expressions ---------------------------------------------------------------
 
-_ALLOWED = (ast.Expression, ast.BinOp, ast.Constant, ast.Name, ast.Load, ast.Add, ast.Sub, ast.Mult,
-            ast.FloorDiv)
+_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.FloorDiv: lambda a, b: a // b}
 
 
 def evaluate(expr, dims: dict[str, int]) -> int:
     """Value of a launch-plan size: an int, or an expression over symbols with + - * // and
-    `min(a, b)` (a capped grid, see `capped_div`)."""
+    `min(a, b)` (a capped grid, see `capped_div`). Walked here, not given to `eval`: nothing else
+    runs, and `min` is the function whatever the symbols are called (a dimension may be `min`)."""
     if isinstance(expr, int):
         return expr
-    tree = ast.parse(expr, mode="eval")
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id == "min" and len(node.args) == 2
-                    and not node.keywords):
-                raise ValueError(f"not a plan size expression: {expr!r}")
-        elif not isinstance(node, _ALLOWED):
-            raise ValueError(f"not a plan size expression: {expr!r}")
-    if "min" in dims:
-        raise ValueError(f"a symbol may not be called 'min' (plan expression {expr!r})")
-    return int(eval(compile(tree, "<plan>", "eval"), {"__builtins__": {}, "min": min}, dict(dims)))
+
+    def value(node) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in dims:
+            return int(dims[node.id])
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _BINARY[type(node.op)](value(node.left), value(node.right))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "min"
+                and len(node.args) == 2 and not node.keywords):
+            return min(value(node.args[0]), value(node.args[1]))
+        if isinstance(node, ast.Name):
+            raise NameError(f"name {node.id!r} is not defined")
+        raise ValueError(f"not a plan size expression: {expr!r}")
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise ValueError(f"not a plan size expression: {expr!r}")
+    return value(tree.body)
 
 
 def ceil_div(size: Size, by: int) -> str | int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,14 @@ def emu_available() -> tuple[bool, str]:
     if cxx is None:
         return False, f"no C++ compiler '{CXX}' on PATH (set CXX to one with OpenMP)"
     return True, f"generated CUDA compiled with {cxx} against cuda_emu.h, run on the CPU"
+
+
+def check_order_setting() -> None:
+    """DLC_EMU_ORDER (the order the emulator runs a block's threads in, cuda_emu.h) must read
+    forward, reverse or shuffle[:seed]; the library would abort on anything else."""
+    value = os.environ.get("DLC_EMU_ORDER", "")
+    if not re.fullmatch(r"(forward|reverse|shuffle(:\d+)?)?", value):
+        raise DlcError(f"DLC_EMU_ORDER={value}: expected forward, reverse or shuffle[:seed] (a number)")
 
 
 def cache_dir() -> Path:
@@ -90,6 +99,7 @@ class EmuBackend(BufferState):
 
     def __init__(self, graph: Graph, float_dtype=np.float32):
         self._prepare(graph, float_dtype, emu_available)
+        check_order_setting()
         self.lib = ctypes.CDLL(str(build_library(self.module.emu_source())))
         self._fns = {}
         for k in self.module.launches:

@@ -247,6 +247,17 @@ def test_the_order_can_be_set_by_environment_variable(races):
     assert races.dlc_emu_order() == 0
 
 
+def test_a_bad_order_setting_is_a_user_error_not_an_abort():
+    """The library aborts on a DLC_EMU_ORDER it cannot read; the backend says so first (exit 2)."""
+    import os
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", "run", str(examples / "xor.dln"), "--backend", "emu",
+                        "--epochs", "1", "--no-progress"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, DLC_EMU_ORDER="sideways"))
+    assert r.returncode == 2, r.stderr
+    assert "DLC_EMU_ORDER=sideways: expected forward, reverse or shuffle" in r.stderr and "Traceback" not in r.stderr
+
+
 # -- every generated kernel: the same bits in every order ------------------------------------
 
 def step_in_orders(g, batch: int = 3) -> dict[str, dict[str, np.ndarray]]:
