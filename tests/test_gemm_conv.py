@@ -193,19 +193,6 @@ def check_products(g, emu, batch, seed=0):
     return nodes
 
 
-@pytest.fixture(scope="module")
-def backends():
-    """(text, level) -> (graph, emu backend): one compile per model and level for the module."""
-    cache = {}
-
-    def get(text, level):
-        if (text, level) not in cache:
-            g = compiled(text, level)
-            cache[text, level] = (g, EmuBackend(g))
-        return cache[text, level]
-    return get
-
-
 # -- every kernel against the interpreter -------------------------------------------------------
 
 @needs_emu

@@ -127,19 +127,6 @@ def _graph(text, level):
     return dlc.compile(text, backend="interp", opt_level=level).graph
 
 
-@pytest.fixture(scope="module")
-def backends():
-    """(model, level) -> (graph, emu backend): one build per model and level for the module."""
-    cache = {}
-
-    def get(text, level):
-        if (text, level) not in cache:
-            g = _graph(text, level)
-            cache[text, level] = (g, EmuBackend(g))
-        return cache[text, level]
-    return get
-
-
 def _integer_data(g, batch, seed):
     """Integer-valued float32 feeds and params in [-4, 4] (u: [-1, 1]): sums of them are exact."""
     r = np.random.default_rng(seed)
