@@ -231,7 +231,7 @@ class BufferState:
                 v = np.asarray(v, dtype=buf.dtype)
                 if v.shape != buf.shape:
                     raise DlcError(f"input '{name}' should have shape {list(buf.shape)}, found {list(v.shape)}")
-                self._upload(buf, v if v.flags.c_contiguous else np.ascontiguousarray(v))
+                self._upload(buf, v)
         words = rng_words(rng)
         if words != self._rng_words:  # the dropout key is uploaded only when it changes
             self._upload(self._rng, np.array(words, np.uint32))
@@ -241,10 +241,11 @@ class BufferState:
         self.counters["runs"] += 1
         out = Fetched(self, staged={r: self._stage(prog["outs"][r]) for r in fetch})
         self._pending.append(out)
-        if defer and len(self._pending) < MAX_PENDING:
-            return out
-        out.result()
-        return out if defer else out.result()
+        if not defer:
+            return out.result()
+        if len(self._pending) >= MAX_PENDING:
+            self._resolve()
+        return out
 
     def _execute(self, prog) -> None:
         check, env = self.check_numerics, prog["env"]

@@ -186,6 +186,23 @@ def test_deferred_steps_wait_once_for_all(monkeypatch, graphed):
 
 
 @pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+def test_unread_deferred_steps_are_brought_down_at_the_limit(monkeypatch):
+    """A caller that never reads its deferred steps does not hold device buffers forever: at
+    MAX_PENDING unread runs they come down (one wait), and their results stay readable."""
+    from dlc.runtime import backends as bk
+    m, ref, backend = _fake_cuda_mlp(monkeypatch)
+    monkeypatch.setattr(bk, "MAX_PENDING", 3)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((8, 64)).astype(np.float32), rng.integers(0, 10, 8).astype(np.int32)
+    before = backend.counters["syncs"]
+    pending = [m.train_step({"x": x, "y": y}, wait=False) for _ in range(7)]
+    assert backend.counters["syncs"] - before == 2 and len(backend._pending) == 1  # at the 3rd and 6th
+    want = [ref.step(x=x, y=y) for _ in range(7)]
+    np.testing.assert_allclose([p.result()[0] for p in pending], want, rtol=1e-4)
+    assert backend.counters["syncs"] - before == 3
+
+
+@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
 def test_the_training_loop_waits_once_per_interval(monkeypatch):
     """`dlc run`'s loop reads the losses every SYNC_EVERY steps and at the end of an epoch: one
     host sync each, not one per step; the epoch's loss is the interpreter's (the same batches)."""
