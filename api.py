@@ -331,6 +331,8 @@ class Model:
         m = g.meta
         if not self.trainable:
             raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
+        if not isinstance(wait, (bool, np.bool_)):
+            raise DlcError(f"wait: must be True or False, found {wait!r}")
         roots = self._step_roots(fetch_outputs)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
         # computes the whole step; hands back only the loss (and the outputs asked for): params

@@ -138,6 +138,18 @@ def test_forward_missing_input_is_an_error(mlp):
     assert "'x'" in str(ei.value)
 
 
+def test_deferred_steps_on_the_interpreter_and_a_bad_wait(mlp, digits):
+    """wait=False gives the same losses as waiting steps (interp has no device: nothing queues);
+    a wait that is not a bool is refused before the step runs."""
+    x, y = digits
+    twin = dlc.compile(str(MLP), backend="interp")
+    pending = [mlp.train_step({"x": x[i:i + 8], "y": y[i:i + 8]}, wait=False) for i in (0, 8, 16)]
+    assert [p.result()[0] for p in pending] == [twin.step(x=x[i:i + 8], y=y[i:i + 8]) for i in (0, 8, 16)]
+    with pytest.raises(dlc.DlcError, match="wait: must be True or False, found 'no'"):
+        mlp.train_step({"x": x[:8], "y": y[:8]}, wait="no")
+    assert mlp.steps == 3
+
+
 def test_forward_without_labels_reshape_model(digits):
     x, _ = digits
     m = dlc.compile(EXAMPLES / "lenet.dln", backend="interp")
