@@ -212,7 +212,7 @@ def _data_path(args, g) -> Path:
         return Path(args.data)
     d = g.meta.train.get("data")
     if not d:
-        raise DlcError(f"no data: pass --data FILE.npz (or give `train(data = \"...\")` in the model)")
+        raise DlcError("no data: pass --data FILE.npz (or give `train(data = \"...\")` in the model)")
     return Path(args.file).parent / d
 
 
@@ -359,7 +359,7 @@ def _start_from(args, model, feeds, n, s) -> tuple[dict | None, list[str]]:
 def cmd_run(args) -> int:
     import dlc
     from .runtime.backends import resolve
-    from .runtime.data import atomic_write, load_data, load_weights, save_weights
+    from .runtime.data import atomic_write, save_weights
     from .runtime.init import initial_state
     from .runtime.train import accuracy_rule, evaluate, per_example_problem, predict, train
     _check_flags(args)

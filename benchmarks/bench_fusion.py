@@ -24,8 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-import numpy as np  # noqa: E402
-
 import dlc  # noqa: E402
 from dlc.codegen import generate  # noqa: E402
 from dlc.dsl.frontend import lower  # noqa: E402

@@ -481,7 +481,7 @@ def test_unexpected_character_says_what_was_expected(tmp_path):
     f = tmp_path / "bad.dln"
     f.write_text(DLN_CASES[1][1])  # y = x $ 2
     r = dlc_cli("check", f.name, cwd=tmp_path)
-    assert_user_error(r, ["'$'", "expected"], rf"^bad\.dln:3:\d+: error: ")
+    assert_user_error(r, ["'$'", "expected"], r"^bad\.dln:3:\d+: error: ")
 
 
 def test_non_npz_message_does_not_talk_about_pickles(tmp_path):

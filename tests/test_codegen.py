@@ -19,7 +19,6 @@ import importlib
 from dlc.codegen.generate import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS, EMITTERS, RNG_BUFFER, _ewise
 from dlc.codegen.sizes import Size, broadcast_index, evaluate, gather_index, strides
 from dlc.runtime.emu import emu_available
-from dlc.ir.errors import DlcError
 from dlc.ir.graph import Graph
 from dlc.ir.ops import FAMILIES, OPS, elementwise_ops
 from dlc.ir.types import TensorType
@@ -249,7 +248,7 @@ def test_kernels_are_preceded_by_their_node_and_dln_line(modules):
     k = next(k for k in m.kernels if k.launch.op == "sigmoid")
     i = src.index(f"void {k.name}(")
     head = src[:i].rsplit("\n\n", 1)[1]
-    assert f"= sigmoid(%u)" in head
+    assert "= sigmoid(%u)" in head
     assert "<string>:10:" in head and "v    = sigmoid(u) - tanh(u)" in head
 
 
@@ -379,7 +378,7 @@ def test_codegen_has_no_branch_on_an_op_name():
 def test_an_op_of_an_existing_family_needs_no_codegen_change():
     """Register a new elementwise op and a new reduction in the registry only: both compile to
     kernels that compute what their NumPy references say (on the emulator where g++ exists)."""
-    from dlc.ir.ops import _broadcast, _reduce_rule, _unary_float, op as register
+    from dlc.ir.ops import _reduce_rule, _unary_float, op as register
     try:
         register("cube", 1, _unary_float("cube"), lambda x: x * x * x, c="a * a * a")
         register("sumsq_mean", 1, _reduce_rule("sumsq_mean"),

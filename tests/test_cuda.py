@@ -223,7 +223,6 @@ def test_the_training_loop_waits_once_per_interval(monkeypatch):
 
 # -- tests/fake_cupy_path: the `cupy` of dry runs never shadows a real one -------------------------
 
-import os  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 

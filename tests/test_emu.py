@@ -12,7 +12,6 @@ float32 rounding it inherits, measured per tensor (`float32_rounding`, below).
 """
 import contextlib
 import ctypes
-import os
 import time
 from pathlib import Path
 

@@ -16,7 +16,7 @@ import dlc
 from dlc.cli import main
 from dlc.dsl.frontend import lower
 from dlc.runtime.emu import emu_available
-from test_gradcheck import EPS, assert_grad_close, compile64, loss_of, numeric_grad, set_params
+from test_gradcheck import assert_grad_close, compile64, numeric_grad, set_params
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
