@@ -679,7 +679,7 @@ def speed_table(recs: list) -> list[str]:
         if r is None:
             return "-"
         if "error" in r:
-            return "FAIL"
+            return "skip" if _skipped(r) else "FAIL"
         v = r.get(key)
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
@@ -706,10 +706,19 @@ def speed_table(recs: list) -> list[str]:
         out.append(f"target (dlc-graph at least as fast as eager, step_ms): met on {len(ok)} of {len(met)} "
                    f"(example, batch) pairs" + ("" if len(ok) == len(met) else
                                                  "; not met: " + ", ".join(f"{e}@{b}" for e, b in met if (e, b) not in ok)))
-    fails = [r for r in by.values() if "error" in r]
-    for r in fails:
-        out.append(f"FAILED {r['impl']} {r['example']} batch {r['batch']}: {r['error']}")
+    for r in by.values():
+        if "error" in r and not _skipped(r):
+            out.append(f"FAILED {r['impl']} {r['example']} batch {r['batch']}: {r['error']}")
+    skipped = [r for r in by.values() if _skipped(r)]
+    if skipped:  # not run (the budget ran out), which is not a failure: one line
+        out.append(f"skipped, no time left in the budget ({len(skipped)}): " +
+                   ", ".join(f"{r['impl']} {r['example']}@{r['batch']}" for r in skipped))
     return out
+
+
+def _skipped(r: dict) -> bool:
+    """A configuration gpu_check.sh did not start (no time left): its record's error says so."""
+    return str(r.get("error", "")).startswith("skipped")
 
 
 def cmd_summary(args) -> int:

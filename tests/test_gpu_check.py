@@ -267,3 +267,26 @@ def test_the_dlc_wheel_is_used_only_while_it_matches_the_tree(tmp_path):
     assert "from the working tree through a link" in r.stdout
     said = re.search(r"differs from the working tree in (\d+) files \(([^)]*\)?)\)", r.stdout)
     assert said and said[1] == "2" and said[2] == "cli.py, runtime/new_module.py (new)", r.stdout
+
+
+def test_speed_table_tells_a_configuration_not_run_from_one_that_failed():
+    """A configuration the budget left no time for is `skip` in the table and listed once as
+    skipped; only one that ran and gave no record is FAILED (a dry run once listed 30 skipped
+    configurations as FAILED)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    recs = [dict(kind="step", impl="dlc-graph", example="mlp", batch=128, step_ms=1.0, dev_ms=0.5),
+            dict(kind="step", impl="eager", example="mlp", batch=128, step_ms=2.5, dev_ms=1.0),
+            dict(kind="step", impl="dlc", example="mlp", batch=128, error="no record (exit 1)"),
+            dict(kind="step", impl="eager", example="lenet", batch=128, error="skipped: no time left"),
+            dict(kind="step", impl="dlc-graph", example="lenet", batch=128, error="skipped: no time left")]
+    lines = bench_gpu.speed_table(recs)
+    rows = [line.split() for line in lines if line.startswith("  lenet") or line.startswith("  mlp")]
+    # columns: example batch dlc dlc-graph eager compile compile-ro eager/graph ...
+    assert [r[2:5] for r in rows if r[0] == "lenet"] == [["-", "skip", "skip"]] * 2, rows
+    assert [(r[2], r[7]) for r in rows if r[0] == "mlp"] == [("FAIL", "2.50"), ("FAIL", "2.00")], rows
+    assert [line for line in lines if line.startswith("FAILED")] == ["FAILED dlc mlp batch 128: no record (exit 1)"]
+    assert "skipped, no time left in the budget (2): eager lenet@128, dlc-graph lenet@128" in lines
