@@ -42,7 +42,8 @@
 # --quick (or DLC_GPU_CHECK_QUICK=1): a smoke run of every section's plumbing, a minute or so:
 # a few tests, diff and speed on xor (and mlp), one epoch, small kernels, no suite.
 # DLC_FAKE_CUPY=1: a dry run without a GPU, on the CuPy stand-in of tests/fake_cupy.py (kernels on
-# the emulator; PyTorch on the CPU; numbers meaningless); ignored where a real CuPy is installed.
+# the emulator; PyTorch on the CPU; numbers meaningless; sanitize runs gpu_step.py without the
+# sanitizer); ignored where a real CuPy is installed.
 # tests/test_gpu_check.py runs `DLC_FAKE_CUPY=1 bash benchmarks/gpu_check.sh --quick`.
 #
 # Other knobs: PYTHON (default python, else python3), GPU_WHEELS (default gpu_wheels), BUDGET,
@@ -560,6 +561,15 @@ fi
 if has sanitize; then
     begin sanitize
     if [ $DRY = 1 ]; then
+        # the program the sanitizer would watch, without it: so that gpu_step.py cannot rot either
+        if [ "$QUICK" = 1 ]; then SAN_EXAMPLES=${SAN_EXAMPLES:-xor}; fi
+        # shellcheck disable=SC2086
+        limited gpu_step 40 "$PY" benchmarks/gpu_step.py --batch 7 --graph $SAN_EXAMPLES
+        steps=$(grep -c '^@@ .* ok' "$STEP_LOG")
+        if [ $RC = 0 ]; then status sanitize "gpu_step.py" ok "dry run, no sanitizer: one graphed step of $steps example(s) agrees with interp"
+        elif [ $RC = 125 ]; then status sanitize "gpu_step.py" skipped "no time left in the budget"
+        else status sanitize "gpu_step.py" FAILED "exit $RC: $(grep '^@@ .*FAILED' "$STEP_LOG" | head -n 2 | tr '\n' ' ' | cut -c1-200)"
+        fi
         status sanitize compute-sanitizer skipped "dry run: no GPU for it to watch"
     elif [ -z "$SANITIZER" ]; then
         status sanitize compute-sanitizer skipped "compute-sanitizer not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/*)"

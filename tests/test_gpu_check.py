@@ -109,10 +109,12 @@ def test_dry_run_has_a_row_per_section(dry_run):
     assert "DRY RUN" in r.stdout, r.stdout[-3000:]
     rows = _table(text)
     assert tuple(rows) == SECTIONS, (rows, r.stdout[-3000:])
-    for sec in ("prep", "env", "tests", "diff", "train", "kernels", "speed"):
+    for sec in ("prep", "env", "tests", "diff", "train", "sanitize", "kernels", "speed"):
         assert rows[sec][0] == "ok", (sec, rows[sec], r.stdout[-4000:])
-    # what is missing here is skipped with its reason, never FAILED or silently absent
-    assert rows["sanitize"][0] == "skipped" and "compute-sanitizer" in rows["sanitize"][3]
+    # the program the sanitizer watches ran (on the stand-in); the sanitizer itself, missing
+    # here, is skipped with its reason, never FAILED or silently absent
+    assert re.search(r"sanitize +gpu_step\.py +ok +dry run, no sanitizer: one graphed step of 1 example", r.stdout)
+    assert rows["sanitize"][3] == "1 ok, 1 skipped, 0 FAILED; compute-sanitizer: dry run: no GPU for it to watch"
     assert rows["suite"][0] == "skipped" and "quick mode" in rows["suite"][3]
     assert "agree" in rows["diff"][3] and "0 FAILED" in rows["diff"][3]
     for sec, (_status, used, budget, _detail) in rows.items():
@@ -127,7 +129,7 @@ def test_dry_run_exit_status_is_the_documented_one(dry_run):
     assert r.returncode == (1 if failed else 0), (failed, r.stdout[-3000:])
     assert r.returncode == 0
     (end,) = [l for l in text.splitlines() if l.startswith("end: ")]
-    assert end.startswith(f"end: exit {r.returncode} (7 ok, 2 skipped, 0 FAILED sections;"), end
+    assert end.startswith(f"end: exit {r.returncode} (8 ok, 1 skipped, 0 FAILED sections;"), end
     # and the summary after the table: every check, the training run, the speed table
     assert "accuracy cuda vs interp" in text and "step_ms:" in text
 
