@@ -21,9 +21,19 @@ except ImportError as e:
 
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
-from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available, ptx_entries  # noqa: E402
+from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def assert_kernels_compile(mod) -> dict:
+    """NVRTC compiles the module for every arch, and each PTX defines exactly the module's
+    kernels; {arch: PTX}. The other test files' NVRTC checks use it too."""
+    from dlc.codegen.nvrtc import check_module, ptx_entries
+    ptx = check_module(mod)
+    for text in ptx.values():
+        assert set(ptx_entries(text)) == set(mod.kernel_names)
+    return ptx
 
 
 def test_nvrtc_loads():
@@ -34,11 +44,10 @@ def test_nvrtc_loads():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_kernels_compile_for_every_arch(name):
     mod = generate(dlc.compile(MODELS[name], backend="interp").graph)
-    ptx = check_module(mod)
+    ptx = assert_kernels_compile(mod)
     assert set(ptx) == set(ARCHS) == {"sm_80", "sm_90"}
     for arch, text in ptx.items():
         assert f".target {arch}" in text
-        assert set(ptx_entries(text)) == set(mod.kernel_names)
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.dln")), ids=lambda p: p.stem)

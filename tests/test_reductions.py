@@ -415,14 +415,11 @@ def test_emu_buffers_are_16_byte_aligned(backends):
 
 # -- NVRTC -------------------------------------------------------------------------------------
 
-from test_nvrtc import WHY as NO_NVRTC  # noqa: E402  (one check of cuda-bindings)
+from test_nvrtc import WHY as NO_NVRTC, assert_kernels_compile  # noqa: E402  (one check of cuda-bindings)
 
 
 @pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
 @pytest.mark.parametrize("level", [0, 2])
 @pytest.mark.parametrize("text", [REDUCTIONS, XENT, ELEMENTWISE], ids=["reductions", "xent", "elementwise"])
 def test_kernels_compile_with_nvrtc(text, level):
-    from dlc.codegen.nvrtc import check_module, ptx_entries
-    mod = generate(_graph(text, level))
-    for ptx in check_module(mod).values():
-        assert set(ptx_entries(ptx)) == set(mod.kernel_names)
+    assert_kernels_compile(generate(_graph(text, level)))
