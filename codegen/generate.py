@@ -974,7 +974,7 @@ class _Generator:
         most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
         if most < 2 or (extent.static is not None and extent.static <= REDUCE_ONE_BLOCK):
             self._add(n, "reduce.cu.j2", dict(ctx, parts=None), self._temp(n), ins,
-                      [outputs.static if outputs.static is not None else outputs.py(), 1, 1],
+                      [outputs.plan(), 1, 1],
                       [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=comment, stem=stem)
             return
         parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
@@ -995,7 +995,7 @@ class _Generator:
         inner = Size.of(shape[axis + 1:])
         rows = Size.of(shape[:axis]) * inner
         ctx = dict(extent=extent.c(), inner=inner.c(), expr=OPS[g.op(n)].kernel["out"])
-        self._add(n, "softmax.cu.j2", ctx, self._temp(n), self._ins(n), [rows.static or rows.py(), 1, 1],
+        self._add(n, "softmax.cu.j2", ctx, self._temp(n), self._ins(n), [rows.plan(), 1, 1],
                   [_pow2_block(extent), 1, 1], barriers=True)
 
     def _xent_rows(self, n):
@@ -1009,7 +1009,7 @@ class _Generator:
         ctx = dict(rows=R.c(), classes=C.c(), warp=warp, rows_per_block=XENT_ROWS_PER_BLOCK)
         if warp:
             return rows, ctx, [ceil_div(R, XENT_ROWS_PER_BLOCK), 1, 1], [32 * XENT_ROWS_PER_BLOCK, 1, 1]
-        return rows, ctx, [R.static if R.static is not None else R.py(), 1, 1], [_pow2_block(C), 1, 1]
+        return rows, ctx, [R.plan(), 1, 1], [_pow2_block(C), 1, 1]
 
     def emit_xent(self, n):
         """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label], in two
@@ -1085,7 +1085,7 @@ class _Generator:
                    k_end="kend" if splits > 1 else "K")
         tiles = [ceil_div(N, BN), ceil_div(M, BM)]
         if splits == 1:
-            self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n), tiles + [ceil_div(Size.of([batch]), 1)],
+            self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n), tiles + [Size.of([batch]).plan()],
                       [threads, 1, 1], barriers=True, stem=stem, extra_dims=symbols_of((batch,)))
             return
         work = self._workspace(n, "split", [splits, M.static, N.static])

@@ -43,6 +43,10 @@ class Size:
         parts = ([str(self.k)] if self.k != 1 or not self.syms else []) + list(self.syms)
         return "*".join(parts)
 
+    def plan(self) -> int | str:
+        """The size as a launch-plan value: an int when static, else its expression (`py`)."""
+        return self.static if self.static is not None else self.py()
+
     def estimate(self, sym_guess: int = 64) -> int:
         """A typical value, for launch-shape choices that must be made before the batch is known."""
         return self.k * sym_guess ** len(self.syms)
@@ -126,7 +130,7 @@ def ceil_div(size: Size, by: int) -> str | int:
     """Number of blocks of `by` threads covering `size` elements, for the plan."""
     if size.static is not None:
         return -(-size.static // by)
-    return f"({size.py()} + {by - 1}) // {by}" if by > 1 else size.py()
+    return f"({size.py()} + {by - 1}) // {by}" if by > 1 else size.plan()
 
 
 def capped_div(size: Size, by: int, cap: int) -> tuple[str | int, str]:
