@@ -560,9 +560,9 @@ fi
 # -- 2. memory safety: compute-sanitizer on one step of every example -----------------------------
 if has sanitize; then
     begin sanitize
+    if [ "$QUICK" = 1 ]; then SAN_EXAMPLES=${SAN_EXAMPLES:-xor}; fi
     if [ $DRY = 1 ]; then
         # the program the sanitizer would watch, without it: so that gpu_step.py cannot rot either
-        if [ "$QUICK" = 1 ]; then SAN_EXAMPLES=${SAN_EXAMPLES:-xor}; fi
         # shellcheck disable=SC2086
         limited gpu_step 40 "$PY" benchmarks/gpu_step.py --batch 7 --graph $SAN_EXAMPLES
         steps=$(grep -c '^@@ .* ok' "$STEP_LOG")
@@ -576,7 +576,6 @@ if has sanitize; then
     else
         # smallest first, so that a cut-off leaves the most examples checked; racecheck (shared
         # memory hazards, the slowest tool) on a smaller batch: the block shapes are the same
-        if [ "$QUICK" = 1 ]; then SAN_EXAMPLES=${SAN_EXAMPLES:-xor}; fi
         SAN_EXAMPLES=${SAN_EXAMPLES:-$(for f in examples/*.dln; do e=$(basename "$f" .dln)
             case " lenet bottleneck inception " in *" $e "*) ;; *) echo "$e";; esac; done
             for e in lenet bottleneck inception; do [ -e "examples/$e.dln" ] && echo "$e"; done)}
