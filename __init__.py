@@ -1,6 +1,6 @@
 """dlc: a deep-learning compiler from the `.dln` language to CUDA, with a NumPy reference."""
-from .api import Model, compile, load
+from .api import Build, Model, Options, build, compile, diff, load
 from .ir.errors import DlcError
+from .version import VERSION as __version__
 
-__all__ = ["compile", "load", "Model", "DlcError"]
-__version__ = "0.1.0"
+__all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "DlcError"]

@@ -1,35 +1,114 @@
-"""The Python API: `dlc.compile(...)`, `dlc.load(...)` and the compiled `Model`
-(reference: docs/api.md).
+"""The Python API, and the one front door: `dlc.compile`, `dlc.load`, `dlc.build` and the compiled
+`Model` (reference: docs/api.md). Every `dlc` command calls this module and nothing else; it wires
+the stages together (dsl -> passes -> codegen -> runtime) and is the only place that does.
 
     m = dlc.compile("mlp.dln", backend="interp")
     m.params                      # name -> numpy array (read/write)
-    m.forward(x=x)                # output name -> array
+    m.forward(x=x)                # output name -> array, in evaluation mode
     loss, grads = m.grad(x=x, y=y)
-    m.step(x=x, y=y)              # one optimizer step; returns the loss
+    m.step(x=x, y=y)              # one optimizer step (training mode); returns the loss
+    m.fit(m.read_data())          # train as `dlc run` does, with the model's train(...) settings
     m.ir(stage="optimized")       # IR text: forward, backward, train or optimized
     m.save("w.npz"); m.load("w.npz")
+
+Errors about an argument name it as the caller knows it: `epochs: must be >= 0` from Python,
+`--epochs: must be >= 0` from the command line (`argument_names`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
+import os
+import sys
 from collections.abc import MutableMapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
+from .codegen import generate
 from .dsl.frontend import lower
+from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
-from .ir.text import print_ir
+from .ir.ops import STORED, UPDATES_STATE
+from .ir.summary import layers as _layers
+from .ir.text import fmt_value, print_ir
 from .ir.types import fmt_shape
-from .passes.manager import PIPELINE, run_pipeline
-from .runtime.backends import make_backend, resolve
-from .runtime.data import check_feeds, load_weights, save_weights
+from .passes.fusion import report as fusion_report
+from .passes.manager import LEVELS, PASS_NAMES, run_pipeline
+from .runtime.backends import BACKENDS, make_backend, option_problem, resolve
+from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
+from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, load_data
+from .runtime.diff import ATOL, RTOL, compared, random_nodes, synth_feeds
+from .runtime.diff import diff as _diff
+from .runtime.evaluate import evaluate_classes, report_lines
+from .runtime.feeds import check_feeds
+from .runtime.files import atomic_write, check_output, read_npz
 from .runtime.init import initial_state
-from .runtime.train import setting_problem
+from .runtime.onnx_export import OPSET, export_onnx, require_onnx
+from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, per_example_problem,
+                            predict, setting_problem, with_context)
+from .runtime.train import train as _train_loop
+from .runtime.train import evaluate as _evaluate
+from .runtime.weights import (CHECKPOINT_FILE, load_checkpoint, load_state, load_weights, load_weights_by_name,
+                              partial_report, save_weights)
+from .runtime.writers import PREDICT_FORMATS, require_matplotlib, write_json, write_plot, write_predictions
+from .version import VERSION
 
+__version__ = VERSION
 FLOAT_DTYPES = ("float32", "float64")
-OPT_LEVELS = sorted({level for _, _, level in PIPELINE} | {0})
+OPT_LEVELS = LEVELS
+EMITS = ("ir", "dot", "cuda", "plan")   # what `dlc compile --emit` writes
+STATS_BATCH = 128  # what symbolic dimensions (the batch) are bound to in stats and the fusion report
 
+# -- naming arguments in errors ----------------------------------------------------------------------
+_NAMES: contextvars.ContextVar[dict] = contextvars.ContextVar("dlc_argument_names", default={})
+
+
+@contextlib.contextmanager
+def argument_names(names: dict):
+    """Within the block, errors about an argument name it as `names` says (the command line maps
+    `epochs` to `--epochs`, `opt_level` to `-O`); elsewhere by its keyword."""
+    token = _NAMES.set(dict(names))
+    try:
+        yield
+    finally:
+        _NAMES.reset(token)
+
+
+def arg(name: str) -> str:
+    """How the caller knows argument `name` (see `argument_names`)."""
+    return _NAMES.get().get(name, name)
+
+
+def _problem(name: str, problem: str, value) -> DlcError:
+    return DlcError(f"{arg(name)}: {problem}, found {value!r}")
+
+
+def _switch(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _problem(name, "must be True or False", value)
+    return bool(value)
+
+
+# -- DLC_DEBUG --------------------------------------------------------------------------------------
+
+def debug_level() -> int:
+    """DLC_DEBUG: 0 (unset) nothing; 1 the verifier after every pass and each pass's name, time and
+    size; 2 also the IR after each pass; 3 also the generated source (on stderr, every command)."""
+    try:
+        return max(0, int(os.environ.get("DLC_DEBUG", "0") or 0))
+    except ValueError:
+        return 1  # set to something: at least verify and trace the passes
+
+
+def _trace(level: int, text) -> None:
+    if debug_level() >= level:
+        print(text() if callable(text) else text, file=sys.stderr)
+
+
+# -- building ---------------------------------------------------------------------------------------
 
 def read_source(source) -> tuple[str, str]:
     """(text, file name) from a path or from `.dln` text."""
@@ -49,66 +128,189 @@ def read_source(source) -> tuple[str, str]:
     return source, "<string>"
 
 
-def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int = 0,
-            float_dtype="float32", check: bool = False, cuda_graph: bool = False,
-            insert_bottlenecks: float | None = None, freeze=None) -> "Model":
-    """Compile a `.dln` file (a path) or `.dln` text into a runnable `Model`.
+@dataclass
+class Options:
+    """How a model is built; `dlc.compile`, `dlc.build` and every command take these.
 
-    `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
-    `model`: which model, when the source defines several. `opt_level`: a level of the pass manager (as `-O`). `seed`: initial
-    weights (an integer >= 0). `float_dtype`: "float32" or "float64". `check`: run the IR verifier
-    after every pass. `cuda_graph` (cuda backend only): replay each kind of step as one captured
-    CUDA graph. `insert_bottlenecks=R` CHANGES THE MODEL: 1x1 reductions to a fraction R of the
-    channels before wide convolutions (passes/bottleneck.py; the report is `Model.rewrite`).
-    `freeze`: names of params to keep fixed besides the model's own `freeze` statement (a list,
-    or a comma-separated string, as `dlc run --freeze a,b`): they get no gradient and no update.
-    Every mistake, in the source or in an argument, raises `DlcError`."""
+    `model`: which model, when the source defines several. `opt_level`: a level of the pass
+    manager (as `-O`). `passes`: instead of a level, autodiff and the optimizer followed by these
+    passes (a list, or "a,b"). `freeze`: params to keep fixed besides the model's own `freeze` (a
+    list, or "a,b"). `insert_bottlenecks`: a ratio R in (0, 1): CHANGES THE MODEL (1x1 reductions
+    before wide convolutions, passes/bottleneck.py). `check`: the IR verifier after every pass
+    (also on with DLC_DEBUG). `dump_after`: a pass name or "all": the IR after it, in `Build.dumps`."""
+    model: str | None = None
+    opt_level: int = 1
+    passes: list | str | None = None
+    freeze: list | str | None = None
+    insert_bottlenecks: float | None = None
+    check: bool = False
+    dump_after: str | None = None
+
+    def checked(self) -> "Options":
+        """The options with every value checked (a DlcError names the argument at fault)."""
+        if self.model is not None and not isinstance(self.model, str):
+            raise _problem("model", "expected a model name or None", self.model)
+        lvl = self.opt_level
+        if not isinstance(lvl, (int, np.integer)) or isinstance(lvl, bool) or lvl not in OPT_LEVELS:
+            raise _problem("opt_level", f"must be one of {', '.join(map(str, OPT_LEVELS))}", lvl)
+        _switch("check", self.check)
+        r = self.insert_bottlenecks
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1):
+            raise DlcError(f"{arg('insert_bottlenecks')}: the ratio must be between 0 and 1 (exclusive), found {r!r}")
+        passes = self.passes
+        if isinstance(passes, str):
+            passes = [p.strip() for p in passes.split(",") if p.strip()]
+        if passes is not None and (not isinstance(passes, (list, tuple)) or not all(isinstance(p, str) for p in passes)):
+            raise _problem("passes", "expected pass names (a list, or 'a,b')", self.passes)
+        if self.dump_after is not None and self.dump_after not in PASS_NAMES + ["all"]:
+            raise DlcError(f"{arg('dump_after')}: unknown pass '{self.dump_after}' "
+                           f"(passes: {', '.join(PASS_NAMES)}, or all)")
+        return replace(self, passes=list(passes) if passes is not None else None)
+
+
+class Build:
+    """A model run through the pipeline (`dlc.build`): its IR at every stage and what the code
+    generator makes of it. `stages` (forward, backward, train, optimized), `graph` (optimized),
+    `forward` (the model as written, or as rewritten by an opt-in rewrite), `records` (per-pass
+    name, seconds, nodes), `dumps` ((file name, IR text) asked for by `dump_after`), `rewrite`
+    (the bottleneck rewrite's report lines, or None), `file` (the .dln file, or "<string>")."""
+
+    def __init__(self, result, file: str):
+        self.stages = result.stages
+        self.records = result.records
+        self.dumps = result.dumps
+        self.rewrite = result.reports.get("bottleneck")
+        self.graph = result.stages["optimized"]
+        self.forward = result.stages["forward"]
+        self.file = file
+        self._module = None
+
+    @property
+    def name(self) -> str:
+        return self.graph.meta.name
+
+    def ir(self, stage: str = "optimized") -> str:
+        """The IR text at a stage: "forward", "backward", "train" or "optimized"."""
+        if stage not in self.stages:
+            raise DlcError(f"no IR stage '{stage}' (stages: {', '.join(self.stages)})")
+        return print_ir(self.stages[stage])
+
+    def dot(self) -> str:
+        """The optimized graph as Graphviz DOT."""
+        return to_dot(self.graph)
+
+    def module(self):
+        """The generated CUDA module and launch plan (codegen.Module: `source`, `plan_json()`,
+        `stats(dims)`, ...), made once. DLC_DEBUG=3 prints its source on stderr."""
+        if self._module is None:
+            self._module = generate(self.graph)
+            _trace(3, lambda: f"// generated CUDA of model {self.name}\n{self._module.source}")
+        return self._module
+
+    def artefacts(self, emit) -> dict[str, str]:
+        """File name -> text of what `dlc compile --emit` writes: ir, dot, cuda, plan (a list, or
+        "a,b"), and the IR dumps (`dumps/NN-pass.ir`)."""
+        if isinstance(emit, str):
+            emit = [e.strip() for e in emit.split(",") if e.strip()]
+        bad = [e for e in emit if e not in EMITS]
+        if bad:
+            raise DlcError(f"{arg('emit')}: unknown artefact '{bad[0]}' (known: {', '.join(EMITS)})")
+        name = self.name
+        files: dict[str, str] = {}
+        if "ir" in emit:
+            files[f"{name}.ir"] = self.ir()
+        if "dot" in emit:
+            files[f"{name}.dot"] = self.dot()
+        if "cuda" in emit:
+            files[f"{name}.cu"] = self.module().source
+        if "plan" in emit:
+            files[f"{name}.plan.json"] = self.module().plan_json()
+        for fname, text in self.dumps:
+            files[f"dumps/{fname}"] = text
+        return files
+
+    def symbols(self) -> list[str]:
+        g = self.graph
+        return sorted({d for n in g.inputs for d in g.type(n).shape if isinstance(d, str)})
+
+    def stats(self, batch: int = STATS_BATCH) -> dict:
+        """Kernels, launches, FLOPs, bytes moved and peak bytes of one run of the plan (a training
+        step, or inference), symbolic dimensions bound to `batch`."""
+        return self.module().stats({s: batch for s in self.symbols()})
+
+    def explain_fusion(self, batch: int = STATS_BATCH) -> list[str]:
+        """The fusion report (`--explain-fusion`): every group and every refused edge, with why."""
+        return fusion_report(self.graph, {s: batch for s in self.symbols()})
+
+    def layers(self) -> dict:
+        """Per layer of the forward graph: output type, params it uses first, FLOPs per example."""
+        return _layers(self.forward)
+
+    @property
+    def trains(self) -> bool:
+        m = self.graph.meta
+        return m.loss is not None and m.optimizer is not None
+
+
+def build(source, options: Options | None = None, **kw) -> Build:
+    """Parse, check and run the pass pipeline: a `Build` (IR at every stage, the generated code).
+    `source` is a `.dln` path or text; `options` an `Options`, or its fields by keyword."""
     if not isinstance(source, (str, Path)):
         raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
-    if model is not None and not isinstance(model, str):
-        raise DlcError(f"model: expected a model name or None, found {model!r}")
-    if not isinstance(opt_level, (int, np.integer)) or isinstance(opt_level, bool) or opt_level not in OPT_LEVELS:
-        raise DlcError(f"opt_level: must be one of {', '.join(map(str, OPT_LEVELS))}, found {opt_level!r}")
-    if setting_problem("seed", seed):
-        raise DlcError(f"seed: {setting_problem('seed', seed)}, found {seed!r}")
-    dtype = _float_dtype(float_dtype)
-    for name, flag in (("check", check), ("cuda_graph", cuda_graph)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise DlcError(f"{name}: must be True or False, found {flag!r}")
-    backend = resolve(backend, "backend")
-    if cuda_graph and backend != "cuda":
-        raise DlcError(f"cuda_graph: needs backend 'cuda', not {backend!r}")
+    opts = (replace(options, **kw) if options else Options(**kw)).checked()
     text, file = read_source(source)
-    g = lower(text, file, model)
-    if freeze is not None:
-        _freeze(g, freeze)
-    rewrite = None
-    if insert_bottlenecks is not None:
-        from .passes.bottleneck import insert_bottlenecks as rewrite_model
-        rewrite = rewrite_model(g, insert_bottlenecks)
-        g = rewrite.graph
-    res = run_pipeline(g, opt_level, check=bool(check))
-    m = Model(res, backend, int(seed), dtype, path=None if file == "<string>" else file,
-              cuda_graph=bool(cuda_graph))
-    m.rewrite = rewrite.lines if rewrite else None
-    return m
+    g = lower(text, file, opts.model)
+    if opts.freeze is not None:
+        _freeze(g, opts.freeze)
+    level = debug_level()
+    rewrites = {"insert_bottlenecks": opts.insert_bottlenecks} if opts.insert_bottlenecks is not None else {}
+    res = run_pipeline(g, opts.opt_level, dump_after=opts.dump_after, check=opts.check or level >= 1,
+                       passes=opts.passes, options=rewrites, trace=_trace if level else None)
+    return Build(res, file)
 
 
 def _freeze(g, names) -> None:
     """Add params to the graph's frozen list (as the `freeze` statement does), checking the names."""
-    import difflib
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise DlcError(f"freeze: expected param names (a list, or 'a,b'), found {names!r}")
+        raise DlcError(f"{arg('freeze')}: expected param names (a list, or 'a,b'), found {names!r}")
     params = g.params
     for n in names:
         if n not in params:
             close = difflib.get_close_matches(n, params, n=1)
-            raise DlcError(f"freeze: '{n}' is not a param of model {g.meta.name}"
+            raise DlcError(f"{arg('freeze')}: '{n}' is not a param of model {g.meta.name}"
                            + (f" (did you mean '{close[0]}'?)" if close else "") + f" (params: {', '.join(params)})")
         if n not in g.meta.frozen:
             g.meta.frozen.append(n)
+
+
+def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
+            float_dtype="float32", check: bool = False, cuda_graph: bool = False,
+            insert_bottlenecks: float | None = None, freeze=None, passes=None) -> "Model":
+    """Compile a `.dln` file (a path) or `.dln` text into a runnable `Model`.
+
+    `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
+    `seed`: initial weights (an integer >= 0; default: the model's `train(seed = ...)`, else 0).
+    `float_dtype`: "float32" or "float64". `cuda_graph` (cuda backend only): replay each kind of
+    step as one captured CUDA graph. `model`, `opt_level`, `check`, `insert_bottlenecks` (CHANGES
+    THE MODEL; the report is `Model.rewrite`), `freeze` and `passes` are as `Options` describes.
+    Every mistake, in the source or in an argument, raises `DlcError`."""
+    if not isinstance(source, (str, Path)):
+        raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
+    opts = Options(model=model, opt_level=opt_level, passes=passes, freeze=freeze,
+                   insert_bottlenecks=insert_bottlenecks, check=check).checked()
+    if seed is not None and setting_problem("seed", seed):
+        raise _problem("seed", setting_problem("seed", seed), seed)
+    dtype = _float_dtype(float_dtype)
+    _switch("cuda_graph", cuda_graph)
+    backend = resolve(backend, arg("backend"))
+    if cuda_graph and option_problem(backend, "cuda_graph"):
+        raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
+    b = build(source, opts)
+    if seed is None:
+        seed = _train_setting(b, "seed")
+    return Model(b, backend, int(seed), dtype, cuda_graph=bool(cuda_graph))
 
 
 def load(source, weights, **options) -> "Model":
@@ -122,9 +324,38 @@ def _float_dtype(value) -> np.dtype:
     except (TypeError, ValueError):
         dtype = None
     if dtype is None or dtype.name not in FLOAT_DTYPES:
-        raise DlcError(f"float_dtype: must be float32 or float64, found {value!r}")
+        raise _problem("float_dtype", "must be float32 or float64", value)
     return dtype
 
+
+def _train_setting(b: Build, key: str):
+    """A run setting from the model's `train(...)`, else its default; a bad value in `train(...)`
+    is an error that says it came from there."""
+    v = b.graph.meta.train.get(key, RUN_DEFAULTS[key])
+    if setting_problem(key, v):
+        raise file_error(b.file, f"train({key} = {v!r}) in model {b.name}: {key} {setting_problem(key, v)} "
+                         f"({arg(key)} overrides it)")
+    return v
+
+
+def check_settings(**given) -> None:
+    """Check run settings given by the caller (epochs, batch, val_split, seed) before anything is
+    built: each error names its argument."""
+    for key, v in given.items():
+        if v is not None and setting_problem(key, v):
+            raise _problem(key, setting_problem(key, v), v)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run trains with: epochs, batch, held-out fraction, seed (split and shuffling)."""
+    epochs: int
+    batch: int
+    val_split: float
+    seed: int
+
+
+# -- the model ---------------------------------------------------------------------------------------
 
 class Params(MutableMapping):
     """The model's params as a dict; assigning checks the shape and updates the backend."""
@@ -138,7 +369,7 @@ class Params(MutableMapping):
     def __getitem__(self, k):
         if k not in self._names():
             raise KeyError(k)
-        return self._m._backend.get_value(k) if self._m.backend != "interp" else self._m._backend.values[k]
+        return self._m._value(k)
 
     def __setitem__(self, k, v):
         if k not in self._names():
@@ -162,36 +393,42 @@ class Params(MutableMapping):
         return "{" + ", ".join(f"{k}: {self._m.graph.type(k)}" for k in self) + "}"
 
 
+ROOT_KINDS = ("outputs", "grads", "step")
+
+
 class Model:
-    """A compiled model, made by `dlc.compile`: its params live on its backend.
+    """A compiled model, made by `dlc.compile`: its params, model buffers and optimizer state live
+    on its backend.
 
     Attributes: `name`, `backend` ("interp", "emu" or "cuda"), `path` (the .dln file, or None
     for text), `float_dtype`, `outputs` (output names), `trainable` (it minimises a loss with an
     optimizer), `graph` (the optimized IR graph), `stages` (stage name -> graph), `records`
-    (per-pass timings), `seed`, `steps` (optimizer steps taken), `params`, `state`."""
+    (per-pass timings), `build` (the `Build`), `seed`, `steps` (optimizer steps taken), `training`
+    (the mode of `forward` and `evaluate`: False, evaluation, unless `train()` was called),
+    `params`, `state`."""
 
-    def __init__(self, result, backend: str, seed: int, float_dtype, path=None, cuda_graph: bool = False):
-        self.stages = result.stages
-        self.records = result.records
-        self.graph = result.stages["optimized"]
+    def __init__(self, build: Build, backend: str, seed: int, float_dtype, cuda_graph: bool = False):
+        self.build = build
+        self.stages = build.stages
+        self.records = build.records
+        self.graph = build.graph
+        self.rewrite = build.rewrite
         self.name = self.graph.meta.name
         self.backend = backend
-        self.path = path
+        self.path = None if build.file == "<string>" else build.file
         self.float_dtype = np.dtype(float_dtype)
         self._backend = make_backend(backend, self.graph, float_dtype, cuda_graph=cuda_graph)
         self._backend.set_state(initial_state(self.graph, seed))
         m = self.graph.meta
         self.outputs = list(m.outputs)
-        self.trainable = m.loss is not None and m.optimizer is not None
+        self.trainable = build.trains
         self._inputs = self.graph.inputs
         self._params = self.graph.params
-        self._assigns = self.graph.nodes_of("assign")
+        self._effects = self.graph.with_effect(UPDATES_STATE)  # what a step commits (assignments)
         self._needs: dict = {}
         self._views: dict = {}  # tuple of input names -> a graph view for check_feeds
-        # random ops (dropout) draw from (seed, step); the step counts optimizer steps taken
-        from .ir.ops import OPS
-        self._random = any(OPS[self.graph.op(n)].needs_rng for n in self.graph.nx)
         self.seed, self.steps = seed, 0
+        self.training = False
 
     def __repr__(self) -> str:
         g = self.graph
@@ -202,23 +439,68 @@ class Model:
         return (f"<dlc.Model {self.name}: backend {self.backend}; inputs {inputs}; "
                 f"{count:,} params in {len(self._params)} arrays; outputs {outputs}; {kind}>")
 
+    # -- mode ------------------------------------------------------------------------------------
+    def train(self) -> "Model":
+        """Training mode for `forward` and `evaluate` (dropout draws masks, batch statistics);
+        returns the model. `grad`, `step` and `fit` always run in training mode."""
+        self.training = True
+        return self
+
+    def eval(self) -> "Model":
+        """Evaluation mode for `forward` and `evaluate` (the default); returns the model."""
+        self.training = False
+        return self
+
+    # -- state -----------------------------------------------------------------------------------
     @property
     def params(self) -> Params:
         """The params as a dict-like view, name -> array; assigning `m.params[k] = v` checks the
         shape and writes through to the backend."""
         return Params(self)
 
+    def _value(self, k: str) -> np.ndarray:
+        b = self._backend
+        return b.get_value(k) if hasattr(b, "get_value") else b.values[k]
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Copies of the model buffers (model state that is not learned, such as running
+        statistics), name -> array: saved with the weights and exported to ONNX."""
+        return {k: np.array(self._value(k)) for k in self.graph.buffers}
+
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """A copy of the params and the optimizer state (momentum buffers, ...), name -> array."""
+        """A copy of everything the model keeps: params, model buffers and optimizer state."""
         return self._backend.get_state()
 
+    def set_state(self, values: dict) -> None:
+        """Set params, model buffers or optimizer state by name (as `state` gives them); every name
+        and shape is checked before anything changes."""
+        g = self.graph
+        stored = set(g.holding(*STORED))
+        for k, v in values.items():
+            if k not in stored:
+                raise DlcError(f"'{k}' is not a param, buffer or optimizer state of model {self.name}")
+            if tuple(np.shape(v)) != g.type(k).shape:
+                raise DlcError(f"'{k}' should be {g.type(k)}, found shape {fmt_shape(np.shape(v))}")
+        self._backend.set_state(values)
+
     def split_state(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(params, optimizer state): copies, name -> array; the state is every `state` node of the
-        graph (velocities, moments, Adam's beta powers, the schedule's step counter)."""
+        """(weights, optimizer state): copies, name -> array. The weights are the params and the
+        model buffers (what `save` writes); the optimizer state is every optimizer `state` node
+        (velocities, moments, Adam's beta powers, the schedule's step counter)."""
         everything = self._backend.get_state()
-        return ({p: everything[p] for p in self._params},
-                {n: everything[n] for n in self.graph.nodes_of("state")})
+        g = self.graph
+        return ({p: everything[p] for p in g.params + g.buffers},
+                {n: everything[n] for n in g.optimizer_state})
+
+    def reset(self, seed: int) -> "Model":
+        """Draw every param, buffer and optimizer state afresh from `seed` (as compiling does)."""
+        if setting_problem("seed", seed):
+            raise _problem("seed", setting_problem("seed", seed), seed)
+        self._backend.set_state(initial_state(self.graph, seed))
+        self.seed, self.steps = int(seed), 0
+        return self
 
     @property
     def check_numerics(self) -> bool:
@@ -228,48 +510,68 @@ class Model:
 
     @check_numerics.setter
     def check_numerics(self, on: bool) -> None:
-        if not isinstance(on, (bool, np.bool_)):
-            raise DlcError(f"check_numerics: must be True or False, found {on!r}")
-        self._backend.check_numerics = bool(on)
+        self._backend.check_numerics = _switch("check_numerics", on)
 
+    @property
+    def engine(self):
+        """The backend object that runs the model (runtime/interp.py, emu.py or cuda.py), for tools
+        that look inside it (the benchmarks time its program and its kernels one by one). Its
+        methods are the runtime's own, not part of this API."""
+        return self._backend
+
+    @property
+    def counters(self) -> dict | None:
+        """What runs have asked of the host so far, counted by the generated-code backends:
+        `runs`, `syncs` (waits for the device), `d2h_bytes`, `h2d_copies`; None on interp."""
+        return getattr(self._backend, "counters", None)
+
+    # -- weights files ---------------------------------------------------------------------------
     def save(self, path, state: bool = False) -> None:
-        """Write the params to an .npz file, one array per param name, atomically, creating missing
-        folders. `state=True` adds the optimizer state as `state/NAME` arrays, as `dlc run --save`
-        writes it."""
-        params, opt = self.split_state()
-        save_weights(path, params, parents=True, state=opt if state else None)
+        """Write the weights (params and model buffers) to an .npz file, one array per name,
+        atomically, creating missing folders. `state=True` adds the optimizer state as
+        `state/NAME` arrays, as `dlc run --save` writes it."""
+        weights, opt = self.split_state()
+        save_weights(path, weights, parents=True, state=opt if state else None)
 
     def load(self, path) -> "Model":
-        """Read params from an .npz (as `save` writes); every name and shape is checked before
-        any param changes. When the file holds the model's whole optimizer state (`state/NAME`
-        arrays) that is restored too; otherwise the state is left as it is. Returns the model."""
-        from .runtime.data import load_state, read_npz
-        arrays = read_npz(path)
-        params = load_weights(path, self.graph, arrays)
-        state, _ = load_state(path, self.graph, arrays)
-        self.params.update(params)
-        if state:
-            self._backend.set_state(state)
+        """Read the weights (params and model buffers) from an .npz (as `save` writes); every name
+        and shape is checked before anything changes. When the file holds the model's whole
+        optimizer state (`state/NAME` arrays) that is restored too; otherwise the state is left as
+        it is. Returns the model."""
+        self.restore(path)
         return self
 
+    def restore(self, path) -> str:
+        """`load`, returning the line `dlc run --load` prints about what was restored."""
+        arrays = read_npz(path)
+        weights = load_weights(path, self.graph, arrays)
+        state, why = load_state(path, self.graph, arrays)
+        self._backend.set_state(weights)
+        if state:
+            self._backend.set_state(state)
+        n = len([k for k in weights if k in self._params])
+        return (f"loaded {n} params from {path}" + (" and the optimizer state" if state else
+                "" if not self.graph.optimizer_state else f" (optimizer state starts fresh: {why})"))
+
     def load_partial(self, path) -> dict:
-        """Transfer learning: load every param whose name and shape match an array of `path` (the
-        weights of any model) and leave the others as they are; the optimizer state is not read.
-        Returns the report: `loaded`, `not_in_file`, `not_in_model`, `misshaped` ((name, file shape,
-        model shape)). A file that matches no param raises `DlcError`."""
-        from .runtime.data import load_weights_by_name
-        params, report = load_weights_by_name(path, self.graph)
-        self.params.update(params)
+        """Transfer learning: load every param (and model buffer) whose name and shape match an
+        array of `path` (the weights of any model) and leave the others as they are; the optimizer
+        state is not read. Returns the report: `loaded`, `not_in_file`, `not_in_model`,
+        `misshaped` ((name, file shape, model shape)); `partial_report(report)` is its one line.
+        A file that matches no param raises `DlcError`."""
+        weights, report = load_weights_by_name(path, self.graph)
+        self._backend.set_state(weights)
         return report
 
     def ir(self, stage: str = "optimized") -> str:
         """The IR text at a stage: "forward", "backward", "train" or "optimized"."""
-        if stage not in self.stages:
-            raise DlcError(f"no IR stage '{stage}' (stages: {', '.join(self.stages)})")
-        return print_ir(self.stages[stage])
+        return self.build.ir(stage)
 
+    # -- running ---------------------------------------------------------------------------------
     def _feeds(self, inputs: dict, needed) -> dict:
         g = self.graph
+        if not isinstance(inputs, dict):
+            raise DlcError(f"inputs: expected a dict of input name -> array, found {type(inputs).__name__}")
         missing = [n for n in needed if n not in inputs]
         if missing:
             raise DlcError(f"missing input '{missing[0]}' : {g.type(missing[0])}")
@@ -293,28 +595,58 @@ class Model:
         """The inputs a computation reads (forward needs no labels); cached per set of roots."""
         key = tuple(roots)
         if key not in self._needs:
-            g = self.graph
-            anc = set(roots).union(*(nx.ancestors(g.nx, r) for r in roots))
-            self._needs[key] = [n for n in self._inputs if n in anc]
+            up = self.graph.upstream(roots)
+            self._needs[key] = [n for n in self._inputs if n in up]
         return self._needs[key]
 
+    def check_inputs(self, inputs: dict, roots=None) -> dict:
+        """`inputs` (a dict) checked and cast as every run checks them: only the inputs that `roots`
+        read (default: every input) must be there. Pass the result with `checked=True`."""
+        return self._feeds(inputs, self._need(roots) if roots is not None else self._inputs)
+
+    def roots(self, kind: str) -> list[str]:
+        """The nodes a kind of run computes: "outputs" (inference), "grads" (the loss and every
+        trainable param's gradient), "step" (the loss and every assignment a training step commits)."""
+        m = self.graph.meta
+        if kind == "outputs":
+            return list(m.outputs.values())
+        if kind in ("grads", "step") and not m.loss:
+            raise DlcError(f"model {self.name} has no loss to differentiate (add `minimize LOSS with ...`)")
+        if kind == "grads":
+            return [m.loss] + list(m.grads.values())
+        if kind == "step":
+            if not self.trainable:
+                raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
+            return [m.loss] + self._effects
+        raise DlcError(f"roots: expected one of {', '.join(ROOT_KINDS)}, found {kind!r}")
+
+    def run(self, roots, inputs: dict, *, training: bool = False, commit: bool = False, fetch=None,
+            wait: bool = True, checked: bool = False):
+        """Run the nodes `roots` (see `roots(kind)`) on `inputs` (a dict) in training or evaluation
+        mode: {node: array} for the nodes in `fetch` (default: every root). `commit` applies the
+        assignments at the end (a training step: the step count goes up). `wait=False` returns at
+        once a pending result whose `result()` gives the dict (see `train_step`); `checked` skips
+        checking the arrays (a caller that checked them once)."""
+        training, commit, wait = _switch("training", training), _switch("commit", commit), _switch("wait", wait)
+        roots = list(roots)
+        feeds = inputs if checked else self._feeds(inputs, self._need(roots))
+        rng = (self.seed, self.steps) if training else None
+        res = self._backend.run(roots, feeds, commit=commit, training=training, rng=rng, fetch=fetch, defer=not wait)
+        if commit:
+            self.steps += 1
+        return res
+
     def forward(self, **inputs) -> dict[str, np.ndarray]:
-        """The outputs, output name -> array, for inputs given by name (labels are not needed);
-        inference mode (no dropout), nothing changes."""
-        roots = list(self.graph.meta.outputs.values())
-        feeds = self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds)
+        """The outputs, output name -> array, for inputs given by name (labels are not needed), in
+        the model's mode (evaluation unless `train()` was called); nothing changes."""
+        res = self.run(self.roots("outputs"), inputs, training=self.training)
         return {k: np.asarray(res[v]) for k, v in self.graph.meta.outputs.items()}
 
     def grad(self, **inputs) -> tuple[float, dict[str, np.ndarray]]:
-        """(loss, {param: gradient}) for one batch, for the trainable (not frozen) params; the
-        params do not change."""
+        """(loss, {param: gradient}) for one batch, for the trainable (not frozen) params, in
+        training mode; the params do not change."""
         m = self.graph.meta
-        if not m.loss:
-            raise DlcError(f"model {self.name} has no loss to differentiate (add `minimize LOSS with ...`)")
-        roots = [m.loss] + list(m.grads.values())
-        feeds = self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds, **self._training())
+        res = self.run(self.roots("grads"), inputs, training=True)
         return float(res[m.loss]), {p: np.asarray(res[v]) for p, v in m.grads.items()}
 
     def step(self, **inputs) -> float:
@@ -322,46 +654,148 @@ class Model:
         return self.train_step(inputs)[0]
 
     def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False, wait: bool = True):
-        """One optimizer step on `inputs` (a dict): (loss, outputs or None). `fetch_outputs` also
-        returns the outputs; `checked` skips checking the arrays (the training loop checked them).
-        `wait=False` returns at once, without waiting for the device, a `PendingStep` whose
-        `result()` gives (loss, outputs or None); the first `result()` brings down every pending
-        step's values with one wait (the training loop reads them once per logging interval)."""
-        g = self.graph
-        m = g.meta
-        if not self.trainable:
-            raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
-        if not isinstance(wait, (bool, np.bool_)):
-            raise DlcError(f"wait: must be True or False, found {wait!r}")
-        roots = self._step_roots(fetch_outputs)
-        feeds = inputs if checked else self._feeds(inputs, self._need(roots))
+        """One optimizer step on `inputs` (a dict), in training mode: (loss, outputs or None).
+        `fetch_outputs` also returns the outputs; `checked` skips checking the arrays (the training
+        loop checked them). `wait=False` returns at once, without waiting for the device, a
+        `PendingStep` whose `result()` gives (loss, outputs or None); the first `result()` brings
+        down every pending step's values with one wait (the training loop reads them once per
+        logging interval)."""
+        m = self.graph.meta
+        roots = self.roots("step")
+        _switch("wait", wait)
+        if fetch_outputs:
+            roots += [v for v in m.outputs.values() if v not in roots]
         # computes the whole step; hands back only the loss (and the outputs asked for): params
         # and optimizer state stay where the backend keeps them until read (`params`, `save`)
         fetch = [m.loss] + ([v for v in m.outputs.values() if v != m.loss] if fetch_outputs else [])
-        res = self._backend.run(roots, feeds, commit=True, fetch=fetch, defer=not wait, **self._training())
-        self.steps += 1
+        res = self.run(roots, inputs, training=True, commit=True, fetch=fetch, wait=wait, checked=checked)
         step = PendingStep(res, m, fetch_outputs)
         return step.result() if wait else step
 
     def evaluate(self, inputs: dict, checked: bool = False):
-        """(loss or None, outputs) for `inputs` (a dict), in inference mode, without changing
-        anything; `checked` as for `train_step`."""
+        """(loss or None, outputs) for `inputs` (a dict), in the model's mode (evaluation unless
+        `train()` was called), without changing anything; `checked` as for `train_step`."""
         m = self.graph.meta
         roots = ([m.loss] if m.loss else []) + list(m.outputs.values())
-        feeds = inputs if checked else self._feeds(inputs, self._need(roots))
-        res = self._backend.run(roots, feeds)
+        res = self.run(roots, inputs, training=self.training, checked=checked)
         return (float(res[m.loss]) if m.loss else None), {k: res[v] for k, v in m.outputs.items()}
 
-    def _training(self) -> dict:
-        """Run options for training mode: dropout draws its mask for this step."""
-        return {"rng": (self.seed, self.steps)} if self._random else {}
+    # -- data and whole runs (what `dlc run` and `dlc eval` do) ---------------------------------------
+    def settings(self, epochs=None, batch=None, val_split=None) -> RunSettings:
+        """The run settings: each given value, else the model's `train(...)`, else the default
+        (10 epochs, batch 32, no held-out split); the seed is the model's (`seed`)."""
+        given = {"epochs": epochs, "batch": batch, "val_split": val_split}
+        check_settings(**given)
+        out = {k: v if v is not None else _train_setting(self.build, k) for k, v in given.items()}
+        return RunSettings(seed=self.seed, **out)
 
-    def _step_roots(self, fetch_outputs: bool):
-        m = self.graph.meta
-        roots = [m.loss] + self._assigns
-        if fetch_outputs:
-            roots += [v for v in m.outputs.values() if v not in roots]
-        return roots
+    def read_data(self, data=None, labels=None, normalize: str = "none", label_column=None, label_offset: int = 0,
+                  header: str = "auto") -> Dataset:
+        """The data for the model's inputs, checked: `data` is a path (.npz, IDX, CSV) or
+        "x=FILE,y=FILE" (default: the model's `train(data = ...)`, relative to the .dln file);
+        the other arguments are the data flags of `dlc run` (runtime/datafiles.py DataOptions)."""
+        spec = data
+        if spec is None:
+            d = self.graph.meta.train.get("data")
+            if not d:
+                raise DlcError(f"no data: pass {arg('data')} FILE.npz (or give `train(data = \"...\")` in the model)")
+            spec = (Path(self.path).parent if self.path else Path(".")) / d
+        opts = DataOptions(labels=labels, normalize=normalize, label_column=label_column,
+                           label_offset=label_offset, header=header)
+        feeds, n = load_data(spec, self.graph, opts)
+        return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec))
+
+    def resume(self, folder, data: Dataset, settings: RunSettings, seed=None, batch=None,
+               val_split=None) -> tuple[dict, RunSettings, str]:
+        """Continue the run checkpointed in `folder`: loads its params, buffers and optimizer state
+        and returns (its metadata for `fit`, the settings it ran with, a line to print). `seed`,
+        `batch` and `val_split` are what the caller asked for, if anything: each must agree with
+        the checkpoint's; the data must be the checkpoint's."""
+        where = Path(folder)
+        params, state, meta = load_checkpoint(where, self.graph)
+        file = where / CHECKPOINT_FILE if where.is_dir() else where
+        for key, given in (("seed", seed), ("batch", batch), ("val_split", val_split)):
+            if given is not None and given != meta[key]:
+                raise DlcError(f"{arg(key)}: {given} differs from the checkpoint's {key} = {meta[key]} ({file}); "
+                               f"{arg('resume')} continues that run: leave the "
+                               f"{'flag' if arg(key).startswith('-') else 'argument'} out")
+        if meta["examples"] != data.n or meta["data"] != data_digest(data.feeds):
+            raise file_error(file, f"the checkpoint was trained on other data ({meta['examples']} examples, "
+                             f"not these {data.n}, or different values): {arg('resume')} needs the same "
+                             f"{arg('data')}")
+        self._backend.set_state(params)
+        self._backend.set_state(state)
+        self.seed = meta["seed"]
+        settings = replace(settings, seed=meta["seed"], batch=meta["batch"], val_split=meta["val_split"])
+        note = (f"resumed from {file}: epoch {meta['epoch']} done, {meta['steps']} steps"
+                + ("" if meta["epoch"] < settings.epochs else
+                   f"; nothing left to train up to epoch {settings.epochs} (raise {arg('epochs')})"))
+        return meta, settings, note
+
+    def fit(self, data: Dataset, settings: RunSettings | None = None, progress: bool = True, checkpoint=None,
+            resume: dict | None = None, out=None) -> dict:
+        """Train on `data` (`read_data`) with `settings` (default `settings()`): shuffled
+        mini-batches, a held-out split evaluated in evaluation mode, a line per epoch on `out`
+        (stdout) and a progress bar; `checkpoint`: a folder written after every epoch; `resume`:
+        the metadata `resume` returned. Returns the metrics (`loss`, `accuracy`, `val_*`, `history`, ...)."""
+        s = settings or self.settings()
+        if not self.trainable:
+            raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
+        return _train_loop(self, data.feeds, data.n, s.epochs, s.batch, s.val_split, s.seed, progress=progress,
+                     out=out, checkpoint=checkpoint, resume=resume)
+
+    def accuracy_rule(self, data: Dataset | None = None):
+        """(output, label input, "argmax" or "threshold") that accuracy compares, or None."""
+        return accuracy_rule(self.graph, data.feeds if data else None)
+
+    def score(self, data: Dataset, batch: int) -> dict:
+        """Loss and accuracy over all of `data`, `batch` examples at a time, in evaluation mode,
+        changing nothing: {"epochs": 0, "backend", "examples", "loss" (with a loss), "accuracy"
+        (with labels)}."""
+        try:
+            loss, acc = self._in_eval(lambda: _evaluate(self, data.feeds, batch, self.accuracy_rule(data)))
+        except DlcError as e:
+            raise with_context(e, "while evaluating")
+        metrics = {"epochs": 0, "backend": self.backend, "examples": data.n}
+        if self.graph.meta.loss:
+            metrics["loss"] = loss
+        if acc is not None:
+            metrics["accuracy"] = acc
+        return metrics
+
+    def evaluate_classes(self, data: Dataset, batch: int) -> dict:
+        """`dlc eval`'s metrics over all of `data` in evaluation mode: loss, accuracy, per-class
+        precision, recall and F1, the confusion matrix (`report_lines(metrics)` prints them)."""
+        return self._in_eval(lambda: evaluate_classes(self, data.feeds, batch))
+
+    def prediction_problem(self) -> str | None:
+        """Why `predict` cannot give one row per example, or None."""
+        return per_example_problem(self.graph)
+
+    def predict(self, data: Dataset, batch: int) -> dict[str, np.ndarray]:
+        """Every output over all of `data`, in evaluation mode, joined along the first axis."""
+        return self._in_eval(lambda: predict(self, data.feeds, batch))
+
+    def _in_eval(self, fn):
+        saved, self.training = self.training, False
+        try:
+            return fn()
+        finally:
+            self.training = saved
+
+    # -- ONNX ------------------------------------------------------------------------------------
+    def to_onnx(self):
+        """(onnx.ModelProto, summary): the evaluation graph of the model as it was written (its
+        outputs from its inputs), the params and model buffers as initializers."""
+        weights, _ = self.split_state()
+        return export_onnx(self.stages["forward"], weights, VERSION)
+
+    def export_onnx(self, path) -> str:
+        """Write `to_onnx()` to `path` atomically (missing folders created); returns the summary."""
+        proto, summary = self.to_onnx()
+        data = proto.SerializeToString()
+        atomic_write(path, lambda f: f.write(data), parents=True)
+        return summary
 
 
 class PendingStep:
@@ -388,3 +822,63 @@ def _only_inputs(g, names):
         def type(n):
             return g.type(n)
     return _View()
+
+
+# -- differential testing (`dlc diff`) ----------------------------------------------------------------
+
+@dataclass
+class DiffResult:
+    """One training step on each backend against interp (runtime/diff.py): `results` (backend ->
+    ("skipped", why) or (rows, first diverging node)), `done` and `skipped` backends, the `graph`,
+    the `batch` size, `rng` (seed, step) of the training mode, `random` (the model draws random
+    numbers), `tolerance` (atol, rtol)."""
+    graph: object
+    results: dict
+    done: list
+    skipped: list
+    batch: int
+    rng: tuple
+    random: bool
+    tolerance: tuple
+
+    @property
+    def agree(self) -> bool:
+        return all(not first and all(r.ok for r in rows) for rows, first in
+                   (v for v in self.results.values() if v[0] != "skipped"))
+
+
+def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int = 0, data=None,
+         options: Options | None = None, **kw) -> DiffResult:
+    """One training step (training mode, the same dropout masks everywhere) on each backend from
+    the same weights and batch (`data`, an .npz, else random), every tensor compared with interp's."""
+    given = backends if isinstance(backends, str) else ",".join(backends)
+    names = list(dict.fromkeys(b.strip() for b in given.split(",") if b.strip()))
+    for b in names:
+        if b not in BACKENDS:
+            raise DlcError(f"{arg('backends')}: unknown backend '{b}' (known: {', '.join(BACKENDS)})")
+    if not [b for b in names if b != "interp"]:
+        raise DlcError(f"{arg('backends')} {given}: nothing to compare: interp is the reference every "
+                       "other backend is compared with; name at least one of emu, cuda")
+    b = build(source, options, **kw)
+    g = b.graph
+    if data is not None:
+        feeds, n = load_data(data, g)
+        feeds = {k: v[:batch] for k, v in feeds.items()}
+    else:
+        feeds = synth_feeds(g, batch, seed)
+    rng = (seed, 0)
+    results = _diff(g, names, initial_state(g, seed), feeds, rng=rng)
+    done, skipped = compared(results)
+    return DiffResult(g, results, done, skipped, len(next(iter(feeds.values()))), rng, bool(random_nodes(g)),
+                      (ATOL, RTOL))
+
+
+# the public names: the API itself, and what the `dlc` command takes from the stages through it
+__all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "RunSettings", "DiffResult", "Dataset",
+           "DataOptions", "DlcError", "__version__", "argument_names", "arg", "check_settings", "resolve",
+           "read_source", "debug_level",
+           # for the command line: constants and writers of the runtime, reached through this door
+           "EMITS", "OPT_LEVELS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
+           "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",
+           "partial_report", "check_output", "atomic_write", "write_json", "write_plot", "write_predictions",
+           "require_matplotlib", "require_onnx", "fmt_value"]

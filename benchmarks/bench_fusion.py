@@ -26,8 +26,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import dlc  # noqa: E402
 from dlc.codegen import generate  # noqa: E402
-from dlc.dsl.frontend import lower  # noqa: E402
-from dlc.passes.manager import run_pipeline  # noqa: E402
 from dlc.runtime.diff import synth_feeds  # noqa: E402
 
 EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception")
@@ -102,7 +100,7 @@ def part_compile(reps: int) -> list[str]:
             times = []
             for _ in range(reps if layers < 1000 else 1):
                 t0 = time.perf_counter()
-                mod = generate(run_pipeline(lower(src, f"deep{layers}.dln"), level).stages["optimized"])
+                mod = dlc.build(src, opt_level=level).module()
                 times.append(time.perf_counter() - t0)
             nv = "n/a"
             if nvrtc:

@@ -338,7 +338,7 @@ def _dlc_setup(args):
     from dlc.runtime.diff import synth_feeds
     model = dlc.compile(ROOT / "examples" / f"{args.example}.dln", backend="cuda",
                         cuda_graph=args.impl == "dlc-graph")
-    b = model._backend
+    b = model.engine
     feeds = synth_feeds(model.graph, args.batch, seed=0)
     cp = b.cp
 
@@ -346,7 +346,7 @@ def _dlc_setup(args):
         return model.train_step(feeds, checked=True)[0]
 
     first = step()  # binds buffers, builds the program (and captures the graph)
-    roots = tuple(model._step_roots(False))
+    roots = tuple(model.roots("step"))
     dims = b._dims(feeds)
     fetch = (model.graph.meta.loss,)  # as Model.step runs it: the loss alone comes back
     key = (roots, True, fetch, tuple(sorted(dims.items())))
@@ -532,7 +532,7 @@ def cmd_kernels(args) -> int:
         from dlc.ir.ops import OPS, flops
         from dlc.runtime.diff import synth_feeds
         model = dlc.compile(ROOT / "examples" / f"{args.example}.dln", backend="cuda")
-        b, g = model._backend, model.graph
+        b, g = model.engine, model.graph
         stream = b.stream
         R = args.reps
 

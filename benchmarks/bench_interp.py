@@ -14,7 +14,7 @@ call-by-call, but their blocks take turns (dlc, numpy, torch, dlc, ...) so that 
 the machine lands on all of them rather than on one.
 
 Columns:
-    dlc      m._backend.run(step roots, checked feeds, commit=True): the interpreter alone
+    dlc      m.run(step roots, checked feeds, commit=True): the interpreter, no checks of the arrays
     dlc api  m.step(x=..., y=...): plus the API's feed checking
     numpy    a hand-written forward, backward and SGD update in NumPy (same math, float32)
     torch    PyTorch eager on the CPU: forward, loss.backward(), torch.optim.SGD.step()
@@ -172,15 +172,15 @@ def check_agree(m, sizes, x, y, lr, torch_ok, threads, steps=3):
 def bench_network(sizes, a, torch_ok):
     x, y = data(sizes, a.batch)
     m = dlc.compile(dln_source(sizes, a.lr), backend="interp")
-    roots = m._step_roots(False)
-    be = m._backend
+    roots = m.roots("step")
+    be = m.engine
     nodes = len(be._program(tuple(roots))[0])  # interpreter steps per training step
     diffs = check_agree(m, sizes, x, y, a.lr, torch_ok, a.threads)
     res = {"nodes": nodes, "agree": diffs}
     feeds = {"x": x, "y": y}
     start = {k: np.array(v) for k, v in m.params.items()}
     ref = NumpyMLP(start, len(sizes) - 1, a.lr)
-    fns = {"dlc": lambda: be.run(roots, feeds, commit=True), "dlc_api": lambda: m.step(x=x, y=y),
+    fns = {"dlc": lambda: m.run(roots, feeds, training=True, commit=True, checked=True), "dlc_api": lambda: m.step(x=x, y=y),
            "numpy": lambda: ref.step(x, y)}
     if torch_ok:
         import torch
@@ -199,8 +199,8 @@ def per_node(a):
     """
     x, y = data(TINY, 1)
     m = dlc.compile(dln_source(TINY, a.lr), backend="interp")
-    roots = m._step_roots(False)
-    be = m._backend
+    roots = m.roots("step")
+    be = m.engine
     # the interpreter's program (a private structure): one (node, fn, operand names, attrs, ...)
     # per step, in order
     steps = [st[:4] for st in be._program(tuple(roots))[0]]
@@ -214,7 +214,7 @@ def per_node(a):
         for fn, args, attrs in calls:
             fn(*args, **attrs)
     ref = NumpyMLP({k: np.array(v) for k, v in m.params.items()}, len(TINY) - 1, a.lr)
-    t = time_blocks({"dlc": lambda: be.run(roots, feeds, commit=True), "replay": replay,
+    t = time_blocks({"dlc": lambda: m.run(roots, feeds, training=True, commit=True, checked=True), "replay": replay,
                      "numpy": lambda: ref.step(x, y)}, max(a.steps, 1000), a.blocks, a.warmup)
     return {"nodes": len(steps), **{k: v[0] for k, v in t.items()}}
 
@@ -290,7 +290,7 @@ def main(a) -> int:
         pr = cProfile.Profile()
         pr.enable()
         for _ in range(a.steps):
-            m._backend.run(roots, feeds, commit=True)
+            m.run(roots, feeds, training=True, commit=True, checked=True)
         pr.disable()
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(12)

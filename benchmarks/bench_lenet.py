@@ -10,9 +10,9 @@ cross-entropy (mean over the batch), SGD with momentum 0.9 and lr 0.05; batch 64
 first 64 of the 8x8 digits.
 
 Two computations are timed, each as dlc and as PyTorch:
-    train  dlc: m._backend.run(step roots, feeds checked once, commit=True)
+    train  dlc: m.run(step roots, feeds checked once, training=True, commit=True, checked=True)
            torch: forward, F.cross_entropy, loss.backward(), torch.optim.SGD(momentum=0.9).step()
-    infer  dlc: m._backend.run(output roots, feeds checked once)  (the forward of the outputs)
+    infer  dlc: m.run(output roots, feeds checked once, checked=True)  (the forward of the outputs)
            torch: the forward under torch.inference_mode()
 
 PyTorch starts from dlc's initial params (the same math: x @ w + b for the dense layers,
@@ -118,7 +118,7 @@ def check_agree(m, x, y, steps):
     dl = [m.step(x=x, y=y) for _ in range(steps)]
     tl = [float(step(tx, ty)) for _ in range(steps)]
     diff = max(float(np.abs(np.asarray(m.params[k]) - v).max()) for k, v in out().items())
-    m._backend.set_state(start)
+    m.set_state(start)
     return dl, tl, diff
 
 
@@ -127,7 +127,7 @@ def check_agree(m, x, y, steps):
 def op_profile(m, roots, feeds, reps=200):
     """Time each node of the dlc program alone, its operands at hand: ms per step by op function."""
     import time
-    be = m._backend
+    be = m.engine
     steps = [st[:4] for st in be._program(tuple(roots))[0]]
     dims = be._dims(feeds)
     env = dict(be.values, **feeds)
@@ -162,24 +162,23 @@ def child(a) -> int:
     import torch
     x, y = data(a.batch)
     m = dlc.compile(LENET, backend="interp")
-    be = m._backend
-    train_roots = m._step_roots(False)
-    infer_roots = list(m.graph.meta.outputs.values())
-    train_feeds = m._feeds({"x": x, "y": y}, m._need(train_roots))  # checked once
-    infer_feeds = m._feeds({"x": x}, m._need(infer_roots))
+    train_roots = m.roots("step")
+    infer_roots = m.roots("outputs")
+    train_feeds = m.check_inputs({"x": x, "y": y}, train_roots)  # checked once
+    infer_feeds = m.check_inputs({"x": x}, infer_roots)
     dl, tl, diff = check_agree(m, x, y, a.check_steps)
 
     step, infer, _ = torch_lenet({k: v for k, v in m.state.items() if k in m.params})
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    fns = {"dlc train": lambda: be.run(train_roots, train_feeds, commit=True),
+    fns = {"dlc train": lambda: m.run(train_roots, train_feeds, training=True, commit=True, checked=True),
            "torch train": lambda: step(tx, ty),
-           "dlc infer": lambda: be.run(infer_roots, infer_feeds),
+           "dlc infer": lambda: m.run(infer_roots, infer_feeds, checked=True),
            "torch infer": lambda: infer(tx)}
     t = time_blocks(fns, a.steps, a.blocks, a.warmup)
     res = {"threads": n, "torch_threads": torch.get_num_threads(),
            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-           "nodes_train": len(be._program(tuple(train_roots))[0]),
-           "nodes_infer": len(be._program(tuple(infer_roots))[0]),
+           "nodes_train": len(m.engine._program(tuple(train_roots))[0]),
+           "nodes_infer": len(m.engine._program(tuple(infer_roots))[0]),
            "dlc_losses": dl, "torch_losses": tl, "param_diff": diff,
            "times": {k: list(v[1]) for k, v in t.items()},
            "train_ratio": paired(t["dlc train"], t["torch train"]),

@@ -30,9 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dlc  # noqa: E402
-from dlc.codegen import generate  # noqa: E402
-from dlc.dsl.frontend import lower  # noqa: E402
-from dlc.passes.manager import run_pipeline  # noqa: E402
 
 UNITS, FEATURES, BATCH = 32, 2, 32
 
@@ -80,14 +77,14 @@ def row(layer: str, steps: int, reps: int) -> list[str]:
     cells = [layer, str(steps)]
     for level in (1, 2):
         t = time.perf_counter()
-        res = run_pipeline(lower(src, f"{layer}.dln"), level)
+        b = dlc.build(src, opt_level=level)
         t_ir = time.perf_counter() - t
         t = time.perf_counter()
-        mod = generate(res.stages["optimized"])
+        mod = b.module()
         t_gen = time.perf_counter() - t
         cells += [f"{t_ir:.2f}", f"{t_gen:.2f}"]
         if level == 2:
-            cells += [str(len(res.stages["optimized"].nx)), str(len({k.name for k in mod.kernels})),
+            cells += [str(len(b.graph.nx)), str(len({k.name for k in mod.kernels})),
                       str(sum(1 for l in mod.launches if l.phase == "step"))]
     m = dlc.compile(src, backend="interp")
     r = np.random.default_rng(0)

@@ -30,7 +30,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS
+from ..ir.ops import EPILOGUE_FAMILIES, INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
 from .philox import PHILOX_C
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
@@ -57,9 +57,9 @@ GEMM_SHORT_TILES = [  # (most rows, most columns) -> tile, the first that fits
     ((None, 32), (64, 32, 16, 8, 4)),
 ]
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
-POINTWISE = ("elementwise", "broadcast", "slice")  # families a fusion group computes inline
-INLINED = ("const", "shape")
-STORE_HOOK = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # families whose template ends in store.cu.j2  # families whose value a fused kernel writes as a literal
+POINTWISE = POINTWISE_FAMILIES   # families a fusion group computes inline (the registry's FAMILIES)
+INLINED = INLINED_FAMILIES       # families whose value a fused kernel writes as a literal
+STORE_HOOK = EPILOGUE_FAMILIES   # families whose template ends in store.cu.j2
 UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
@@ -511,11 +511,10 @@ class _Generator:
 
     def emit_elementwise(self, n):
         g = self.g
-        d = OPS[g.op(n)]
         out_shape = g.type(n).shape
         loads = [(var, i, broadcast_index("i", out_shape, g.type(a).shape))
                  for i, (var, a) in enumerate(zip("ab", g.operands(n)))]
-        self._pointwise(n, self._temp(n), self._ins(n), d.c, loads)
+        self._pointwise(n, self._temp(n), self._ins(n), c_expr(g, n), loads)
 
     def emit_group(self, root):
         """A fusion group as one kernel. Rule `elementwise`: a grid-stride loop over the root's
@@ -603,7 +602,7 @@ class _Generator:
                 continue
             args = g.operands(m)[:1] if d.family == "broadcast" else g.operands(m)
             vals = [expr[a] if a in inside else outside(a) for a in args]
-            lets.append((f"{prefix}t{k}", _ewise(g.op(m), *vals) if d.family == "elementwise" else vals[0]))
+            lets.append((f"{prefix}t{k}", _ewise(c_expr(g, m), *vals) if d.family == "elementwise" else vals[0]))
             expr[m] = f"{prefix}t{k}"
         return dict(bufs=bufs, loads=loads, lets=lets, expr=expr[root], dims=sorted(dims), vars=expr)
 
@@ -1116,9 +1115,24 @@ def _within(g: Graph, a: str, members: set) -> list[str]:
     return sorted(seen, key=lambda n: g.nx.nodes[n]["seq"])
 
 
-def _ewise(op: str, a: str | None = None, b: str | None = None) -> str:
-    """The registry's C expression of an elementwise op, applied to the C expressions a and b."""
-    c = OPS[op].c
+def c_expr(g: Graph, n: str) -> str:
+    """The registry's C expression of elementwise node `n`, over its operands `a` and `b`, with
+    each attribute the expression names (`slope`) written in as a C literal of its value."""
+    attrs = g.attrs(n)
+    return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: _c_literal(attrs[m.group(0)]) if m.group(0) in attrs else m.group(0),
+                  OPS[g.op(n)].c)
+
+
+def _c_literal(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    return _c_float(float(v))
+
+
+def _ewise(c: str, a: str | None = None, b: str | None = None) -> str:
+    """A C expression over `a` and `b` (see `c_expr`), applied to the C expressions a and b."""
     return "(" + re.sub(r"\b([ab])\b", lambda m: f"({a})" if m.group(1) == "a" else f"({b})", c) + ")"
 
 

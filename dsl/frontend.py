@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
-from ..ir.ops import OPS, REQUIRED, VARIADIC
+from ..ir.ops import OPS, PARAM, RANDOM, REQUIRED, VARIADIC
 from ..ir.optim import INITIALISERS, OPTIMIZERS, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS, schedule_problem
 from ..ir.types import DTYPES, TensorType
 from ..ir.verify import verify
@@ -224,7 +224,7 @@ class _Lowerer:
                 raise DlcError("`freeze` is only allowed in a model", s.loc)
             for n in s.names:
                 v = self.lookup(n.name, scope, n.loc)
-                if not isinstance(v, Tensor) or g.op(v.node) != "param":
+                if not isinstance(v, Tensor) or OPS[g.op(v.node)].holds != PARAM:
                     raise DlcError(f"only params can be frozen; {n.name} is not a param", n.loc)
                 if v.node not in g.meta.frozen:
                     g.meta.frozen.append(v.node)
@@ -338,7 +338,7 @@ class _Lowerer:
             raise DlcError(f"'{name}' is used in its own definition", loc)
         if name in ("true", "false"):
             return name == "true"
-        if not scope.in_func and name in self.g and self.g.op(name) == "param":
+        if not scope.in_func and name in self.g and OPS[self.g.op(name)].holds == PARAM:
             return Tensor(name)  # a param made by a function call, e.g. h1.w
         raise DlcError(f"unknown name '{name}'{_suggest(name, scope.vars)}", loc)
 
@@ -489,7 +489,7 @@ class _Lowerer:
                     raise DlcError(f"{e.fn}() has no setting '{k}'" +
                                    (f" (settings: {', '.join(attr_names)})" if attr_names else ""), a.loc)
                 attrs[k] = _attr_value(self.expr(a, scope, ctx), a.loc)
-            if d.needs_rng and "salt" not in attrs:  # each random op draws its own stream
+            if d.has(RANDOM) and "salt" not in attrs:  # each random op draws its own stream
                 attrs["salt"] = len(g.nodes_of(e.fn))
             return Tensor(g.add(e.fn, operands, attrs, name=name or ctx.temp(e.fn), loc=e.loc))
         if e.fn in self.funcs:

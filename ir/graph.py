@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from .errors import DlcError, Loc
+from .ops import COMMUNICATES, INPUT, MODEL, OPS, OPTIMIZER, PARAM, UPDATES_STATE, infer_type
 from .types import TensorType
 
 
@@ -60,7 +61,6 @@ class Graph:
     def add(self, op: str, operands=(), attrs=None, name: str | None = None, loc: Loc | None = None,
             type: TensorType | None = None) -> str:
         """Add one op application; its type comes from the op's shape rule unless given."""
-        from .ops import OPS, infer_type
         if op not in OPS:
             raise DlcError(f"unknown op '{op}'", loc)
         attrs = OPS[op].complete_attrs(dict(attrs or {}), loc)
@@ -150,13 +150,32 @@ class Graph:
         node = self.nx._node
         return sorted((n for n, d in node.items() if d["op"] in ops), key=lambda n: node[n]["seq"])
 
+    def holding(self, *kinds: str) -> list[str]:
+        """The source nodes that hold one of `kinds` (INPUT, PARAM, OPTIMIZER, MODEL: what each op's
+        registry entry declares it holds), in creation order."""
+        return self.nodes_of(*(k for k, d in OPS.items() if d.holds in kinds))
+
+    def with_effect(self, *effects: str) -> list[str]:
+        """The nodes whose op declares one of `effects` (ir/registry.py), in creation order."""
+        return self.nodes_of(*(k for k, d in OPS.items() if d.effects & set(effects)))
+
     @property
     def inputs(self) -> list[str]:
-        return self.nodes_of("input")
+        return self.holding(INPUT)
 
     @property
     def params(self) -> list[str]:
-        return self.nodes_of("param")
+        return self.holding(PARAM)
+
+    @property
+    def optimizer_state(self) -> list[str]:
+        """Optimizer state (momenta, moments, schedule counters): travels with checkpoints."""
+        return self.holding(OPTIMIZER)
+
+    @property
+    def buffers(self) -> list[str]:
+        """Model buffers (running statistics): model state that travels with the weights."""
+        return self.holding(MODEL)
 
     @property
     def trainable(self) -> list[str]:
@@ -178,10 +197,11 @@ class Graph:
         return lines[loc.line - 1].strip() if 1 <= loc.line <= len(lines) else None
 
     def roots(self) -> list[str]:
-        """Nodes whose values are wanted: outputs, loss, gradients and assignments."""
+        """Nodes whose values are wanted: outputs, loss, gradients, and every node with an effect
+        beyond its value (the assignments that update state, communication)."""
         m = self.meta
         want = list(m.outputs.values()) + ([m.loss] if m.loss else []) + list(m.grads.values())
-        return want + self.nodes_of("assign")
+        return want + self.with_effect(UPDATES_STATE, COMMUNICATES)
 
     # -- editing (on a copy) ----------------------------------------------------------------
     def replace_uses(self, old: str, new: str, meta: bool = True) -> None:

@@ -1,145 +1,29 @@
-"""The op registry: every op of the IR, declared once.
+"""The core ops, each declared once (see registry.py for what an entry holds): sources,
+elementwise arithmetic and activations, products and layout, reductions, losses, dropout and the
+state update. Convolution, pooling, concat and slice are in ops_nn.py, registered the same way;
+importing this module registers both.
 
-An entry holds, side by side: operands and attributes, the shape/dtype rule, the NumPy
-reference (what the op *means*; the interpreter runs it), the derivative rule written as IR
-ops (the vector-Jacobian product), and the kernel family with, for elementwise ops, the scalar
-C expression that the CUDA templates and the emulator share (`a`, `b` are the operands).
-
-A derivative rule `vjp(b, n, g)` gets a builder `b` (`b.mul(x, y)`, `b.const(2.0)`, ...), a
-view `n` of the forward node (`n.args`, `n.out`, `n.attrs`, `n.types`, `n.type`) and the
-adjoint `g` of the node's result. It returns, for each operand, a thunk that builds that
-operand's gradient contribution, or None where the operand has no gradient. The autodiff pass
-calls only the thunks it needs, and undoes broadcasting itself.
+Each entry's ONNX mapping (`onnx=`) is an operator type or a small function of the exporter's
+emitter (runtime/onnx_export.py): `e.node(type, inputs, hint, out, **attributes)`, `e.ints(values,
+hint)` and `e.init(array, hint)` for initializers, `e.type(node)`, `e.operands(node)`, `e.dim(symbol,
+node)` for a symbolic dimension's value at run time, `e.float_tensor(name, values)`, `e.FLOAT`, `e.INT64`.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .errors import DlcError
-from .types import (MAX_ELEMENTS, TensorType, broadcast_shapes, normalize_axes,
-                    reshape_shape, scalar)
+from .registry import (COMMUNICATES, OpDef, EFFECTS, EPILOGUE_FAMILIES, FAMILIES, HOLDS, INLINED_FAMILIES,
+                       INPUT, MODEL, OPS, OPTIMIZER, PARAM, POINTWISE_FAMILIES, RANDOM, REQUIRED, STORED,
+                       TRAINING, UPDATES_STATE, VARIADIC, Builder, NodeView, elementwise_ops, flops,
+                       infer_type, label_operands, op, out_of_range, view)
+from .types import TensorType, broadcast_shapes, normalize_axes, reshape_shape, scalar
 
-REQUIRED = object()  # marks an attribute without a default
-VARIADIC = -1        # an arity: one or more operands
-
-
-@dataclass
-class OpDef:
-    name: str
-    arity: int                     # number of operands; VARIADIC for one or more
-    infer: Callable                # (types, attrs) -> TensorType
-    ref: Callable | None           # NumPy reference: (*arrays, **attrs) -> array
-    vjp: Callable | None = None    # derivative rule, see the module doc
-    family: str = "elementwise"    # kernel family for codegen (see FAMILIES)
-    c: str | None = None           # scalar C expression (elementwise family)
-    kernel: dict = field(default_factory=dict)  # what the family's emitter needs (see FAMILIES)
-    flops: Callable | None = None  # (node view, size) -> FLOPs; default: the family's rule
-    attrs: dict = field(default_factory=dict)  # attribute -> default (REQUIRED if none)
-    dsl: bool = True               # callable by name from .dln
-    needs_dims: bool = False       # ref also gets `dims=` (bound symbolic dimensions)
-    needs_rng: bool = False        # ref also gets `rng=(seed, step)` in training, None in inference
-    doc: str = ""
-
-    def complete_attrs(self, attrs: dict, loc=None) -> dict:
-        for k in attrs:
-            if k not in self.attrs:
-                known = ", ".join(self.attrs) or "none"
-                raise DlcError(f"{self.name}() has no argument '{k}' (its arguments: {known})", loc)
-        for k, v in self.attrs.items():
-            if k not in attrs:
-                if v is REQUIRED:
-                    raise DlcError(f"{self.name}() needs the argument '{k}'", loc)
-                attrs[k] = v
-            elif not _fits(attrs[k], v):
-                kind = {bool: "true or false", int: "an integer or a list of integers",
-                        float: "a number"}[type(v)]
-                raise DlcError(f"{self.name}(): {k} must be {kind}, found {attrs[k]!r}", loc)
-        return {k: attrs[k] for k in self.attrs}  # the declared order, so text is stable
-
-
-OPS: dict[str, OpDef] = {}
-
-
-def _fits(value, default) -> bool:
-    """Whether an attribute value has the kind its default has (bool, int or list of ints, number)."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        ints = value if isinstance(value, (list, tuple)) else [value]
-        return all(isinstance(i, int) and not isinstance(i, bool) for i in ints)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return True  # None or REQUIRED: the op's shape rule checks
-
-
-# -- kernel families: what codegen needs from an op --------------------------------------------
-# Codegen has one emitter per family, looked up in a table (codegen/generate.py, EMITTERS); it has
-# no branch on an op's name. What an emitter needs from the op is declared in the op's entry:
-# `c` for elementwise ops, the keys below in `kernel` for the others, and the FLOP count (the
-# family's rule unless the entry gives `flops`). A FLOP rule gets the node view and `size(type)`,
-# the element count with symbolic dims bound; a multiply-add counts 2.
-
-def _no_flops(n, size):
-    return 0
-
-
-def _per_output(n, size):
-    return size(n.type)
-
-
-def _per_input(n, size):  # one pass over the floating-point operands
-    return sum(size(t) for t in n.types if t.is_float)
-
-
-FAMILIES = {  # family: (keys its entries declare in `kernel`, default FLOP rule)
-    "source": ((), _no_flops),        # input, param, state: buffers, no kernel
-    "const": ((), _no_flops),         # a scalar written by one thread
-    "shape": ((), _no_flops),         # a size known from the shape alone
-    "elementwise": ((), _per_output),  # one thread per element computing `c` over operands a, b
-    "reduce": (("map", "finish"), _per_input),  # map: C over a (and b) per element; finish: C over
-                                      # the sum acc of the mapped values and the count extent
-    "softmax": (("out",), _per_input),  # out: C over x, the row max m and s = sum(exp(x - m))
-    "xent": ((), _per_input),         # mean over rows of a fused log-softmax + pick
-    "xent_grad": ((), _per_input),    # softmax minus one-hot, scaled, one block per row
-    "matmul": ((), _no_flops),        # the tiled product; FLOPs declared by the op
-    "transpose": ((), _no_flops),     # gathers: copies with an index map
-    "broadcast": ((), _no_flops),
-    "slice": ((), _no_flops),
-    "pad": ((), _no_flops),           # zeros around the operand along one axis
-    "concat": ((), _no_flops),
-    "alias": ((), _no_flops),         # reshape: the same buffer under another shape
-    "conv": ((), _no_flops), "conv_grad_x": ((), _no_flops), "conv_grad_w": ((), _no_flops),
-    "pool": (("template",), _no_flops), "pool_grad": (("template",), _no_flops),  # template: the .cu.j2
-    "dropout": ((), _per_output),
-    "assign": ((), _no_flops),        # the update of a param or state, committed after the step
-}
-
-
-def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
-    d = OpDef(name, arity, infer, ref, vjp, **kw)
-    if d.family not in FAMILIES:
-        raise ValueError(f"op {name}: unknown kernel family {d.family!r}")
-    missing = [k for k in FAMILIES[d.family][0] if k not in d.kernel]
-    if missing or (d.family == "elementwise") != (d.c is not None):
-        raise ValueError(f"op {name}: family {d.family} needs {missing or 'c'} declared")
-    OPS[name] = d
-    return d
-
-
-def infer_type(name: str, types: list[TensorType], attrs: dict) -> TensorType:
-    d = OPS[name]
-    if d.arity == VARIADIC and not types:
-        raise DlcError(f"{name}() takes one or more operands, found none")
-    if d.arity != VARIADIC and len(types) != d.arity:
-        raise DlcError(f"{name}() takes {d.arity} operand{'s' * (d.arity != 1)}, found {len(types)}")
-    t = d.infer(types, attrs)
-    n = t.numel()
-    if n is not None and n > MAX_ELEMENTS:
-        raise DlcError(f"{name}() would make a tensor of {n} elements, {t} (more than {MAX_ELEMENTS})")
-    return t
+# the registry's names, so that `from dlc.ir.ops import OPS, RANDOM, ...` gives the populated table
+__all__ = ["OPS", "OpDef", "op", "REQUIRED", "VARIADIC", "FAMILIES", "POINTWISE_FAMILIES", "EPILOGUE_FAMILIES",
+           "INLINED_FAMILIES", "EFFECTS", "TRAINING", "RANDOM", "UPDATES_STATE", "COMMUNICATES", "HOLDS", "STORED",
+           "INPUT", "PARAM", "OPTIMIZER", "MODEL", "Builder", "NodeView", "view", "flops", "infer_type",
+           "elementwise_ops", "label_operands", "out_of_range"]
 
 
 # -- shape rules ---------------------------------------------------------------------------
@@ -296,9 +180,9 @@ def _log_softmax(x, axis=-1):
 
 
 def _check_labels(labels, classes):
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        bad = labels[(labels < 0) | (labels >= classes)][0]
-        raise DlcError(f"label {int(bad)} is out of range for {classes} classes")
+    bad = out_of_range(labels, classes)
+    if bad is not None:
+        raise DlcError(f"label {bad} is out of range for {classes} classes")
 
 
 def _rowmax(x):
@@ -394,25 +278,112 @@ def _mse_vjp(b, n, g):
     return [lambda: b.mul(b.sub(p, t), scale()), lambda: b.mul(b.sub(t, p), scale())]
 
 
+# -- ONNX mappings that are more than an operator type (see the module doc for the emitter) ---------
+
+def _onnx_matmul(e, n, ins, a, out):
+    if not a["ta"] and not a["tb"]:
+        return e.node("MatMul", ins, n, out)  # MatMul broadcasts a matrix over a batch, as dlc does
+    if e.type(n).rank == 2:
+        return e.node("Gemm", ins, n, out, transA=int(a["ta"]), transB=int(a["tb"]))
+    ins = list(ins)  # a batched product: transpose the last two axes of a flagged operand first
+    for i, flag in enumerate(("ta", "tb")):
+        if a[flag]:
+            rank = e.type(e.operands(n)[i]).rank
+            ins[i] = e.node("Transpose", [ins[i]], f"{n}.{flag}", perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+    return e.node("MatMul", ins, n, out)
+
+
+def _onnx_transpose(e, n, ins, a, out):
+    rank = e.type(n).rank
+    perm = list(reversed(range(rank))) if a["perm"] is None else [p % rank for p in a["perm"]]
+    return e.node("Transpose", ins, n, out, perm=perm)
+
+
+def _onnx_reshape(e, n, ins, a, out):
+    src = e.operands(n)[0]
+    have = e.type(src).shape
+    spec = []
+    for i, d in enumerate(a["shape"]):
+        if isinstance(d, int):
+            spec.append(d)
+        elif i < len(have) and have[i] == d:
+            spec.append(0)  # Reshape's 0: this dimension of the input, as it is (the batch N)
+        else:
+            spec.append(d)
+    unknown = [d for d in spec if isinstance(d, str)]
+    if len(unknown) <= 1:  # at most one dimension left to infer: -1
+        shape = e.ints([-1 if isinstance(d, str) else d for d in spec], f"{n}.shape")
+    else:
+        parts = [e.ints([d], f"{n}.dim") if isinstance(d, int) else e.dim(d, src) for d in spec]
+        shape = e.node("Concat", parts, f"{n}.shape", axis=0)
+    return e.node("Reshape", [ins[0], shape], n, out)
+
+
+def _onnx_zeros(e, n, ins, a, out):
+    parts = [e.ints([d], f"{n}.dim") if isinstance(d, int) else e.dim(d, n) for d in a["shape"]]
+    shape = e.node("Concat", parts, f"{n}.shape", axis=0) if len(parts) > 1 else parts[0]
+    return e.node("ConstantOfShape", [shape], n, out, value=e.float_tensor(f"{n}.zero", [0.0]))
+
+
+def _onnx_reduce(op_type: str, axes_as_input: bool):
+    def emit(e, n, ins, a, out):
+        keep = int(bool(a["keepdims"]))
+        if a["axis"] is None:  # every axis: no axes at all
+            return e.node(op_type, ins, n, out, keepdims=keep)
+        axes = list(normalize_axes(a["axis"], e.type(e.operands(n)[0]).rank))
+        if axes_as_input:
+            return e.node(op_type, [ins[0], e.ints(axes, f"{n}.axes")], n, out, keepdims=keep)
+        return e.node(op_type, ins, n, out, keepdims=keep, axes=axes)
+    return emit
+
+
+def _onnx_size(e, n, ins, a, out):
+    t = e.type(e.operands(n)[0])
+    axes = normalize_axes(a["axis"], t.rank)
+    dims = [t.shape[i] for i in axes]
+    if all(isinstance(d, int) for d in dims):
+        return e.node("Identity", [e.init(np.asarray(np.prod(dims), dtype=np.float32), f"{n}.value")], n, out)
+    picked = e.node("Gather", [e.node("Shape", [ins[0]], f"{n}.shape"), e.ints(list(axes), f"{n}.axes")],
+                    f"{n}.dims", axis=0)
+    count = e.node("ReduceProd", [picked], f"{n}.count", keepdims=0)
+    return e.node("Cast", [count], n, out, to=e.FLOAT)
+
+
+def _onnx_axis(op_type: str):
+    return lambda e, n, ins, a, out: e.node(op_type, ins, n, out, axis=a["axis"] % e.type(n).rank)
+
+
+def _onnx_xent(e, n, ins, a, out):
+    labels = e.node("Cast", [ins[1]], f"{n}.labels", to=e.INT64)
+    return e.node("SoftmaxCrossEntropyLoss", [ins[0], labels], n, out, reduction="mean")
+
+
+def _onnx_mse(e, n, ins, a, out):
+    d = e.node("Sub", ins, f"{n}.diff")
+    return e.node("ReduceMean", [e.node("Mul", [d, d], f"{n}.square")], n, out, keepdims=0)
+
+
 # -- the ops -----------------------------------------------------------------------------------
 
-# sources: values that are not computed from operands
-op("input", 0, _source_rule, None, family="source", dsl=False, doc="data fed to the model")
-op("param", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False,
+# sources: values that are not computed from operands; `holds` says which kind (registry.HOLDS)
+op("input", 0, _source_rule, None, family="source", dsl=False, holds=INPUT, doc="data fed to the model")
+op("param", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False, holds=PARAM,
    doc="a learned parameter with its initialiser")
-op("state", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False,
+op("state", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False, holds=OPTIMIZER,
    doc="optimizer state (velocity, moments), updated by assign")
+op("buffer", 0, _source_rule, None, family="source", attrs={"init": "zeros"}, dsl=False, holds=MODEL,
+   doc="model state that is not learned (running statistics), updated by assign in training steps")
 op("const", 0, lambda t, a: scalar(), lambda value: np.asarray(value, "float32"), family="const",
    attrs={"value": REQUIRED}, dsl=False, doc="a scalar constant")
 
 # elementwise, binary (NumPy broadcasting)
-op("add", 2, _broadcast("add"), np.add, lambda b, n, g: [lambda: g, lambda: g], c="a + b")
-op("sub", 2, _broadcast("sub"), np.subtract, lambda b, n, g: [lambda: g, lambda: b.neg(g)], c="a - b")
+op("add", 2, _broadcast("add"), np.add, lambda b, n, g: [lambda: g, lambda: g], c="a + b", onnx="Add")
+op("sub", 2, _broadcast("sub"), np.subtract, lambda b, n, g: [lambda: g, lambda: b.neg(g)], c="a - b", onnx="Sub")
 op("mul", 2, _broadcast("mul"), np.multiply,
-   lambda b, n, g: [lambda: b.mul(g, n.args[1]), lambda: b.mul(g, n.args[0])], c="a * b")
+   lambda b, n, g: [lambda: b.mul(g, n.args[1]), lambda: b.mul(g, n.args[0])], c="a * b", onnx="Mul")
 op("div", 2, _broadcast("div"), np.divide,
    lambda b, n, g: [lambda: b.div(g, n.args[1]), lambda: b.neg(b.div(b.mul(g, n.out), n.args[1]))],
-   c="a / b")
+   c="a / b", onnx="Div")
 # derivative helpers: (adjoint, forward value) -> adjoint of the input
 op("relu_grad", 2, _broadcast("relu_grad"), _relu_grad, c="b > 0.0f ? a : 0.0f", dsl=False)
 op("sigmoid_grad", 2, _broadcast("sigmoid_grad"), lambda g, y: g * y * (1 - y),
@@ -420,72 +391,95 @@ op("sigmoid_grad", 2, _broadcast("sigmoid_grad"), lambda g, y: g * y * (1 - y),
 op("tanh_grad", 2, _broadcast("tanh_grad"), lambda g, y: g * (1 - y * y), c="a * (1.0f - b * b)", dsl=False)
 
 # elementwise, unary
-op("neg", 1, _unary_float("neg"), np.negative, lambda b, n, g: [lambda: b.neg(g)], c="-a")
-op("exp", 1, _unary_float("exp"), np.exp, lambda b, n, g: [lambda: b.mul(g, n.out)], c="expf(a)")
-op("log", 1, _unary_float("log"), np.log, lambda b, n, g: [lambda: b.div(g, n.args[0])], c="logf(a)")
+op("neg", 1, _unary_float("neg"), np.negative, lambda b, n, g: [lambda: b.neg(g)], c="-a", onnx="Neg")
+op("exp", 1, _unary_float("exp"), np.exp, lambda b, n, g: [lambda: b.mul(g, n.out)], c="expf(a)", onnx="Exp")
+op("log", 1, _unary_float("log"), np.log, lambda b, n, g: [lambda: b.div(g, n.args[0])], c="logf(a)", onnx="Log")
 op("sqrt", 1, _unary_float("sqrt"), np.sqrt,
-   lambda b, n, g: [lambda: b.div(g, b.mul(b.const(2.0), n.out))], c="sqrtf(a)")
-op("abs", 1, _unary_float("abs"), np.abs, lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], c="fabsf(a)")
+   lambda b, n, g: [lambda: b.div(g, b.mul(b.const(2.0), n.out))], c="sqrtf(a)", onnx="Sqrt")
+op("abs", 1, _unary_float("abs"), np.abs, lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], c="fabsf(a)",
+   onnx="Abs")
 op("sign", 1, _unary_float("sign"), np.sign, lambda b, n, g: [None],
-   c="(float)((a > 0.0f) - (a < 0.0f))")
+   c="(float)((a > 0.0f) - (a < 0.0f))", onnx="Sign")
 op("relu", 1, _unary_float("relu"), lambda x: np.maximum(x, 0),
-   lambda b, n, g: [lambda: b.relu_grad(g, n.out)], c="fmaxf(a, 0.0f)")
+   lambda b, n, g: [lambda: b.relu_grad(g, n.out)], c="fmaxf(a, 0.0f)", onnx="Relu")
 op("sigmoid", 1, _unary_float("sigmoid"), lambda x: 0.5 * (1 + np.tanh(0.5 * x)),
-   lambda b, n, g: [lambda: b.sigmoid_grad(g, n.out)], c="1.0f / (1.0f + expf(-a))")
-op("tanh", 1, _unary_float("tanh"), np.tanh, lambda b, n, g: [lambda: b.tanh_grad(g, n.out)], c="tanhf(a)")
+   lambda b, n, g: [lambda: b.sigmoid_grad(g, n.out)], c="1.0f / (1.0f + expf(-a))", onnx="Sigmoid")
+op("tanh", 1, _unary_float("tanh"), np.tanh, lambda b, n, g: [lambda: b.tanh_grad(g, n.out)], c="tanhf(a)",
+   onnx="Tanh")
+
+
+# leaky ReLU, the whole op in one entry: the C expression reads the attribute `slope` by name, and
+# the derivative g * (x > 0 ? 1 : slope) = g * (slope + (1 - slope) * relu(sign(x))) is built from
+# existing ops (at -O2 it fuses into one kernel with its neighbours)
+def _leaky_relu_vjp(b, n, g):
+    s = n.attrs["slope"]
+    return [lambda: b.mul(g, b.add(b.const(s), b.mul(b.const(1.0 - s), b.relu(b.sign(n.args[0])))))]
+
+
+op("leaky_relu", 1, _unary_float("leaky_relu"), lambda x, slope: np.where(x > 0, x, x * x.dtype.type(slope)),
+   _leaky_relu_vjp, c="a > 0.0f ? a : slope * a", attrs={"slope": 0.01},
+   onnx=lambda e, n, ins, a, out: e.node("LeakyRelu", ins, n, out, alpha=float(a["slope"])),
+   doc="x where x > 0, else slope * x (PyTorch's LeakyReLU, ONNX's LeakyRelu; slope 0.01 by default)")
 
 # linear algebra and layout
 op("matmul", 2, _matmul_rule, _matmul, _matmul_vjp,
    family="matmul", attrs={"ta": False, "tb": False}, flops=lambda n, size: 2 * size(n.type) * size(
-       n.types[0].with_shape([n.types[0].shape[-2 if n.attrs["ta"] else -1]])),
+       n.types[0].with_shape([n.types[0].shape[-2 if n.attrs["ta"] else -1]])), onnx=_onnx_matmul,
    doc="matrix product (or a batch of them), operands optionally transposed")
 op("transpose", 1, _transpose_rule, lambda x, perm: np.transpose(x, perm),
    lambda b, n, g: [lambda: b.transpose(g, perm=None if n.attrs["perm"] is None
                                           else list(np.argsort(n.attrs["perm"]).tolist()))],
-   family="transpose", attrs={"perm": None})
+   family="transpose", attrs={"perm": None}, onnx=_onnx_transpose)
 op("reshape", 1, _reshape_rule, _reshape,
    lambda b, n, g: [lambda: b.reshape(g, shape=list(n.types[0].shape))],
-   family="alias", attrs={"shape": REQUIRED}, needs_dims=True)
+   family="alias", attrs={"shape": REQUIRED}, needs_dims=True, onnx=_onnx_reshape)  # symbolic N: 0 or -1
 op("zeros", 0, _zeros_rule, lambda shape, dims: np.zeros([dims[d] if isinstance(d, str) else d for d in shape],
                                                         "float32"),
-   lambda b, n, g: [], c="0.0f", attrs={"shape": REQUIRED}, needs_dims=True,
+   lambda b, n, g: [], c="0.0f", attrs={"shape": REQUIRED}, needs_dims=True, onnx=_onnx_zeros,
    doc="a tensor of zeros of the given shape, which may name symbolic dimensions (an initial state)")
 op("broadcast_like", 2, _bcast_like_rule, lambda a, ref: np.broadcast_to(a, ref.shape),
-   family="broadcast", dsl=False, doc="operand 0 broadcast to the shape of operand 1")
+   family="broadcast", dsl=False, doc="operand 0 broadcast to the shape of operand 1",
+   onnx=lambda e, n, ins, a, out: e.node("Expand", [ins[0], e.node("Shape", [ins[1]], f"{n}.shape")], n, out))
 
 # reductions
 op("sum", 1, _reduce_rule("sum"), _sum, lambda b, n, g: [lambda: _reduce_back(b, n, g)],
-   family="reduce", kernel={"map": "a", "finish": "acc"}, attrs={"axis": None, "keepdims": False})
+   family="reduce", kernel={"map": "a", "finish": "acc"}, attrs={"axis": None, "keepdims": False},
+   onnx=_onnx_reduce("ReduceSum", True))      # axes as an input since opset 13
 op("mean", 1, _reduce_rule("mean"), _mean,
    lambda b, n, g: [lambda: b.div(_reduce_back(b, n, g), b.size(n.args[0], axis=n.attrs["axis"]))],
-   family="reduce", kernel={"map": "a", "finish": "acc / (float)extent"}, attrs={"axis": None, "keepdims": False})
+   family="reduce", kernel={"map": "a", "finish": "acc / (float)extent"}, attrs={"axis": None, "keepdims": False},
+   onnx=_onnx_reduce("ReduceMean", False))    # axes as an attribute until opset 18
 op("size", 1, lambda t, a: (normalize_axes(a["axis"], t[0].rank), scalar())[1], _size,
-   lambda b, n, g: [None], family="shape", attrs={"axis": None}, dsl=False,
+   lambda b, n, g: [None], family="shape", attrs={"axis": None}, dsl=False, onnx=_onnx_size,
    doc="the number of elements over the given axes, as an f32 scalar")
 op("softmax", 1, _axis_rule("softmax"), _softmax, _softmax_vjp, family="softmax",
-   kernel={"out": "expf(x - m) / s"}, attrs={"axis": -1})
+   kernel={"out": "expf(x - m) / s"}, attrs={"axis": -1}, onnx=_onnx_axis("Softmax"))
 op("log_softmax", 1, _axis_rule("log_softmax"), _log_softmax, _log_softmax_vjp, family="softmax",
-   kernel={"out": "(x - m) - logf(s)"}, attrs={"axis": -1})
+   kernel={"out": "(x - m) - logf(s)"}, attrs={"axis": -1}, onnx=_onnx_axis("LogSoftmax"))
 
 # losses and penalties (PyTorch conventions: means over the batch; penalties are sums)
 op("softmax_xent", 2, _xent_rule, _xent,
    lambda b, n, g: [lambda: b.softmax_xent_grad(n.args[0], n.args[1], g), None],
-   family="xent", doc="mean over the batch of -log softmax(logits)[label]")
-op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent_grad", dsl=False,
+   family="xent", labels=1, onnx=_onnx_xent,   # SoftmaxCrossEntropyLoss, reduction mean
+   doc="mean over the batch of -log softmax(logits)[label]")
+op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent_grad", dsl=False, labels=1,
    doc="(softmax(logits) - onehot(labels)) * g / N")
 op("mse", 2, _mse_rule, lambda p, t: np.mean(np.square(p - t)), _mse_vjp, family="reduce",
-   kernel={"map": "(a - b) * (a - b)", "finish": "acc / (float)extent"},
+   kernel={"map": "(a - b) * (a - b)", "finish": "acc / (float)extent"}, onnx=_onnx_mse,
    doc="mean of squared differences over all elements")
 op("l1", 1, _scalar_loss("l1"), lambda x: np.abs(x).sum(),
    lambda b, n, g: [lambda: b.mul(g, b.sign(n.args[0]))], family="reduce",
-   kernel={"map": "fabsf(a)", "finish": "acc"}, doc="sum of |x|")
+   kernel={"map": "fabsf(a)", "finish": "acc"}, doc="sum of |x|",
+   onnx=lambda e, n, ins, a, out: e.node("ReduceL1", ins, n, out, keepdims=0))
 op("l2", 1, _scalar_loss("l2"), lambda x: np.square(x).sum(),
    lambda b, n, g: [lambda: b.mul(b.mul(b.const(2.0), g), n.args[0])], family="reduce",
-   kernel={"map": "a * a", "finish": "acc"}, doc="sum of x^2")
+   kernel={"map": "a * a", "finish": "acc"}, doc="sum of x^2",
+   onnx=lambda e, n, ins, a, out: e.node("ReduceSumSquare", ins, n, out, keepdims=0))
+
 
 # dropout: in training, zero each element with probability p and scale the rest by 1/(1-p); the
 # mask comes from Philox (philox.py) keyed by the seed and the op's salt, counted by element and
-# step, so every backend draws the same mask. In inference it is the identity. Given the mask it
+# step, so every backend draws the same mask. In evaluation it is the identity. Given the mask it
 # is linear, so its derivative is the same dropout applied to the adjoint.
 def _dropout_rule(types, attrs):
     _floats("dropout", types)
@@ -495,69 +489,24 @@ def _dropout_rule(types, attrs):
     return types[0]
 
 
-def _dropout(x, p, salt, rng):
-    if rng is None or p == 0:
+def _dropout(x, p, salt, training, rng):
+    if not training or p == 0:
         return x
+    if rng is None:
+        raise DlcError("dropout in training needs random numbers: run with rng=(seed, step)")
     from .philox import keep_mask
     seed, step = rng
     return np.where(keep_mask(seed, salt, step, x.shape, p), x * x.dtype.type(1.0 / (1.0 - p)), 0).astype(x.dtype)
 
 
 op("dropout", 1, _dropout_rule, _dropout, lambda b, n, g: [lambda: b.dropout(g, **n.attrs)],
-   family="dropout", attrs={"p": REQUIRED, "salt": 0}, needs_rng=True,
-   doc="training: x * mask / (1 - p), mask ~ Bernoulli(1 - p) from Philox; inference: x")
+   family="dropout", attrs={"p": REQUIRED, "salt": 0}, effects={TRAINING, RANDOM},
+   onnx="Identity",   # the exported graph is the evaluation graph: dropout is the identity
+   doc="training: x * mask / (1 - p), mask ~ Bernoulli(1 - p) from Philox; evaluation: x")
 
-# state update: operand 0 (a param or state) takes the value of operand 1 at the end of the step
-op("assign", 2, _assign_rule, None, family="assign", dsl=False)
-
-
-def flops(graph, n: str, dims: dict | None = None) -> int:
-    """Floating-point operations of one node (a multiply-add counts 2), with symbolic dims bound
-    by `dims` (default: every symbol is 1, i.e. per example): the op's declared rule, else its
-    family's."""
-    dims = dims or {}
-
-    def size(t):
-        return int(np.prod([dims.get(d, 1) if isinstance(d, str) else d for d in t.shape]))
-    d = OPS[graph.op(n)]
-    return (d.flops or FAMILIES[d.family][1])(view(graph, n), size)
-
-
-class Builder:
-    """Adds op applications to a graph by calling ops as methods: `b.mul(x, y)`, `b.sum(g, axis=0)`.
-
-    New nodes are named `prefix` (plus a counter) and carry `loc`, both set by the caller.
-    """
-
-    def __init__(self, graph, prefix: str = "t", loc=None):
-        self.graph, self.prefix, self.loc = graph, prefix, loc
-
-    def const(self, value: float) -> str:
-        return self.graph.add("const", [], {"value": float(value)}, name=f"{self.prefix}.const", loc=self.loc)
-
-    def __getattr__(self, opname: str):
-        if opname not in OPS:
-            raise AttributeError(opname)
-        return lambda *args, **attrs: self.graph.add(opname, args, attrs, name=self.prefix, loc=self.loc)
-
-
-@dataclass
-class NodeView:
-    """What a derivative rule sees of a forward node."""
-    out: str
-    args: list
-    attrs: dict
-    type: TensorType
-    types: list
-
-
-def view(graph, n: str) -> NodeView:
-    args = graph.operands(n)
-    return NodeView(n, args, graph.attrs(n), graph.type(n), [graph.type(a) for a in args])
-
-
-def elementwise_ops() -> list[str]:
-    return [k for k, d in OPS.items() if d.family == "elementwise"]
+# state update: operand 0 (a param, optimizer state or model buffer) takes the value of operand 1
+# at the end of the step, after every read of the old value
+op("assign", 2, _assign_rule, None, family="assign", dsl=False, effects={UPDATES_STATE})
 
 
 from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: registered the same way)

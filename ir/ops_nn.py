@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DlcError
-from .ops import REQUIRED, VARIADIC, op
+from .registry import REQUIRED, VARIADIC, op
 from .types import TensorType, normalize_axes
 
 _CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1}
@@ -121,8 +121,15 @@ def _conv_flops(y, w):
         n.types[w].with_shape(n.types[w].shape[1:]))
 
 
+def _onnx_conv(e, n, ins, a, out):
+    w = e.type(e.operands(n)[1]).shape
+    p = list(_pair(a["padding"], "padding"))
+    return e.node("Conv", ins, n, out, kernel_shape=[w[2], w[3]], strides=list(_pair(a["stride"], "stride")),
+                  pads=p + p, dilations=list(_pair(a["dilation"], "dilation")))
+
+
 op("conv2d", 2, _conv_rule, _conv, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS), flops=_conv_flops(None, 1),
-   doc="2-D convolution (cross-correlation), NCHW input, [O, C, kh, kw] kernel")
+   onnx=_onnx_conv, doc="2-D convolution (cross-correlation), NCHW input, [O, C, kh, kw] kernel")
 op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x, family="conv_grad_x", attrs=dict(_CONV_ATTRS),
    dsl=False, flops=_conv_flops(0, 1), doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")
 op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv_grad_w", attrs=dict(_CONV_ATTRS),
@@ -203,9 +210,19 @@ def _pool_flops(y):
     return rule
 
 
+def _onnx_pool(op_type: str, **extra):
+    def emit(e, n, ins, a, out):
+        k = list(_pair(a["kernel"], "kernel"))
+        s = list(_pair(a["stride"] if a["stride"] is not None else a["kernel"], "stride"))
+        p = list(_pair(a["padding"], "padding"))
+        return e.node(op_type, ins, n, out, kernel_shape=k, strides=s, pads=p + p, **extra)
+    return emit
+
+
 op("maxpool2d", 1, _pool_rule("maxpool2d"), _maxpool,
    lambda b, n, g: [lambda: b.maxpool2d_grad(g, n.args[0], n.out, **n.attrs)],
    family="pool", kernel={"template": "maxpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
+   onnx=_onnx_pool("MaxPool"),  # padding never wins a max, as dlc's -inf padding
    doc="max over kernel windows; stride defaults to the kernel")
 op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool_grad",
    kernel={"template": "maxpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
@@ -213,6 +230,7 @@ op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool_grad",
 op("avgpool2d", 1, _pool_rule("avgpool2d"), _avgpool,
    lambda b, n, g: [lambda: b.avgpool2d_grad(g, n.args[0], **n.attrs)],
    family="pool", kernel={"template": "avgpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
+   onnx=_onnx_pool("AveragePool", count_include_pad=1),  # dlc divides by the whole window
    doc="mean over kernel windows (padding counts as zeros)")
 op("avgpool2d_grad", 2, lambda t, a: t[1], _avgpool_grad, family="pool_grad",
    kernel={"template": "avgpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
@@ -277,13 +295,29 @@ def _slice_vjp(b, n, g):
     return [lambda: b.pad(g, axis=ax, start=n.attrs["start"], total=n.types[0].shape[ax])]
 
 
+def _onnx_slice(e, n, ins, a, out):
+    ax = a["axis"] % e.type(n).rank
+    return e.node("Slice", [ins[0], e.ints([a["start"]], f"{n}.starts"), e.ints([a["stop"]], f"{n}.ends"),
+                            e.ints([ax], f"{n}.axes")], n, out)
+
+
+def _onnx_pad(e, n, ins, a, out):
+    t = e.type(e.operands(n)[0])
+    ax = a["axis"] % t.rank
+    lo, hi = [0] * t.rank, [0] * t.rank
+    lo[ax], hi[ax] = a["start"], a["total"] - a["start"] - t.shape[ax]
+    return e.node("Pad", [ins[0], e.ints(lo + hi, f"{n}.pads")], n, out, mode="constant")
+
+
 op("concat", VARIADIC, _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp,
-   family="concat", attrs={"axis": 1}, doc="join tensors along an axis (default 1, the channels)")
+   family="concat", attrs={"axis": 1},
+   onnx=lambda e, n, ins, a, out: e.node("Concat", ins, n, out, axis=a["axis"] % e.type(n).rank),
+   doc="join tensors along an axis (default 1, the channels)")
 op("pad", 1, _pad_rule, _pad, lambda b, n, g: [lambda: b.slice(g, axis=n.attrs["axis"], start=n.attrs["start"],
                                                                 stop=n.attrs["start"] + n.types[0].shape[
                                                                     normalize_axes(n.attrs["axis"], n.type.rank)[0]])],
-   family="pad", attrs={"axis": REQUIRED, "start": REQUIRED, "total": REQUIRED}, dsl=False,
+   family="pad", attrs={"axis": REQUIRED, "start": REQUIRED, "total": REQUIRED}, dsl=False, onnx=_onnx_pad,
    doc="x placed at [start:start+len) of zeros of length total along one axis (the adjoint of slice)")
-op("slice", 1, _slice_rule, _slice, _slice_vjp, family="slice",
+op("slice", 1, _slice_rule, _slice, _slice_vjp, family="slice", onnx=_onnx_slice,
    attrs={"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
    doc="x[start:stop] along one axis (also the adjoint of concat)")

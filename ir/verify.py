@@ -5,7 +5,7 @@ import networkx as nx
 
 from .errors import DlcError
 from .graph import Graph
-from .ops import OPS, infer_type
+from .ops import OPS, PARAM, STORED, infer_type
 
 
 def verify(g: Graph) -> Graph:
@@ -31,9 +31,9 @@ def verify(g: Graph) -> Graph:
             want = infer_type(op, [g.type(a) for a in args], g.attrs(n))
             if want != g.type(n):
                 raise DlcError(f"%{n}: type {g.type(n)} disagrees with {op}'s rule, which gives {want}", loc)
-        if op == "assign" and g.op(args[0]) not in ("param", "state"):
+        if d.family == "assign" and OPS[g.op(args[0])].holds not in STORED:
             raise DlcError(f"%{n}: assign target %{args[0]} is a {g.op(args[0])}, not a param or state", loc)
-        if op == "assign":
+        if d.family == "assign":
             if args[0] in assigned:
                 raise DlcError(f"%{args[0]} is assigned twice, by %{assigned[args[0]]} and by %{n}; "
                                f"a param or state takes one value per step", loc)
@@ -54,7 +54,7 @@ def verify(g: Graph) -> Graph:
                 raise DlcError(f"%{n} is in two groups, %{seen[n]} and %{root}")
             seen[n] = root
     for p, gr in m.grads.items():
-        if g.op(p) != "param":
+        if OPS[g.op(p)].holds != PARAM:
             raise DlcError(f"gradient recorded for %{p}, which is not a param")
         if g.type(p) != g.type(gr):
             raise DlcError(f"gradient %{gr} of %{p} has type {g.type(gr)}, expected {g.type(p)}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS, Builder, view
+from ..ir.ops import OPS, PARAM, Builder, view
 from ..ir.types import TensorType
 
 
@@ -56,7 +56,8 @@ class _GradBuilder(Builder):
             name = f"{hint}.{i}"
         return name
 
-    def add(self, op: str, args, attrs=None, name: str | None = None, adjoint: bool = False) -> str:
+    def node(self, op: str, args, attrs=None, name: str | None = None, adjoint: bool = False) -> str:
+        """One node of `op` (a derivative rule calls ops as methods instead: `b.add(x, y)`)."""
         n = self.graph.add(op, args, attrs, name=self.fresh(name or f"{self.prefix}.{op}", adjoint), loc=self.loc)
         self.made.add(n)
         return n
@@ -67,12 +68,12 @@ class _GradBuilder(Builder):
         return new
 
     def const(self, value: float) -> str:
-        return self.add("const", [], {"value": float(value)})
+        return self.node("const", [], {"value": float(value)})
 
     def __getattr__(self, opname: str):
         if opname not in OPS:
             raise AttributeError(opname)
-        return lambda *args, **attrs: self.add(opname, args, attrs)
+        return lambda *args, **attrs: self.node(opname, args, attrs)
 
 
 def autodiff(g: Graph) -> Graph:
@@ -96,14 +97,14 @@ def autodiff(g: Graph) -> Graph:
             adjoint_name[n] = name
             reserved.add(name)
     b = _GradBuilder(g, reserved, g.loc(loss))
-    adjoints: dict[str, list[str]] = {loss: [b.add("const", [], {"value": 1.0}, name=adjoint_name[loss], adjoint=True)]}
+    adjoints: dict[str, list[str]] = {loss: [b.node("const", [], {"value": 1.0}, name=adjoint_name[loss], adjoint=True)]}
     made_for: set[str] = set()  # contributions made for their operand (not an adjoint passed through)
     for n in reversed(g.order()):
         if n not in active or n not in adjoints:
             continue
         b.loc = g.loc(n)
         grad = _total(b, n, adjoints.pop(n), adjoint_name[n], made_for)
-        if g.op(n) == "param":
+        if OPS[g.op(n)].holds == PARAM:
             g.meta.grads[n] = grad
             continue
         rule = OPS[g.op(n)].vjp
@@ -135,7 +136,7 @@ def _total(b: _GradBuilder, n: str, parts: list[str], name: str, made_for: set) 
     total = parts[0]
     for i, p in enumerate(parts[1:], 2):
         last = i == len(parts)
-        total = b.add("add", [total, p], name=name if last else f"{name}.add", adjoint=last)
+        total = b.node("add", [total, p], name=name if last else f"{name}.add", adjoint=last)
     return total
 
 
@@ -157,7 +158,7 @@ def _join_slices(b: _GradBuilder, parts: list[str], made_for: set) -> list[str]:
         if len(group) < 2 or ends[0] != 0 or any(
                 ends[i] + g.type(v).shape[ax] != ends[i + 1] for i, v in enumerate(inner)):
             continue
-        joined = b.add("concat", inner, {"axis": ax})
+        joined = b.node("concat", inner, {"axis": ax})
         made_for.add(joined)
         for p in group:
             if not g.users(p):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS, flops
+from ..ir.ops import OPS, PARAM, flops
 from ..ir.types import TensorType
 
 DEFAULT_RATIO = 1 / 3  # GoogLeNet: 192 maps reduced to 64
@@ -52,7 +52,7 @@ def insert_bottlenecks(g: Graph, ratio: float = DEFAULT_RATIO) -> Rewrite:
             continue
         x, w = g.operands(n)
         o, c, kh, kw = g.type(w).shape
-        if kh * kw < 9 or g.op(w) != "param" or len(g.users(w)) != 1 or _reduced(g, x):
+        if kh * kw < 9 or OPS[g.op(w)].holds != PARAM or len(g.users(w)) != 1 or _reduced(g, x):
             continue
         r = max(1, int(round(c * ratio)))
         _, _, ho, wo = g.type(n).shape
@@ -80,3 +80,9 @@ def insert_bottlenecks(g: Graph, ratio: float = DEFAULT_RATIO) -> Rewrite:
     lines.append(f"  FLOPs per example {before[0]:,} -> {after[0]:,} ({after[0] / max(1, before[0]):.1%}); "
                  f"params {before[1]:,} -> {after[1]:,}")
     return Rewrite(g, lines)
+
+
+def bottleneck_pass(g: Graph, ratio: float) -> tuple[Graph, list[str]]:
+    """The rewrite as an opt-in pipeline entry (passes/manager.py): (graph, report lines)."""
+    r = insert_bottlenecks(g, ratio)
+    return r.graph, r.lines

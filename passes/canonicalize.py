@@ -9,7 +9,10 @@ import numpy as np
 from ..ir.graph import Graph
 from ..ir.ops import OPS
 
-_KEEP = ("input", "param", "state", "assign")  # the model's interface and its effects
+
+def _kept(d) -> bool:
+    """Sources (the model's interface) and ops with effects stay, whether or not a root needs them."""
+    return d.family == "source" or not d.pure
 
 
 def replace_node(g: Graph, n: str, op: str, operands, attrs) -> None:
@@ -54,8 +57,8 @@ def constant_fold(g: Graph) -> Graph:
             dims = [t.shape[a] for a in axes]
             if all(isinstance(x, int) for x in dims):
                 value = float(np.prod(dims))
-        elif d.family not in ("source", "assign") and args and g.type(n).shape == () \
-                and all(g.op(a) == "const" for a in args) and not (d.needs_dims or d.needs_rng):
+        elif d.family != "source" and d.pure and args and g.type(n).shape == () \
+                and all(OPS[g.op(a)].family == "const" for a in args) and not d.needs_dims:
             vals = [np.float64(g.attrs(a)["value"]) for a in args]
             with np.errstate(all="ignore"):
                 value = float(d.ref(*vals, **g.attrs(n)))
@@ -73,7 +76,7 @@ def cse(g: Graph) -> Graph:
     merged: dict[str, str] = {}
     for n in g.order():
         op = g.op(n)
-        if op in _KEEP:
+        if _kept(OPS[op]):
             continue
         key = (op, json.dumps(g.attrs(n), sort_keys=True), tuple(g.operands(n)), str(g.type(n)))
         if key in seen:
@@ -95,7 +98,7 @@ def _drop_dead(g: Graph) -> Graph:
     """DCE in place, on a graph the calling pass has already copied."""
     live = g.upstream(g.roots())
     for n in list(g.nx):
-        if n not in live and g.op(n) not in _KEEP:
+        if n not in live and not _kept(OPS[g.op(n)]):
             g.remove(n)
     return g
 

@@ -31,10 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.graph import Graph
+from ..ir.ops import EPILOGUE_FAMILIES as PRODUCERS  # kernels with an epilogue hook (matmul, convolutions)
 from ..ir.ops import OPS
-
-POINTWISE = ("elementwise", "broadcast", "slice")  # a slice gathers its operand: a load, no kernel
-PRODUCERS = ("matmul", "conv", "conv_grad_x", "conv_grad_w")  # kernels with an epilogue hook
+from ..ir.ops import POINTWISE_FAMILIES as POINTWISE  # elementwise, broadcast, slice (a gather: a load)
 
 
 @dataclass

@@ -1,38 +1,58 @@
-"""The pass manager: a list of named passes, optimisation levels, IR dumps and timing.
+"""The pass manager: a list of named passes, optimisation levels, opt-in rewrites, IR dumps and timing.
 
     -O0  autodiff, optimizer            (the graph as derived, nothing simplified)
     -O1  + transpose folding, constant folding, CSE, DCE      (the default)
     -O2  + merged sibling 1x1 convolutions (before autodiff), fusion: groups of nodes computed
          by one kernel each, memory planning in codegen
+
+An opt-in pass runs at every level, only when its option is given (`options={name: value}`), and
+is called with that value: `insert_bottlenecks` (a ratio) CHANGES THE MODEL. Such a pass returns
+(graph, report lines); the report is `Result.reports[name]`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.text import print_ir
 from ..ir.verify import verify
 from .autodiff import autodiff
+from .bottleneck import bottleneck_pass
 from .canonicalize import constant_fold, cse, dce, fold_transpose
 from .fusion import fuse
 from .inception import merge_1x1
 from .optimizer import optimizer_update
 
-# (name, pass, lowest -O level that runs it)
+OPT_IN = -1  # the level of a pass that runs only when its option is given
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: Callable
+    level: int                # the lowest -O level that runs it, or OPT_IN
+    option: str | None = None  # OPT_IN: the option that turns it on (and is passed to it)
+
+
 PIPELINE = [
-    ("inception", merge_1x1, 2),        # sibling 1x1 convolutions: one wider one (forward, so training too)
-    ("autodiff", autodiff, 0),          # gradients of the loss w.r.t. every trainable param
-    ("optimizer", optimizer_update, 0),  # the update step, with its state, as IR ops
-    ("fold-transpose", fold_transpose, 1),  # transposes become matmul operand flags
-    ("constant-fold", constant_fold, 1),   # scalar arithmetic on constants, static sizes
-    ("cse", cse, 1),                    # one node per distinct computation
-    ("dce", dce, 1),                    # drop what nothing needs
-    ("fuse", fuse, 2),                  # pointwise chains become one kernel each (last: it only annotates)
+    # rewrites of the model itself, asked for by name; the stage "forward" is the graph after them
+    Pass("bottleneck", bottleneck_pass, OPT_IN, "insert_bottlenecks"),  # 1x1 reductions before wide convs
+    Pass("inception", merge_1x1, 2),         # sibling 1x1 convolutions: one wider one (forward, so training too)
+    Pass("autodiff", autodiff, 0),           # gradients of the loss w.r.t. every trainable param
+    Pass("optimizer", optimizer_update, 0),  # the update step, with its state, as IR ops
+    Pass("fold-transpose", fold_transpose, 1),  # transposes become matmul operand flags
+    Pass("constant-fold", constant_fold, 1),    # scalar arithmetic on constants, static sizes
+    Pass("cse", cse, 1),                     # one node per distinct computation
+    Pass("dce", dce, 1),                     # drop what nothing needs
+    Pass("fuse", fuse, 2),                   # pointwise chains become one kernel each (last: it only annotates)
 ]
-PASS_NAMES = [name for name, _, _ in PIPELINE]
+PASS_NAMES = [p.name for p in PIPELINE if p.level != OPT_IN]   # what --passes and --dump-ir-after name
+OPTIONS = [p.option for p in PIPELINE if p.level == OPT_IN]
+LEVELS = sorted({p.level for p in PIPELINE if p.level != OPT_IN} | {0})
+STAGE_AFTER = {"autodiff": "backward", "optimizer": "train"}  # stages recorded besides forward and optimized
 
 
 @dataclass
@@ -46,51 +66,64 @@ class PassRecord:
 class Result:
     stages: dict = field(default_factory=dict)   # stage name -> graph: forward, backward, train, optimized
     records: list = field(default_factory=list)  # one PassRecord per pass run
+    dumps: list = field(default_factory=list)    # (file name, IR text) per dump asked for
+    reports: dict = field(default_factory=dict)  # opt-in pass name -> its report lines
 
 
-def select(opt_level: int = 1, passes: list[str] | None = None) -> list[tuple]:
-    """The (name, pass) list to run: the passes of `opt_level`, or, given `passes`, autodiff and
-    the optimizer (they define the training step) followed by the named passes in that order
-    (a named rewrite of the forward graph, such as `inception`, runs before autodiff)."""
+def select(opt_level: int = 1, passes: list[str] | None = None, options: dict | None = None) -> list[Pass]:
+    """The passes to run: the opt-in passes whose option is given, then the passes of `opt_level`,
+    or, given `passes`, autodiff and the optimizer (they define the training step) with the named
+    passes in that order (a named rewrite of the forward graph, such as `inception`, runs before
+    autodiff)."""
+    options = options or {}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DlcError(f"unknown pipeline option '{unknown[0]}' (options: {', '.join(OPTIONS)})")
+    opted = [p for p in PIPELINE if p.level == OPT_IN and options.get(p.option) is not None]
     if passes is None:
-        return [(name, fn) for name, fn, level in PIPELINE if level <= opt_level]
-    table = {name: fn for name, fn, _ in PIPELINE}
+        return opted + [p for p in PIPELINE if p.level != OPT_IN and p.level <= opt_level]
+    table = {p.name: p for p in PIPELINE if p.level != OPT_IN}
     for name in passes:
         if name not in table:
             raise DlcError(f"--passes: unknown pass '{name}' (passes: {', '.join(PASS_NAMES)})")
-    required = [name for name, _, level in PIPELINE if level == 0]
+    required = [p.name for p in PIPELINE if p.level == 0]
     before = PASS_NAMES[:PASS_NAMES.index(required[0])]  # rewrites of the forward graph go first
     chosen = [n for n in passes if n in before] + required + [n for n in passes if n not in required + before]
-    return [(name, table[name]) for name in chosen]
+    return opted + [table[name] for name in chosen]
 
 
-def run_pipeline(g: Graph, opt_level: int = 1, dump_dir: str | Path | None = None,
-                 dump_after: str | None = None, check: bool = False, passes: list[str] | None = None) -> Result:
-    """Run the passes for `opt_level` (or the chosen `passes`, see `select`) on the forward graph.
+def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, check: bool = False,
+                 passes: list[str] | None = None, options: dict | None = None, trace=None) -> Result:
+    """Run the passes (see `select`) on the forward graph.
 
-    `dump_after` is a pass name or "all"; dumps go to `dump_dir` as numbered files
-    (`00-input.ir`, `01-autodiff.ir`, ...). `check` runs the verifier after every pass."""
+    `dump_after` is a pass name or "all": the IR after it, as numbered texts (`00-input.ir`,
+    `01-autodiff.ir`, ...) in `Result.dumps`. `check` runs the verifier after every pass.
+    `trace(level, text)`, when given, is called with each pass's name, time and size (level 1)
+    and the IR after it (level 2), each text as a function that makes it: DLC_DEBUG's output."""
     res = Result()
+    chosen = select(opt_level, passes, options)
     res.stages["forward"] = g
-    dumps = []
     if dump_after:
-        dumps.append(("00-input.ir", print_ir(g)))
-    i = 0
-    for name, fn in select(opt_level, passes):
-        i += 1
+        res.dumps.append(("00-input.ir", print_ir(g)))
+    for i, p in enumerate(chosen, 1):
         t0 = time.perf_counter()
-        g = fn(g)
-        res.records.append(PassRecord(name, time.perf_counter() - t0, len(g)))
+        if p.level == OPT_IN:
+            g, res.reports[p.name] = p.fn(g, options[p.option])
+            res.stages["forward"] = g  # the model as rewritten: what inference, export and check see
+        else:
+            g = p.fn(g)
+        res.records.append(PassRecord(p.name, time.perf_counter() - t0, len(g)))
         if check:
             verify(g)
-        if name == "autodiff":
-            res.stages["backward"] = g
-        if name == "optimizer":
-            res.stages["train"] = g
-        if dump_after in ("all", name):
-            dumps.append((f"{i:02d}-{name}.ir", print_ir(g)))
+        if p.name in STAGE_AFTER:
+            res.stages[STAGE_AFTER[p.name]] = g
+        if dump_after in ("all", p.name):
+            res.dumps.append((f"{i:02d}-{p.name}.ir", print_ir(g)))
+        if trace:
+            rec, now = res.records[-1], g
+            trace(1, lambda: f"pass {rec.name:<16} {rec.seconds * 1e3:8.2f} ms {rec.nodes:6} nodes")
+            trace(2, lambda: print_ir(now))
     out = g.copy()
     out.meta.stage = "optimized"
     res.stages["optimized"] = out
-    res.dumps = dumps
     return res

@@ -2,7 +2,7 @@
 
 - The module is compiled once by NVRTC (`cupy.RawModule`); CuPy caches the binary on disk by a
   hash of the source and options (`~/.cupy/kernel_cache`, or `$CUPY_CACHE_DIR`).
-- The run itself is the plan runner shared with `emu` (runtime/backends.py `BufferState`); this
+- The run itself is the plan runner shared with `emu` (runtime/runner.py `BufferState`); this
   file supplies its primitives on CuPy arrays and one stream.
 - Params and optimizer state live on the GPU for the life of the backend; inputs and temporaries
   are allocated once per batch size. A step copies the feeds in, launches the plan's kernels
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from .backends import BufferState
+from .runner import BufferState
 
 
 def cuda_available() -> tuple[bool, str]:

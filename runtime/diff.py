@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import Graph
-from ..ir.ops import OPS
+from ..ir.ops import OPS, PARAM, RANDOM, label_operands
 from .backends import available, make_backend
 
 # float32 kernels against the float32 NumPy reference: summation order differs (tiled matmul,
@@ -21,13 +21,12 @@ ATOL, RTOL = 1e-4, 1e-3
 
 
 def synth_feeds(g: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A random batch for every input: normal floats; labels within the class count of the
-    softmax_xent that reads them (2 classes where nothing says)."""
+    """A random batch for every input: normal floats; labels within the class count of the op
+    that reads them as class indices (softmax_xent; 2 classes where nothing says)."""
     rng = np.random.default_rng(seed)
     classes = {}
-    for n in g.nodes_of("softmax_xent"):
-        logits, labels = g.operands(n)
-        classes[labels] = g.type(logits).shape[1]
+    for labels, count, _ in label_operands(g):
+        classes.setdefault(labels, count)
     out = {}
     for n in g.inputs:
         t = g.type(n)
@@ -66,20 +65,18 @@ def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
 
 def run_step(backend, g: Graph, state: dict, feeds: dict, rng: tuple[int, int] | None = (0, 0)):
     """Every computed value of one training step, then the state after it. `rng=(seed, step)`
-    is training mode (dropout draws its mask from it), as in `Model.step`; None is inference."""
+    is training mode (dropout draws its mask from it), as in `Model.step`; None is evaluation."""
     backend.set_state(state)
     # every value the backend keeps (at -O2 not a fused group's inner values, nor reused buffers)
-    nodes = [n for n in g.order() if g.op(n) not in ("input", "param", "state") and backend.keeps(n)]
-    if g.meta.loss and g.meta.optimizer:
-        vals = backend.run(nodes, feeds, commit=True, rng=rng)
-    else:
-        vals = backend.run(nodes, feeds, rng=rng)
+    nodes = [n for n in g.order() if OPS[g.op(n)].family != "source" and backend.keeps(n)]
+    commit = bool(g.meta.loss and g.meta.optimizer)
+    vals = backend.run(nodes, feeds, commit=commit, training=rng is not None, rng=rng)
     return vals, backend.get_state()
 
 
 def random_nodes(g: Graph) -> list[str]:
     """The nodes whose op draws random numbers (dropout), in execution order."""
-    return [n for n in g.order() if OPS[g.op(n)].needs_rng]
+    return [n for n in g.order() if OPS[g.op(n)].has(RANDOM)]
 
 
 def compared(results: dict) -> tuple[list[str], list[tuple[str, str]]]:
@@ -118,7 +115,7 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
         for p, v in m.grads.items():
             rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v])))
         for k in ref_state:
-            kind = "param" if g.op(k) == "param" else "state"
+            kind = "param" if OPS[g.op(k)].holds == PARAM else "state"
             rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k])))
         results[name] = (rows, first)
     return results

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..codegen import EMU_HEADER
 from ..ir.errors import DlcError
-from .backends import BufferState
+from .runner import BufferState
 from ..ir.graph import Graph
 
 CXX = os.environ.get("CXX", "g++")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.ops import STORED
 from ..ir.optim import parse_init
 
 
@@ -47,9 +48,10 @@ def draw(spec: str, shape, rng: np.random.Generator) -> np.ndarray:
 
 
 def initial_state(g: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Params (in graph order, each from its own stream of the seed) and optimizer state."""
+    """Every stored value (in graph order, each from its own stream of the seed): params, optimizer
+    state and model buffers."""
     out = {}
-    for i, n in enumerate(g.nodes_of("param", "state")):
+    for i, n in enumerate(g.holding(*STORED)):
         rng = np.random.default_rng([seed, i])
         out[n] = draw(g.attrs(n)["init"], g.type(n).shape, rng)
     return out

@@ -2,55 +2,21 @@
 
 It runs any IR graph. For a set of wanted nodes it builds, once, a program: the needed nodes
 in topological order, each as a NumPy function with its operand slots and attributes bound.
-Running a program is then one Python call per node. Assignments (the optimizer update) are
-applied after the whole program has run, so every read in a step sees the old values.
+Running a program is then one Python call per node. Assignments (the optimizer update, model
+buffers) are applied after the whole program has run, so every read in a step sees the old values.
+
+A run is in training or evaluation mode (`training=`): an op that declares the TRAINING effect
+gets the mode, one that declares RANDOM gets `rng=(seed, step)` (ir/registry.py).
 """
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS
-from .backends import Fetched, bind_dims, input_shapes
-
-
-class NumericsError(DlcError):
-    """--check-numerics: a node or kernel produced NaN or infinity (the training loop adds when)."""
-
-
-def nonfinite(v) -> str | None:
-    """'nan', 'inf' or '-inf' (what a float array holds that is not finite, NaN first), or None."""
-    v = np.asarray(v)
-    if v.dtype.kind != "f" or np.isfinite(v).all():
-        return None
-    if np.isnan(v).any():
-        return "nan"
-    return "inf" if (v == np.inf).any() else "-inf"
-
-
-def numerics_error(graph, n: str, what: str, v, kernel: str | None = None, source: str | None = None
-                   ) -> NumericsError:
-    """The located error for node `n` (or the kernel that computes it) producing `what`; with
-    `source`, a param or state that held `what` already (`v`) when `n` read it."""
-    v = np.asarray(v)
-    if source is not None:
-        loc = graph.loc(source)
-        return NumericsError(f"--check-numerics: {graph.op(source)} {source} holds {what} already, before "
-                             f"{graph.op(n)} (node %{n}) reads it (the step that made it ran without the check)",
-                             loc, graph.sources.get(getattr(loc, "file", ""), None))
-    bad = int((~np.isfinite(v)).sum())
-    count = f" ({bad} of {v.size} values)" if v.size > 1 else ""
-    by = f"kernel {kernel} (op {graph.op(n)}, node %{n})" if kernel else f"{graph.op(n)} (node %{n})"
-    loc = graph.loc(n)
-    members = graph.meta.groups.get(n, (None, [n]))[1] if kernel else [n]
-    if len(members) > 1:  # a fused kernel (-O2): name its nodes; locate at the first, where the chain starts
-        ops = ", ".join(f"{graph.op(m)} %{m}" for m in members)
-        by = f"kernel {kernel} (fused group %{n}: {ops})"
-        loc = next((graph.loc(m) for m in members if graph.loc(m)), loc)
-    return NumericsError(f"--check-numerics: {by} produced {what}{count}", loc,
-                         graph.sources.get(getattr(loc, "file", ""), None))
+from ..ir.ops import OPS, RANDOM, STORED, TRAINING, UPDATES_STATE
+from .numerics import nonfinite, numerics_error
+from .runner import Fetched, bind_dims, input_shapes
 
 
 class Interpreter:
@@ -80,36 +46,35 @@ class Interpreter:
     # -- running ----------------------------------------------------------------------------
     def _program(self, roots: tuple[str, ...]):
         g = self.graph
-        need = set(roots)
-        for r in roots:
-            need |= nx.ancestors(g.nx, r)
+        need = g.upstream(roots)
         steps, assigns = [], []
         for n in g.order():
             if n not in need:
                 continue
-            op = g.op(n)
-            d = OPS[op]
+            d = OPS[g.op(n)]
             args = tuple(g.operands(n))
-            if op in ("input", "param", "state"):
+            if d.family == "source":
                 continue
-            if op == "const":
+            if d.family == "const":
                 steps.append((n, _const(np.asarray(g.attrs(n)["value"], self.dtype)), (), {}))
-            elif op == "assign":
+            elif d.has(UPDATES_STATE):  # the target takes the value once the whole step has run
                 assigns.append((args[0], args[1], n))
                 steps.append((n, _identity, args[1:], {}))
             else:
                 attrs = dict(g.attrs(n))
                 if d.needs_dims:
-                    attrs["dims"] = None  # filled in per run
-                if d.needs_rng:
-                    attrs["rng"] = None   # filled in per run
+                    attrs["dims"] = None      # filled in per run
+                if d.has(TRAINING):
+                    attrs["training"] = None  # filled in per run
+                if d.has(RANDOM):
+                    attrs["rng"] = None       # filled in per run
                 steps.append((n, d.ref, args, attrs))
         return steps, assigns
 
-    def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None,
+    def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None, training: bool = False,
             rng: tuple[int, int] | None = None, fetch=None, defer: bool = False):
         """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
-        `rng=(seed, step)` runs in training mode (dropout draws its mask); None is inference.
+        `training` chooses the mode; in training, random ops (dropout) draw from `rng=(seed, step)`.
         Returns {root: array} for every root in `fetch` (default: all); with `defer`, the same in
         a `Fetched` (computed already: the interpreter has no device to wait for)."""
         roots = tuple(roots)
@@ -125,6 +90,8 @@ class Interpreter:
                 if dims is None:
                     dims = self._dims(feeds)  # once per run, when a step first needs them
                 attrs = dict(attrs, dims=dims)
+            if "training" in attrs:
+                attrs = dict(attrs, training=training)
             if "rng" in attrs:
                 attrs = dict(attrs, rng=rng)
             try:
@@ -135,7 +102,7 @@ class Interpreter:
                 what = nonfinite(env[n])
                 if what:
                     for a in args:  # a param or state that was not finite to begin with
-                        if self.graph.op(a) in ("param", "state") and nonfinite(env[a]):
+                        if OPS[self.graph.op(a)].holds in STORED and nonfinite(env[a]):
                             raise numerics_error(self.graph, n, nonfinite(env[a]), env[a], source=a)
                     raise numerics_error(self.graph, n, what, env[n])
         out = {r: env[r] for r in (roots if fetch is None else fetch)}

@@ -22,11 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..ir.errors import DlcError
+from .numerics import NumericsError
 
 
 SYNC_EVERY = 25  # training steps per read of their losses: on a GPU, one wait for the device each
 
-# the settings of a run (flags, the model's `train(...)`, `dlc.compile(seed=...)`): what each must be
+# the settings of a run (flags, the model's `train(...)`, `dlc.compile(seed=...)`): the default when
+# neither gives one, and what each must be
+RUN_DEFAULTS = {"epochs": 10, "batch": 32, "val_split": 0.0, "seed": 0}
 SETTINGS = {
     "epochs": (lambda v: v >= 0, ">= 0"),
     "batch": (lambda v: v >= 1, ">= 1"),
@@ -137,7 +140,6 @@ def data_digest(feeds: dict) -> str:
 
 def with_context(e: DlcError, where: str) -> DlcError:
     """A --check-numerics error (runtime/interp.py's NumericsError) told when it happened."""
-    from .interp import NumericsError
     if isinstance(e, NumericsError):
         e.message += f" {where}"
         e.args = (e.message,)
@@ -154,7 +156,7 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
     (runtime/data.py `save_checkpoint`). `resume`: the metadata of such a checkpoint whose params
     and state the model already holds: training goes on from its epoch, bit for bit as if it had
     never stopped."""
-    from .data import save_checkpoint
+    from .weights import save_checkpoint
     out = out or sys.stdout  # looked up now: a caller (or a test) may have replaced it
     g = model.graph
     rule = accuracy_rule(g, feeds)

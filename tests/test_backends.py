@@ -30,5 +30,5 @@ def test_cuda_graph_needs_the_cuda_backend(backend, capsys, examples_dir):
     rc = main(["run", str(examples_dir / "mlp.dln"), "--backend", backend, "--cuda-graph", "--epochs", "1"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert f"--cuda-graph needs the cuda backend, not {backend}" in err
+    assert f"--cuda-graph: needs backend 'cuda', not '{backend}'" in err  # the API's rule, named by its flag
     assert "Traceback" not in err

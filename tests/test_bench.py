@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import dlc.cli as cli
-from dlc.cli import SPREAD_LIMIT, THREAD_VARS, main, time_stats, unreliable
+import dlc.api as cli_api
+from dlc.cli import main
+from dlc.runtime.bench import SPREAD_LIMIT, THREAD_VARS, time_stats, unreliable
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 COLUMNS = ["phase", "min ms", "median ms", "p10 ms", "p90 ms", "p90/p10"]
@@ -69,7 +70,7 @@ def test_threads_zero_leaves_the_libraries_alone():
 def test_a_scattered_phase_is_reported_unreliable(monkeypatch, capsys):
     for v in THREAD_VARS:  # already pinned: no child process, so the patch below applies
         monkeypatch.setenv(v, "1")
-    monkeypatch.setattr(cli, "unreliable", lambda st, limit=SPREAD_LIMIT: True)
+    monkeypatch.setattr(cli_api, "unreliable", lambda st, limit=SPREAD_LIMIT: True)
     rc = main(["bench", str(EXAMPLES / "xor.dln"), "--backend", "interp", "--iters", "3", "--batch", "4"])
     out = capsys.readouterr().out
     assert rc == 0

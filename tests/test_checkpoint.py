@@ -21,7 +21,8 @@ import pytest
 import dlc
 from dlc.cli import main
 from dlc.ir.errors import DlcError
-from dlc.runtime.data import CHECKPOINT_FILE, load_checkpoint, read_npz, save_checkpoint
+from dlc.runtime.files import read_npz
+from dlc.runtime.weights import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_the_resumed_run_would_differ_without_the_generator_state(work):
     assert run("--epochs", 2, "--checkpoint", "cp") == 0
     m = dlc.compile(work / "ck.dln", backend="interp", seed=3)
     params, state, meta = load_checkpoint(work / "cp", m.graph)
-    from dlc.runtime.data import load_data
+    from dlc.runtime.datafiles import load_data
     from dlc.runtime.train import train
     feeds, n = load_data(work / "d.npz", m.graph)
     for broken in ({"rng": np.random.default_rng(4).bit_generator.state}, {"steps": 0}):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import dlc
 from dlc.codegen import generate
 import importlib
-from dlc.codegen.generate import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS, EMITTERS, RNG_BUFFER, _ewise
+from dlc.codegen.generate import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS, EMITTERS, RNG_BUFFER, _ewise, c_expr
 from dlc.codegen.sizes import Size, broadcast_index, evaluate, gather_index, strides
 from dlc.runtime.emu import emu_available
 from dlc.ir.graph import Graph
@@ -52,7 +52,7 @@ model ew {
 
     u    = x * a + b
     v    = sigmoid(u) - tanh(u) / (exp(-abs(u)) + 1.5)
-    p    = sqrt(b + 1) * log(b + 2) * relu(u) - s * sign(x)
+    p    = sqrt(b + 1) * log(b + 2) * relu(u) - s * sign(x) + leaky_relu(u, slope = 0.2)
     q    = v * p / s
     loss = mse(q, t) + 0.01 * l1(a) + 0.001 * l2(b, s)
 
@@ -253,11 +253,15 @@ def test_kernels_are_preceded_by_their_node_and_dln_line(modules):
 
 
 def test_elementwise_kernels_use_the_registry_expression(modules):
+    """Each elementwise kernel stores the registry's C expression, its attributes written in."""
     for m in modules.values():
         for k in m.kernels:
             d = OPS[k.launch.op]
             if d.family == "elementwise":
-                assert f"out[i] = {d.c};" in m.source.split(f"void {k.name}(")[1].split("\n}\n")[0]
+                want = d.c
+                for name, v in m.graph.attrs(k.launch.node).items():
+                    want = re.sub(rf"\b{name}\b", f"{v!r}f", want) if isinstance(v, float) else want
+                assert f"out[i] = {want};" in m.source.split(f"void {k.name}(")[1].split("\n}\n")[0]
 
 
 def test_step_never_writes_params_state_or_inputs_and_commits_come_last(modules):
@@ -354,8 +358,20 @@ def test_plan_expressions_are_arithmetic_only():
 
 
 def test_ewise_composes_registry_expressions():
-    assert _ewise("abs", "a") == "(fabsf((a)))"
-    assert _ewise("mul", "(a - b)", "x") == "(((a - b)) * (x))"
+    assert _ewise(OPS["abs"].c, "a") == "(fabsf((a)))"
+    assert _ewise(OPS["mul"].c, "(a - b)", "x") == "(((a - b)) * (x))"
+
+
+def test_c_expressions_read_the_attributes_of_their_node():
+    """An elementwise op's C expression names its attributes (`slope`); codegen writes each node's
+    value in as a literal, so one entry serves every slope (a variable named like an attribute
+    inside another identifier is left alone)."""
+    g = dlc.compile("model m { input x : f32[N, 3]\n a = leaky_relu(x, slope = 0.25)\n"
+                    "b = leaky_relu(a)\n output b }", backend="interp").graph
+    assert c_expr(g, "a") == "a > 0.0f ? a : 0.25f * a"
+    assert c_expr(g, "b") == "a > 0.0f ? a : 0.01f * a"  # the default slope
+    src = generate(g).source
+    assert "0.25f * " in src and "0.01f * " in src and "slope" not in src.split("extern")[-1].split("//")[0]
 
 
 # -- the family contract: codegen looks emitters up by family, never by op name -------------------
@@ -364,7 +380,7 @@ def test_every_family_has_an_emitter_and_every_op_a_family():
     assert set(FAMILIES) == set(EMITTERS)
     for name, d in OPS.items():
         assert d.family in FAMILIES, name
-        assert all(k in d.kernel for k in FAMILIES[d.family][0]), name
+        assert all(k in d.kernel for k in FAMILIES[d.family].keys), name
 
 
 def test_codegen_has_no_branch_on_an_op_name():

@@ -208,7 +208,7 @@ def test_dropout_inference_is_identity_and_training_scales_kept_values():
     m = dlc.compile(DROPOUT, backend="interp", float_dtype="float64")
     x = np.random.default_rng(3).random((6, 20)) + 0.5
     np.testing.assert_allclose(m.forward(x=x)["logits"], x @ m.params["w"])
-    h = dlc.ir.ops.OPS["dropout"].ref(x, p=0.5, salt=0, rng=(0, 0))
+    h = dlc.ir.ops.OPS["dropout"].ref(x, p=0.5, salt=0, training=True, rng=(0, 0))
     kept = h != 0
     np.testing.assert_allclose(h[kept], 2 * x[kept])
     np.testing.assert_array_equal(kept, keep_mask(0, 0, 0, x.shape, 0.5))

@@ -191,7 +191,7 @@ def test_deferred_steps_wait_once_for_all(monkeypatch, graphed):
 def test_unread_deferred_steps_are_brought_down_at_the_limit(monkeypatch):
     """A caller that never reads its deferred steps does not hold device buffers forever: at
     MAX_PENDING unread runs they come down (one wait), and their results stay readable."""
-    from dlc.runtime import backends as bk
+    from dlc.runtime import runner as bk
     m, ref, backend = _fake_cuda_mlp(monkeypatch)
     monkeypatch.setattr(bk, "MAX_PENDING", 3)
     rng = np.random.default_rng(3)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.runtime.data import DataOptions, load_data, read_idx
+from dlc.runtime.datafiles import DataOptions, load_data, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "examples" / "mlp.dln"

@@ -20,8 +20,8 @@ class Perturbed(Interpreter):
     name = "emu"
     node = "h"
 
-    def run(self, roots, feeds, commit=False, dims=None, rng=None):
-        out = super().run(roots, feeds, commit=commit, dims=dims, rng=rng)
+    def run(self, roots, feeds, commit=False, dims=None, training=False, rng=None):
+        out = super().run(roots, feeds, commit=commit, dims=dims, training=training, rng=rng)
         return {k: (v * 1.01 if k == self.node else v) for k, v in out.items()}
 
 
@@ -90,9 +90,9 @@ class SeedShifted(Interpreter):
     """The interpreter, but dropout draws from another seed than the one it is given."""
     name = "emu"
 
-    def run(self, roots, feeds, commit=False, dims=None, rng=None):
+    def run(self, roots, feeds, commit=False, dims=None, training=False, rng=None):
         rng = None if rng is None else (rng[0] + 1, rng[1])
-        return super().run(roots, feeds, commit=commit, dims=dims, rng=rng)
+        return super().run(roots, feeds, commit=commit, dims=dims, training=training, rng=rng)
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def float32_rounding(g, state, feeds, roots, rng=None, seed=0) -> dict[str, floa
     does (the order emu's per-thread partial sums follow)."""
     exact = Interpreter(g, np.float64)
     exact.set_state(state)
-    want = exact.run(roots, feeds, rng=rng)
+    want = exact.run(roots, feeds, training=rng is not None, rng=rng)
     r = np.random.default_rng(seed)
     out = dict.fromkeys(roots, 0.0)
     for k in range(2 + ROUNDING_RUNS):
@@ -147,7 +147,7 @@ def float32_rounding(g, state, feeds, roots, rng=None, seed=0) -> dict[str, floa
         with _sequential_sums() if k == 1 else contextlib.nullcontext():
             b = Interpreter(g)
             b.set_state({n: move(v) for n, v in state.items()})
-            got = b.run(roots, {n: move(v) for n, v in feeds.items()}, rng=rng)
+            got = b.run(roots, {n: move(v) for n, v in feeds.items()}, training=rng is not None, rng=rng)
         for x in roots:
             d = np.abs(np.asarray(got[x], np.float64) - np.asarray(want[x], np.float64))
             out[x] = max(out[x], float(d.max(initial=0.0)))
@@ -179,7 +179,8 @@ def sum_bounds(g, state, feeds, roots, rng=None) -> dict[str, float]:
     exact = Interpreter(g, np.float64)
     exact.set_state(state)
     wanted = sorted(set().union(*cones.values()) | set(sums))
-    vals = exact.run([n for n in wanted if g.op(n) not in ("input", "param", "state")], feeds, rng=rng)
+    vals = exact.run([n for n in wanted if g.op(n) not in ("input", "param", "state")], feeds,
+                     training=rng is not None, rng=rng)
     vals.update({n: v for n, v in {**state, **feeds}.items() if n in wanted})
     out = {}
     for r in sums:
@@ -207,8 +208,8 @@ def compare_step(g, emu, batch, seed=0, rng=None, inherited_rounding=False):
         rounding = {k: factor * v for k, v in float32_rounding(g, state, feeds, roots, rng, seed).items()}
         for k, bound in sum_bounds(g, state, feeds, roots, rng).items():
             rounding[k] = max(rounding[k], bound)
-    want = ref.run(roots, feeds, commit=True, rng=rng)
-    got = emu.run(roots, feeds, commit=True, rng=rng)
+    want = ref.run(roots, feeds, commit=True, training=rng is not None, rng=rng)
+    got = emu.run(roots, feeds, commit=True, training=rng is not None, rng=rng)
     for r in roots:
         assert_close(got[r], want[r], f"{r} (batch {batch})", rounding[r])
     assigned = {g.operands(a)[0]: a for a in g.nodes_of("assign")}  # updated state <- its assign
@@ -261,7 +262,8 @@ def test_dropout_masks_agree_and_depend_on_the_step(models):
     feeds = synth_feeds(g, 6, 0)
     dropped = []
     for rng in [(1, 0), (1, 1), None]:
-        want, got = ref.run([d, src], feeds, rng=rng), emu.run([d, src], feeds, rng=rng)
+        mode = dict(training=rng is not None, rng=rng)
+        want, got = ref.run([d, src], feeds, **mode), emu.run([d, src], feeds, **mode)
         assert_close(got[d], want[d], f"dropout {rng}")
         np.testing.assert_array_equal(got[d] == 0, want[d] == 0)   # the very same mask
         dropped.append((got[d] == 0) & (got[src] != 0))
@@ -428,7 +430,7 @@ def test_library_cache_is_keyed_by_source(tmp_path, monkeypatch):
 # -- what a GPU would refuse, the emulator refuses too -------------------------------------------
 
 def test_launch_limits_are_a_gpus():
-    from dlc.runtime.backends import check_launch
+    from dlc.runtime.runner import check_launch
     check_launch("k", [2 ** 31 - 1, 65535, 65535], [1024, 1, 1])
     check_launch("k", [1, 1, 1], [32, 32, 1])
     for grid, block, why in [([1, 65536, 1], [1, 1, 1], "grid.y = 65536"), ([1, 1, 70000], [1, 1, 1], "grid.z"),

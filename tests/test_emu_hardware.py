@@ -28,7 +28,7 @@ import pytest
 import dlc
 from dlc.codegen.generate import Launch, shared_bytes
 from dlc.ir.errors import DlcError
-from dlc.runtime.backends import MAX_STATIC_SHARED, check_launch
+from dlc.runtime.runner import MAX_STATIC_SHARED, check_launch
 from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import EmuBackend, build_library, emu_available
 from dlc.runtime.init import initial_state
@@ -273,7 +273,7 @@ def step_in_orders(g, batch: int = 3) -> dict[str, dict[str, np.ndarray]]:
         for order in ORDERS:
             set_order(emu.lib, order)
             emu.set_state(state)
-            got = emu.run(roots, feeds, commit=True, rng=(0, 1))
+            got = emu.run(roots, feeds, commit=True, training=True, rng=(0, 1))
             got.update({f"updated {k}": v for k, v in emu.get_state().items()})
             out[order] = got
     finally:

@@ -177,7 +177,7 @@ def check_products(g, emu, batch, seed=0):
     nodes = [n for n in g.order() if g.op(n) in PRODUCTS]
     assert nodes
     operands = sorted({a for n in nodes for a in g.operands(n)} - set(state) - set(feeds))
-    got = emu.run(list(dict.fromkeys(nodes + operands)), feeds, rng=(1, 0))
+    got = emu.run(list(dict.fromkeys(nodes + operands)), feeds, training=True, rng=(1, 0))
     vals = {**state, **feeds, **got}
     for n in nodes:
         ref, attrs = OPS[g.op(n)].ref, g.attrs(n)

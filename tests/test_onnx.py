@@ -64,7 +64,7 @@ def randomize(m, rng):
 
 
 def export(m):
-    proto, summary = export_onnx(m.stages["forward"], {k: np.asarray(v) for k, v in m.params.items()})
+    proto, summary = m.to_onnx()
     onnx.checker.check_model(proto, full_check=True)
     return proto, summary
 
@@ -187,7 +187,7 @@ output p = %p
 
 def test_ir_only_ops_export():
     g = parse_ir(IR_OPS)
-    proto, _ = export_onnx(g, {})
+    proto, _ = export_onnx(g, {}, "test")
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(size=(2, 5, 3)).astype(np.float32), "c": rng.normal(size=(1, 3)).astype(np.float32)}
     got = run_onnx(proto, feeds)
@@ -205,7 +205,7 @@ def test_op_without_mapping_is_a_located_error():
 output z = %z
 """)
     with pytest.raises(dlc.DlcError) as ei:
-        export_onnx(g, {})
+        export_onnx(g, {}, "test")
     s = str(ei.value)
     assert s.startswith("m.dln:4:9: error: cannot export to ONNX: op 'relu_grad' (%z) has no ONNX mapping"), s
 

@@ -52,7 +52,7 @@ def test_plot_after_training(tmp_path):
 
 @needs_matplotlib
 def test_plot_without_held_out_data_or_accuracy(tmp_path):
-    from dlc.cli import write_plot
+    from dlc.runtime.writers import write_plot
     out = tmp_path / "loss.png"
     write_plot(out, [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}], "model m")
     check_png(out)

@@ -134,7 +134,7 @@ def test_load_partial_reports_misshaped_and_strict_load_refuses(tmp_path, capsys
     assert report["not_in_file"] == [] and report["not_in_model"] == []
     assert np.array_equal(np.asarray(m.params["h1.w"]), np.asarray(m10.params["h1.w"]))
     assert np.array_equal(np.asarray(m.params["head.w"]), dlc.compile(FINETUNE, backend="interp").params["head.w"])
-    from dlc.runtime.data import partial_report
+    from dlc.runtime.weights import partial_report
     assert partial_report(report) == ("loaded 4 params (h1.w, h1.b, h2.w, h2.b); misshaped: head.w (file [64, 10], model "
                                       "[64, 5]), head.b (file [10], model [5]) (initialised)")
     with pytest.raises(DlcError, match=r"param 'head.w' should be f32\[64, 5\], found shape \[64, 10\]"):

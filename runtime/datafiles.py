@@ -1,90 +1,28 @@
-"""Reading data and weights files, checked against the model's declared inputs and params.
-
-Data comes as `.npz`, IDX (the MNIST format, plain or gzipped) or CSV files (see `load_data`).
-Every problem is a `DlcError` that names the file and the array: a missing file, a file that is
-not an `.npz`, a bad IDX header, a CSV line that does not parse, a missing input, a wrong shape
-or dtype, NaN or infinity in the data, a batch size that differs between inputs, labels out of
-range, weights with missing, extra or misshaped arrays.
+"""Data files as the model's inputs: `.npz`, IDX (the MNIST format, plain or gzipped) and CSV
+(see `load_data`). Every problem is a `DlcError` that names the file and the array: a missing
+file, a file that is not an `.npz`, a bad IDX header, a CSV line that does not parse, a missing
+input, a wrong shape or dtype, NaN or infinity in the data, a batch size that differs between
+inputs, labels out of range.
 """
 from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
-import secrets
 import struct
 import warnings
-import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..ir.errors import DlcError, Loc, file_error
 from ..ir.graph import Graph
+from ..ir.ops import label_operands, out_of_range
 from ..ir.types import fmt_shape
-
-
-def read_npz(path) -> dict[str, np.ndarray]:
-    p = Path(path)
-    if not p.exists():
-        raise file_error(p, "no such file")
-    if p.is_dir():
-        raise file_error(p, "is a directory, expected an .npz file")
-    if not zipfile.is_zipfile(p):
-        raise file_error(p, "not an .npz file (expected a zip archive of .npy arrays, as numpy.savez writes)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except PermissionError:
-        raise file_error(p, "permission denied")
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise file_error(p, f"not a readable .npz file ({type(e).__name__}: {e})")
-
-
-def check_feeds(g: Graph, feeds: dict, where: str = "", check_finite: bool = False,
-                float_dtype="float32", allow_extra: bool = False) -> tuple[dict, dict]:
-    """Check arrays against the model's inputs; returns (feeds cast to the input dtypes, bound dims).
-    `where` prefixes each message (e.g. "inputs: "); `allow_extra` ignores arrays that are not inputs."""
-    unknown = sorted(set(feeds) - set(g.inputs))
-    if unknown and not allow_extra:
-        raise DlcError(f"{where}'{unknown[0]}' is not an input of model {g.meta.name} "
-                       f"(inputs: {', '.join(g.inputs)})")
-    dims: dict[str, tuple[int, str]] = {}
-    out = {}
-    for n in g.inputs:
-        t = g.type(n)
-        if n not in feeds:
-            have = ", ".join(sorted(feeds)) or "nothing"
-            raise DlcError(f"{where}no array for input '{n}' : {t} (it has: {have})")
-        a = np.asarray(feeds[n])
-        if a.ndim != t.rank:
-            raise DlcError(f"{where}input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
-        for d, v in zip(t.shape, a.shape):
-            if isinstance(d, str):
-                if d in dims and dims[d][0] != v:
-                    raise DlcError(f"{where}input '{n}' has {d}={v}, but input '{dims[d][1]}' has "
-                                   f"{d}={dims[d][0]}")
-                dims.setdefault(d, (v, n))
-            elif d != v:
-                raise DlcError(f"{where}input '{n}' should be {t}, found an array of shape {fmt_shape(a.shape)}")
-        if t.dtype == "i32":
-            if a.dtype.kind not in "iu":
-                raise DlcError(f"{where}input '{n}' holds integer labels ({t}), found {a.dtype} values")
-            fits = a.dtype == np.int32 or a.dtype.itemsize < 4  # nothing to check
-            if a.size and not fits and (a.max() > 2**31 - 1 or a.min() < -2**31):
-                raise DlcError(f"{where}input '{n}' has values beyond the i32 range")
-            a = a.astype(np.int32, copy=False)
-        else:
-            if a.dtype.kind not in "fiub":
-                raise DlcError(f"{where}input '{n}' should hold numbers, found {a.dtype}")
-            a = a.astype(float_dtype, copy=False)
-            if check_finite and not np.isfinite(a).all():
-                bad = np.argwhere(~np.isfinite(a))[0]
-                raise DlcError(f"{where}input '{n}' has a NaN or infinity at index {tuple(int(i) for i in bad)}")
-        out[n] = a
-    return out, {k: v for k, (v, _) in dims.items()}
+from .feeds import check_feeds
+from .files import read_npz
 
 
 # -- data files: .npz, IDX (MNIST), CSV ------------------------------------------------------------
@@ -426,23 +364,23 @@ def _normalize(a: np.ndarray, how: str, src, n: str, path) -> np.ndarray:
 
 
 def check_labels_in_range(g: Graph, feeds: dict, files: dict) -> None:
-    """Class labels against every softmax_xent that reads them straight from an input: a label
-    outside 0..C-1 is a data error, named at load time, not when the loss first runs."""
-    for node in g.nodes_of("softmax_xent"):
-        logits, labels = g.operands(node)
-        classes = g.type(logits).shape[1] if g.type(logits).rank == 2 else None
-        if g.op(labels) != "input" or labels not in feeds or not isinstance(classes, int):
+    """Class labels against every op that reads them straight from an input as class indices
+    (softmax_xent): a label outside 0..C-1 is a data error, named at load time, not when the loss
+    first runs."""
+    for labels, classes, node in label_operands(g):
+        if labels not in g.inputs or labels not in feeds or not isinstance(classes, int):
             continue
         y = feeds[labels]
-        if not y.size or (y.min() >= 0 and y.max() < classes):
+        bad = out_of_range(y, classes)
+        if bad is None:
             continue
-        bad = int(y[(y < 0) | (y >= classes)][0])
+        logits = g.operands(node)[0]
         loc = g.loc(node)
         hint = ""
         if y.min() == 1 and y.max() == classes:
             hint = f"; the labels run 1..{classes}: --label-offset 1 makes them 0..{classes - 1}"
         raise file_error(files.get(labels, "data"), f"labels '{labels}': {bad} is out of range for the {classes} "
-                         f"classes of softmax_xent (logits {g.type(logits)})" + (f" at {loc}" if loc else "") + hint)
+                         f"classes of {g.op(node)} (logits {g.type(logits)})" + (f" at {loc}" if loc else "") + hint)
 
 
 class _OneInput:
@@ -450,6 +388,15 @@ class _OneInput:
 
     def __init__(self, g: Graph, n: str):
         self.inputs, self.meta, self.type = [n], g.meta, g.type
+
+
+@dataclass
+class Dataset:
+    """Checked arrays for a model's inputs: `feeds` (input name -> array), `n` examples, and `what`
+    was read (the file names, for messages)."""
+    feeds: dict
+    n: int
+    what: str
 
 
 def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict, int]:
@@ -519,226 +466,3 @@ def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict,
         raise file_error(path, "holds no examples")
     check_labels_in_range(g, feeds, files)
     return feeds, n
-
-
-def check_output(path) -> None:
-    """A `DlcError` unless `path` can become a file: it must not be a folder, and the nearest
-    existing folder above it must be a folder, not a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise file_error(p, "is a folder, expected a file name")
-    for d in p.parents:
-        if d.exists():
-            if not d.is_dir():
-                raise file_error(p, f"cannot create folder {p.parent}: {d} is not a folder")
-            return
-
-
-def atomic_write(path, write, parents: bool = False) -> None:
-    """Write a file through a temporary in the same folder (fsync'd, then renamed over `path`), so a
-    failure leaves nothing half written. The file gets the mode `open()` would give it under the
-    user's umask (0644 under umask 022). `parents` creates missing folders above it."""
-    p = Path(path)
-    check_output(p)
-    if not p.parent.exists():
-        if not parents:
-            raise file_error(p, f"folder {p.parent} does not exist")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise file_error(p, f"cannot create folder {p.parent} ({e.strerror})")
-    while True:
-        tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise file_error(p, f"cannot write ({e.strerror})")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException as e:
-        if tmp.exists():
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise file_error(p, f"cannot write ({e.strerror or e})")
-        raise
-
-
-# -- weights files and checkpoints -------------------------------------------------------------------
-# A weights file holds one array per param, named after it (`w1`, `h1.w`), and, when written with
-# the optimizer state (`dlc run --save`, checkpoints), one array per state node of the optimizer
-# named `state/NAME` (`state/w1.velocity`, `state/adam.beta1_t`, `state/schedule.t`). A checkpoint
-# is such a file plus `checkpoint/meta`, its JSON metadata as bytes (epoch, steps, the training
-# loop's generator), all in ONE file replaced atomically: a reader sees an old or a new checkpoint,
-# never half of one.
-STATE_PREFIX = "state/"
-CHECKPOINT_FILE = "checkpoint.npz"
-CHECKPOINT_META = "checkpoint/meta"
-CHECKPOINT_FORMAT = 1
-
-
-def save_weights(path, params: dict[str, np.ndarray], parents: bool = False,
-                 state: dict[str, np.ndarray] | None = None) -> None:
-    """Params as an .npz, one array per param name, and the optimizer state (when given) as
-    `state/NAME` arrays, written atomically."""
-    arrays = dict(params, **{STATE_PREFIX + k: v for k, v in (state or {}).items()})
-    atomic_write(path, lambda f: np.savez(f, **arrays), parents)
-
-
-def _extra_arrays(name: str) -> bool:
-    """Arrays of a weights file that are not params: optimizer state and checkpoint metadata."""
-    return name.startswith(STATE_PREFIX) or name.startswith("checkpoint/")
-
-
-def _check_param(path, p: str, a: np.ndarray, t) -> np.ndarray:
-    if tuple(a.shape) != t.shape:
-        raise file_error(path, f"param '{p}' should be {t}, found shape {fmt_shape(a.shape)}")
-    if a.dtype.kind != "f":
-        raise file_error(path, f"param '{p}' should hold floats, found {a.dtype}")
-    if not np.isfinite(a).all():
-        raise file_error(path, f"param '{p}' holds NaN or infinity")
-    return a.astype(np.float32)
-
-
-def load_weights(path, g: Graph, arrays: dict | None = None) -> dict[str, np.ndarray]:
-    """Params from an .npz, every name and shape checked against the model (`state/` and
-    `checkpoint/` arrays are not params: see `load_state`)."""
-    arrays = read_npz(path) if arrays is None else arrays
-    want = {p: g.type(p) for p in g.params}
-    missing = [p for p in want if p not in arrays]
-    extra = sorted(k for k in set(arrays) - set(want) if not _extra_arrays(k))
-    hint = "; --load-partial (Model.load_partial) loads the params that match by name and shape"
-    if missing:
-        raise file_error(path, f"no array for param '{missing[0]}' : {want[missing[0]]}"
-                       + (f" ({len(missing)} params missing)" if len(missing) > 1 else "") + hint)
-    if extra:
-        raise file_error(path, f"array '{extra[0]}' is not a param of model {g.meta.name} "
-                       f"(params: {', '.join(want)}){hint}")
-    return {p: _check_param(path, p, arrays[p], t) for p, t in want.items()}
-
-
-def load_state(path, g: Graph, arrays: dict | None = None) -> tuple[dict | None, str]:
-    """The model's optimizer state from a weights file: (state, how) when the file holds every
-    state array of the model (extra ones, of params this model freezes or of another optimizer,
-    are ignored), else (None, why it starts fresh). A state array of the right name but the wrong
-    shape, or not finite, is an error."""
-    arrays = read_npz(path) if arrays is None else arrays
-    have = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
-    want = {n: g.type(n) for n in g.nodes_of("state")}
-    if not want:
-        return None, "the model keeps no optimizer state"
-    if not have:
-        return None, "the file holds no optimizer state"
-    missing = [n for n in want if n not in have]
-    if missing:
-        return None, (f"the file's optimizer state is another optimizer's or schedule's: it has no "
-                      f"'{STATE_PREFIX}{missing[0]}'" + (f" ({len(missing)} missing)" if len(missing) > 1 else ""))
-    out = {}
-    for n, t in want.items():
-        a = have[n]
-        if tuple(a.shape) != t.shape or a.dtype.kind != "f":
-            raise file_error(path, f"optimizer state '{STATE_PREFIX}{n}' should be {t}, found "
-                             f"{a.dtype} of shape {fmt_shape(a.shape)}")
-        if not np.isfinite(a).all():
-            raise file_error(path, f"optimizer state '{STATE_PREFIX}{n}' holds NaN or infinity")
-        out[n] = a.astype(np.float32)
-    return out, f"{len(out)} arrays"
-
-
-def load_weights_by_name(path, g: Graph) -> tuple[dict[str, np.ndarray], dict]:
-    """Partial loading, for transfer learning: every param whose name and shape match an array of
-    the file (any model's weights), and a report: `loaded`, `not_in_file` (initialised as the
-    model says), `not_in_model` (the file's arrays this model has no param for) and `misshaped`
-    ((name, file shape, model shape), skipped). Loading nothing at all is an error."""
-    arrays = read_npz(path)
-    want = {p: g.type(p) for p in g.params}
-    out, report = {}, {"loaded": [], "not_in_file": [], "not_in_model": [], "misshaped": []}
-    for p, t in want.items():
-        if p not in arrays:
-            report["not_in_file"].append(p)
-        elif tuple(arrays[p].shape) != t.shape:
-            report["misshaped"].append((p, list(arrays[p].shape), list(t.shape)))
-        else:
-            out[p] = _check_param(path, p, arrays[p], t)
-            report["loaded"].append(p)
-    report["not_in_model"] = sorted(k for k in arrays if k not in want and not _extra_arrays(k))
-    if not out:
-        raise file_error(path, f"no param of model {g.meta.name} matches an array of this file by name and shape "
-                         f"(params: {', '.join(want)}; arrays: {', '.join(sorted(arrays)) or 'none'})")
-    return out, report
-
-
-def partial_report(report: dict) -> str:
-    """`loaded 4 params (w1, b1, ...); not in the file: out.w (initialised); ...`, one line."""
-    parts = [f"loaded {len(report['loaded'])} param{'s' * (len(report['loaded']) != 1)} "
-             f"({', '.join(report['loaded'])})"]
-    if report["not_in_file"]:
-        parts.append(f"not in the file: {', '.join(report['not_in_file'])} (initialised)")
-    if report["not_in_model"]:
-        parts.append(f"in the file but not in the model: {', '.join(report['not_in_model'])}")
-    if report["misshaped"]:
-        parts.append("misshaped: " + ", ".join(f"{p} (file {fmt_shape(a)}, model {fmt_shape(b)})"
-                                               for p, a, b in report["misshaped"]) + " (initialised)")
-    return "; ".join(parts)
-
-
-def save_checkpoint(folder, params: dict, state: dict, meta: dict) -> Path:
-    """FOLDER/checkpoint.npz: params, `state/` arrays and the JSON `meta`, in one file written
-    through a temporary in FOLDER (fsync'd, renamed over the old checkpoint, the folder fsync'd),
-    so a run killed at any moment leaves the previous checkpoint or the new one, whole."""
-    import json
-    folder = Path(folder)
-    path = folder / CHECKPOINT_FILE
-    blob = np.frombuffer(json.dumps(dict(meta, format=CHECKPOINT_FORMAT)).encode(), np.uint8)
-    arrays = dict(params, **{STATE_PREFIX + k: v for k, v in state.items()}, **{CHECKPOINT_META: blob})
-    atomic_write(path, lambda f: np.savez(f, **arrays), parents=True)
-    try:  # the rename itself reaches the disk
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # folders cannot be opened or fsync'd on some systems; the file itself is whole
-    return path
-
-
-def load_checkpoint(folder, g: Graph) -> tuple[dict, dict, dict]:
-    """(params, state, meta) from FOLDER/checkpoint.npz (or a checkpoint file named directly),
-    every param and state array checked against the model: resuming continues the same run, so
-    the optimizer state must be this model's exactly."""
-    import json
-    folder = Path(folder)
-    path = folder / CHECKPOINT_FILE if folder.is_dir() else folder
-    if not path.exists():
-        raise file_error(path, "no checkpoint here (dlc run --checkpoint DIR writes DIR/checkpoint.npz "
-                         "at the end of every epoch)")
-    arrays = read_npz(path)
-    if CHECKPOINT_META not in arrays:
-        raise file_error(path, "not a checkpoint: it has no 'checkpoint/meta' (a weights file? use --load)")
-    try:
-        meta = json.loads(arrays[CHECKPOINT_META].tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise file_error(path, f"the checkpoint's metadata is not readable JSON ({e})")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise file_error(path, f"checkpoint format {meta.get('format')!r}, this dlc reads {CHECKPOINT_FORMAT}")
-    if meta.get("model") != g.meta.name:
-        raise file_error(path, f"the checkpoint is of model {meta.get('model')!r}, not {g.meta.name!r}")
-    params = load_weights(path, g, arrays)
-    want = {n: g.type(n) for n in g.nodes_of("state")}
-    have = sorted(k[len(STATE_PREFIX):] for k in arrays if k.startswith(STATE_PREFIX))
-    if sorted(want) != have:
-        extra = [k for k in have if k not in want]
-        missing = [k for k in want if k not in have]
-        what = (f"it has optimizer state '{STATE_PREFIX}{extra[0]}' that this model does not keep" if extra
-                else f"it has no optimizer state '{STATE_PREFIX}{missing[0]}'")
-        raise file_error(path, f"the checkpoint does not match model {g.meta.name}'s optimizer: {what} "
-                         f"(was the optimizer, its schedule or a freeze changed?)")
-    state = load_state(path, g, arrays)[0] or {}
-    return params, state, meta
