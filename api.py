@@ -31,10 +31,12 @@ from .codegen import generate
 from .dsl.frontend import lower
 from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
+from .ir.graph import Graph
 from .ir.ops import STORED, UPDATES_STATE
 from .ir.summary import layers as _layers
 from .ir.text import fmt_value, print_ir
 from .ir.types import fmt_shape
+from .ir.verify import verify
 from .passes.fusion import report as fusion_report
 from .passes.manager import LEVELS, PASS_NAMES, run_pipeline
 from .runtime.backends import BACKENDS, make_backend, option_problem, resolve
@@ -254,12 +256,18 @@ class Build:
 
 def build(source, options: Options | None = None, **kw) -> Build:
     """Parse, check and run the pass pipeline: a `Build` (IR at every stage, the generated code).
-    `source` is a `.dln` path or text; `options` an `Options`, or its fields by keyword."""
-    if not isinstance(source, (str, Path)):
-        raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
+    `source` is a `.dln` path or text, or a forward-stage IR `Graph` built in Python (or parsed
+    from IR text); `options` an `Options`, or its fields by keyword."""
+    if not isinstance(source, (str, Path, Graph)):
+        raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
     opts = (replace(options, **kw) if options else Options(**kw)).checked()
-    text, file = read_source(source)
-    g = lower(text, file, opts.model)
+    if isinstance(source, Graph):
+        if source.meta.stage != "forward":
+            raise DlcError(f"source: expected a forward-stage graph, found stage {source.meta.stage!r}")
+        g, file = verify(source.copy()), "<graph>"
+    else:
+        text, file = read_source(source)
+        g = lower(text, file, opts.model)
     if opts.freeze is not None:
         _freeze(g, opts.freeze)
     level = debug_level()
@@ -288,7 +296,7 @@ def _freeze(g, names) -> None:
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False,
             insert_bottlenecks: float | None = None, freeze=None, passes=None) -> "Model":
-    """Compile a `.dln` file (a path) or `.dln` text into a runnable `Model`.
+    """Compile a `.dln` file (a path), `.dln` text or a forward IR graph into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
     `seed`: initial weights (an integer >= 0; default: the model's `train(seed = ...)`, else 0).
@@ -296,8 +304,8 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     step as one captured CUDA graph. `model`, `opt_level`, `check`, `insert_bottlenecks` (CHANGES
     THE MODEL; the report is `Model.rewrite`), `freeze` and `passes` are as `Options` describes.
     Every mistake, in the source or in an argument, raises `DlcError`."""
-    if not isinstance(source, (str, Path)):
-        raise DlcError(f"source: expected a .dln path or .dln text, found {type(source).__name__}")
+    if not isinstance(source, (str, Path, Graph)):
+        raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
     opts = Options(model=model, opt_level=opt_level, passes=passes, freeze=freeze,
                    insert_bottlenecks=insert_bottlenecks, check=check).checked()
     if seed is not None and setting_problem("seed", seed):
@@ -415,7 +423,7 @@ class Model:
         self.rewrite = build.rewrite
         self.name = self.graph.meta.name
         self.backend = backend
-        self.path = None if build.file == "<string>" else build.file
+        self.path = None if build.file in ("<string>", "<graph>") else build.file
         self.float_dtype = np.dtype(float_dtype)
         self._backend = make_backend(backend, self.graph, float_dtype, cuda_graph=cuda_graph)
         self._backend.set_state(initial_state(self.graph, seed))

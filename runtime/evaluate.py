@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.errors import DlcError
+from ..ir.ops import out_of_range
 from .train import accuracy_rule
 
 
@@ -46,8 +47,8 @@ def evaluate_classes(model, feeds: dict, batch: int) -> dict:
             if classes is None:
                 classes = o.shape[1]
             pred, true = np.argmax(o, axis=1), y.astype(np.int64)
-            if true.size and (true.min() < 0 or true.max() >= classes):
-                bad = int(true[(true < 0) | (true >= classes)][0])
+            bad = out_of_range(true, classes)
+            if bad is not None:
                 raise DlcError(f"labels '{label}': {bad} is out of range for the {classes} classes of "
                                f"output '{out_name}'")
         else:
