@@ -839,7 +839,7 @@ class DiffResult:
     """One training step on each backend against interp (runtime/diff.py): `results` (backend ->
     ("skipped", why) or (rows, first diverging node)), `done` and `skipped` backends, the `graph`,
     the `batch` size, `rng` (seed, step) of the training mode, `random` (the model draws random
-    numbers), `tolerance` (atol, rtol)."""
+    numbers), `tolerance` (atol, rtol), `rewrite` (the bottleneck report, or None)."""
     graph: object
     results: dict
     done: list
@@ -848,6 +848,7 @@ class DiffResult:
     rng: tuple
     random: bool
     tolerance: tuple
+    rewrite: list | None = None   # the bottleneck rewrite's report, when it was asked for
 
     @property
     def agree(self) -> bool:
@@ -878,7 +879,7 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
     results = _diff(g, names, initial_state(g, seed), feeds, rng=rng)
     done, skipped = compared(results)
     return DiffResult(g, results, done, skipped, len(next(iter(feeds.values()))), rng, bool(random_nodes(g)),
-                      (ATOL, RTOL))
+                      (ATOL, RTOL), b.rewrite)
 
 
 # the public names: the API itself, and what the `dlc` command takes from the stages through it

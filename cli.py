@@ -235,7 +235,9 @@ def cmd_eval(args) -> int:
     api.check_settings(batch=args.batch)
     if args.metrics_json:
         _check_output("--metrics-json", args.metrics_json)
-    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O)
+    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O,
+                        freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
+    _show_rewrite(model.rewrite)
     batch = model.settings(batch=args.batch).batch
     model.load(args.load)
     data = _read_data(args, model)
@@ -253,7 +255,9 @@ def cmd_export(args) -> int:
     api.require_onnx()  # before compiling: a missing package is the first thing said
     api.check_settings(seed=args.seed)
     _check_output("-o", args.output)
-    model = api.compile(args.file, backend="interp", model=args.model, seed=args.seed)
+    model = api.compile(args.file, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
+                        insert_bottlenecks=args.insert_bottlenecks)
+    _show_rewrite(model.rewrite)
     if args.load:
         model.load(args.load)
     summary = model.export_onnx(args.output)
@@ -264,6 +268,7 @@ def cmd_export(args) -> int:
 # -- diff -------------------------------------------------------------------------------------
 def cmd_diff(args) -> int:
     d = api.diff(args.file, args.backends, batch=args.batch, seed=args.seed, data=args.data, options=_options(args))
+    _show_rewrite(d.rewrite)
     g = d.graph
     atol, rtol = d.tolerance
     print(f"model {g.meta.name}: one step at batch {d.batch}, tolerance |err| <= {atol:g} + {rtol:g}*|ref| against interp")
@@ -300,7 +305,8 @@ def _bench_child(args) -> int:
     argv = ["bench", args.file, "--backend", args.backend, "--batch", str(args.batch), "--iters",
             str(args.iters), "--threads", str(args.threads), "-O", str(args.O)]
     argv += (["--model", args.model] if args.model else []) + (["--cuda-graph"] if args.cuda_graph else []) \
-        + (["--debug"] if args.debug else [])
+        + (["--freeze", args.freeze] if args.freeze else []) + (["--debug"] if args.debug else []) \
+        + ([f"--insert-bottlenecks={args.insert_bottlenecks}"] if args.insert_bottlenecks is not None else [])
     env = dict(os.environ, **{v: str(args.threads) for v in api.THREAD_VARS})
     sys.stdout.flush()
     return subprocess.call([sys.executable, "-m", "dlc.cli", *argv], env=env)
@@ -313,7 +319,9 @@ def cmd_bench(args) -> int:
     if args.threads and any(os.environ.get(v) != str(args.threads) for v in api.THREAD_VARS):
         return _bench_child(args)
     model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model,
-                        opt_level=args.O, cuda_graph=args.cuda_graph)
+                        opt_level=args.O, cuda_graph=args.cuda_graph, freeze=args.freeze,
+                        insert_bottlenecks=args.insert_bottlenecks)
+    _show_rewrite(model.rewrite)
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in api.THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
     print(f"model {model.name}, backend {model.backend}, batch {args.batch}, {args.iters} iterations after warm-up, "
@@ -338,8 +346,15 @@ def cmd_bench(args) -> int:
 
 # -- the parser: each flag declared once --------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
+    """What every command takes: the file, the model in it, how it is built, --debug."""
     p.add_argument("file", help="the .dln model file")
     p.add_argument("--model", help="which model, when the file defines several")
+    p.add_argument("--freeze", metavar="A,B", help="keep these params fixed (no gradient, no update), besides the "
+                   "model's own `freeze`")
+    p.add_argument("--insert-bottlenecks", nargs="?", const=1 / 3, type=float, metavar="R",
+                   help="CHANGES THE MODEL: a 1x1 convolution reducing the channels to a fraction R "
+                        "(default 1/3) before each wide 3x3-or-larger convolution; prints FLOPs and params "
+                        "before and after")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
 
 
@@ -351,13 +366,6 @@ def _backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto (cuda if a GPU is present, else interp), interp, emu, cuda")
 
 
-def _bottleneck_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--insert-bottlenecks", nargs="?", const=1 / 3, type=float, metavar="R",
-                   help="CHANGES THE MODEL: a 1x1 convolution reducing the channels to a fraction R "
-                        "(default 1/3) before each wide 3x3-or-larger convolution; prints FLOPs and params "
-                        "before and after")
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlc", description="dlc: a deep-learning compiler for .dln models "
                                  "(graph IR, autodiff, NumPy reference, CUDA code generation).")
@@ -366,12 +374,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and type-check; print inputs, params (with counts) and outputs")
     _common(p)
-    _bottleneck_flag(p)
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("compile", help="run the pipeline and write artefacts (IR, DOT, CUDA, launch plan)")
     _common(p)
-    _bottleneck_flag(p)
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--emit", default="ir", help=f"comma-separated artefacts: {','.join(api.EMITS)} (default: ir)")
     p.add_argument("--dump-ir-after", metavar="PASS", help="also write the IR after PASS (or all) to OUTPUT/dumps/")
@@ -388,7 +394,6 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train (if the model minimises something) or run inference")
     _common(p)
-    _bottleneck_flag(p)
     _data_flags(p)
     _backend(p)
     p.add_argument("--epochs", type=int, help="passes over the training data (default: model's, else 10)")
@@ -399,8 +404,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load-partial", metavar="W.npz", dest="load_partial",
                    help="transfer learning: start from the params of W.npz (any model's weights) whose name and "
                         "shape match, initialise the others, and report which")
-    p.add_argument("--freeze", metavar="A,B", help="keep these params fixed (no gradient, no update), besides the "
-                   "model's own `freeze`")
     p.add_argument("--save", metavar="W.npz", help="save the trained weights and the optimizer state "
                    "(missing folders are created)")
     p.add_argument("--checkpoint", metavar="DIR", help="after every epoch, write DIR/checkpoint.npz (params, optimizer "
