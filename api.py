@@ -749,8 +749,9 @@ class Model:
         s = settings or self.settings()
         if not self.trainable:
             raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
-        return _train_loop(self, data.feeds, data.n, s.epochs, s.batch, s.val_split, s.seed, progress=progress,
-                     out=out, checkpoint=checkpoint, resume=resume)
+        # steps run in training mode; the held-out data is evaluated in evaluation mode, whatever `training` says
+        return self._in_eval(lambda: _train_loop(self, data.feeds, data.n, s.epochs, s.batch, s.val_split, s.seed,
+                                                 progress=progress, out=out, checkpoint=checkpoint, resume=resume))
 
     def accuracy_rule(self, data: Dataset | None = None):
         """(output, label input, "argmax" or "threshold") that accuracy compares, or None."""

@@ -221,6 +221,21 @@ DROP = """model drop {
 }"""
 
 
+def test_held_out_data_is_evaluated_in_evaluation_mode_whatever_the_mode(train_only_double, tmp_path):
+    """fit's held-out loss is computed with the op in evaluation mode even after m.train()."""
+    src = ("model m {\n input x : f32[N, 2]\n input y : f32[N, 2]\n param w : f32[2, 2] = xavier\n"
+           " h = t_train_double(x @ w)\n loss = mse(h, y)\n output h\n minimize loss with sgd(lr = 0.0)\n}")
+    r = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=r.normal(size=(10, 2)).astype(np.float32), y=np.zeros((10, 2), np.float32))
+    m = dlc.compile(src, backend="interp").train()
+    data = m.read_data(tmp_path / "d.npz")
+    metrics = m.fit(data, m.settings(epochs=1, batch=10, val_split=0.5), progress=False, out=open(tmp_path / "log", "w"))
+    assert m.training  # the caller's mode is left as it was
+    x_val = data.feeds["x"][np.random.default_rng(0).permutation(10)[:5]]  # the split: train.split's rule
+    want = float(np.mean((x_val @ m.params["w"]) ** 2))  # lr 0: w is the initial w; evaluation: no doubling
+    assert metrics["val_loss"] == pytest.approx(want, rel=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["interp", pytest.param("emu", marks=needs_emu)])
 def test_dropout_follows_the_mode_on_every_backend(backend):
     m = dlc.compile(DROP, backend=backend)
