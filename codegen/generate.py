@@ -29,21 +29,11 @@ from ..ir.types import normalize_axes
 from .philox import PHILOX_C
 from .plan import RNG_BUFFER, Buffer, Kernel, Launch, Module, env
 from .shared import shared_bytes
+from .tiles import gemm_tile, split_k
 from .sizes import Size, broadcast_index, capped_div, ceil_div, gather_index, strides, symbols_of
 
 CTYPE = {"f32": "float", "i32": "int", "u32": "unsigned int"}
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
-GEMM_TILE = (64, 64, 16, 8, 8)  # matmul: BM x BN outputs per block, BK-deep slices, TM x TN per thread
-# ... and for a static side too short to fill 64 (a convolution's few channels, 10 classes), a tile
-# that wastes fewer FMAs on rows or columns past the end (`_gemm_tile`); 64 threads in each, at
-# least 8 FMAs per shared-memory load (TM/4 + TN/4 float4 loads for TM x TN FMAs per k step)
-GEMM_SHORT_TILES = [  # (most rows, most columns) -> tile, the first that fits
-    ((32, 32), (32, 32, 16, 4, 4)),
-    ((16, None), (16, 128, 16, 4, 8)),
-    ((32, None), (32, 64, 16, 4, 8)),
-    ((None, 16), (128, 16, 16, 8, 4)),
-    ((None, 32), (64, 32, 16, 8, 4)),
-]
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
 POINTWISE = POINTWISE_FAMILIES   # families a fusion group computes inline (the registry's FAMILIES)
 INLINED = INLINED_FAMILIES       # families whose value a fused kernel writes as a literal
@@ -51,18 +41,6 @@ STORE_HOOK = EPILOGUE_FAMILIES   # families whose template ends in store.cu.j2
 UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
-# Split-K (`_Generator._gemm`): a product whose output is static and has fewer tiles than
-# SPLIT_TARGET_BLOCKS (a weight gradient: its K runs over the batch, or over batch x pixels for a
-# convolution) would leave most of a GPU idle, each block walking a long K alone. It sums K in S
-# parts instead, one per blockIdx.z, and a second kernel adds the S partial tiles in a fixed order
-# (no atomics: the same step gives the same bits, as `--resume` promises). S brings the blocks up
-# to about one wave on an H100 (132 SMs), each part keeping at least SPLIT_MIN_K of K (the
-# estimate, a symbol taken as Size.estimate's guess) so that its FMAs (SPLIT_MIN_K per output)
-# outweigh the round trip of its partial tile through the workspace (2 accesses per output).
-SPLIT_TARGET_BLOCKS = 132
-SPLIT_MIN_K = 32
-SPLIT_MIN_PARTS = 4  # fewer parts save at most 1/2..2/3 of a product short enough to have them:
-                     # less than the second launch costs (mlp's weight gradients, K = batch, stay whole)
 # Reductions in two launches (`emit_reduce`, `emit_xent`): stage 1 spreads one output's elements
 # over many blocks, each writing its partial sum to a workspace; stage 2 adds the partials in a
 # fixed order (no atomics: the same step gives the same bits, as `--resume` promises). How many
@@ -953,9 +931,9 @@ class _Generator:
         static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
         long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
         workspace, then a second kernel adds them in order and does the store (epilogue, concat)."""
-        BM, BN, BK, TM, TN = tile = _gemm_tile(M, N)
+        BM, BN, BK, TM, TN = tile = gemm_tile(M, N)
         threads = (BM // TM) * (BN // TN)
-        splits = _splits(M, K, N, tile) if batch == 1 else 1
+        splits = split_k(M, K, N, tile) if batch == 1 else 1
         ctx = dict(M=M.c(), N=N.c(), K=K.c(), BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, threads=threads,
                    a_index=a_index, b_index=b_index, out_index=out_index, what=what, a_in=a_in, b_in=b_in,
                    a_fast=a_fast, b_fast=b_fast, b_lets=list(b_lets), b_valid=b_valid, splits=splits,
@@ -1050,26 +1028,6 @@ def _pair(v) -> tuple:
 def _fours(stride: Size) -> bool:
     """A static row length that is a multiple of 4 floats (16 bytes): float4 loads stay aligned."""
     return stride.static is not None and stride.static % 4 == 0
-
-
-def _gemm_tile(M: Size, N: Size) -> tuple:
-    """(BM, BN, BK, TM, TN) for an M x N product: GEMM_TILE, unless a static side is short."""
-    def within(size: Size, most) -> bool:
-        return most is None or (size.static is not None and size.static <= most)
-    return next((tile for (rows, cols), tile in GEMM_SHORT_TILES if within(M, rows) and within(N, cols)), GEMM_TILE)
-
-
-def _splits(M: Size, K: Size, N: Size, tile=GEMM_TILE) -> int:
-    """How many parts split-K sums K in (1: no split): for a static output of fewer tiles than
-    SPLIT_TARGET_BLOCKS, enough parts to bring the blocks up to it, each part at least
-    SPLIT_MIN_K of K's estimate, and no split into fewer than SPLIT_MIN_PARTS. An output that
-    grows with the batch fills the GPU by itself."""
-    BM, BN = tile[:2]
-    if M.static is None or N.static is None:
-        return 1
-    tiles = -(-M.static // BM) * -(-N.static // BN)
-    parts = min(-(-SPLIT_TARGET_BLOCKS // tiles), K.estimate() // SPLIT_MIN_K)
-    return parts if parts >= SPLIT_MIN_PARTS else 1
 
 
 def _coords(flat: str, inner: list[int]) -> list[str]:
