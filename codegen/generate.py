@@ -27,10 +27,11 @@ from ..ir.ops import EPILOGUE_FAMILIES, INLINED_FAMILIES, OPS, POINTWISE_FAMILIE
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
 from .philox import PHILOX_C
+from .memory import plan_memory
 from .plan import RNG_BUFFER, Buffer, Kernel, Launch, Module, env
 from .shared import shared_bytes
-from .tiles import gemm_tile, split_k
 from .sizes import Size, broadcast_index, capped_div, ceil_div, gather_index, strides, symbols_of
+from .tiles import gemm_tile, split_k
 
 CTYPE = {"f32": "float", "i32": "int", "u32": "unsigned int"}
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
@@ -80,50 +81,6 @@ def generate(graph: Graph, reuse: bool | None = None) -> Module:
     if graph.meta.groups if reuse is None else reuse:
         plan_memory(mod)
     return mod
-
-
-def plan_memory(mod: "Module") -> None:
-    """Reuse temp buffers by liveness. A temp lives from the launch that writes it first to the
-    last launch that reads it (step and commit phases in their order); values the model hands
-    out (outputs, loss, gradients, assigned values) and the dropout key live throughout. Walking
-    the launches in order, a temp takes a free slot of the same dtype and size (symbols included,
-    so one plan serves every batch size) whose last occupant's life ended at an earlier launch, so
-    no kernel reads and writes one buffer; otherwise it opens a new slot. Slots are named @s0,
-    @s1, ... and take the shape of their first occupant."""
-    g = mod.graph
-    m = g.meta
-    wanted = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads.values())
-    wanted += [n for n in g.nx if OPS[g.op(n)].family == "assign"]
-    keep = {mod.node_buffer[n] for n in wanted if n in mod.node_buffer}
-    first, last = {}, {}
-    for i, l in enumerate(mod.launches):
-        for b in l.args:
-            if mod.buffers[b].kind == "temp":
-                first.setdefault(b, i)
-                last[b] = i
-    slot_of: dict[str, str] = {}
-    free: dict[tuple, list] = {}      # (dtype, size) -> [(slot, launch index its occupant dies at)]
-    ends: dict[str, int] = {}         # slot -> last launch of its current occupant
-    order = sorted(first, key=first.get)
-    for b in order:
-        if b in keep:
-            continue
-        buf = mod.buffers[b]
-        key = (buf.dtype, Size.of(buf.shape))
-        pool = free.setdefault(key, [])
-        slot = next((s for s in pool if ends[s] < first[b]), None)
-        if slot is None:
-            slot = f"@s{len(ends)}"
-            pool.append(slot)
-            mod.buffers[slot] = Buffer(slot, buf.dtype, list(buf.shape), "temp")
-        ends[slot] = last[b]
-        slot_of[b] = slot
-    for b in slot_of:
-        del mod.buffers[b]
-    for l in mod.launches:
-        l.args = [slot_of.get(a, a) for a in l.args]
-    mod.node_buffer = {n: slot_of.get(b, b) for n, b in mod.node_buffer.items()}
-    mod.reused |= {n for n, b in mod.node_buffer.items() if b.startswith("@s")}
 
 
 class _Generator:
