@@ -23,10 +23,11 @@ import re
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import EPILOGUE_FAMILIES, INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
+from ..ir.ops import INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
 from ..ir.text import fmt_attrs
 from ..ir.types import normalize_axes
 from .philox import PHILOX_C
+from .concat import plan_concats
 from .memory import plan_memory
 from .plan import RNG_BUFFER, Buffer, Kernel, Launch, Module, env
 from .shared import shared_bytes
@@ -38,7 +39,6 @@ ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kerne
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
 POINTWISE = POINTWISE_FAMILIES   # families a fusion group computes inline (the registry's FAMILIES)
 INLINED = INLINED_FAMILIES       # families whose value a fused kernel writes as a literal
-STORE_HOOK = EPILOGUE_FAMILIES   # families whose template ends in store.cu.j2
 UPDATE_SEGMENTS = 8          # optimizer updates (one per param) handled by one multi-tensor kernel
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
@@ -97,8 +97,8 @@ class _Generator:
         self._folding: dict | None = None   # operand -> its producers, while a reduction is emitted with them
         self._folded_comment, self._folded_stem = None, None
         self.inplace: dict[str, str] = {}    # assign -> target that an update group writes in place
-        self.concats: set[str] = set()       # concats whose parts are stored into their buffer
-        self.into: dict[str, tuple] = {}     # part -> (concat, C index of element j in the concat)
+        self.concats = plan_concats(graph)   # concats whose parts are stored into their buffer
+        self.into = self.concats.parts       # part -> its Place in a concat's buffer
         self.unkept: set[str] = set()        # values stored only inside a concat's buffer
 
     def run(self) -> Module:
@@ -112,13 +112,14 @@ class _Generator:
                 for a in g.users(m):
                     if OPS[g.op(a)].family == "assign":
                         self.inplace[a] = self.node_buffer[a] = self.node_buffer[m] = g.operands(a)[0]
-        if g.meta.groups:
-            self._plan_concats(member_of)
+        for c in self.concats.eliminated:
+            t = g.type(c)
+            self.buffers[c] = Buffer(c, t.dtype, list(t.shape), "temp")
         for n in g.order():
             op = g.op(n)
             if op not in OPS:
                 raise DlcError(f"codegen: unknown op '{op}'", g.loc(n))
-            if n in self.concats:  # every part was stored into it by its producer
+            if n in self.concats.eliminated:  # every part was stored into it by its producer
                 self.node_buffer[n] = n
                 continue
             if n in member_of:
@@ -150,52 +151,12 @@ class _Generator:
         return mod
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _plan_concats(self, member_of: dict) -> None:
-        """Concat elimination (-O2): when every part of a concat is computed by a kernel whose
-        store can be redirected (a fusion group's root, or a matmul or convolution) and is used
-        by the concat alone, each of those kernels writes its part straight into its slice of the
-        concat's buffer, and no concat kernel runs. (Its adjoint's slices are read in place by
-        the fused kernels that consume them.)"""
-        g = self.g
-        m = g.meta
-        wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values())
-        for c in g.order():
-            if OPS[g.op(c)].family != "concat" or c in member_of:
-                continue
-            parts = g.operands(c)
-            shape = g.type(c).shape
-            axis = normalize_axes(g.attrs(c)["axis"], len(shape))[0]
-            inner = Size.of(shape[axis + 1:])
-            if len(set(parts)) != len(parts) or not all(self._redirectable(v, c, member_of, wanted) for v in parts):
-                continue
-            t = g.type(c)
-            self.buffers[c] = Buffer(c, t.dtype, list(t.shape), "temp")
-            self.concats.add(c)
-            start = 0
-            for v in parts:
-                length = g.type(v).shape[axis]
-                span, total, off = (Size(length) * inner).c(), (Size(shape[axis]) * inner).c(), (Size(start) * inner).c()
-                self.into[v] = (c, lambda j, s=span, t=total, o=off: f"(({j}) / {s}) * {t} + {o} + ({j}) % {s}")
-                start += length
-
-    def _redirectable(self, v: str, c: str, member_of: dict, wanted: set) -> bool:
-        """A part can be stored into the concat when its kernel's store can be redirected and
-        every other reader is a fusion group, which loads it from its slice (`_pointwise_body`)."""
-        g = self.g
-        others = [u for u in g.users(v) if u != c]
-        if v in wanted or g.meta.groups.get(member_of.get(v), ("",))[0] == "update" or list(
-                g.operands(c)).count(v) != 1 or any(u not in member_of or u == v for u in others):
-            return False
-        if member_of.get(v) == v:  # a group's root: its kernel is pointwise.cu.j2 or a product's
-            return True
-        return v not in member_of and OPS[g.op(v)].family in STORE_HOOK
-
     def _temp(self, n: str) -> str:
         if self._epilogue and n == self._epilogue["producer"]:
             n = self._epilogue["root"]  # the product's value lives only in registers
-        if n in self.into:  # stored into its slice of a concat's buffer (see _plan_concats)
+        if n in self.into:  # stored into its slice of a concat's buffer (see concat.py)
             self.unkept.add(n)
-            return self.into[n][0]
+            return self.into[n].concat
         t = self.g.type(n)
         self.buffers[n] = Buffer(n, t.dtype, list(t.shape), "temp")
         self.node_buffer[n] = n
@@ -246,9 +207,9 @@ class _Generator:
             n, ins, stem = epi["root"], ins + epi["bufs"], epi["stem"] or stem
             extra_dims, comment = tuple(extra_dims) + tuple(epi["dims"]), epi["comment"]
         # where element j of the value goes: its place, or its slice of a concat's buffer
-        ctx["dest"] = self.into[n][1] if n in self.into and not partial else (lambda j: j)
+        ctx["dest"] = self.into[n].index if n in self.into and not partial else (lambda j: j)
         if n in self.into and not partial:
-            comment = (comment or self._comment(n, what)) + [f"stores into its slice of %{self.into[n][0]} (concat elimination)"]
+            comment = (comment or self._comment(n, what)) + [f"stores into its slice of %{self.into[n].concat} (concat elimination)"]
         dims = sorted(set(symbols_of(*[self.buffers[b].shape for b in [out] + ins])) | set(extra_dims))
         name = self._kernel_name(stem or f"{self.g.op(n)}_{n}")
         params = [f"{CTYPE[self.buffers[out].dtype]}* __restrict__ out"]
@@ -393,7 +354,7 @@ class _Generator:
                     var = f"{prefix}x{len(bufs)}"
                     at = broadcast_index(index, shape, g.type(a).shape)
                     if a in self.into:  # stored in its slice of a concat's buffer
-                        buf, at = self.into[a][0], self.into[a][1](at)
+                        buf, at = self.into[a].concat, self.into[a].index(at)
                     else:
                         buf = self.node_buffer[a]
                     loads.append((var, slot0 + len(bufs), at))
