@@ -20,6 +20,7 @@ So, as in the interpreter, every read in a step sees the old parameters.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field, replace
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
@@ -83,6 +84,39 @@ def generate(graph: Graph, reuse: bool | None = None) -> Module:
     return mod
 
 
+@dataclass(frozen=True)
+class Epilogue:
+    """A fusion group (rule `epilogue`) finishing a product's kernel: its other members are
+    computed from the accumulator `acc` just before the one store (store.cu.j2's hook), and the
+    kernel stores the group's root instead of the product. `bufs` are the buffers the members
+    load, passed after the product's own operands; `loads`, `lets` and `expr` are C (see
+    `_pointwise_body`); `dims` the symbols they need."""
+    producer: str
+    root: str
+    bufs: list
+    loads: list
+    lets: list
+    expr: str
+    dims: list
+
+
+@dataclass(frozen=True)
+class Emission:
+    """What an emitter is asked to emit besides its node: a plain kernel (`PLAIN`), or the kernel
+    of a fusion group whose root or producer the node is. `epilogue`: the group runs on a
+    product's accumulator (rule `epilogue`); `prologue`: operand -> the group members that compute
+    it, in graph order, computed where a reduction reads it (rule `reduce`); `comment` and `stem`:
+    the group's comment lines and kernel-name stem (None: the node's own) for the kernel that
+    stores its value (a reduction's first stage too)."""
+    epilogue: Epilogue | None = None
+    prologue: dict = field(default_factory=dict)
+    comment: list | None = None
+    stem: str | None = None
+
+
+PLAIN = Emission()
+
+
 class _Generator:
     def __init__(self, graph: Graph):
         self.g = graph
@@ -93,9 +127,6 @@ class _Generator:
         self.bodies: dict[tuple, Kernel] = {}
         self.names: set[str] = set()
         self.commits: list[str] = []     # assigns, committed after every kernel of the step
-        self._epilogue: dict | None = None  # set while a product's kernel is emitted with a group
-        self._folding: dict | None = None   # operand -> its producers, while a reduction is emitted with them
-        self._folded_comment, self._folded_stem = None, None
         self.inplace: dict[str, str] = {}    # assign -> target that an update group writes in place
         self.concats = plan_concats(graph)   # concats whose parts are stored into their buffer
         self.into = self.concats.parts       # part -> its Place in a concat's buffer
@@ -132,7 +163,7 @@ class _Generator:
             emit = EMITTERS.get(family)
             if emit is None:
                 raise DlcError(f"codegen: no emitter for kernel family '{family}' (op {op})", g.loc(n))
-            emit(self, n)
+            emit(self, n, PLAIN)
         for i in range(0, len(updates), UPDATE_SEGMENTS):  # after the step, before the copies
             self.emit_updates(updates[i:i + UPDATE_SEGMENTS])
         for n in self.commits:
@@ -151,9 +182,11 @@ class _Generator:
         return mod
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _temp(self, n: str) -> str:
-        if self._epilogue and n == self._epilogue["producer"]:
-            n = self._epilogue["root"]  # the product's value lives only in registers
+    def _temp(self, n: str, em: Emission = PLAIN) -> str:
+        """The buffer node `n`'s kernel stores into, made on first use: its own temp, its slice of
+        a concat's buffer, or (for a product with an epilogue) the group root's."""
+        if em.epilogue and n == em.epilogue.producer:
+            n = em.epilogue.root  # the product's value lives only in registers
         if n in self.into:  # stored into its slice of a concat's buffer (see concat.py)
             self.unkept.add(n)
             return self.into[n].concat
@@ -195,17 +228,18 @@ class _Generator:
 
     def _add(self, n: str, template: str, ctx: dict, out: str, ins: list[str], grid, block,
              barriers=False, phase="step", stem=None, what=None, extra_dims=(), comment=None, consts=(),
-             partial=False) -> Kernel:
+             partial=False, em: Emission = PLAIN) -> Kernel:
         """Add a kernel for node `n` writing buffer `out` and reading buffers `ins`; it takes the
         symbols of their shapes (and `extra_dims`) as `int dim_<symbol>` arguments, then `consts`
         as `int off0, off1, ...` (values the body names instead of writing them as literals).
         `partial`: the first of a node's two launches, writing a workspace (`_workspace`): no
-        fused epilogue and no concat redirection, which belong to the launch that stores the value."""
-        epi = self._epilogue if self._epilogue and n == self._epilogue["producer"] and not partial else None
+        fused epilogue and no concat redirection, which belong to the launch that stores the value.
+        `em`: a product's kernel with an epilogue (`Emission`) stores the group's root."""
+        epi = em.epilogue if em.epilogue and n == em.epilogue.producer and not partial else None
         ctx = dict(ctx, epilogue=epi)
         if epi:  # the product's kernel, finishing with its fusion group (see emit_group)
-            n, ins, stem = epi["root"], ins + epi["bufs"], epi["stem"] or stem
-            extra_dims, comment = tuple(extra_dims) + tuple(epi["dims"]), epi["comment"]
+            n, ins, stem = epi.root, ins + epi.bufs, em.stem or stem
+            extra_dims, comment = tuple(extra_dims) + tuple(epi.dims), em.comment
         # where element j of the value goes: its place, or its slice of a concat's buffer
         ctx["dest"] = self.into[n].index if n in self.into and not partial else (lambda j: j)
         if n in self.into and not partial:
@@ -279,12 +313,12 @@ class _Generator:
                 and all(index == "i" and self.buffers[ins[slot]].dtype == "f32" for _, slot, index in loads))
 
     # -- families --------------------------------------------------------------------------------
-    def emit_source(self, n):  # input, param, state: a buffer of their own, no kernel
+    def emit_source(self, n, em: Emission = PLAIN):  # input, param, state: a buffer of their own, no kernel
         t = self.g.type(n)
         self.buffers[n] = Buffer(n, t.dtype, list(t.shape), self.g.op(n))
         self.node_buffer[n] = n
 
-    def emit_elementwise(self, n):
+    def emit_elementwise(self, n, em: Emission = PLAIN):
         g = self.g
         out_shape = g.type(n).shape
         loads = [(var, i, broadcast_index("i", out_shape, g.type(a).shape))
@@ -306,23 +340,16 @@ class _Generator:
         if rule == "reduce":  # pointwise producers computed inside the reduction's loop
             red = root
             inputs = [a for a in g.operands(red) if a in members]
-            self._folding = {a: _within(g, a, set(members)) for a in inputs}
-            self._folded_comment, self._folded_stem = comment, stem
-            try:
-                EMITTERS[OPS[g.op(red)].family](self, red)
-            finally:
-                self._folding, self._folded_comment, self._folded_stem = None, None, None
+            prologue = {a: _within(g, a, set(members)) for a in inputs}
+            EMITTERS[OPS[g.op(red)].family](self, red, Emission(prologue=prologue, comment=comment, stem=stem))
             return
         if rule == "epilogue":
             producer = next(m for m in members if OPS[g.op(m)].family not in POINTWISE)
             slots = len(g.operands(producer))  # the product's own inputs come first
             rest = [m for m in members if m != producer]
             body = self._pointwise_body(rest, root, "ei", slots, {producer: "acc"})
-            self._epilogue = dict(producer=producer, root=root, comment=comment, stem=stem, **body)
-            try:
-                EMITTERS[OPS[g.op(producer)].family](self, producer)
-            finally:
-                self._epilogue = None
+            epilogue = Epilogue(producer, root, body["bufs"], body["loads"], body["lets"], body["expr"], body["dims"])
+            EMITTERS[OPS[g.op(producer)].family](self, producer, Emission(epilogue, comment=comment, stem=stem))
             return
         consts: list[int] = []
         body = self._pointwise_body(members, root, "i", 0, {}, consts=consts)
@@ -432,24 +459,24 @@ class _Generator:
         t = self.g.type(self.g.operands(n)[0])
         return Size.of(t.shape[a] for a in normalize_axes(self.g.attrs(n)["axis"], t.rank))
 
-    def emit_const(self, n):
+    def emit_const(self, n, em: Emission = PLAIN):
         value = float(self.g.attrs(n)["value"])
         self._add(n, "const.cu.j2", dict(value=_c_float(value)), self._temp(n), [], [1, 1, 1], [1, 1, 1])
 
-    def emit_size(self, n):
+    def emit_size(self, n, em: Emission = PLAIN):
         count = self._count(n)
         # the operand is not read, only its (possibly symbolic) shape: pass no buffer for it
         self._add(n, "const.cu.j2", dict(value=f"(float){count.c()}"), self._temp(n), [], [1, 1, 1], [1, 1, 1],
                   extra_dims=count.syms)
 
-    def emit_alias(self, n):  # reshape: the operand's buffer under another shape
+    def emit_alias(self, n, em: Emission = PLAIN):  # reshape: the operand's buffer under another shape
         self.node_buffer[n] = self.node_buffer[self.g.operands(n)[0]]
 
     def _copy(self, n, index: str):
         """A layout op: out[i] = in0[index(i)]."""
         self._pointwise(n, self._temp(n), [self.node_buffer[self.g.operands(n)[0]]], "a", [("a", 0, index)])
 
-    def emit_transpose(self, n):
+    def emit_transpose(self, n, em: Emission = PLAIN):
         g = self.g
         out_shape, in_shape = g.type(n).shape, g.type(g.operands(n)[0]).shape
         perm = g.attrs(n)["perm"]
@@ -457,7 +484,7 @@ class _Generator:
         st = strides(in_shape)
         self._copy(n, gather_index("i", out_shape, [st[p] for p in perm]))
 
-    def emit_broadcast(self, n):
+    def emit_broadcast(self, n, em: Emission = PLAIN):
         g = self.g
         self._copy(n, broadcast_index("i", g.type(n).shape, g.type(g.operands(n)[0]).shape))
 
@@ -480,7 +507,7 @@ class _Generator:
         """A slice's start offset when it is a number (it is unless a later axis is symbolic)."""
         return self._slice_start(n).static
 
-    def emit_slice(self, n):
+    def emit_slice(self, n, em: Emission = PLAIN):
         # the offset is an argument, so the slices of one tensor at different places (the steps
         # of a scan, the adjoint of a concat) are one kernel however many there are
         off = self.slice_offset(n)
@@ -490,7 +517,7 @@ class _Generator:
         self._pointwise(n, self._temp(n), [self.node_buffer[self.g.operands(n)[0]]], "a",
                         [("a", 0, self._slice_index(n, "i", "off0"))], consts=[off])
 
-    def emit_pad(self, n):
+    def emit_pad(self, n, em: Emission = PLAIN):
         """out[..., c, ...] = in0[..., c - start, ...] where start <= c < start + length, else 0."""
         g = self.g
         out_shape = g.type(n).shape
@@ -503,7 +530,7 @@ class _Generator:
         self._add(n, "pad.cu.j2", ctx, self._temp(n), self._ins(n), [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1],
                   [ELEMENTWISE_BLOCK, 1, 1])
 
-    def emit_concat(self, n):
+    def emit_concat(self, n, em: Emission = PLAIN):
         """out[..., c, ...] along the axis comes from the operand whose range holds c."""
         g = self.g
         out_shape = g.type(n).shape
@@ -519,7 +546,7 @@ class _Generator:
         self._add(n, "concat.cu.j2", ctx, self._temp(n), self._ins(n), [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1],
                   [ELEMENTWISE_BLOCK, 1, 1])
 
-    def emit_dropout(self, n):
+    def emit_dropout(self, n, em: Emission = PLAIN):
         """Training (rng[2] != 0): keep x * 1/(1-p) where Philox's uniform >= p; inference: x."""
         if RNG_BUFFER not in self.buffers:
             self.buffers[RNG_BUFFER] = Buffer(RNG_BUFFER, "u32", [3], "rng")
@@ -542,7 +569,7 @@ class _Generator:
         return [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
                 ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("DH", dh), ("DW", dw)]
 
-    def _convolution(self, n, x, y, w, which):
+    def _convolution(self, n, x, y, w, which, em: Emission):
         """A convolution or one of its adjoints as an implicit GEMM: the tiled product (`_gemm`),
         its operands read in place through index arithmetic (no im2col matrix is built), given the
         input x, the output-side tensor y (the output, or the adjoint g) and the kernel w [O, C,
@@ -595,7 +622,7 @@ class _Generator:
             at = _affine([(im, C * Q), (ch, Q), (at, 1)])
             self._gemm(n, Size(O), Size(C * T), pixels, _affine([("row", C * T), ("ka", 1)]), at,
                        flat("col", P, O * P), f"conv_{n}", "w @ the taps of x, K over (channel, tap)", "in1", "in0",
-                       b_lets=_used(lets, at, valid), b_valid=valid)
+                       b_lets=_used(lets, at, valid), b_valid=valid, em=em)
         elif which == "grad_x":   # dx[b, c, q] = sum over (o, fy, fx) of w[o, c, fy, fx] g[b, o, ty / SH, tx / SW]
             im, iy, ix = (let(v, e) for v, e in zip(("im", "iy", "ix"), _coords("col", [H, W])))
             oc, fy, fx = (let(v, e) for v, e in zip(("oc", "fy", "fx"), _coords("kb", [KH, KW])))
@@ -612,35 +639,35 @@ class _Generator:
             self._gemm(n, Size(C), Size(O * T), Size.of([images]) * Size(Q),
                        _affine([(o_of, C * T), ("row", T), (tap_of, 1)]), at, flat("col", Q, C * Q),
                        f"conv_grad_x_{n}", "w^T @ g, K over (output channel, tap)", "in1", "in0",
-                       a_fast="m" if T == 1 else "k", b_lets=_used(lets, at, valid), b_valid=valid)
+                       a_fast="m" if T == 1 else "k", b_lets=_used(lets, at, valid), b_valid=valid, em=em)
         else:                     # dw[o, c, fy, fx] = sum over (b, oy, ox) of g[b, o, oy, ox] x[b, c, iy, ix]
             im, ch, at, valid = taps("kb", "col")
             at = _affine([(im, C * Q), (ch, Q), (at, 1)])
             self._gemm(n, Size(O), pixels, Size(C * T), flat("ka", P, O * P), at, "row * N + col",
                        f"conv_grad_w_{n}", "g @ the taps of x^T, K over (image, output pixel)", "in1", "in0",
-                       b_fast="k", b_lets=_used(lets, at, valid), b_valid=valid)
+                       b_fast="k", b_lets=_used(lets, at, valid), b_valid=valid, em=em)
 
-    def emit_conv(self, n):  # (x, w) -> y
+    def emit_conv(self, n, em: Emission = PLAIN):  # (x, w) -> y
         x, w = self.g.operands(n)
-        self._convolution(n, x, n, w, "forward")
+        self._convolution(n, x, n, w, "forward", em)
 
-    def emit_conv_grad_x(self, n):  # (g, w, x) -> dx
+    def emit_conv_grad_x(self, n, em: Emission = PLAIN):  # (g, w, x) -> dx
         gy, w, x = self.g.operands(n)
-        self._convolution(n, x, gy, w, "grad_x")
+        self._convolution(n, x, gy, w, "grad_x", em)
 
-    def emit_conv_grad_w(self, n):  # (x, g, w) -> dw
+    def emit_conv_grad_w(self, n, em: Emission = PLAIN):  # (x, g, w) -> dw
         x, gy, w = self.g.operands(n)
-        self._convolution(n, x, gy, w, "grad_w")
+        self._convolution(n, x, gy, w, "grad_w", em)
 
     def _pool(self, n, x, y_shape):
         a = self.g.attrs(n)
         consts = self._geometry(self.g.type(x).shape, y_shape, a, _pair(a["kernel"]))
         self._per_element(n, OPS[self.g.op(n)].kernel["template"], consts)
 
-    def emit_pool(self, n):  # (x) -> y, one thread per output
+    def emit_pool(self, n, em: Emission = PLAIN):  # (x) -> y, one thread per output
         self._pool(n, self.g.operands(n)[0], self.g.type(n).shape)
 
-    def emit_pool_grad(self, n):  # (g, x, ...) -> dx, one thread per element of x
+    def emit_pool_grad(self, n, em: Emission = PLAIN):  # (g, x, ...) -> dx, one thread per element of x
         gy, x = self.g.operands(n)[:2]
         self._pool(n, x, self.g.type(gy).shape)
 
@@ -649,7 +676,7 @@ class _Generator:
         self._add(n, template, dict(consts=consts, size=size.c()), self._temp(n), self._ins(n),
                   [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])
 
-    def emit_assign(self, n):
+    def emit_assign(self, n, em: Emission = PLAIN):
         if n in self.inplace:  # an update group writes the target itself: nothing to commit
             return
         self.commits.append(n)
@@ -665,7 +692,7 @@ class _Generator:
         self._pointwise(n, target, [self.node_buffer[n]], "a", [("a", 0, "i")], stem=f"commit_{n}",
                         phase="commit", what=f"commit: the new value of %{target}, after every read of the old")
 
-    def emit_reduce(self, n):  # sum, mean, l1, l2, mse
+    def emit_reduce(self, n, em: Emission = PLAIN):  # sum, mean, l1, l2, mse
         g = self.g
         op, args = g.op(n), g.operands(n)
         shape = g.type(args[0]).shape
@@ -685,7 +712,7 @@ class _Generator:
         kernel = OPS[op].kernel
         # an operand that a fusion group computes (rule `reduce`) is computed where it is read:
         # its members' lets at element `index` of it, in the reduction's loop (a prologue)
-        folded = self._folding or {}
+        folded = em.prologue
         # the operand's symbols size the loop even when no buffer of that shape is passed (a folded
         # operand computed from smaller, broadcast ones)
         loads, prologues, ins, dims = [], [], [], list(Size.of(shape).syms)
@@ -703,11 +730,11 @@ class _Generator:
         ctx = dict(extent=extent.c(), loads=loads, prologues=prologues, expr=kernel["map"], finish=kernel["finish"],
                    size=outputs.c())
         if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
-            self._reduce_columns(n, ctx, ins, dims, extent, outputs, [shape[i] for i in kept])
+            self._reduce_columns(n, ctx, ins, dims, extent, outputs, [shape[i] for i in kept], em)
         else:
-            self._reduce_blocks(n, ctx, ins, dims, extent, outputs)
+            self._reduce_blocks(n, ctx, ins, dims, extent, outputs, em)
 
-    def _reduce_columns(self, n, ctx, ins, dims, extent: Size, outputs: Size, kept_shape):
+    def _reduce_columns(self, n, ctx, ins, dims, extent: Size, outputs: Size, kept_shape, em: Emission):
         """Leading axes reduced into columns (a bias gradient, [N, C] -> [C]). Stage 1: a block per
         tile of COLUMN_TILE columns and chunk of the rows (grid y), its COLUMN_LANES row lanes
         walking the chunk, their sums added in order into a workspace [chunks, columns]; chunks =
@@ -716,7 +743,7 @@ class _Generator:
         `finish`. One launch (the stage-1 kernel, storing the result) when there can be only one
         chunk: a static extent of at most COLUMN_CHUNK_ROWS rows, or tiles enough to fill
         REDUCE_BLOCKS alone. The operand's fused producers (`prologues`) run in stage 1."""
-        comment, stem = self._folded_comment, self._folded_stem
+        comment, stem = em.comment, em.stem
         tiles = ceil_div(outputs, COLUMN_TILE)
         most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
         chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
@@ -734,7 +761,7 @@ class _Generator:
                   [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=extent.syms,
                   comment=comment, stem=stem)
 
-    def _reduce_blocks(self, n, ctx, ins, dims, extent: Size, outputs: Size):
+    def _reduce_blocks(self, n, ctx, ins, dims, extent: Size, outputs: Size, em: Emission):
         """One block per output, its threads striding over the extent, then a tree (block_sum).
         Few outputs over a long extent (a full reduction; a convolution's bias gradient, a few
         channels over batch x pixels) split in two launches. Stage 1: grid (outputs, parts), the
@@ -744,7 +771,7 @@ class _Generator:
         tree of fixed shape) and applies the op's `finish`. A static extent of at most
         REDUCE_ONE_BLOCK, or outputs enough to fill the GPU alone, stays one launch. The
         operand's fused producers (`prologues`) run in stage 1."""
-        comment, stem = self._folded_comment, self._folded_stem
+        comment, stem = em.comment, em.stem
         most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
         if most < 2 or (extent.static is not None and extent.static <= REDUCE_ONE_BLOCK):
             self._add(n, "reduce.cu.j2", dict(ctx, parts=None), self._temp(n), ins,
@@ -760,7 +787,7 @@ class _Generator:
         self._add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), self._temp(n), [ws], [outputs.static, 1, 1],
                   [_pow2_block(Size(most)), 1, 1], barriers=True, extra_dims=extent.syms, comment=comment, stem=stem)
 
-    def emit_softmax(self, n):  # softmax, log_softmax over one axis
+    def emit_softmax(self, n, em: Emission = PLAIN):  # softmax, log_softmax over one axis
         g = self.g
         src = g.operands(n)[0]
         shape = g.type(src).shape
@@ -785,7 +812,7 @@ class _Generator:
             return rows, ctx, [ceil_div(R, XENT_ROWS_PER_BLOCK), 1, 1], [32 * XENT_ROWS_PER_BLOCK, 1, 1]
         return rows, ctx, [R.plan(), 1, 1], [_pow2_block(C), 1, 1]
 
-    def emit_xent(self, n):
+    def emit_xent(self, n, em: Emission = PLAIN):
         """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label], in two
         launches: stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2
         (one block) adds them as a tree of fixed shape and divides by the rows."""
@@ -798,11 +825,11 @@ class _Generator:
         self._add(n, "xent_mean.cu.j2", dict(rows=R.c()), self._temp(n), [ws], [1, 1, 1], [threads, 1, 1],
                   barriers=True)
 
-    def emit_xent_grad(self, n):  # softmax_xent_grad: (softmax(x) - onehot) * g / rows, rows as `_xent_rows`
+    def emit_xent_grad(self, n, em: Emission = PLAIN):  # softmax_xent_grad: (softmax(x) - onehot) * g / rows, rows as `_xent_rows`
         _, ctx, grid, block = self._xent_rows(n)
         self._add(n, "xent_grad.cu.j2", ctx, self._temp(n), self._ins(n), grid, block, barriers=True)
 
-    def emit_matmul(self, n):
+    def emit_matmul(self, n, em: Emission = PLAIN):
         g = self.g
         a, b = g.operands(n)
         ta, tb = g.attrs(n)["ta"], g.attrs(n)["tb"]
@@ -825,7 +852,7 @@ class _Generator:
             a_index = at(sa, f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka", M * K)
             self._gemm(n, M, K, N, a_index, at(sb, b_index, K * N), at(so, "row * N + col", M * N),
                        f"bmatmul_{variant}_{n}", what + ", one product per item of the batch", a_fast=a_fast,
-                       b_fast=b_fast, batch=so[0])
+                       b_fast=b_fast, batch=so[0], em=em)
             return
         # A is [M, K] (or [K, M] when ta); B is [K, N] (or [N, K] when tb). An operand whose rows
         # (the stride of its slow index) are a static multiple of 4 floats long is staged with
@@ -833,10 +860,11 @@ class _Generator:
         a_index = f"ka * {M.c()} + row" if ta else f"row * {K.c()} + ka"
         a_stride, b_stride = Size.of([m if ta else k]), Size.of([k if tb else cols])
         self._gemm(n, M, K, N, a_index, b_index, "row * N + col", f"matmul_{variant}_{n}", what,
-                   a_fast=a_fast, b_fast=b_fast, a_vec=_fours(a_stride), b_vec=_fours(b_stride))
+                   a_fast=a_fast, b_fast=b_fast, a_vec=_fours(a_stride), b_vec=_fours(b_stride), em=em)
 
     def _gemm(self, n, M: Size, K: Size, N: Size, a_index, b_index, out_index, stem, what, a_in="in0", b_in="in1",
-              a_fast="k", b_fast="n", batch=1, b_lets=(), b_valid=None, a_vec=False, b_vec=False):
+              a_fast="k", b_fast="n", batch=1, b_lets=(), b_valid=None, a_vec=False, b_vec=False,
+              em: Emission = PLAIN):
         """The register-blocked product out[row, col] = sum_k A[row, k] B[k, col], with the
         element addresses of A, B and out given as C expressions of row, col and ka / kb; A and B
         are the operands named `a_in` and `b_in`. `a_fast` ("m" or "k") and `b_fast` ("n" or "k")
@@ -848,7 +876,8 @@ class _Generator:
         float4 loads, 4 neighbours along its fast index (the caller vouches that its rows are a
         static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
         long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
-        workspace, then a second kernel adds them in order and does the store (epilogue, concat)."""
+        workspace, then a second kernel adds them in order and does the store (epilogue, concat).
+        `em`: the fusion group whose epilogue the storing kernel runs, if any."""
         BM, BN, BK, TM, TN = tile = gemm_tile(M, N)
         threads = (BM // TM) * (BN // TN)
         splits = split_k(M, K, N, tile) if batch == 1 else 1
@@ -859,24 +888,21 @@ class _Generator:
                    k_end="kend" if splits > 1 else "K")
         tiles = [ceil_div(N, BN), ceil_div(M, BM)]
         if splits == 1:
-            self._add(n, "matmul.cu.j2", ctx, self._temp(n), self._ins(n), tiles + [Size.of([batch]).plan()],
-                      [threads, 1, 1], barriers=True, stem=stem, extra_dims=symbols_of((batch,)))
+            self._add(n, "matmul.cu.j2", ctx, self._temp(n, em), self._ins(n), tiles + [Size.of([batch]).plan()],
+                      [threads, 1, 1], barriers=True, stem=stem, extra_dims=symbols_of((batch,)), em=em)
             return
         work = self._workspace(n, "split", [splits, M.static, N.static])
         self._add(n, "matmul.cu.j2", ctx, work, self._ins(n), tiles + [splits], [threads, 1, 1], barriers=True,
                   stem=stem, partial=True, what=f"split-K, part blockIdx.z of {splits}: {what}")
         # the sum reads the workspace as in0: a fused epilogue's loads, numbered after the
         # product's operands, move down to follow it
-        epi = self._epilogue
-        if epi and epi["producer"] == n:
+        epi = em.epilogue
+        if epi and epi.producer == n:
             shift = 1 - len(self.g.operands(n))
-            self._epilogue = dict(epi, loads=[(var, slot + shift, at) for var, slot, at in epi["loads"]])
-        try:
-            self._add(n, "split_sum.cu.j2", dict(M=M.c(), N=N.c(), splits=splits, out_index=out_index),
-                      self._temp(n), [work], [ceil_div(M * N, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
-                      stem=f"{stem}_sum", what=f"split-K: the {splits} parts of {what}, added in order")
-        finally:
-            self._epilogue = epi
+            em = replace(em, epilogue=replace(epi, loads=[(var, slot + shift, at) for var, slot, at in epi.loads]))
+        self._add(n, "split_sum.cu.j2", dict(M=M.c(), N=N.c(), splits=splits, out_index=out_index),
+                  self._temp(n, em), [work], [ceil_div(M * N, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
+                  stem=f"{stem}_sum", what=f"split-K: the {splits} parts of {what}, added in order", em=em)
 
 def _within(g: Graph, a: str, members: set) -> list[str]:
     """`a` and the members of a group it depends on through members only, in graph order: the
