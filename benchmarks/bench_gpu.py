@@ -528,7 +528,7 @@ def cmd_kernels(args) -> int:
     try:
         import cupy as cp
         import dlc
-        from dlc.codegen.generate import STORE_HOOK
+        from dlc.ir.ops import EPILOGUE_FAMILIES as STORE_HOOK  # families whose template ends in store.cu.j2
         from dlc.ir.ops import OPS, flops
         from dlc.runtime.diff import synth_feeds
         model = dlc.compile(ROOT / "examples" / f"{args.example}.dln", backend="cuda")

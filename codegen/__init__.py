@@ -4,7 +4,8 @@
     mod = generate(graph)       # graph: the optimized IR
     mod.source, mod.plan, mod.plan_json(), mod.plan_text(), mod.emu_source()
 """
-from .generate import EMU_HEADER, Buffer, Launch, Module, generate
+from .generate import generate
+from .plan import EMU_HEADER, Buffer, Launch, Module
 from .sizes import evaluate
 
 __all__ = ["generate", "Module", "Buffer", "Launch", "evaluate", "EMU_HEADER"]

@@ -93,6 +93,11 @@ def symbols_of(*shapes) -> list[str]:
     return sorted({d for s in shapes for d in s if isinstance(d, str)})
 
 
+def pair(v) -> tuple:
+    """A 2-D window attribute (kernel, stride, padding, dilation), one int or a pair, as a pair."""
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
 # -- evaluating plan expressions ---------------------------------------------------------------
 
 _BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,

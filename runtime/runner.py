@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen import generate
-from ..codegen.generate import RNG_BUFFER
+from ..codegen.plan import RNG_BUFFER
 from ..codegen.sizes import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph

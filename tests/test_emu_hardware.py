@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.codegen.generate import Launch, shared_bytes
+from dlc.codegen.plan import Launch
+from dlc.codegen.shared import shared_bytes
 from dlc.ir.errors import DlcError
 from dlc.runtime.runner import MAX_STATIC_SHARED, check_launch
 from dlc.runtime.diff import synth_feeds

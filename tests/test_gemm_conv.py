@@ -208,7 +208,7 @@ def test_each_product_agrees_with_the_interpreter(backends, text, batch, level):
 
 def test_every_tile_shape_is_tested():
     """Each tile of the menu is used by a product the tests above and below check."""
-    from dlc.codegen.generate import GEMM_SHORT_TILES, GEMM_TILE
+    from dlc.codegen.tiles import GEMM_SHORT_TILES, GEMM_TILE
     used = set()
     for text in (CONVS, PRODUCTS_MODEL, TILES):
         for k in generate(compiled(text, 0)).kernels:

@@ -27,8 +27,9 @@ import pytest
 
 import dlc
 from dlc.codegen import generate
-from dlc.codegen.generate import (COLUMN_CHUNK_ROWS, COLUMN_LANES, COLUMN_TILE, ELEMENTWISE_BLOCK,
-                                  ELEMENTWISE_MAX_BLOCKS, REDUCE_BLOCKS, REDUCE_CHUNK, XENT_ROWS_PER_BLOCK)
+from dlc.codegen.pointwise import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS
+from dlc.codegen.reductions import (COLUMN_CHUNK_ROWS, COLUMN_LANES, COLUMN_TILE, REDUCE_BLOCKS, REDUCE_CHUNK,
+                                    XENT_ROWS_PER_BLOCK)
 from dlc.codegen.sizes import Size, capped_div, evaluate
 from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import EmuBackend, emu_available

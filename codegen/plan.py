@@ -1,0 +1,137 @@
+"""The launch plan: what `generate` hands the runtimes, and the Jinja2 environment of the templates.
+
+A `Module` is one CUDA C module (`source`) and its plan: the buffers (`Buffer`: params, state,
+inputs, temps and the dropout key), every launch in order (`Launch`: kernel, buffer arguments,
+symbols, grid and block as plan sizes, see `sizes.evaluate`), split into the `step` phase and
+the `commit` phase, and which buffer holds each IR value. This module decides nothing about a
+model: it holds the plan's types, writes them out (`plan`, `plan_json`, `plan_text`), sums them
+up (`stats`) and renders the emulator's host glue (`emu_source`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ..ir.graph import Graph
+from .sizes import Size, evaluate, symbols_of
+
+TEMPLATES = Path(__file__).with_name("templates")
+EMU_HEADER = Path(__file__).with_name("cuda_emu.h")
+
+# the templates only format text: every decision is made in Python before they are rendered
+env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
+                  trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime before each run
+
+
+# -- the launch plan ------------------------------------------------------------------------------
+
+@dataclass
+class Buffer:
+    name: str
+    dtype: str            # f32 or i32
+    shape: list           # ints and symbols
+    kind: str             # input, param, state, temp, or rng (the dropout generator's key)
+
+
+@dataclass
+class Launch:
+    kernel: str
+    node: str             # the IR node it computes (for a commit: the assign)
+    op: str
+    phase: str            # step or commit
+    args: list            # buffer names, in the kernel's parameter order (output first)
+    dims: list            # symbols passed after the buffers, as `int dim_<name>`
+    grid: list            # ints or size expressions over the symbols (see sizes.evaluate)
+    block: list
+    barriers: bool        # uses __syncthreads (the emulator then runs the block as fibers)
+    writes: int = 0       # how many leading args a kernel also reads (in-place updates)
+    consts: list = field(default_factory=list)  # ints passed after the symbols, as `int off<i>`:
+                          # what would otherwise make kernels differ (a slice's offset per step)
+    shared: int = 0       # static __shared__ bytes a block of the kernel uses (`shared_bytes`)
+
+
+@dataclass
+class Kernel:
+    """One kernel: what the template needs, and its place in the plan."""
+    name: str
+    template: str
+    ctx: dict
+    launch: Launch
+    comment: list = field(default_factory=list)
+    params: list = field(default_factory=list)   # (C declaration) per argument
+    uses: int = 1                                # launches of this kernel in the plan
+    body: str = ""                               # the rendered body
+
+
+class Module:
+    """A generated CUDA module: source text, launch plan and buffer table."""
+
+    def __init__(self, graph: Graph, kernels: list[Kernel], launches: list[Launch], buffers: dict[str, Buffer],
+                 node_buffer: dict[str, str], source: str):
+        self.graph = graph
+        self.kernels = kernels            # distinct kernels: one per body
+        self.buffers = buffers
+        self.node_buffer = node_buffer    # node -> buffer holding its value
+        self.source = source
+        self.launches = launches          # the plan: every launch, in order
+        self.reused: set[str] = set()     # nodes whose buffer later values overwrite (memory planning)
+        self.after_commit: set[str] = set()  # values an in-place update writes in the commit phase
+        self.symbols = symbols_of(*(b.shape for b in buffers.values()))
+
+    @property
+    def kernel_names(self) -> list[str]:
+        return [k.name for k in self.kernels]
+
+    @property
+    def plan(self) -> dict:
+        return {
+            "model": self.graph.meta.name,
+            "symbols": self.symbols,
+            "buffers": [asdict(b) for b in self.buffers.values()],
+            "values": dict(self.node_buffer),
+            "launches": [asdict(l) for l in self.launches if l.phase == "step"],
+            "commits": [asdict(l) for l in self.launches if l.phase == "commit"],
+        }
+
+    def plan_json(self) -> str:
+        return json.dumps(self.plan, indent=1)
+
+    def plan_text(self) -> str:
+        lines = [f"# launch plan of model {self.graph.meta.name}; symbols: {', '.join(self.symbols) or '-'}",
+                 "# buffers"]
+        for b in self.buffers.values():
+            lines.append(f"{b.kind:6} {b.name} : {b.dtype}[{', '.join(map(str, b.shape))}]")
+        for phase in ("step", "commit"):
+            lines.append(f"# {phase} launches")
+            for l in self.launches:
+                if l.phase == phase:
+                    grid = ", ".join(map(str, l.grid))
+                    consts = [f"off{i}={v}" for i, v in enumerate(l.consts)]
+                    lines.append(f"{l.kernel}<<<({grid}), ({', '.join(map(str, l.block))})>>>"
+                                 f"({', '.join(l.args + [f'dim_{d}' for d in l.dims] + consts)})"
+                                 + (f"  # {l.shared} B static shared" if l.shared else ""))
+        return "\n".join(lines) + "\n"
+
+    def stats(self, dims: dict) -> dict:
+        """Per run of the whole plan (a training step, commits included), symbols bound by `dims`:
+        kernels in the module, launches, FLOPs (the registry's counts over every node), bytes
+        moved (an estimate: each buffer a launch touches once, twice when it reads and writes it
+        in place) and peak bytes (every buffer allocated: params, state, inputs and temps)."""
+        from ..ir.ops import flops
+
+        def nbytes(b):
+            buf = self.buffers[b]
+            return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
+        moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in self.launches for i, a in enumerate(l.args))
+        return {"kernels": len(self.kernels), "launches": len(self.launches),
+                "flops": sum(flops(self.graph, n, dims) for n in self.graph.nx),
+                "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers)}
+
+    def emu_source(self) -> str:
+        """The module plus host launch functions, for the host C++ compiler (see cuda_emu.h)."""
+        return env.get_template("emu_glue.cpp.j2").render(module=self.source, kernels=self.kernels)

@@ -1,0 +1,200 @@
+"""Reductions and the row kernels built on them: `reduce` (sum, mean, l1, l2, mse), `softmax`,
+`xent` (softmax cross-entropy) and `xent_grad`.
+
+A reduction picks its kernel from its axes and sizes: columns (leading axes into many outputs),
+a block per output, or, for few outputs over a long extent, two launches through a workspace
+whose partials are added in a fixed order (no atomics). A reduction fused with its pointwise
+producers (-O2, rule `reduce`) computes them where it reads its operand (the emission's
+prologue). Each threshold below says why it is what it is (an H100 has 132 SMs).
+"""
+from __future__ import annotations
+
+from ..ir.ops import OPS
+from ..ir.types import normalize_axes
+from .core import Emission, Generator
+from .pointwise import ELEMENTWISE_BLOCK, pointwise_body
+from .sizes import Size, capped_div, ceil_div, gather_index, strides
+
+REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
+COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
+# Reductions in two launches (`emit_reduce`, `emit_xent`): stage 1 spreads one output's elements
+# over many blocks, each writing its partial sum to a workspace; stage 2 adds the partials in a
+# fixed order (no atomics: the same step gives the same bits, as `--resume` promises). How many
+# partials is a plan expression, min(ceil(extent / chunk), cap), so it grows with the batch.
+REDUCE_BLOCKS = 512          # stage-1 blocks a reduction aims at: about 4 resident 256-thread blocks
+                             # on each of an H100's 132 SMs, half its threads, enough loads in flight
+                             # to stream at bandwidth; more would only lengthen stage 2
+REDUCE_CHUNK = 2048          # elements per stage-1 block at least (8 per thread of 256), so that its
+                             # sum outweighs the round trip of its partial through the workspace
+REDUCE_ONE_BLOCK = 16384     # a static extent up to this stays one block per output (64 elements a
+                             # thread): it takes about as long as the second launch would cost.
+                             # A symbolic extent (the batch) always splits: the plan serves any N
+COLUMN_TILE, COLUMN_LANES = 32, 8  # column reductions: a block is 32 neighbouring columns (a warp
+                             # reads them from one row, coalesced) x 8 row lanes (256 threads)
+COLUMN_CHUNK_ROWS = 64       # rows of a stage-1 chunk at least (8 per row lane); a static extent of
+                             # at most this many rows is one chunk, one launch
+XENT_WARP_CLASSES = 1024     # softmax_xent(_grad): a warp per row up to this many classes (32 per lane:
+                             # three passes over a 4 KB row that stays in L1), several rows a block;
+                             # more classes: a block per row, whose 256 threads share its passes
+XENT_ROWS_PER_BLOCK = 8      # warps (rows) per block of the warp-per-row form: 256 threads
+
+
+def emit_reduce(gen: Generator, n: str, em: Emission) -> None:
+    """sum, mean, l1, l2, mse (the op's `map` and `finish`) over some axes: the index of each
+    element as C, its operands loaded (or computed, `em.prologue`), then the column kernel
+    (`_reduce_columns`) or a block per output (`_reduce_blocks`)."""
+    g = gen.g
+    op, args = g.op(n), g.operands(n)
+    shape = g.type(args[0]).shape
+    axes = normalize_axes(g.attrs(n).get("axis"), len(shape))
+    kept = [i for i in range(len(shape)) if i not in axes]
+    st = strides(shape)
+    extent = Size.of(shape[i] for i in axes)
+    outputs = Size.of(shape[i] for i in kept)
+    if list(axes) == list(range(len(kept), len(shape))):    # trailing axes: rows of `extent`
+        index = "r" if not kept else f"o * {extent.c()} + r"
+    elif list(axes) == list(range(len(axes))):               # leading axes: columns
+        index = f"r * {outputs.c()} + o"
+    else:
+        base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
+        offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
+        index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
+    kernel = OPS[op].kernel
+    # an operand that a fusion group computes (rule `reduce`) is computed where it is read:
+    # its members' lets at element `index` of it, in the reduction's loop (a prologue)
+    folded = em.prologue
+    # the operand's symbols size the loop even when no buffer of that shape is passed (a folded
+    # operand computed from smaller, broadcast ones)
+    loads, prologues, ins, dims = [], [], [], list(Size.of(shape).syms)
+    for i, (var, a) in enumerate(zip("ab", args)):
+        if a in folded:
+            body = pointwise_body(gen, folded[a], a, f"i{var}", 0, {}, prefix=f"{var}_")
+            slot = len(ins)
+            prologues.append(dict(index_var=f"i{var}", index=index, var=var, expr=body["expr"], lets=body["lets"],
+                                  loads=[(v, slot + s, at) for v, s, at in body["loads"]]))
+            ins += body["bufs"]
+            dims += body["dims"]
+        else:
+            loads.append((var, len(ins), index))
+            ins.append(gen.node_buffer[a])
+    ctx = dict(extent=extent.c(), loads=loads, prologues=prologues, expr=kernel["map"], finish=kernel["finish"],
+               size=outputs.c())
+    if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
+        _reduce_columns(gen, n, ctx, ins, dims, extent, outputs, [shape[i] for i in kept], em)
+    else:
+        _reduce_blocks(gen, n, ctx, ins, dims, extent, outputs, em)
+
+
+def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
+                    kept_shape: list, em: Emission) -> None:
+    """Leading axes reduced into columns (a bias gradient, [N, C] -> [C]). Stage 1: a block per
+    tile of COLUMN_TILE columns and chunk of the rows (grid y), its COLUMN_LANES row lanes
+    walking the chunk, their sums added in order into a workspace [chunks, columns]; chunks =
+    min(ceil(extent / COLUMN_CHUNK_ROWS), REDUCE_BLOCKS / tiles), so a batch of any size
+    fills the GPU. Stage 2: a thread per column adds its chunks in order and applies the op's
+    `finish`. One launch (the stage-1 kernel, storing the result) when there can be only one
+    chunk: a static extent of at most COLUMN_CHUNK_ROWS rows, or tiles enough to fill
+    REDUCE_BLOCKS alone. The operand's fused producers (`prologues`) run in stage 1."""
+    comment, stem = em.comment, em.stem
+    tiles = ceil_div(outputs, COLUMN_TILE)
+    most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
+    chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
+    ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
+    block = [COLUMN_TILE, COLUMN_LANES, 1]
+    if most == 1 or (extent.static is not None and chunks <= 1):
+        gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks="1", final=True), gen.temp(n), ins,
+                [tiles, 1, 1], block, barriers=True, extra_dims=dims, comment=comment, stem=stem)
+        return
+    ws = gen.workspace(n, "chunks", [most if extent.static is None else chunks] + list(kept_shape))
+    gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins, [tiles, chunks, 1],
+            block, barriers=True, extra_dims=dims, comment=comment,
+            stem=(stem or f"{gen.g.op(n)}_{n}") + "_chunks", partial=True)
+    gen.add(n, "reduce_columns_finish.cu.j2", dict(ctx, chunks=chunks_c), gen.temp(n), [ws],
+            [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=extent.syms,
+            comment=comment, stem=stem)
+
+
+def _reduce_blocks(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
+                   em: Emission) -> None:
+    """One block per output, its threads striding over the extent, then a tree (block_sum).
+    Few outputs over a long extent (a full reduction; a convolution's bias gradient, a few
+    channels over batch x pixels) split in two launches. Stage 1: grid (outputs, parts), the
+    parts of an output taking turns over stretches of its elements (a grid stride), each
+    writing its block's sum to a workspace [outputs, parts]; parts = min(ceil(extent /
+    REDUCE_CHUNK), REDUCE_BLOCKS / outputs). Stage 2: a block per output adds its parts (a
+    tree of fixed shape) and applies the op's `finish`. A static extent of at most
+    REDUCE_ONE_BLOCK, or outputs enough to fill the GPU alone, stays one launch. The
+    operand's fused producers (`prologues`) run in stage 1."""
+    comment, stem = em.comment, em.stem
+    most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
+    if most < 2 or (extent.static is not None and extent.static <= REDUCE_ONE_BLOCK):
+        gen.add(n, "reduce.cu.j2", dict(ctx, parts=None), gen.temp(n), ins,
+                [outputs.plan(), 1, 1],
+                [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=comment, stem=stem)
+        return
+    parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
+    most = most if extent.static is None else parts
+    ws = gen.workspace(n, "parts", [outputs.static, most])
+    gen.add(n, "reduce.cu.j2", dict(ctx, parts=parts_c), ws, ins, [outputs.static, parts, 1],
+            [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=comment,
+            stem=(stem or f"{gen.g.op(n)}_{n}") + "_parts", partial=True)
+    gen.add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), gen.temp(n), [ws], [outputs.static, 1, 1],
+            [_pow2_block(Size(most)), 1, 1], barriers=True, extra_dims=extent.syms, comment=comment, stem=stem)
+
+
+def emit_softmax(gen: Generator, n: str, em: Emission) -> None:
+    """softmax, log_softmax over one axis (any): one block per row, the op's `out` expression."""
+    g = gen.g
+    src = g.operands(n)[0]
+    shape = g.type(src).shape
+    (axis,) = normalize_axes(g.attrs(n)["axis"], len(shape))
+    extent = Size.of([shape[axis]])
+    inner = Size.of(shape[axis + 1:])
+    rows = Size.of(shape[:axis]) * inner
+    ctx = dict(extent=extent.c(), inner=inner.c(), expr=OPS[g.op(n)].kernel["out"])
+    gen.add(n, "softmax.cu.j2", ctx, gen.temp(n), gen.ins(n), [rows.plan(), 1, 1],
+            [_pow2_block(extent), 1, 1], barriers=True)
+
+
+def _xent_rows(gen: Generator, n: str):
+    """What softmax_xent and its gradient share: the rows, and how a row's classes are split.
+    Up to XENT_WARP_CLASSES classes a warp per row, XENT_ROWS_PER_BLOCK rows a block; more, a
+    block per row. Returns (rows dimension, template context, grid, block)."""
+    g = gen.g
+    rows, classes = g.type(g.operands(n)[0]).shape
+    R, C = Size.of([rows]), Size.of([classes])
+    warp = C.estimate() <= XENT_WARP_CLASSES
+    ctx = dict(rows=R.c(), classes=C.c(), warp=warp, rows_per_block=XENT_ROWS_PER_BLOCK)
+    if warp:
+        return rows, ctx, [ceil_div(R, XENT_ROWS_PER_BLOCK), 1, 1], [32 * XENT_ROWS_PER_BLOCK, 1, 1]
+    return rows, ctx, [R.plan(), 1, 1], [_pow2_block(C), 1, 1]
+
+
+def emit_xent(gen: Generator, n: str, em: Emission) -> None:
+    """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label], in two
+    launches: stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2
+    (one block) adds them as a tree of fixed shape and divides by the rows."""
+    rows, ctx, grid, block = _xent_rows(gen, n)
+    ws = gen.workspace(n, "rows", [rows])
+    gen.add(n, "xent.cu.j2", ctx, ws, gen.ins(n), grid, block, barriers=True,
+            stem=f"{gen.g.op(n)}_{n}_rows", partial=True)
+    R = Size.of([rows])  # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
+    threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
+    gen.add(n, "xent_mean.cu.j2", dict(rows=R.c()), gen.temp(n), [ws], [1, 1, 1], [threads, 1, 1],
+            barriers=True)
+
+
+def emit_xent_grad(gen: Generator, n: str, em: Emission) -> None:
+    """softmax_xent_grad: (softmax(x) - onehot) * g / rows, the rows as `_xent_rows`."""
+    _, ctx, grid, block = _xent_rows(gen, n)
+    gen.add(n, "xent_grad.cu.j2", ctx, gen.temp(n), gen.ins(n), grid, block, barriers=True)
+
+
+def _pow2_block(extent: Size) -> int:
+    """Threads of a block that strides over `extent`: a power of two in REDUCE_BLOCK, from its estimate."""
+    lo, hi = REDUCE_BLOCK
+    want = extent.estimate()
+    b = lo
+    while b < want and b < hi:
+        b *= 2
+    return b
