@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
+from ..ir.ops import OPS, RANDOM, TRAINING
 from ..ir.text import fmt_attrs
 from .concat import Concats
 from .philox import PHILOX_C
@@ -187,6 +188,16 @@ class Generator:
     def ins(self, n: str) -> list[str]:
         """The buffers holding node `n`'s operands, in order."""
         return [self.node_buffer[a] for a in self.g.operands(n)]
+
+    def mode(self, n: str) -> list[str]:
+        """[the run's mode buffer] for a node whose op declares the TRAINING or RANDOM effect, else
+        []: `@rng` holds [seed, step, training], written by the runtime before each run that
+        reads it (its kernel takes it after the operands)."""
+        if not OPS[self.g.op(n)].effects & {TRAINING, RANDOM}:
+            return []
+        if RNG_BUFFER not in self.buffers:
+            self.buffers[RNG_BUFFER] = Buffer(RNG_BUFFER, "u32", [3], "rng")
+        return [RNG_BUFFER]
 
     def finish(self) -> Module:
         """The module: every kernel so far rendered into module.cu.j2, with the plan."""

@@ -16,7 +16,7 @@ from ..ir.graph import Graph
 from ..ir.ops import OPS
 from ..ir.types import normalize_axes
 from .core import CTYPE, Emission, Generator
-from .plan import RNG_BUFFER, Buffer
+from .plan import Buffer
 from .sizes import Size, broadcast_index, capped_div, ceil_div, gather_index, strides
 
 ELEMENTWISE_BLOCK = 256      # threads per block of one-thread-per-element kernels
@@ -205,12 +205,10 @@ def emit_elementwise(gen: Generator, n: str, em: Emission) -> None:
 
 
 def emit_dropout(gen: Generator, n: str, em: Emission) -> None:
-    """Training (rng[2] != 0): keep x * 1/(1-p) where Philox's uniform >= p; inference: x."""
-    if RNG_BUFFER not in gen.buffers:
-        gen.buffers[RNG_BUFFER] = Buffer(RNG_BUFFER, "u32", [3], "rng")
+    """Training (rng[2] != 0): keep x * 1/(1-p) where Philox's uniform >= p; evaluation: x."""
     a = gen.g.attrs(n)
     p = float(a["p"])
     size = Size.of(gen.g.type(n).shape)
     ctx = dict(size=size.c(), p=c_float(p), scale=c_float(1.0 / (1.0 - p)), salt=f"{int(a['salt']) & 0xFFFFFFFF}u")
-    gen.add(n, "dropout.cu.j2", ctx, gen.temp(n), gen.ins(n) + [RNG_BUFFER],
+    gen.add(n, "dropout.cu.j2", ctx, gen.temp(n), gen.ins(n) + gen.mode(n),
             [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])
