@@ -355,7 +355,7 @@ MAX_STATIC_SHARED = 48 * 1024
 
 def check_launch(kernel: str, grid, block, shared: int = 0) -> None:
     """A located error for a launch no NVIDIA GPU runs: its grid, its block, or `shared`, the
-    static shared memory of a block in bytes (the plan's `shared`, codegen.generate.shared_bytes)."""
+    static shared memory of a block in bytes (the plan's `shared`, codegen.shared.shared_bytes)."""
     for axis, (n, most) in enumerate(zip(grid, MAX_GRID)):
         if n > most:
             raise DlcError(f"kernel {kernel}: grid.{'xyz'[axis]} = {n} is more than a GPU launches ({most}); "

@@ -1,4 +1,4 @@
-"""Split-K products and convolutions as implicit GEMMs (codegen `_gemm`, `_convolution`): every
+"""Split-K products and convolutions as implicit GEMMs (codegen/products.py `gemm`, `_convolution`): every
 such kernel on the emu backend against the interpreter, at -O0/-O1 (each product on its own) and
 -O2 (fused epilogues, concat slices, whole training steps); where the plan splits K and where it
 does not; NVRTC for the test models.
@@ -110,7 +110,7 @@ model large {
 }"""
 
 
-# Products of every tile shape of `_gemm_tile` (GEMM_SHORT_TILES): static sides of 24 and 30 next
+# Products of every tile shape of `tiles.gemm_tile` (GEMM_SHORT_TILES): static sides of 24 and 30 next
 # to long ones, and their gradients
 TILES = """
 model tiles {
