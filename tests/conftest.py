@@ -1,9 +1,27 @@
+"""What the test modules share: the repository's paths and the `dlc` command in a subprocess.
+
+pytest puts tests/ on sys.path, so a module imports these as `from conftest import ROOT, dlc_cli`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+# -- paths ------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dln"))
+EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLE_FILES)
+TRAINING_EXAMPLES = [p for p in EXAMPLE_FILES if "minimize" in p.read_text()]  # the files that train
+DIGITS = EXAMPLES / "data" / "digits.npz"
+MLP = EXAMPLES / "mlp.dln"
+LOGREG = EXAMPLES / "logreg.dln"
+XOR = EXAMPLES / "xor.dln"
+GOLDEN = ROOT / "tests" / "golden"
 
 
 @pytest.fixture
@@ -27,6 +45,33 @@ def backends():
     return get
 
 
+# -- the `dlc` command --------------------------------------------------------------------------
+def dlc_cli(*args, cwd=ROOT, env: dict | None = None, umask: int | None = None, rc: int | None = None,
+            timeout: float | None = 300) -> subprocess.CompletedProcess:
+    """Run the real command line, `python -m dlc.cli ARGS`, in a fresh interpreter, from `cwd`, with
+    text output captured. DLC_DEBUG is never passed on (a user's run, no tracebacks on purpose).
+
+    env: variables set on top of os.environ; a value None removes that variable.
+    umask: the child's umask.
+    rc: where given, the exit status must be rc and stderr must hold no Python traceback."""
+    full = dict(os.environ)
+    full.pop("DLC_DEBUG", None)
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=full,
+                       capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+    if rc is not None:
+        assert r.returncode == rc, f"dlc {' '.join(map(str, args))}: exit {r.returncode}, expected {rc}\n" \
+                                   f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+        assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+# -- the collection -------------------------------------------------------------------------------
 def pytest_collection_modifyitems(session, config, items):
     """The repository root is the package `dlc` itself (it has an __init__.py), so pytest makes it a
     Package node and, before the first test, imports its __init__.py to look for a setup_module.

@@ -17,7 +17,8 @@ from dlc.runtime.diff import synth_feeds
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS
-from test_emu import EXAMPLES, assert_close, compare_step, step_roots
+from test_emu import assert_close, compare_step, step_roots
+from conftest import EXAMPLES
 from fake_cupy import fake_cupy
 
 OK, WHY = cuda_available()

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 SECTIONS = ("prep", "env", "tests", "diff", "train", "sanitize", "kernels", "speed", "suite")
 STATUSES = ("ok", "skipped", "FAILED")

@@ -3,16 +3,14 @@ convolutions are one GEMM in the forward pass and in both adjoints, and the merg
 the same loss and gradients as the one written (golden IR cases: tests/golden/inception)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import dlc
 from dlc.codegen import generate
 from dlc.runtime.diff import synth_feeds
+from conftest import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _graph(level):

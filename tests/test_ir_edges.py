@@ -20,9 +20,8 @@ from dlc.ir.text import parse_ir
 from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
+from conftest import EXAMPLE_FILES, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.dln"))
 
 
 # -- 1. DOT labels ------------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def test_gradient_names_say_whose_gradient_they_are():
     assert g.operands("d.w1.from.h.matmul") == ["x", "d.h.add"]
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[p.stem for p in EXAMPLE_FILES])
 def test_every_adjoint_has_its_values_type_and_every_param_its_name(path):
     g = _backward(path)
     for p, gr in g.meta.grads.items():

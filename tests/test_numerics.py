@@ -9,7 +9,6 @@ value is finite.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import dlc
 from dlc.cli import main
 from dlc.ir.errors import DlcError
 from dlc.runtime.backends import available
+from conftest import LOGREG
 
 BLOWUP = """# s shrinks; once it is below 0, log(relu(s)) is log(0) = -inf
 model blowup {
@@ -108,8 +108,7 @@ def test_nan_through_the_api_and_the_first_bad_node_wins():
 
 def test_a_healthy_run_is_unchanged_by_the_checks(tmp_path):
     """No false alarm, and the same weights bit for bit (the checks only read values)."""
-    root = Path(__file__).resolve().parents[1]
-    common = ["run", str(root / "examples" / "logreg.dln"), "--backend", "interp", "--epochs", "2", "--no-progress"]
+    common = ["run", str(LOGREG), "--backend", "interp", "--epochs", "2", "--no-progress"]
     assert main(common + ["--save", str(tmp_path / "a.npz")]) == 0
     assert main(common + ["--save", str(tmp_path / "b.npz"), "--check-numerics"]) == 0
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:

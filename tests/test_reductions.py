@@ -35,7 +35,8 @@ from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import EmuBackend, emu_available
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
-from test_emu import EXAMPLES, assert_close, compare_step
+from test_emu import assert_close, compare_step
+from conftest import EXAMPLES
 
 needs_emu = pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")
 

@@ -7,8 +7,6 @@ argued there). Backend comparisons use float32 on both sides; their tolerance is
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,8 +15,8 @@ from dlc.cli import main
 from dlc.dsl.frontend import lower
 from dlc.runtime.emu import emu_available
 from test_gradcheck import assert_grad_close, compile64, numeric_grad, set_params
+from conftest import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def seq_model(layer: str, steps: int, features: int = 2, units: int = 3) -> str:
