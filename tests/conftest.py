@@ -1,4 +1,5 @@
-"""What the test modules share: the repository's paths and the `dlc` command in a subprocess.
+"""What the test modules share: the repository's paths, the `dlc` command in a subprocess, and the
+marker for tests that need the emu backend (a C++ compiler).
 
 pytest puts tests/ on sys.path, so a module imports these as `from conftest import ROOT, dlc_cli`.
 """
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from dlc.runtime.emu import emu_available
 
 # -- paths ------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +72,11 @@ def dlc_cli(*args, cwd=ROOT, env: dict | None = None, umask: int | None = None, 
                                    f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
         assert "Traceback" not in r.stderr, r.stderr
     return r
+
+
+# -- what a machine may lack ----------------------------------------------------------------------
+EMU = emu_available()  # (ok, why): the emu backend compiles the generated CUDA with $CXX (g++)
+needs_emu = pytest.mark.skipif(not EMU[0], reason=f"the emu backend cannot run here: {EMU[1]}")
 
 
 # -- the collection -------------------------------------------------------------------------------

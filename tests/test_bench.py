@@ -9,7 +9,7 @@ import pytest
 import dlc.api as cli_api
 from dlc.cli import main
 from dlc.runtime.bench import SPREAD_LIMIT, THREAD_VARS, time_stats, unreliable
-from conftest import EXAMPLES, ROOT, dlc_cli
+from conftest import EXAMPLES, ROOT, dlc_cli, needs_emu
 
 COLUMNS = ["phase", "min ms", "median ms", "p10 ms", "p90 ms", "p90/p10"]
 
@@ -113,13 +113,11 @@ def test_the_limit_is_inclusive_and_zero_times_are_unreliable():
     assert unreliable({"spread": float("nan")})
 
 
+@needs_emu
 def test_bench_on_cuda_prints_what_a_step_asks_of_the_host():
     """Through the CuPy stand-in (tests/fake_cupy_path): the step phase reports one host sync and
     the 4 bytes of the loss per step, and the deferred phase one sync per 25 steps, counted by
     the cuda backend."""
-    from dlc.runtime.emu import emu_available
-    if not emu_available()[0]:
-        pytest.skip(f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
     tests = ROOT / "tests"
     r = dlc_cli("bench", EXAMPLES / "mlp.dln", "--backend", "cuda", "--iters", "2", "--batch", "4", "-O", "2",
                 env={"PYTHONPATH": os.pathsep.join([str(tests / "fake_cupy_path"), str(tests)])})

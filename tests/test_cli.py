@@ -15,8 +15,7 @@ import pytest
 import dlc
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
-from dlc.runtime.backends import available
-from conftest import EXAMPLE_NAMES, EXAMPLES, dlc_cli
+from conftest import EXAMPLE_NAMES, EXAMPLES, dlc_cli, needs_emu
 
 SUBCOMMANDS = ["check", "compile", "run", "diff", "bench"]
 
@@ -289,7 +288,7 @@ def test_same_seed_is_deterministic_and_a_different_seed_differs(tmp_path):
 
 
 # -- diff -------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
+@needs_emu
 def test_diff_interp_emu(tmp_path):
     """The real command end to end (interp alone is refused: see test_diff.py)."""
     r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp,emu", cwd=tmp_path, rc=0)

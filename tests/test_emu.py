@@ -23,13 +23,13 @@ import dlc
 from dlc.ir.errors import DlcError
 from dlc.ir.ops import OPS
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, build_library, emu_available
+from dlc.runtime.emu import EmuBackend, build_library
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS, build_random_graph, recipes
-from conftest import EXAMPLE_FILES, EXAMPLES
+from conftest import EXAMPLE_FILES, EXAMPLES, needs_emu
 
-pytestmark = pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+pytestmark = needs_emu
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -30,12 +30,12 @@ from dlc.codegen.shared import shared_bytes
 from dlc.ir.errors import DlcError
 from dlc.runtime.runner import MAX_STATIC_SHARED, check_launch
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, build_library, emu_available
+from dlc.runtime.emu import EmuBackend, build_library
 from dlc.runtime.init import initial_state
 from test_codegen import MODELS
-from conftest import EXAMPLES, XOR, dlc_cli
+from conftest import EXAMPLES, XOR, dlc_cli, needs_emu
 
-pytestmark = pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+pytestmark = needs_emu
 
 ORDERS = {"forward": (0, 0), "reverse": (1, 0), "shuffled": (2, 12345)}
 

@@ -12,10 +12,9 @@ from dlc.codegen import generate
 from dlc.ir.text import parse_ir, print_ir
 from dlc.passes.fusion import plan
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import emu_available
 from test_codegen import build_random_graph, recipes
 from test_emu import compare_step  # at import: hypothesis refuses @given applied inside a running test
-from conftest import EXAMPLE_FILES, EXAMPLES, GOLDEN, MLP
+from conftest import EXAMPLE_FILES, EXAMPLES, GOLDEN, MLP, needs_emu
 
 
 def test_groups_round_trip_through_the_ir_text():
@@ -64,7 +63,7 @@ def test_mlp_hidden_layer_is_one_pointwise_kernel_after_its_matmul():
     assert k.name.startswith("fused_h") and "fmaxf" in k.body and "h.add" not in mod.buffers
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_o2_on_emu_agrees_with_the_interpreter_at_o0(path):
     """Two training steps from the same weights and batch. float32 on both sides, summed in other
@@ -168,7 +167,7 @@ def test_passes_flag_runs_the_named_passes(tmp_path, capsys):
     assert rc == 2 and "--passes: unknown pass 'nope'" in err and not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_diff_at_o2_compares_what_the_fused_step_keeps(capsys):
     rc, out, err = _dlc("diff", MLP, "--backends", "interp,emu", "-O", "2", capsys=capsys)
     assert rc == 0, out + err
@@ -177,7 +176,7 @@ def test_diff_at_o2_compares_what_the_fused_step_keeps(capsys):
         assert f" {name} " in out
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_a_fused_inner_value_is_refused_by_name():
     from dlc.ir.errors import DlcError
     m = dlc.compile(MLP, backend="emu", opt_level=2)
@@ -188,7 +187,7 @@ def test_a_fused_inner_value_is_refused_by_name():
 
 # -- random graphs and every op's model, fused, on the emulator ----------------------------------
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 @pytest.mark.parametrize("name", ["slices", "ew", "red", "mm", "cnn"])
 def test_op_models_at_o2_match_the_interpreter(name):
     """The shared op models of test_codegen (every op forward and backward, odd sizes), at -O2:
@@ -201,7 +200,7 @@ def test_op_models_at_o2_match_the_interpreter(name):
 
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes, st.integers(1, 19))
 @example(recipe=(1, [("binary", "add", "row", False)], "sum"), batch=1)  # was a bug: a reduction over N
@@ -215,7 +214,7 @@ def test_random_graphs_fused_match_the_interpreter(recipe, batch):
     compare_step(g, EmuBackend(g), batch, inherited_rounding=True)
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_reductions_compute_their_producers():
     """sum((p - t)^2) + mean(p * p * 0.5) at -O2: each reduction is one kernel that computes its
     operand element by element (no backward rule reads those operands); the step agrees with the

@@ -9,8 +9,7 @@ import pytest
 import dlc
 from dlc.codegen import generate
 from dlc.runtime.diff import synth_feeds
-from conftest import EXAMPLES
-
+from conftest import EXAMPLES, needs_emu
 
 
 def _graph(level):
@@ -99,10 +98,8 @@ def test_bottleneck_flag_on_the_command_line(capsys):
     assert "--insert-bottlenecks: the ratio must be between 0 and 1" in capsys.readouterr().err
 
 
+@needs_emu
 def test_a_rewritten_model_trains_and_agrees_on_emu():
-    from dlc.runtime.emu import emu_available
-    if not emu_available()[0]:
-        pytest.skip(emu_available()[1])
     ref = dlc.compile(EXAMPLES / "lenet.dln", backend="interp", insert_bottlenecks=0.5, seed=4)
     emu = dlc.compile(EXAMPLES / "lenet.dln", backend="emu", opt_level=2, insert_bottlenecks=0.5, seed=4)
     assert "c2.conv2d.reduce.w" in ref.params and ref.params["c2.w"].shape == (32, 8, 3, 3)

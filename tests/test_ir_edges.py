@@ -23,7 +23,6 @@ from dlc.passes.autodiff import autodiff
 from conftest import EXAMPLE_FILES, ROOT
 
 
-
 # -- 1. DOT labels ------------------------------------------------------------------------------
 
 def _odd_graph() -> Graph:

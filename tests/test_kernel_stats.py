@@ -48,8 +48,6 @@ ptxas info    : Used 8 registers, used 0 barriers"""
                     "k2": {"registers": 8, "spill_stores": 0, "spill_loads": 0, "smem": 0}}
 
 
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
 @pytest.mark.parametrize("level", [0, 2])
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)

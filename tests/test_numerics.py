@@ -16,8 +16,7 @@ import pytest
 import dlc
 from dlc.cli import main
 from dlc.ir.errors import DlcError
-from dlc.runtime.backends import available
-from conftest import LOGREG
+from conftest import LOGREG, needs_emu
 
 BLOWUP = """# s shrinks; once it is below 0, log(relu(s)) is log(0) = -inf
 model blowup {
@@ -32,7 +31,6 @@ model blowup {
     minimize loss with sgd(lr = 0.3)
 }
 """
-needs_emu = pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
 
 
 @pytest.fixture

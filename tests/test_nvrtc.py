@@ -24,7 +24,6 @@ pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available  # noqa: E402
 
 
-
 def assert_kernels_compile(mod) -> dict:
     """NVRTC compiles the module for every arch, and each PTX defines exactly the module's
     kernels; {arch: PTX}. The other test files' NVRTC checks use it too."""

@@ -32,13 +32,11 @@ from dlc.codegen.reductions import (COLUMN_CHUNK_ROWS, COLUMN_LANES, COLUMN_TILE
                                     XENT_ROWS_PER_BLOCK)
 from dlc.codegen.sizes import Size, capped_div, evaluate
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, emu_available
+from dlc.runtime.emu import EmuBackend
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_emu import assert_close, compare_step
-from conftest import EXAMPLES
-
-needs_emu = pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")
+from conftest import EXAMPLES, needs_emu
 
 # Every reduction form: columns (leading axes) over 37 (two tiles, the second partly empty), 8
 # (the threshold), 1500 (47 tiles) and 7 (below the threshold: a block per output) columns; one
