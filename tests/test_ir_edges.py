@@ -1,6 +1,6 @@
 """Edges of the IR and the front end, each once a bug: DOT labels escaped twice, gradient nodes
 named after the wrong value, misspelt dimensions taken for new symbols, `true` rebound, two
-assigns to one variable, CUDA text in ir/, dead code."""
+assigns to one variable, CUDA text in ir/."""
 from __future__ import annotations
 
 import re
@@ -237,12 +237,3 @@ def test_the_c_philox_is_the_numpy_philox():
     for k in (philox.W0, philox.W1):
         assert f"0x{k:08X}u;" in PHILOX_C
     assert f"r < {philox.ROUNDS};" in PHILOX_C
-    assert not hasattr(philox, "PHILOX_C")
-
-
-# -- 7. dead code -------------------------------------------------------------------------------
-
-def test_dead_helpers_are_gone():
-    from dlc.ir import graph, ops
-    assert not hasattr(graph, "SOURCE_OPS")
-    assert not hasattr(ops, "_same")
