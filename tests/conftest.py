@@ -1,11 +1,12 @@
-"""What the test modules share: the repository's paths, the `dlc` command in a subprocess, and the
-marker for tests that need the emu backend (a C++ compiler).
+"""What the test modules share: the repository's paths, the `dlc` command in a subprocess, and what
+a machine may lack: the marker for tests that need the emu backend (a C++ compiler), and PyTorch.
 
 pytest puts tests/ on sys.path, so a module imports these as `from conftest import ROOT, dlc_cli`.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,34 @@ def dlc_cli(*args, cwd=ROOT, env: dict | None = None, umask: int | None = None, 
 # -- what a machine may lack ----------------------------------------------------------------------
 EMU = emu_available()  # (ok, why): the emu backend compiles the generated CUDA with $CXX (g++)
 needs_emu = pytest.mark.skipif(not EMU[0], reason=f"the emu backend cannot run here: {EMU[1]}")
+
+
+def _torch_requirement():
+    """The test extra's torch requirement in pyproject.toml, or None."""
+    from packaging.requirements import Requirement
+    m = re.search(r"""^\s*(["'])(torch\b.*?)\1""", (ROOT / "pyproject.toml").read_text(), re.M)
+    return Requirement(m.group(2)) if m else None
+
+
+TORCH_REQUIREMENT = _torch_requirement()
+# whether `pip install -e '.[test]'` installs torch on this machine (the requirement's marker)
+TORCH_EXPECTED = TORCH_REQUIREMENT is not None and (
+    TORCH_REQUIREMENT.marker is None or TORCH_REQUIREMENT.marker.evaluate({"extra": "test"}))
+
+
+def import_torch():
+    """torch, for a comparison with PyTorch. Where the test extra installs it (TORCH_EXPECTED) a
+    missing torch fails the calling test, as any missing test dependency would; elsewhere the
+    test is skipped with the reason."""
+    try:
+        import torch
+    except ImportError as e:
+        if TORCH_EXPECTED:
+            pytest.fail(f"PyTorch is not importable ({e}), but the test extra installs it on this "
+                        f"platform ({TORCH_REQUIREMENT}): pip install -e '.[test]'", pytrace=False)
+        pytest.skip(f"PyTorch is not installed; the test extra installs it only where its CPU wheel "
+                    f"exists ({TORCH_REQUIREMENT or 'nowhere: no torch requirement in pyproject.toml'})")
+    return torch
 
 
 # -- the collection -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import dlc
 from dlc.cli import main
 from dlc.dsl.frontend import lower
 from test_gradcheck import assert_grad_close, compile64, numeric_grad, set_params
-from conftest import EXAMPLES, needs_emu
+from conftest import EXAMPLES, import_torch, needs_emu
 
 
 def seq_model(layer: str, steps: int, features: int = 2, units: int = 3) -> str:
@@ -188,7 +188,7 @@ def test_lstm_matches_torch_lstm_outputs_and_gradients(steps):
     (input, forget, cell, output); dlc's weights are the transposes of PyTorch's; dlc's one bias
     plus forget_bias on the forget block is PyTorch's bias_ih + bias_hh. Float64 on both sides, so
     the only difference is summation order: 1e-10 relative."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (not a dlc dependency)")
+    torch = import_torch()  # fails where the test extra installs torch, else skips without it
     n, f = 4, 3
     src = f"""
 model l {{
