@@ -1,9 +1,31 @@
+"""What the test modules share: the repository's paths, the `dlc` command in a subprocess, and what
+a machine may lack: the marker for tests that need the emu backend (a C++ compiler), and PyTorch.
+
+pytest puts tests/ on sys.path, so a module imports these as `from conftest import ROOT, dlc_cli`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from dlc.runtime.emu import emu_available
+
+# -- paths ------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dln"))
+EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLE_FILES)
+TRAINING_EXAMPLES = [p for p in EXAMPLE_FILES if "minimize" in p.read_text()]  # the files that train
+DIGITS = EXAMPLES / "data" / "digits.npz"
+MLP = EXAMPLES / "mlp.dln"
+LOGREG = EXAMPLES / "logreg.dln"
+XOR = EXAMPLES / "xor.dln"
+GOLDEN = ROOT / "tests" / "golden"
 
 
 @pytest.fixture
@@ -25,3 +47,75 @@ def backends():
             cache[text, level] = (g, EmuBackend(g))
         return cache[text, level]
     return get
+
+
+# -- the `dlc` command --------------------------------------------------------------------------
+def dlc_cli(*args, cwd=ROOT, env: dict | None = None, umask: int | None = None, rc: int | None = None,
+            timeout: float | None = 300) -> subprocess.CompletedProcess:
+    """Run the real command line, `python -m dlc.cli ARGS`, in a fresh interpreter, from `cwd`, with
+    text output captured. DLC_DEBUG is never passed on (a user's run, no tracebacks on purpose).
+
+    env: variables set on top of os.environ; a value None removes that variable.
+    umask: the child's umask.
+    rc: where given, the exit status must be rc and stderr must hold no Python traceback."""
+    full = dict(os.environ)
+    full.pop("DLC_DEBUG", None)
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=full,
+                       capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+    if rc is not None:
+        assert r.returncode == rc, f"dlc {' '.join(map(str, args))}: exit {r.returncode}, expected {rc}\n" \
+                                   f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+        assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+# -- what a machine may lack ----------------------------------------------------------------------
+EMU = emu_available()  # (ok, why): the emu backend compiles the generated CUDA with $CXX (g++)
+needs_emu = pytest.mark.skipif(not EMU[0], reason=f"the emu backend cannot run here: {EMU[1]}")
+
+
+def _torch_requirement():
+    """The test extra's torch requirement in pyproject.toml, or None."""
+    from packaging.requirements import Requirement
+    m = re.search(r"""^\s*(["'])(torch\b.*?)\1""", (ROOT / "pyproject.toml").read_text(), re.M)
+    return Requirement(m.group(2)) if m else None
+
+
+TORCH_REQUIREMENT = _torch_requirement()
+# whether `pip install -e '.[test]'` installs torch on this machine (the requirement's marker)
+TORCH_EXPECTED = TORCH_REQUIREMENT is not None and (
+    TORCH_REQUIREMENT.marker is None or TORCH_REQUIREMENT.marker.evaluate({"extra": "test"}))
+
+
+def import_torch():
+    """torch, for a comparison with PyTorch. Where the test extra installs it (TORCH_EXPECTED) a
+    missing torch fails the calling test, as any missing test dependency would; elsewhere the
+    test is skipped with the reason."""
+    try:
+        import torch
+    except ImportError as e:
+        if TORCH_EXPECTED:
+            pytest.fail(f"PyTorch is not importable ({e}), but the test extra installs it on this "
+                        f"platform ({TORCH_REQUIREMENT}): pip install -e '.[test]'", pytrace=False)
+        pytest.skip(f"PyTorch is not installed; the test extra installs it only where its CPU wheel "
+                    f"exists ({TORCH_REQUIREMENT or 'nowhere: no torch requirement in pyproject.toml'})")
+    return torch
+
+
+# -- the collection -------------------------------------------------------------------------------
+def pytest_collection_modifyitems(session, config, items):
+    """The repository root is the package `dlc` itself (it has an __init__.py), so pytest makes it a
+    Package node and, before the first test, imports its __init__.py to look for a setup_module.
+    It imports it under the checkout folder's name (`main` -> a second copy of dlc as `main`), or,
+    where that name is no Python identifier (`wt-tests`, `dlc-fork`), as a top-level `__init__`
+    whose relative imports fail: every test then errors at setup. dlc's __init__.py has no
+    setup_module or teardown_module, so that import is skipped."""
+    for node in {n for item in items for n in item.listchain()}:
+        if isinstance(node, pytest.Package) and node.path.resolve() == ROOT:
+            node.setup = lambda: None

@@ -1,18 +1,14 @@
 """The Python API of DESIGN.md: dlc.compile, Model.params / forward / grad / step / ir."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import dlc
 from dlc.ir.text import parse_ir
 from dlc.ir.verify import verify
+from conftest import DIGITS, EXAMPLES, MLP
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-MLP = EXAMPLES / "mlp.dln"
 MLP_PARAMS = {"w1": (64, 128), "b1": (128,), "w2": (128, 10), "b2": (10,)}
 
 FROZEN = """model transfer {
@@ -40,7 +36,7 @@ INFERENCE_ONLY = """model infer {
 
 @pytest.fixture(scope="module")
 def digits():
-    with np.load(EXAMPLES / "data" / "digits.npz") as z:
+    with np.load(DIGITS) as z:
         return z["x"][:64].copy(), z["y"][:64].copy()
 
 

@@ -14,29 +14,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dlc
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-DIGITS = EXAMPLES / "data" / "digits.npz"
-MLP = EXAMPLES / "mlp.dln"
+from conftest import DIGITS, MLP, dlc_cli
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def dlc_cli(*args, cwd) -> subprocess.CompletedProcess:
-    """Run the real command line in a fresh interpreter (no --debug, no DLC_DEBUG)."""
-    env = dict(os.environ)
-    env.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def first_line(r: subprocess.CompletedProcess) -> str:
     lines = r.stderr.splitlines()
     return lines[0] if lines else ""

@@ -3,17 +3,14 @@ warning for scattered times. No timing threshold is asserted: the figures depend
 the warning logic is checked as a function of synthetic times."""
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import dlc.api as cli_api
 from dlc.cli import main
 from dlc.runtime.bench import SPREAD_LIMIT, THREAD_VARS, time_stats, unreliable
+from conftest import EXAMPLES, ROOT, dlc_cli, needs_emu
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 COLUMNS = ["phase", "min ms", "median ms", "p10 ms", "p90 ms", "p90/p10"]
 
 
@@ -34,10 +31,9 @@ def parse_table(out: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-def bench(*args, env=None):
-    env = {k: v for k, v in (env or os.environ).items() if k not in THREAD_VARS and k != "DLC_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "dlc.cli", "bench", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
+def bench(*args):
+    """`dlc bench ARGS` with none of the thread variables set."""
+    return dlc_cli("bench", *args, env=dict.fromkeys(THREAD_VARS))
 
 
 def test_bench_prints_every_phase_with_its_statistics():
@@ -117,22 +113,14 @@ def test_the_limit_is_inclusive_and_zero_times_are_unreliable():
     assert unreliable({"spread": float("nan")})
 
 
+@needs_emu
 def test_bench_on_cuda_prints_what_a_step_asks_of_the_host():
     """Through the CuPy stand-in (tests/fake_cupy_path): the step phase reports one host sync and
     the 4 bytes of the loss per step, and the deferred phase one sync per 25 steps, counted by
     the cuda backend."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    from dlc.runtime.emu import emu_available
-    if not emu_available()[0]:
-        pytest.skip(f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
-    tests = Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests / "fake_cupy_path"), str(tests)]))
-    r = subprocess.run([sys.executable, "-m", "dlc.cli", "bench", str(tests.parent / "examples" / "mlp.dln"),
-                        "--backend", "cuda", "--iters", "2", "--batch", "4", "-O", "2"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    tests = ROOT / "tests"
+    r = dlc_cli("bench", EXAMPLES / "mlp.dln", "--backend", "cuda", "--iters", "2", "--batch", "4", "-O", "2",
+                env={"PYTHONPATH": os.pathsep.join([str(tests / "fake_cupy_path"), str(tests)])})
     assert r.returncode == 0, r.stderr
     assert "per step: 1 host sync, 4 bytes device-to-host" in r.stdout, r.stdout
     # the deferred phase queues 25 steps and reads their losses with one wait

@@ -23,8 +23,7 @@ from dlc.cli import main
 from dlc.ir.errors import DlcError
 from dlc.runtime.files import read_npz
 from dlc.runtime.weights import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import DIGITS
 
 MODEL = """
 model ck {
@@ -43,7 +42,7 @@ model ck {
 def work(tmp_path, monkeypatch):
     """A folder with the model, 200 digits as data, and the working directory there."""
     (tmp_path / "ck.dln").write_text(MODEL)
-    with np.load(ROOT / "examples" / "data" / "digits.npz") as z:
+    with np.load(DIGITS) as z:
         np.savez(tmp_path / "d.npz", x=z["x"][:200], y=z["y"][:200])
     monkeypatch.chdir(tmp_path)
     return tmp_path

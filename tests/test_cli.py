@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,8 @@ import pytest
 import dlc
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
-from dlc.runtime.backends import available
+from conftest import EXAMPLE_NAMES, EXAMPLES, dlc_cli, needs_emu
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
 SUBCOMMANDS = ["check", "compile", "run", "diff", "bench"]
 
 # The params of every example, read off the .dln files by hand (prelude functions create
@@ -48,21 +45,8 @@ EXPECTED = {
         "outputs": {"out": "f32[N, 1]"},
     },
 }
-EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dln"))
 REGRESSIONS = ("sine", "adding_elman", "adding_lstm")  # real-valued targets: a loss, no accuracy
 SMALL_EPOCHS = {"xor": 20}   # others: 2 epochs on a 300-example subset of their data
-
-
-def dlc_cli(*args, cwd=None, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DLC_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd or ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    if check_rc is not None:
-        assert r.returncode == check_rc, f"dlc {' '.join(map(str, args))}: exit {r.returncode}\n" \
-                                         f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-        assert "Traceback" not in r.stderr, r.stderr
-    return r
 
 
 def test_the_documented_examples_exist():
@@ -71,26 +55,29 @@ def test_the_documented_examples_exist():
 
 # -- help ---------------------------------------------------------------------------------------
 def test_help_lists_every_command():
-    r = dlc_cli("--help")
+    r = dlc_cli("--help", rc=0)
     for c in SUBCOMMANDS:
         assert re.search(rf"^\s+{c}\s", r.stdout, re.M), f"`dlc --help` does not list {c}:\n{r.stdout}"
 
 
-@pytest.mark.skipif(shutil.which("dlc") is None, reason="the `dlc` entry point is not on PATH")
 def test_entry_point_on_path():
-    r = subprocess.run(["dlc", "--help"], capture_output=True, text=True, timeout=120)
+    """The `dlc` command that `pip install` writes ([project.scripts]): on PATH, or (the virtual
+    environment not activated) beside this Python. Missing is a failure: a renamed entry point."""
+    exe = shutil.which("dlc") or shutil.which("dlc", path=sysconfig.get_path("scripts"))
+    assert exe, f"no `dlc` command on PATH or in {sysconfig.get_path('scripts')}"
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage: dlc" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
 def test_subcommand_help(cmd):
-    r = dlc_cli(cmd, "--help")
+    r = dlc_cli(cmd, "--help", rc=0)
     assert r.stdout.startswith(f"usage: dlc {cmd}"), r.stdout
     assert "--debug" in r.stdout
 
 
 def test_no_command_is_a_usage_error():
-    r = dlc_cli(check_rc=None)
+    r = dlc_cli()
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "usage: dlc" in r.stdout + r.stderr
 
@@ -115,7 +102,7 @@ def _shape(text: str) -> tuple:
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_check(name):
-    r = dlc_cli("check", EXAMPLES / f"{name}.dln")
+    r = dlc_cli("check", EXAMPLES / f"{name}.dln", rc=0)
     m = dlc.compile(EXAMPLES / f"{name}.dln", backend="interp")
     want = EXPECTED.get(name) or {
         "inputs": {n: str(m.graph.type(n)) for n in m.graph.inputs},
@@ -152,7 +139,7 @@ def test_check(name):
 def test_compile_writes_ir_dot_dumps_and_stats(tmp_path):
     out = tmp_path / "build"
     r = dlc_cli("compile", EXAMPLES / "mlp.dln", "-o", out, "--emit", "ir,dot", "--dump-ir-after", "all",
-                "--stats")
+                "--stats", rc=0)
     ir_file, dot_file = out / "mlp.ir", out / "mlp.dot"
     assert ir_file.is_file() and dot_file.is_file()
     assert dot_file.read_text().lstrip().startswith("digraph")
@@ -216,7 +203,7 @@ def runs(tmp_path_factory):
         data = _small_data(name, m, d)
         epochs = SMALL_EPOCHS.get(name, 2) if m.trainable else 0
         r = dlc_cli("run", EXAMPLES / f"{name}.dln", "--backend", "interp", "--data", data.name,
-                    "--epochs", epochs, "--no-progress", "--save", "w.npz", "--metrics-json", "m.json", cwd=d)
+                    "--epochs", epochs, "--no-progress", "--save", "w.npz", "--metrics-json", "m.json", cwd=d, rc=0)
         out[name] = (r, d, m, epochs)
     return out
 
@@ -276,7 +263,7 @@ def test_load_with_zero_epochs_reproduces_saved_accuracy(name, runs):
     _, d, _, _ = runs[name]
     m = _example_info(name)
     dlc_cli("run", EXAMPLES / f"{name}.dln", "--backend", "interp", "--data", "data.npz", "--epochs", "0",
-            "--load", "w.npz", "--no-progress", "--metrics-json", "m0.json", cwd=d)
+            "--load", "w.npz", "--no-progress", "--metrics-json", "m0.json", cwd=d, rc=0)
     m0 = json.loads((d / "m0.json").read_text())
     assert m0["epochs"] == 0 and math.isfinite(m0["loss"])
     with np.load(d / "w.npz") as z:
@@ -292,7 +279,7 @@ def test_same_seed_is_deterministic_and_a_different_seed_differs(tmp_path):
     res = {}
     for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
         dlc_cli("run", mlp, "--backend", "interp", "--epochs", "1", "--seed", seed, "--no-progress",
-                "--save", f"w{tag}.npz", "--metrics-json", f"m{tag}.json", cwd=tmp_path)
+                "--save", f"w{tag}.npz", "--metrics-json", f"m{tag}.json", cwd=tmp_path, rc=0)
         m = json.loads((tmp_path / f"m{tag}.json").read_text())
         m.pop("seconds", None)
         with np.load(tmp_path / f"w{tag}.npz") as z:
@@ -305,9 +292,9 @@ def test_same_seed_is_deterministic_and_a_different_seed_differs(tmp_path):
 
 
 # -- diff -------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
+@needs_emu
 def test_diff_interp_emu(tmp_path):
     """The real command end to end (interp alone is refused: see test_diff.py)."""
-    r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp,emu", cwd=tmp_path)
+    r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp,emu", cwd=tmp_path, rc=0)
     assert re.search(r"^result: \S+", r.stdout, re.M), r.stdout
     assert "result: agree" in r.stdout

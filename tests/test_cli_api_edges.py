@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,7 @@ import dlc
 from dlc.runtime.backends import available
 from dlc.runtime.files import atomic_write
 from dlc.runtime.weights import save_weights
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-DIGITS = EXAMPLES / "data" / "digits.npz"
-LOGREG = EXAMPLES / "logreg.dln"
-MLP = EXAMPLES / "mlp.dln"
+from conftest import DIGITS, EXAMPLES, LOGREG, MLP, ROOT, dlc_cli
 
 # mean squared error with a far too large learning rate: the loss overflows within a few steps
 DIVERGES = """model diverges {
@@ -38,20 +32,6 @@ DIVERGES = """model diverges {
     minimize loss with sgd(lr = 1000.0)
 }
 """
-
-
-def dlc_cli(*args, cwd, umask: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300,
-                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
-
-
-def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
 
 
 def user_error(r: subprocess.CompletedProcess) -> str:
@@ -111,7 +91,7 @@ def test_bad_value_in_the_models_train_line_says_so(tmp_path, small):
     assert line.startswith("m.dln: error: train(batch = 0)"), line
     assert "--batch" in line and ">= 1" in line, line
     # the flag overrides the model's value
-    ok(dlc_cli("run", "m.dln", "--no-progress", "--batch", "50", cwd=tmp_path))
+    dlc_cli("run", "m.dln", "--no-progress", "--batch", "50", cwd=tmp_path, rc=0)
 
 
 BAD_ARGS = [
@@ -165,14 +145,14 @@ def test_no_backend_line_before_errors(tmp_path):
 
 def test_backend_named_in_the_model_line(tmp_path, small):
     data, _, _ = small
-    r = ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", cwd=tmp_path))
+    r = dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", cwd=tmp_path, rc=0)
     auto = "cuda" if available("cuda")[0] else "interp"
     reason = "a GPU is present" if auto == "cuda" else "no GPU found"
     first = r.stdout.splitlines()[0]
     assert first == f"model logreg: 200 examples from {data}, backend {auto} (auto: {reason})", first
     assert r.stdout.count("backend") == 1, r.stdout
-    r = ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--backend", "interp",
-                   cwd=tmp_path))
+    r = dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--backend", "interp",
+                cwd=tmp_path, rc=0)
     assert r.stdout.splitlines()[0].endswith("backend interp"), r.stdout
 
 
@@ -210,9 +190,9 @@ def test_failed_write_leaves_nothing(tmp_path):
 @pytest.mark.parametrize("umask,want", [(0o022, 0o644), (0o077, 0o600)])
 def test_cli_outputs_respect_the_umask(umask, want, tmp_path, small):
     data, _, _ = small
-    ok(dlc_cli("compile", LOGREG, "-o", "out", "--emit", "ir,dot,cuda,plan", cwd=tmp_path, umask=umask))
-    ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--save", "w.npz",
-               "--metrics-json", "m.json", "--predict", "p.npz", cwd=tmp_path, umask=umask))
+    dlc_cli("compile", LOGREG, "-o", "out", "--emit", "ir,dot,cuda,plan", cwd=tmp_path, umask=umask, rc=0)
+    dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--save", "w.npz",
+            "--metrics-json", "m.json", "--predict", "p.npz", cwd=tmp_path, umask=umask, rc=0)
     files = [tmp_path / f for f in ("w.npz", "m.json", "p.npz")] + sorted((tmp_path / "out").iterdir())
     assert len(files) == 7, files
     for f in files:
@@ -258,8 +238,8 @@ def test_epochs_zero_says_how_many_examples(tmp_path, small):
     for _ in range(5):
         m.step(x=x, y=y)
     m.save(tmp_path / "w.npz")
-    r = ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
-                   "--metrics-json", "m.json", cwd=tmp_path))
+    r = dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
+                "--metrics-json", "m.json", cwd=tmp_path, rc=0)
     found = re.search(r"^loss ([0-9.]+)  accuracy ([0-9.]+) on (\d+) examples$", r.stdout, re.M)
     assert found, r.stdout
     assert int(found.group(3)) == len(x)
@@ -271,8 +251,8 @@ def test_epochs_zero_says_how_many_examples(tmp_path, small):
 # -- 8. output folders are created; the README writes under build/ ---------------------------------
 def test_output_folders_are_created(tmp_path, small):
     data, _, _ = small
-    ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--save", "a/b/w.npz",
-               "--metrics-json", "c/m.json", "--predict", "d/e/p.csv", cwd=tmp_path))
+    dlc_cli("run", LOGREG, "--data", data, "--epochs", "1", "--no-progress", "--save", "a/b/w.npz",
+            "--metrics-json", "c/m.json", "--predict", "d/e/p.csv", cwd=tmp_path, rc=0)
     for f in ("a/b/w.npz", "c/m.json", "d/e/p.csv"):
         assert (tmp_path / f).is_file(), f
 
@@ -303,14 +283,14 @@ def test_predict_npz_and_csv_match_forward(tmp_path, small):
         m.step(x=x, y=y)
     m.save(tmp_path / "w.npz")
     want = m.forward(x=x)["logits"]
-    ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
-               "--batch", "64", "--predict", "p.npz", cwd=tmp_path))   # 200 = 3 * 64 + 8: a partial batch
+    dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
+            "--batch", "64", "--predict", "p.npz", cwd=tmp_path, rc=0)   # 200 = 3 * 64 + 8: a partial batch
     with np.load(tmp_path / "p.npz") as z:
         assert z.files == ["logits"]
         np.testing.assert_allclose(z["logits"], want, rtol=1e-5, atol=1e-6)
 
-    ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
-               "--predict", "p.csv", cwd=tmp_path))
+    dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
+            "--predict", "p.csv", cwd=tmp_path, rc=0)
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["class"] + [f"logits_{i}" for i in range(10)]
@@ -322,8 +302,8 @@ def test_predict_npz_and_csv_match_forward(tmp_path, small):
 
 def test_predict_after_training_uses_the_trained_weights(tmp_path, small):
     data, x, _ = small
-    ok(dlc_cli("run", LOGREG, "--data", data, "--epochs", "2", "--no-progress", "--backend", "interp",
-               "--save", "w.npz", "--predict", "p.npz", cwd=tmp_path))
+    dlc_cli("run", LOGREG, "--data", data, "--epochs", "2", "--no-progress", "--backend", "interp",
+            "--save", "w.npz", "--predict", "p.npz", cwd=tmp_path, rc=0)
     trained = dlc.load(LOGREG, tmp_path / "w.npz", backend="interp")
     with np.load(tmp_path / "p.npz") as z:
         got = z["logits"]
@@ -336,8 +316,8 @@ def test_predict_after_training_uses_the_trained_weights(tmp_path, small):
 def test_predict_csv_for_a_non_classifier(tmp_path):
     with np.load(EXAMPLES / "data" / "xor.npz") as z:
         x, y = z["x"], z["y"]
-    ok(dlc_cli("run", EXAMPLES / "xor.dln", "--epochs", "0", "--backend", "interp", "--predict", "p.csv",
-               cwd=tmp_path))
+    dlc_cli("run", EXAMPLES / "xor.dln", "--epochs", "0", "--backend", "interp", "--predict", "p.csv",
+            cwd=tmp_path, rc=0)
     rows = list(csv.reader(open(tmp_path / "p.csv", newline="")))
     assert rows[0] == ["out"] and len(rows) == len(x) + 1
     m = dlc.compile(EXAMPLES / "xor.dln", backend="interp")

@@ -20,11 +20,11 @@ from dlc.codegen.generate import EMITTERS
 from dlc.codegen.plan import RNG_BUFFER
 from dlc.codegen.pointwise import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS, _ewise, c_expr
 from dlc.codegen.sizes import Size, broadcast_index, evaluate, gather_index, strides
-from dlc.runtime.emu import emu_available
 from dlc.ir.graph import Graph
 from dlc.ir.ops import FAMILIES, OPS, elementwise_ops
 from dlc.ir.types import TensorType
 from dlc.passes.manager import run_pipeline
+from conftest import needs_emu
 
 MODELS = {
     # slices that do not cover their operand: the adjoint is a pad (zeros around it), and slices of
@@ -232,9 +232,8 @@ def test_one_kernel_per_distinct_body_whatever_the_depth():
     assert "also launched for %" in m.source
 
 
+@needs_emu
 def test_shared_kernels_run_on_each_nodes_buffers():
-    if not emu_available()[0]:
-        pytest.skip(emu_available()[1])
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((9, 20)).astype(np.float32), rng.integers(0, 10, 9).astype(np.int32)
     ref, emu = (dlc.compile(_deep(5), backend=b, seed=3) for b in ("interp", "emu"))
@@ -403,9 +402,10 @@ def test_codegen_has_no_branch_on_an_op_name():
     assert not named, f"codegen names ops: {named}"
 
 
-def test_an_op_of_an_existing_family_needs_no_codegen_change():
-    """Register a new elementwise op and a new reduction in the registry only: both compile to
-    kernels that compute what their NumPy references say (on the emulator where g++ exists)."""
+@pytest.fixture
+def new_ops_model():
+    """A new elementwise op (cube) and a new reduction (sumsq_mean) registered in the registry only,
+    for the length of a test; a model using both."""
     from dlc.ir.ops import _reduce_rule, _unary_float, op as register
     try:
         register("cube", 1, _unary_float("cube"), lambda x: x * x * x, c="a * a * a")
@@ -413,20 +413,28 @@ def test_an_op_of_an_existing_family_needs_no_codegen_change():
                  lambda x, axis, keepdims: np.mean(np.square(x), axis=axis, keepdims=keepdims),
                  family="reduce", kernel={"map": "a * a", "finish": "acc / (float)extent"},
                  attrs={"axis": None, "keepdims": False})
-        src = """model m {
+        yield """model m {
     input x : f32[N, 5]
     y = sumsq_mean(cube(x), axis = 1)
     output y
 }"""
-        mod = generate(dlc.compile(src, backend="interp").graph)
-        assert any("a * a * a" in mod.source.split(f"void {k.name}(")[1].split("\n}\n")[0] for k in mod.kernels)
-        if emu_available()[0]:
-            x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-            got = dlc.compile(src, backend="emu").forward(x=x)["y"]
-            np.testing.assert_allclose(got, np.mean(x ** 6, axis=1), rtol=1e-5)
     finally:
         OPS.pop("cube", None)
         OPS.pop("sumsq_mean", None)
+
+
+def test_an_op_of_an_existing_family_needs_no_codegen_change(new_ops_model):
+    """Register a new elementwise op and a new reduction in the registry only: both compile to
+    kernels (the next test runs them on the emulator against their NumPy references)."""
+    mod = generate(dlc.compile(new_ops_model, backend="interp").graph)
+    assert any("a * a * a" in mod.source.split(f"void {k.name}(")[1].split("\n}\n")[0] for k in mod.kernels)
+
+
+@needs_emu
+def test_an_op_of_an_existing_family_computes_its_reference_on_emu(new_ops_model):
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    got = dlc.compile(new_ops_model, backend="emu").forward(x=x)["y"]
+    np.testing.assert_allclose(got, np.mean(x ** 6, axis=1), rtol=1e-5)
 
 
 def test_registering_an_op_without_what_its_family_needs_fails():
@@ -586,7 +594,7 @@ def test_convolutions_and_their_adjoints_use_the_tiled_product():
     assert {k.template for k in convs} == {"matmul.cu.j2", "split_sum.cu.j2"}
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")
+@needs_emu
 @pytest.mark.parametrize("batch", [1, 3])
 def test_1x1_gemm_path_agrees_with_the_interpreter(batch):
     from dlc.runtime.diff import diff, synth_feeds

@@ -1,14 +1,13 @@
 """Convolutional ops on the interpreter: forward against naive loops, gradients against finite
 differences (float64), dropout's generator and masks, bad input, and the example networks."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import dlc
 from dlc.ir.philox import keep_mask, philox_word0, uniform
+from conftest import dlc_cli
 
 
 def naive_conv(x, w, s, p, d):
@@ -252,8 +251,7 @@ def test_bad_convolutional_input_is_located(line, expect):
 # -- dlc check FLOPs and the example networks -----------------------------------------------------
 
 def test_check_reports_what_a_1x1_reduction_saves(examples_dir):
-    out = subprocess.run([sys.executable, "-m", "dlc.cli", "check", str(examples_dir / "bottleneck.dln")],
-                         capture_output=True, text=True, check=True).stdout
+    out = dlc_cli("check", examples_dir / "bottleneck.dln", rc=0).stdout
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.startswith("  ") and len(ln.split()) >= 4}
     maps = 28 * 28
     # conv: 2*C*k*k multiply-adds per output element; + bias add and relu, one each per element
@@ -268,8 +266,7 @@ def test_check_reports_what_a_1x1_reduction_saves(examples_dir):
 
 def run_example(examples_dir, tmp_path, name, *flags):
     mj = tmp_path / "m.json"
-    subprocess.run([sys.executable, "-m", "dlc.cli", "run", str(examples_dir / name), "--no-progress",
-                    "--metrics-json", str(mj), *flags], check=True, capture_output=True)
+    dlc_cli("run", examples_dir / name, "--no-progress", "--metrics-json", mj, *flags, rc=0, timeout=None)
     return json.loads(mj.read_text())
 
 

@@ -17,7 +17,8 @@ from dlc.runtime.diff import synth_feeds
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS
-from test_emu import EXAMPLES, assert_close, compare_step, step_roots
+from test_emu import assert_close, compare_step, step_roots
+from conftest import EXAMPLES, needs_emu
 from fake_cupy import fake_cupy
 
 OK, WHY = cuda_available()
@@ -105,10 +106,7 @@ def test_api_backend_cuda():
 # output copies, commits and graph replay; it says nothing about CuPy itself or the GPU, which
 # only the tests above check.
 
-from dlc.runtime.emu import emu_available  # noqa: E402
-
-
-@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the fake CuPy runs kernels on the emulator
 @pytest.mark.parametrize("graphed", [False, True], ids=["launches", "cuda-graph"])
 @pytest.mark.parametrize("name", ["red", "cnn", "mm"])  # mm trains with Adam: 0-d state buffers
 def test_backend_bookkeeping_with_a_fake_cupy(monkeypatch, name, graphed):
@@ -122,7 +120,7 @@ def test_backend_bookkeeping_with_a_fake_cupy(monkeypatch, name, graphed):
         assert len(backend._graphs) == 2  # one per batch size, replayed
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the fake CuPy runs kernels on the emulator
 @pytest.mark.parametrize("level, graphed", [(1, False), (2, False), (2, True)])
 def test_a_training_step_waits_once_and_downloads_the_loss_only(monkeypatch, level, graphed):
     """What the stand-in sees (its own counts of stream synchronisations and device-to-host
@@ -161,7 +159,7 @@ def _fake_cuda_mlp(monkeypatch, graphed=False, level=1):
     return m, ref, backend
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the fake CuPy runs kernels on the emulator
 @pytest.mark.parametrize("graphed", [False, True], ids=["launches", "cuda-graph"])
 def test_deferred_steps_wait_once_for_all(monkeypatch, graphed):
     """Steps taken with wait=False queue their losses without waiting for the device: k steps
@@ -187,7 +185,7 @@ def test_deferred_steps_wait_once_for_all(monkeypatch, graphed):
     assert m.steps == len(batches)
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the fake CuPy runs kernels on the emulator
 def test_unread_deferred_steps_are_brought_down_at_the_limit(monkeypatch):
     """A caller that never reads its deferred steps does not hold device buffers forever: at
     MAX_PENDING unread runs they come down (one wait), and their results stay readable."""
@@ -204,7 +202,7 @@ def test_unread_deferred_steps_are_brought_down_at_the_limit(monkeypatch):
     assert backend.counters["syncs"] - before == 3
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the fake CuPy runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the fake CuPy runs kernels on the emulator
 def test_the_training_loop_waits_once_per_interval(monkeypatch):
     """`dlc run`'s loop reads the losses every SYNC_EVERY steps and at the end of an epoch: one
     host sync each, not one per step; the epoch's loss is the interpreter's (the same batches)."""
@@ -254,7 +252,7 @@ def _cupy_installed() -> bool:
     return sys.modules.get("cupy") is not None or importlib.util.find_spec("cupy") is not None
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the stand-in runs kernels on the emulator
 @pytest.mark.skipif(_cupy_installed(), reason="a real CuPy is installed here: the stand-in gives way to it")
 def test_fake_cupy_path_is_the_stand_in_where_no_cupy_is_installed():
     out, _ = _which_cupy(FAKE_PATH)
@@ -270,7 +268,7 @@ def test_fake_cupy_path_gives_way_to_a_real_cupy(real_cupy, order):
         assert "a real CuPy is installed" in err and "using it, not the stand-in" in err
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"the stand-in runs kernels on the emulator: {emu_available()[1]}")
+@needs_emu  # the stand-in runs kernels on the emulator
 @pytest.mark.skipif(_cupy_installed() or OK, reason="a real CuPy is installed here: the GPU tests above ran on it")
 def test_the_gpu_tests_pass_on_the_stand_in():
     """The tests above that need a GPU (skipped here) run on the stand-in in a child process, so

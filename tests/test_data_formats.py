@@ -6,10 +6,7 @@ independent of the loader (struct.pack for IDX headers, plain text for CSV)."""
 from __future__ import annotations
 
 import gzip
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +14,8 @@ import pytest
 
 import dlc
 from dlc.runtime.datafiles import DataOptions, load_data, read_idx
+from conftest import DIGITS, MLP, ROOT, XOR, dlc_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-MLP = ROOT / "examples" / "mlp.dln"
-XOR = ROOT / "examples" / "xor.dln"
-DIGITS = ROOT / "examples" / "data" / "digits.npz"
 # where mlp.dln's softmax_xent is: line 14, column 14 (`softmax_xent(logits, y) + ...`)
 MLP_XENT = f"{MLP}:14:14"
 
@@ -339,13 +333,6 @@ def test_flags_that_do_not_fit_the_data(tmp_path, digits, mlp):
 
 
 # -- through the command -------------------------------------------------------------------------
-def dlc_cli(*args, cwd=None):
-    env = dict(os.environ)
-    env.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_run_trains_on_idx_files(tmp_path, digits):
     x, y = digits
     xi = write_idx(tmp_path / "train-images-idx3-ubyte.gz", x)

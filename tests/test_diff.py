@@ -9,10 +9,10 @@ import pytest
 import dlc
 import dlc.runtime.diff as diff_mod
 from dlc.cli import main
-from dlc.runtime.emu import emu_available
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS
+from conftest import needs_emu
 
 
 class Perturbed(Interpreter):
@@ -127,7 +127,7 @@ def test_a_different_dropout_mask_is_a_divergence(monkeypatch, cnn):
     assert row.kind == "dropout" and not row.ok
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")
+@needs_emu
 def test_dropout_outputs_are_compared_and_agree_on_emu(tmp_path, capsys):
     f = tmp_path / "cnn.dln"
     f.write_text(MODELS["cnn"])

@@ -20,9 +20,7 @@ import dlc
 from dlc.ir.ops import (INPUT, MODEL, OPS, OPTIMIZER, PARAM, RANDOM, STORED, TRAINING, UPDATES_STATE, op,
                         _unary_float)
 from dlc.ir.text import parse_ir
-from dlc.runtime.backends import available
-
-needs_emu = pytest.mark.skipif(not available("emu")[0], reason=f"emu cannot run here: {available('emu')[1]}")
+from conftest import import_torch, needs_emu
 
 # -- the declarations --------------------------------------------------------------------------------
 
@@ -274,7 +272,7 @@ def test_leaky_relu_is_one_entry():
 
 
 def test_leaky_relu_agrees_with_pytorch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    torch = import_torch()
     m = dlc.compile(LEAKY, backend="interp", float_dtype="float64")
     x, y = leaky_batch()
     loss, grads = m.grad(x=x, y=y)

@@ -13,7 +13,6 @@ float32 rounding it inherits, measured per tensor (`float32_rounding`, below).
 import contextlib
 import ctypes
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +23,15 @@ import dlc
 from dlc.ir.errors import DlcError
 from dlc.ir.ops import OPS
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, build_library, emu_available
+from dlc.runtime.emu import EmuBackend, build_library
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
 from test_codegen import MODELS, build_random_graph, recipes
+from conftest import EXAMPLE_FILES, EXAMPLES, needs_emu
 
-pytestmark = pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+pytestmark = needs_emu
 
 RTOL, ATOL = 1e-4, 1e-5
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def assert_close(got, want, what, rounding=0.0):
@@ -356,7 +355,7 @@ def test_random_graphs_match_interpreter(recipe, batch):
 
 # -- the examples ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.dln")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_example_matches_interpreter(path):
     g = dlc.compile(path, backend="interp").graph
     compare_step(g, EmuBackend(g), 5, rng=(0, 1))

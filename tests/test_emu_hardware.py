@@ -20,7 +20,6 @@ import ctypes
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,13 +30,13 @@ from dlc.codegen.shared import shared_bytes
 from dlc.ir.errors import DlcError
 from dlc.runtime.runner import MAX_STATIC_SHARED, check_launch
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, build_library, emu_available
+from dlc.runtime.emu import EmuBackend, build_library
 from dlc.runtime.init import initial_state
 from test_codegen import MODELS
+from conftest import EXAMPLES, XOR, dlc_cli, needs_emu
 
-pytestmark = pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+pytestmark = needs_emu
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ORDERS = {"forward": (0, 0), "reverse": (1, 0), "shuffled": (2, 12345)}
 
 
@@ -250,11 +249,7 @@ def test_the_order_can_be_set_by_environment_variable(races):
 
 def test_a_bad_order_setting_is_a_user_error_not_an_abort():
     """The library aborts on a DLC_EMU_ORDER it cannot read; the backend says so first (exit 2)."""
-    import os
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    r = subprocess.run([sys.executable, "-m", "dlc.cli", "run", str(examples / "xor.dln"), "--backend", "emu",
-                        "--epochs", "1", "--no-progress"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, DLC_EMU_ORDER="sideways"))
+    r = dlc_cli("run", XOR, "--backend", "emu", "--epochs", "1", "--no-progress", env={"DLC_EMU_ORDER": "sideways"})
     assert r.returncode == 2, r.stderr
     assert "DLC_EMU_ORDER=sideways: expected forward, reverse or shuffle" in r.stderr and "Traceback" not in r.stderr
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dlc
 from dlc.runtime.evaluate import evaluate_classes
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, dlc_cli
 
 # logits = x @ w + b; with w = I and b = 0 the logits are the input
 IDENTITY = """model ident {
@@ -78,13 +73,6 @@ def test_metrics_by_hand(tmp_path, batch):
     m = dlc.load(model, w, backend="interp")
     d = np.load(data)
     check(evaluate_classes(m, {"x": d["x"], "y": d["y"]}, batch))
-
-
-def dlc_cli(*args, cwd=None):
-    env = dict(os.environ)
-    env.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_eval_command_prints_and_writes_json(tmp_path):

@@ -2,8 +2,6 @@
 reference interpreter at -O0 on every example (through the emulator where g++ exists)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -14,32 +12,28 @@ from dlc.codegen import generate
 from dlc.ir.text import parse_ir, print_ir
 from dlc.passes.fusion import plan
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import emu_available
 from test_codegen import build_random_graph, recipes
 from test_emu import compare_step  # at import: hypothesis refuses @given applied inside a running test
-
-HERE = Path(__file__).parent
-GOLDEN = HERE / "golden" / "fuse"
-EXAMPLES = sorted((HERE.parent / "examples").glob("*.dln"))
+from conftest import EXAMPLE_FILES, EXAMPLES, GOLDEN, MLP, needs_emu
 
 
 def test_groups_round_trip_through_the_ir_text():
     """The golden cases (tests/golden/fuse, run by test_golden_ir.py) check the groups themselves."""
-    for path in EXAMPLES:
+    for path in EXAMPLE_FILES:
         g = dlc.compile(path, backend="interp", opt_level=2).graph
         text = print_ir(g)
         assert "group %" in text and print_ir(parse_ir(text)) == text, path.name
 
 
 def test_refusals_say_why():
-    g = parse_ir((GOLDEN / "shapes.in.ir").read_text())
+    g = parse_ir((GOLDEN / "fuse" / "shapes.in.ir").read_text())
     reasons = {(r.producer, r.consumer): r.reason for r in plan(g)[1]}
     assert "shape f32[4] differs" in reasons[("s", "y")]
     assert "also read by %q" in reasons[("y", "z")]
 
 
 def test_every_pointwise_node_is_in_exactly_one_group():
-    for path in EXAMPLES:
+    for path in EXAMPLE_FILES:
         g = dlc.compile(path, backend="interp", opt_level=2).graph
         seen = [m for _, members in g.meta.groups.values() for m in members]
         assert len(seen) == len(set(seen)), path.name
@@ -56,21 +50,21 @@ def _launches(path, level):
     return len(generate(dlc.compile(path, backend="interp", opt_level=level).graph).launches)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_o2_launches_fewer_kernels(path):
     o1, o2 = _launches(path, 1), _launches(path, 2)
     assert o2 < o1, (o1, o2)
 
 
 def test_mlp_hidden_layer_is_one_pointwise_kernel_after_its_matmul():
-    g = dlc.compile(HERE.parent / "examples" / "mlp.dln", backend="interp", opt_level=2).graph
+    g = dlc.compile(MLP, backend="interp", opt_level=2).graph
     mod = generate(g)
     (k,) = [k for k in mod.kernels if k.launch.node == "h"]
     assert k.name.startswith("fused_h") and "fmaxf" in k.body and "h.add" not in mod.buffers
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@needs_emu
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_o2_on_emu_agrees_with_the_interpreter_at_o0(path):
     """Two training steps from the same weights and batch. float32 on both sides, summed in other
     orders: parameters agree to 1e-4 relative plus 1e-5 absolute (a few hundred ulps of values of
@@ -92,7 +86,7 @@ from test_nvrtc import WHY as NO_NVRTC, assert_kernels_compile  # noqa: E402  (o
 
 
 @pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_fused_kernels_compile_with_nvrtc(path):
     assert_kernels_compile(generate(dlc.compile(path, backend="interp", opt_level=2).graph))
 
@@ -106,7 +100,7 @@ BUDGET = {"mlp": 16, "lenet": 30, "inception": 150}
 
 @pytest.mark.parametrize("name", sorted(BUDGET))
 def test_o2_launch_budget(name):
-    mod = generate(dlc.compile(HERE.parent / "examples" / f"{name}.dln", backend="interp", opt_level=2).graph)
+    mod = generate(dlc.compile(EXAMPLES / f"{name}.dln", backend="interp", opt_level=2).graph)
     second = ("split_sum.cu.j2", "reduce_finish.cu.j2", "reduce_columns_finish.cu.j2", "xent_mean.cu.j2")
     sums = {k.name for k in mod.kernels if k.template in second}
     counted = [l.kernel for l in mod.launches if l.kernel not in sums]
@@ -114,7 +108,7 @@ def test_o2_launch_budget(name):
 
 
 def test_updates_write_params_in_place_with_no_commit_copies():
-    mod = generate(dlc.compile(HERE.parent / "examples" / "mlp.dln", backend="interp", opt_level=2).graph)
+    mod = generate(dlc.compile(MLP, backend="interp", opt_level=2).graph)
     commits = [l for l in mod.launches if l.phase == "commit"]
     assert len(commits) == 1 and commits[0].kernel.startswith("update_")
     written = {a for a in commits[0].args if mod.buffers[a].kind in ("param", "state")}
@@ -125,7 +119,7 @@ def test_updates_write_params_in_place_with_no_commit_copies():
 def test_the_verifier_checks_groups():
     from dlc.ir.errors import DlcError
     from dlc.ir.verify import verify
-    base = (GOLDEN / "chain.out.ir").read_text()
+    base = (GOLDEN / "fuse" / "chain.out.ir").read_text()
     verify(parse_ir(base))
     for bad, why in [("group %y[rule=elementwise] = %y, %m", "ending with %y"),
                      ("group %r[rule=elementwise] = %a, %r\ngroup %y[rule=elementwise] = %r, %y", "in two groups")]:
@@ -144,7 +138,7 @@ def _dlc(*argv, capsys):
 
 
 def test_compile_o2_stats_and_fusion_report(tmp_path, capsys):
-    mlp = HERE.parent / "examples" / "mlp.dln"
+    mlp = MLP
     rc, out, err = _dlc("compile", mlp, "-o", tmp_path, "-O", "2", "--emit", "plan", "--stats", "--explain-fusion",
                         capsys=capsys)
     assert rc == 0, err
@@ -162,7 +156,7 @@ def test_compile_o2_stats_and_fusion_report(tmp_path, capsys):
 
 
 def test_passes_flag_runs_the_named_passes(tmp_path, capsys):
-    mlp = HERE.parent / "examples" / "mlp.dln"
+    mlp = MLP
     rc, out, err = _dlc("compile", mlp, "-o", tmp_path, "--passes", "dce,fuse", "--time-passes", "--verify-each",
                         capsys=capsys)
     assert rc == 0, err
@@ -173,20 +167,19 @@ def test_passes_flag_runs_the_named_passes(tmp_path, capsys):
     assert rc == 2 and "--passes: unknown pass 'nope'" in err and not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_diff_at_o2_compares_what_the_fused_step_keeps(capsys):
-    rc, out, err = _dlc("diff", HERE.parent / "examples" / "mlp.dln", "--backends", "interp,emu", "-O", "2",
-                        capsys=capsys)
+    rc, out, err = _dlc("diff", MLP, "--backends", "interp,emu", "-O", "2", capsys=capsys)
     assert rc == 0, out + err
     assert "compared: emu against interp" in out and "result: agree" in out
     for name in ("dw1", "w1", "w1.velocity", "loss"):
         assert f" {name} " in out
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_a_fused_inner_value_is_refused_by_name():
     from dlc.ir.errors import DlcError
-    m = dlc.compile(HERE.parent / "examples" / "mlp.dln", backend="emu", opt_level=2)
+    m = dlc.compile(MLP, backend="emu", opt_level=2)
     feeds = synth_feeds(m.graph, 4)
     with pytest.raises(DlcError, match=r"%h.add is not kept"):
         m._backend.run(["h.add"], feeds)
@@ -194,7 +187,7 @@ def test_a_fused_inner_value_is_refused_by_name():
 
 # -- random graphs and every op's model, fused, on the emulator ----------------------------------
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 @pytest.mark.parametrize("name", ["slices", "ew", "red", "mm", "cnn"])
 def test_op_models_at_o2_match_the_interpreter(name):
     """The shared op models of test_codegen (every op forward and backward, odd sizes), at -O2:
@@ -207,7 +200,7 @@ def test_op_models_at_o2_match_the_interpreter(name):
 
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes, st.integers(1, 19))
 @example(recipe=(1, [("binary", "add", "row", False)], "sum"), batch=1)  # was a bug: a reduction over N
@@ -221,7 +214,7 @@ def test_random_graphs_fused_match_the_interpreter(recipe, batch):
     compare_step(g, EmuBackend(g), batch, inherited_rounding=True)
 
 
-@pytest.mark.skipif(not emu_available()[0], reason=emu_available()[1])
+@needs_emu
 def test_reductions_compute_their_producers():
     """sum((p - t)^2) + mean(p * p * 0.5) at -O2: each reduction is one kernel that computes its
     operand element by element (no backward rule reads those operands); the step agrees with the

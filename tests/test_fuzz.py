@@ -26,15 +26,15 @@ from dlc.dsl.frontend import PRELUDE_FILE, lower
 from dlc.ir.errors import DlcError
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
+from conftest import EXAMPLE_FILES, GOLDEN
 
-HERE = Path(__file__).parent
 PKG = Path(dlc.__file__).resolve().parent  # frames inside it say where a crash happened
 FILE = "fuzz.dln"
 N_RANDOM = 3000
 SEED = 20251121
 
-SEEDS = [p.read_text() for p in sorted((HERE / "golden" / "models").glob("*.dln"))]
-SEEDS += [p.read_text() for p in sorted((HERE.parent / "examples").glob("*.dln"))]
+SEEDS = [p.read_text() for p in sorted((GOLDEN / "models").glob("*.dln"))]
+SEEDS += [p.read_text() for p in EXAMPLE_FILES]
 SEEDS += [
     "model m { input x : f32[N, 3] output x }",
     "def f(a: [B, K], n = 2) {\n    param w : f32[K, n] = normal(0, 0.1)\n    return a @ w\n}\n"

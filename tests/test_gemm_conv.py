@@ -21,7 +21,6 @@ Tolerances (float32 kernels against the interpreter):
   another order, an ulp or two from expf/logf).
 """
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,14 +30,12 @@ from dlc.codegen import generate
 from dlc.codegen.sizes import Size, evaluate
 from dlc.ir.ops import OPS
 from dlc.runtime.diff import synth_feeds
-from dlc.runtime.emu import EmuBackend, emu_available
+from dlc.runtime.emu import EmuBackend
 from dlc.runtime.init import initial_state
 from test_codegen import MODELS
 from test_emu import compare_step
+from conftest import EXAMPLES, needs_emu
 
-needs_emu = pytest.mark.skipif(not emu_available()[0], reason=f"emu cannot run here: {emu_available()[1]}")
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRODUCTS = ("matmul", "conv2d", "conv2d_grad_x", "conv2d_grad_w")
 U = 2.0 ** -24
 

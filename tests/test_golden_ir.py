@@ -27,11 +27,9 @@ from dlc.passes.fusion import fuse
 from dlc.passes.inception import merge_1x1
 from dlc.passes.manager import run_pipeline
 from dlc.passes.optimizer import optimizer_update
+from conftest import EXAMPLE_FILES, GOLDEN
 
-HERE = Path(__file__).parent
-GOLDEN = HERE / "golden"
 MODELS = sorted((GOLDEN / "models").glob("*.dln"))
-EXAMPLES = sorted((HERE.parent / "examples").glob("*.dln"))
 STAGES = ("forward", "backward", "train", "optimized")
 
 PASSES = {
@@ -69,7 +67,7 @@ def _cases():
 def _model_graphs():
     """Every model we have: tests/golden/models and the shipped examples."""
     out = []
-    for path in MODELS + EXAMPLES:
+    for path in MODELS + EXAMPLE_FILES:
         out.append(pytest.param(path, id=f"{path.parent.name}/{path.stem}"))
     return out
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, needs_emu
+
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 SECTIONS = ("prep", "env", "tests", "diff", "train", "sanitize", "kernels", "speed", "suite")
 STATUSES = ("ok", "skipped", "FAILED")
@@ -92,18 +93,15 @@ def _real_cupy() -> bool:
 # -- the dry run ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    from dlc.runtime.emu import emu_available
     if _real_cupy():
         pytest.skip("a real CuPy is installed: DLC_FAKE_CUPY=1 gives way to it (run gpu_check.sh itself)")
-    ok, why = emu_available()
-    if not ok:
-        pytest.skip(f"the CuPy stand-in runs the kernels on the emulator: {why}")
     tmp = tmp_path_factory.mktemp("dry")
     t0 = time.perf_counter()
     r, text = _check(tmp, "--quick", DLC_FAKE_CUPY="1")
     return r, text, time.perf_counter() - t0
 
 
+@needs_emu  # the CuPy stand-in runs the kernels on the emulator
 def test_dry_run_has_a_row_per_section(dry_run):
     r, text, seconds = dry_run
     assert "DRY RUN" in r.stdout, r.stdout[-3000:]
@@ -121,6 +119,7 @@ def test_dry_run_has_a_row_per_section(dry_run):
         assert used <= budget + 5, (sec, used, budget)
 
 
+@needs_emu
 def test_dry_run_exit_status_is_the_documented_one(dry_run):
     r, text, _ = dry_run
     header = SCRIPT.read_text()
@@ -134,6 +133,7 @@ def test_dry_run_exit_status_is_the_documented_one(dry_run):
     assert "accuracy cuda vs interp" in text and "step_ms:" in text
 
 
+@needs_emu
 def test_budgets_add_up_to_less_than_the_session_limit(dry_run):
     _r, text, _ = dry_run
     budgets = _budgets(text)

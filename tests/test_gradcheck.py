@@ -22,19 +22,17 @@ the model's own gradients (torch.optim conventions) and compare with `m.step` in
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import dlc
 from dlc.dsl.frontend import lower
 from dlc.ir.ops import OPS
+from conftest import GOLDEN, TRAINING_EXAMPLES
 
 EPS = 1e-6
 RTOL = 1e-6
 ATOL = 1e-7
-GOLDEN_MODELS = Path(__file__).with_name("golden") / "models"
 
 # The example model of the design (copied here: /tmp/mlp.dln is not part of the repo).
 MLP = """\
@@ -615,7 +613,7 @@ def test_gradcheck_mlp_model():
 @pytest.mark.parametrize("name", ["funcs", "layout", "convnet"])
 def test_gradcheck_example_models(name):
     rng = np.random.default_rng(5)
-    m = compile64(GOLDEN_MODELS / f"{name}.dln")
+    m = compile64(GOLDEN / "models" / f"{name}.dln")
     values = {k: np.array(v, np.float64) + 0.05 * rng.normal(size=np.shape(v)) for k, v in m.params.items()}
     set_params(m, values)
     if name == "funcs":
@@ -633,11 +631,7 @@ def test_gradcheck_example_models(name):
     _directional_and_sampled(m, feeds, values, rng, samples=4, directions=2)
 
 
-EXAMPLES = [p for p in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.dln"))
-            if "minimize" in p.read_text()]
-
-
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("path", TRAINING_EXAMPLES, ids=[p.stem for p in TRAINING_EXAMPLES])
 def test_gradcheck_shipped_examples(path):
     """Every example that minimises something: directional derivatives along random directions
     through all params at once, plus sampled elements of each param (batch of 3)."""

@@ -3,16 +3,13 @@ convolutions are one GEMM in the forward pass and in both adjoints, and the merg
 the same loss and gradients as the one written (golden IR cases: tests/golden/inception)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import dlc
 from dlc.codegen import generate
 from dlc.runtime.diff import synth_feeds
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from conftest import EXAMPLES, needs_emu
 
 
 def _graph(level):
@@ -101,10 +98,8 @@ def test_bottleneck_flag_on_the_command_line(capsys):
     assert "--insert-bottlenecks: the ratio must be between 0 and 1" in capsys.readouterr().err
 
 
+@needs_emu
 def test_a_rewritten_model_trains_and_agrees_on_emu():
-    from dlc.runtime.emu import emu_available
-    if not emu_available()[0]:
-        pytest.skip(emu_available()[1])
     ref = dlc.compile(EXAMPLES / "lenet.dln", backend="interp", insert_bottlenecks=0.5, seed=4)
     emu = dlc.compile(EXAMPLES / "lenet.dln", backend="emu", opt_level=2, insert_bottlenecks=0.5, seed=4)
     assert "c2.conv2d.reduce.w" in ref.params and ref.params["c2.w"].shape == (32, 8, 3, 3)

@@ -1,6 +1,6 @@
 """Edges of the IR and the front end, each once a bug: DOT labels escaped twice, gradient nodes
 named after the wrong value, misspelt dimensions taken for new symbols, `true` rebound, two
-assigns to one variable, CUDA text in ir/, dead code."""
+assigns to one variable, CUDA text in ir/."""
 from __future__ import annotations
 
 import re
@@ -20,9 +20,7 @@ from dlc.ir.text import parse_ir
 from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.dln"))
+from conftest import EXAMPLE_FILES, ROOT
 
 
 # -- 1. DOT labels ------------------------------------------------------------------------------
@@ -105,7 +103,7 @@ def test_gradient_names_say_whose_gradient_they_are():
     assert g.operands("d.w1.from.h.matmul") == ["x", "d.h.add"]
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[p.stem for p in EXAMPLE_FILES])
 def test_every_adjoint_has_its_values_type_and_every_param_its_name(path):
     g = _backward(path)
     for p, gr in g.meta.grads.items():
@@ -239,12 +237,3 @@ def test_the_c_philox_is_the_numpy_philox():
     for k in (philox.W0, philox.W1):
         assert f"0x{k:08X}u;" in PHILOX_C
     assert f"r < {philox.ROUNDS};" in PHILOX_C
-    assert not hasattr(philox, "PHILOX_C")
-
-
-# -- 7. dead code -------------------------------------------------------------------------------
-
-def test_dead_helpers_are_gone():
-    from dlc.ir import graph, ops
-    assert not hasattr(graph, "SOURCE_OPS")
-    assert not hasattr(ops, "_same")

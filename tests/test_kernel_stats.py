@@ -5,11 +5,12 @@ missing (the CUDA toolkit's nvcc; pip's nvidia-cuda-cuobjdump)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from conftest import EXAMPLE_NAMES, ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import kernel_stats  # noqa: E402
 
 NVCC, CUOBJDUMP = kernel_stats.tool("nvcc"), kernel_stats.tool("cuobjdump")
@@ -47,12 +48,9 @@ ptxas info    : Used 8 registers, used 0 barriers"""
                     "k2": {"registers": 8, "spill_stores": 0, "spill_loads": 0, "smem": 0}}
 
 
-EXAMPLES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.dln"))
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
 @pytest.mark.parametrize("level", [0, 2])
-@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_the_plans_shared_memory_is_what_ptxas_allocates(example, level):
     """The static shared memory the plan gives each kernel (`Launch.shared`, which check_launch
     holds to 48 KiB), computed in Python from the kernel's __shared__ declarations and the helpers

@@ -9,7 +9,6 @@ value is finite.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import pytest
 import dlc
 from dlc.cli import main
 from dlc.ir.errors import DlcError
-from dlc.runtime.backends import available
+from conftest import LOGREG, needs_emu
 
 BLOWUP = """# s shrinks; once it is below 0, log(relu(s)) is log(0) = -inf
 model blowup {
@@ -32,7 +31,6 @@ model blowup {
     minimize loss with sgd(lr = 0.3)
 }
 """
-needs_emu = pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
 
 
 @pytest.fixture
@@ -108,8 +106,7 @@ def test_nan_through_the_api_and_the_first_bad_node_wins():
 
 def test_a_healthy_run_is_unchanged_by_the_checks(tmp_path):
     """No false alarm, and the same weights bit for bit (the checks only read values)."""
-    root = Path(__file__).resolve().parents[1]
-    common = ["run", str(root / "examples" / "logreg.dln"), "--backend", "interp", "--epochs", "2", "--no-progress"]
+    common = ["run", str(LOGREG), "--backend", "interp", "--epochs", "2", "--no-progress"]
     assert main(common + ["--save", str(tmp_path / "a.npz")]) == 0
     assert main(common + ["--save", str(tmp_path / "b.npz"), "--check-numerics"]) == 0
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:

@@ -3,7 +3,6 @@
 Needs `pip install cuda-bindings nvidia-cuda-nvrtc`; skipped, with the reason, only where
 cuda-bindings cannot be imported.
 """
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +11,7 @@ import dlc
 from dlc.codegen import generate
 from dlc.ir.errors import DlcError
 from test_codegen import MODELS, build_random_graph, recipes
+from conftest import EXAMPLE_FILES
 
 try:
     import cuda.bindings.nvrtc  # noqa: F401
@@ -22,8 +22,6 @@ except ImportError as e:
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available  # noqa: E402
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def assert_kernels_compile(mod) -> dict:
@@ -50,7 +48,7 @@ def test_model_kernels_compile_for_every_arch(name):
         assert f".target {arch}" in text
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.dln")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_example_kernels_compile_for_every_arch(path):
     check_module(generate(dlc.compile(path, backend="interp").graph))
 

@@ -11,9 +11,6 @@ over 192 channels, 4,800 terms per output).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,15 +18,13 @@ import pytest
 import dlc
 from dlc.ir.text import parse_ir
 from dlc.runtime.interp import Interpreter
+from conftest import EXAMPLE_NAMES, EXAMPLES, dlc_cli
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'dlc[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dlc[onnx]')")
 
 from dlc.runtime.onnx_export import OPSET, export_onnx  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.dln"))
 RTOL = ATOL = 1e-5
 
 
@@ -219,13 +214,6 @@ def test_model_without_outputs_is_an_error():
 
 
 # -- the command -------------------------------------------------------------------------------
-def dlc_cli(*args, cwd=None, env=None):
-    e = dict(os.environ if env is None else env)
-    e.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd or ROOT, env=e,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_export_command_with_trained_weights(tmp_path):
     w = tmp_path / "w.npz"
     r = dlc_cli("run", EXAMPLES / "logreg.dln", "--epochs", "1", "--no-progress", "--save", w)
@@ -258,7 +246,7 @@ def test_missing_onnx_is_a_clear_error(tmp_path):
     fake = tmp_path / "fake"
     (fake / "onnx").mkdir(parents=True)
     (fake / "onnx" / "__init__.py").write_text("raise ImportError('No module named onnx (test)')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "m.onnx"
     r = dlc_cli("export", EXAMPLES / "mlp.dln", "-o", out, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

@@ -2,7 +2,6 @@
 elimination (codegen/concat.py). The expected values are written here and derived by hand from
 each step's rule (see the comments), not dumped from the code under test."""
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,7 @@ from dlc.codegen.concat import Place, plan_concats
 from dlc.codegen.memory import plan_memory
 from dlc.codegen.sizes import Size
 from dlc.ir.ops import OPS
-
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.dln"))
+from conftest import EXAMPLE_FILES
 
 
 # -- memory planning ----------------------------------------------------------------------------
@@ -82,9 +80,9 @@ def test_memory_planning_properties_on_every_example():
     slot have live ranges (in the plan before the step) that do not overlap, and the same dtype
     and size; no launch reads a slot it writes; the values the model hands out keep their own
     buffers."""
-    assert EXAMPLES
+    assert EXAMPLE_FILES
     shared_somewhere = 0
-    for path in EXAMPLES:
+    for path in EXAMPLE_FILES:
         g = dlc.compile(path, backend="interp", opt_level=2).graph
         assert g.meta.groups, path.name     # fused: memory planning is on by default
         plain, planned = generate(g, reuse=False), generate(g)

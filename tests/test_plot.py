@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-LOGREG = ROOT / "examples" / "logreg.dln"
+from conftest import LOGREG, dlc_cli
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                       reason="matplotlib is not installed (pip install 'dlc[plot]')")
-
-
-def dlc_cli(*args, cwd=None, env=None):
-    e = dict(os.environ if env is None else env)
-    e.pop("DLC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd or ROOT, env=e,
-                          capture_output=True, text=True, timeout=300)
 
 
 def check_png(path: Path):
@@ -76,7 +67,7 @@ def test_missing_matplotlib_is_a_clear_error_before_training(tmp_path):
     fake = tmp_path / "fake"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib (test)')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "c.png"
     r = dlc_cli("run", LOGREG, "--epochs", "1", "--plot", out, "--save", tmp_path / "w.npz", "--no-progress",
                 env=env)

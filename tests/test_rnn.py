@@ -7,18 +7,14 @@ argued there). Backend comparisons use float32 on both sides; their tolerance is
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import dlc
 from dlc.cli import main
 from dlc.dsl.frontend import lower
-from dlc.runtime.emu import emu_available
 from test_gradcheck import assert_grad_close, compile64, numeric_grad, set_params
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from conftest import EXAMPLES, import_torch, needs_emu
 
 
 def seq_model(layer: str, steps: int, features: int = 2, units: int = 3) -> str:
@@ -162,7 +158,7 @@ def test_batched_matmul_shape_errors_are_located():
 
 # -- interpreter against the generated CUDA (emu) ----------------------------------------------
 
-@pytest.mark.skipif(not emu_available(), reason="the emu backend needs a C++ compiler (g++)")
+@needs_emu
 @pytest.mark.parametrize("opt", [0, 2])
 @pytest.mark.parametrize("layer", ["elman", "lstm"])
 def test_emu_runs_the_recurrent_layers_like_the_interpreter(layer, opt):
@@ -192,7 +188,7 @@ def test_lstm_matches_torch_lstm_outputs_and_gradients(steps):
     (input, forget, cell, output); dlc's weights are the transposes of PyTorch's; dlc's one bias
     plus forget_bias on the forget block is PyTorch's bias_ih + bias_hh. Float64 on both sides, so
     the only difference is summation order: 1e-10 relative."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (not a dlc dependency)")
+    torch = import_torch()  # fails where the test extra installs torch, else skips without it
     n, f = 4, 3
     src = f"""
 model l {{
@@ -241,14 +237,12 @@ model c {
 """
 
 
-@pytest.mark.parametrize("backend", ["interp", "emu"])
+@pytest.mark.parametrize("backend", ["interp", pytest.param("emu", marks=needs_emu)])
 @pytest.mark.parametrize("clip", [0.1, 1e3])
 def test_clipping_scales_the_gradients_to_the_global_norm(backend, clip):
     """p <- p - lr * g * min(1, clip / (|g| + 1e-6)) with |g| the norm over all params, as
     torch.nn.utils.clip_grad_norm_; the gradients come from the model, the update is recomputed in
     NumPy. With clip = 1000 the norm (about 14) is under it and the step is plain SGD."""
-    if backend == "emu" and not emu_available():
-        pytest.skip("the emu backend needs a C++ compiler (g++)")
     m = dlc.compile(CLIP.replace("CLIP", repr(clip)), backend=backend, opt_level=2)
     x = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
     before = {k: np.array(v, np.float64) for k, v in m.params.items()}

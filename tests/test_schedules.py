@@ -24,12 +24,11 @@ import pytest
 
 import dlc
 from dlc.ir.errors import DlcError
-from dlc.runtime.backends import available
+from conftest import needs_emu
 
 STEPS = 20
 LR = 0.1
 RTOL = 1e-6
-needs_emu = pytest.mark.skipif(not available("emu")[0], reason="the emu backend cannot run here (no C++ compiler)")
 
 
 def reference_lr(t: int, lr=LR, schedule="constant", step_size=None, gamma=None, total=None, lr_min=0.0,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ast
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import networkx as nx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, XOR, dlc_cli
+
 SKIP = {"tests", "benchmarks", "examples", "docs", "build"}
 
 
@@ -105,14 +105,13 @@ def test_the_command_line_goes_through_the_api_only():
 # -- DLC_DEBUG ---------------------------------------------------------------------------------------
 
 def dlc_cmd(*args, debug: str, cwd):
-    env = dict(os.environ, DLC_DEBUG=debug, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run([sys.executable, "-m", "dlc.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """`dlc ARGS` with DLC_DEBUG=debug, and this interpreter's sys.path as the child's PYTHONPATH."""
+    return dlc_cli(*args, cwd=cwd, env={"DLC_DEBUG": debug, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
 
 
 @pytest.mark.parametrize("level", ["1", "2", "3"])
 def test_dlc_debug_levels(level, tmp_path):
-    r = dlc_cmd("compile", ROOT / "examples" / "xor.dln", "-o", tmp_path / "out", "--emit", "cuda",
+    r = dlc_cmd("compile", XOR, "-o", tmp_path / "out", "--emit", "cuda",
                 debug=level, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     err = r.stderr
@@ -125,6 +124,6 @@ def test_dlc_debug_levels(level, tmp_path):
 def test_dlc_debug_runs_the_verifier_for_every_command(tmp_path):
     """With DLC_DEBUG set, `run` (not only check/compile/diff) verifies after every pass: the
     passes' trace appears for it too."""
-    r = dlc_cmd("run", ROOT / "examples" / "xor.dln", "--epochs", "1", "--no-progress", debug="1", cwd=tmp_path)
+    r = dlc_cmd("run", XOR, "--epochs", "1", "--no-progress", debug="1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "pass optimizer" in r.stderr

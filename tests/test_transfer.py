@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,8 @@ import dlc
 from dlc.cli import main
 from dlc.codegen import generate
 from dlc.ir.errors import DlcError
+from conftest import DIGITS, EXAMPLES, LOGREG, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
 BASE, FINETUNE = EXAMPLES / "transfer_base.dln", EXAMPLES / "transfer_finetune.dln"
 FROZEN = ["h1.w", "h1.b", "h2.w", "h2.b"]
 # The fine-tuned held-out accuracy after 3 + 3 epochs is 0.905 at seed 0 (0.87 to 0.94 over seeds
@@ -60,10 +58,10 @@ def test_the_data_files_are_what_the_script_makes(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("make_transfer", EXAMPLES / "data" / "make_transfer.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    (tmp_path / "digits.npz").write_bytes((EXAMPLES / "data" / "digits.npz").read_bytes())
+    (tmp_path / "digits.npz").write_bytes(DIGITS.read_bytes())
     monkeypatch.setattr(mod, "HERE", tmp_path)
     mod.main()
-    full = arrays(EXAMPLES / "data" / "digits.npz")
+    full = arrays(DIGITS)
     for name, lo in (("digits_0to4.npz", 0), ("digits_5to9.npz", 5)):
         shipped, again = arrays(EXAMPLES / "data" / name), arrays(tmp_path / name)
         assert all(np.array_equal(shipped[k], again[k]) for k in ("x", "y"))
@@ -107,9 +105,9 @@ def test_the_freeze_flag_is_the_freeze_statement(tmp_path):
 
 def test_freeze_flag_on_the_command_line(tmp_path, capsys):
     data = tmp_path / "d.npz"
-    with np.load(EXAMPLES / "data" / "digits.npz") as z:
+    with np.load(DIGITS) as z:
         np.savez(data, x=z["x"][:100], y=z["y"][:100])
-    logreg = EXAMPLES / "logreg.dln"
+    logreg = LOGREG
     w0 = dlc.compile(logreg, backend="interp").params
     name = list(w0)[0]
     assert run(logreg, "--data", data, "--epochs", 1, "--freeze", name, "--save", tmp_path / "w.npz") == 0
