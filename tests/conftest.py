@@ -80,32 +80,62 @@ EMU = emu_available()  # (ok, why): the emu backend compiles the generated CUDA 
 needs_emu = pytest.mark.skipif(not EMU[0], reason=f"the emu backend cannot run here: {EMU[1]}")
 
 
-def _torch_requirement():
-    """The test extra's torch requirement in pyproject.toml, or None."""
+def test_requirement(dist: str):
+    """The test extra's requirement for distribution `dist` in pyproject.toml, or None."""
     from packaging.requirements import Requirement
-    m = re.search(r"""^\s*(["'])(torch\b.*?)\1""", (ROOT / "pyproject.toml").read_text(), re.M)
-    return Requirement(m.group(2)) if m else None
+    block = re.search(r"^test = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
+    for m in re.finditer(r"""(["'])(.+?)\1""", block.group(1) if block else ""):
+        req = Requirement(m.group(2))
+        if req.name == dist:
+            return req
+    return None
 
 
-TORCH_REQUIREMENT = _torch_requirement()
-# whether `pip install -e '.[test]'` installs torch on this machine (the requirement's marker)
-TORCH_EXPECTED = TORCH_REQUIREMENT is not None and (
-    TORCH_REQUIREMENT.marker is None or TORCH_REQUIREMENT.marker.evaluate({"extra": "test"}))
+def expected(dist: str) -> bool:
+    """Whether `pip install -e '.[test]'` installs `dist` on this machine (its marker holds)."""
+    req = test_requirement(dist)
+    return req is not None and (req.marker is None or req.marker.evaluate({"extra": "test"}))
+
+
+def need(module: str, dist: str | None = None):
+    """`module`, for a test of an optional feature or a comparison with another implementation.
+    Where the test extra installs its distribution `dist` (default: the module's top name) on this
+    machine, a missing one FAILS the calling test, as any missing test dependency would; elsewhere
+    the test is skipped with the reason. Never a skip into green where the suite should run it."""
+    import importlib
+    dist = dist or module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        req = test_requirement(dist)
+        if expected(dist):
+            pytest.fail(f"{module} is not importable ({e}), but the test extra installs it on this platform "
+                        f"({req}): pip install -e '.[test]'", pytrace=False)
+        pytest.skip(f"{module} is not installed; the test extra installs it only where {req} holds"
+                    if req else f"{module} is not installed (not a test requirement)")
 
 
 def import_torch():
-    """torch, for a comparison with PyTorch. Where the test extra installs it (TORCH_EXPECTED) a
-    missing torch fails the calling test, as any missing test dependency would; elsewhere the
-    test is skipped with the reason."""
-    try:
-        import torch
-    except ImportError as e:
-        if TORCH_EXPECTED:
-            pytest.fail(f"PyTorch is not importable ({e}), but the test extra installs it on this "
-                        f"platform ({TORCH_REQUIREMENT}): pip install -e '.[test]'", pytrace=False)
-        pytest.skip(f"PyTorch is not installed; the test extra installs it only where its CPU wheel "
-                    f"exists ({TORCH_REQUIREMENT or 'nowhere: no torch requirement in pyproject.toml'})")
-    return torch
+    """torch, for a comparison with PyTorch (see `need`: the extra installs its CPU wheel where
+    one exists, Python 3.11 on x86_64 Linux)."""
+    return need("torch")
+
+
+@pytest.fixture
+def onnx_runtime():
+    """(onnx, onnxruntime): `dlc export` and the reference its files are run with."""
+    return need("onnx"), need("onnxruntime")
+
+
+@pytest.fixture
+def nvrtc():
+    """NVRTC from pip (cuda-bindings): the generated kernels compiled to PTX without a GPU."""
+    return need("cuda.bindings.nvrtc", "cuda-bindings")
+
+
+@pytest.fixture
+def matplotlib_installed():
+    return need("matplotlib")
 
 
 # -- the collection -------------------------------------------------------------------------------

@@ -161,9 +161,8 @@ def test_resume_restores_the_buffer_bit_for_bit(tmp_path):
     assert not np.array_equal(later.buffers["rm"], np.zeros(3, np.float32))
 
 
-def test_buffers_are_exported_to_onnx():
-    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'dlc[onnx]')")
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dlc[onnx]')")
+def test_buffers_are_exported_to_onnx(onnx_runtime):
+    _, ort = onnx_runtime
     m = running()
     for x, y in batches():
         m.step(x=x, y=y)
@@ -300,9 +299,8 @@ def test_leaky_relu_on_emu_matches_the_interpreter(level):
         np.testing.assert_allclose(emu.params[p], ref.params[p], rtol=1e-5, atol=1e-6)
 
 
-def test_leaky_relu_exports_to_onnx_and_agrees_with_onnxruntime():
-    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'dlc[onnx]')")
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dlc[onnx]')")
+def test_leaky_relu_exports_to_onnx_and_agrees_with_onnxruntime(onnx_runtime):
+    _, ort = onnx_runtime
     m = dlc.compile(LEAKY, backend="interp")
     proto, _ = m.to_onnx()
     alphas = sorted(a.f for n in proto.graph.node if n.op_type == "LeakyRelu" for a in n.attribute)

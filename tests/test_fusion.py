@@ -82,10 +82,10 @@ def test_o2_on_emu_agrees_with_the_interpreter_at_o0(path):
         np.testing.assert_allclose(emu.params[p], ref.params[p], rtol=1e-4, atol=1e-5, err_msg=p)
 
 
-from test_nvrtc import WHY as NO_NVRTC, assert_kernels_compile  # noqa: E402  (one check of cuda-bindings)
+from test_nvrtc import assert_kernels_compile  # noqa: E402
 
 
-@pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
+@pytest.mark.usefixtures("nvrtc")
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_fused_kernels_compile_with_nvrtc(path):
     assert_kernels_compile(generate(dlc.compile(path, backend="interp", opt_level=2).graph))

@@ -426,8 +426,7 @@ def _lowers(text):
 
 
 # hypothesis: the same property on inputs hypothesis draws and shrinks
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402  (a test requirement)
 
 _settings = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

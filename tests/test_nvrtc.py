@@ -1,7 +1,7 @@
 """Every generated kernel compiles to PTX for sm_80 and sm_90 through NVRTC, no GPU needed.
 
-Needs `pip install cuda-bindings nvidia-cuda-nvrtc`; skipped, with the reason, only where
-cuda-bindings cannot be imported.
+Needs `pip install cuda-bindings nvidia-cuda-nvrtc` (the test extra installs both on Linux): a
+missing one fails these tests there, and skips them elsewhere (conftest.py `need`).
 """
 
 import pytest
@@ -13,15 +13,9 @@ from dlc.ir.errors import DlcError
 from test_codegen import MODELS, build_random_graph, recipes
 from conftest import EXAMPLE_FILES
 
-try:
-    import cuda.bindings.nvrtc  # noqa: F401
-    WHY = None
-except ImportError as e:
-    WHY = f"cuda-bindings is not importable ({e}); pip install cuda-bindings nvidia-cuda-nvrtc"
+from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available
 
-pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
-
-from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available  # noqa: E402
+pytestmark = pytest.mark.usefixtures("nvrtc")  # cuda-bindings: fails where the test extra installs it
 
 
 def assert_kernels_compile(mod) -> dict:

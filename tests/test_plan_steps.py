@@ -3,8 +3,6 @@ elimination (codegen/concat.py). The expected values are written here and derive
 each step's rule (see the comments), not dumped from the code under test."""
 from collections import defaultdict
 
-import pytest
-
 import dlc
 from dlc.codegen import generate
 from dlc.codegen.concat import Place, plan_concats

@@ -3,7 +3,6 @@ matplotlib's Agg backend; a valid PNG of 1000 x 400 pixels. Without matplotlib: 
 naming the extra, before training starts."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from conftest import LOGREG, dlc_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
-                                      reason="matplotlib is not installed (pip install 'dlc[plot]')")
+needs_matplotlib = pytest.mark.usefixtures("matplotlib_installed")  # fails where the test extra installs it
 
 
 def check_png(path: Path):

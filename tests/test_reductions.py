@@ -413,10 +413,10 @@ def test_emu_buffers_are_16_byte_aligned(backends):
 
 # -- NVRTC -------------------------------------------------------------------------------------
 
-from test_nvrtc import WHY as NO_NVRTC, assert_kernels_compile  # noqa: E402  (one check of cuda-bindings)
+from test_nvrtc import assert_kernels_compile  # noqa: E402
 
 
-@pytest.mark.skipif(NO_NVRTC is not None, reason=NO_NVRTC or "")
+@pytest.mark.usefixtures("nvrtc")
 @pytest.mark.parametrize("level", [0, 2])
 @pytest.mark.parametrize("text", [REDUCTIONS, XENT, ELEMENTWISE], ids=["reductions", "xent", "elementwise"])
 def test_kernels_compile_with_nvrtc(text, level):
