@@ -96,7 +96,7 @@ def test_the_resumed_run_would_differ_without_the_generator_state(work):
     feeds, n = load_data(work / "d.npz", m.graph)
     for broken in ({"rng": np.random.default_rng(4).bit_generator.state}, {"steps": 0}):
         m.params.update(params)
-        m._backend.set_state(state)
+        m.set_state(state)
         train(m, feeds, n, 3, 16, 0.2, 3, progress=False, out=io.StringIO(), resume={**meta, **broken})
         assert not np.array_equal(np.asarray(m.params["h.w"]), arrays("straight.npz")["h.w"]), broken
 

@@ -128,11 +128,8 @@ def test_a_training_step_waits_once_and_downloads_the_loss_only(monkeypatch, lev
     whatever the params and optimizer state; reading the params is a separate, explicit download."""
     import fake_cupy as fc
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
-    from dlc.runtime.cuda import CudaBackend
-    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
-    backend = CudaBackend(m.graph, cuda_graph=graphed)
-    backend.set_state(m.state)
-    m._backend, m.backend = backend, "cuda"
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="cuda", opt_level=level, cuda_graph=graphed)
+    backend = m.engine
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 64)).astype(np.float32), rng.integers(0, 10, 16).astype(np.int32)
     m.step(x=x, y=y)  # the first step builds the program (and the graph)
@@ -150,13 +147,9 @@ def test_a_training_step_waits_once_and_downloads_the_loss_only(monkeypatch, lev
 def _fake_cuda_mlp(monkeypatch, graphed=False, level=1):
     """The mlp example on the cuda backend over the CuPy stand-in, and the same model on interp."""
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
-    from dlc.runtime.cuda import CudaBackend
     ref = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
-    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", opt_level=level)
-    backend = CudaBackend(m.graph, cuda_graph=graphed)
-    backend.set_state(m.state)
-    m._backend, m.backend = backend, "cuda"
-    return m, ref, backend
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="cuda", opt_level=level, cuda_graph=graphed)
+    return m, ref, m.engine
 
 
 @needs_emu  # the fake CuPy runs kernels on the emulator

@@ -441,7 +441,7 @@ def test_launch_limits_are_a_gpus():
 
 def test_the_emulator_refuses_a_launch_a_gpu_would():
     m = dlc.compile(EXAMPLES / "mlp.dln", backend="emu")
-    launch = m._backend.module.launches[0]
+    launch = m.engine.module.launches[0]
     launch.grid = [1, 70000, 1]  # as if a matmul had 70000 row tiles
     with pytest.raises(DlcError, match=rf"kernel {launch.kernel}: grid.y = 70000"):
         m.forward(x=np.zeros((2, 64), np.float32))

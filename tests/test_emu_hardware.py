@@ -58,7 +58,7 @@ def test_a_launch_over_48_kib_of_static_shared_memory_is_refused():
 
 def test_the_emulator_refuses_a_kernel_whose_shared_memory_a_gpu_would_not_give():
     m = dlc.compile(EXAMPLES / "mlp.dln", backend="emu")
-    launch = max(m._backend.module.launches, key=lambda l: l.shared)  # a GEMM: two staged tiles
+    launch = max(m.engine.module.launches, key=lambda l: l.shared)  # a GEMM: two staged tiles
     assert 0 < launch.shared <= MAX_STATIC_SHARED
     launch.shared = 64 * 1024  # as if its tiles were deeper
     with pytest.raises(DlcError, match=rf"kernel {launch.kernel}: 65536 bytes of static shared memory"):

@@ -182,7 +182,7 @@ def test_a_fused_inner_value_is_refused_by_name():
     m = dlc.compile(MLP, backend="emu", opt_level=2)
     feeds = synth_feeds(m.graph, 4)
     with pytest.raises(DlcError, match=r"%h.add is not kept"):
-        m._backend.run(["h.add"], feeds)
+        m.run(["h.add"], feeds)
 
 
 # -- random graphs and every op's model, fused, on the emulator ----------------------------------

@@ -136,8 +136,8 @@ def test_momentum_ramp_unit():
     assert "schedule.momentum" in m.graph and "schedule.lr" not in m.graph  # the rate stays a constant
     got = []
     for t in range(12):
-        m._backend.set_state({"schedule.t": np.float32(t)})
-        got.append(float(m._backend.run(["schedule.momentum"], {})["schedule.momentum"]))
+        m.set_state({"schedule.t": np.float32(t)})
+        got.append(float(m.run(["schedule.momentum"], {})["schedule.momentum"]))
     want = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
     assert got[8:] == [np.float32(0.9)] * 4  # the ramp ends exactly on momentum
