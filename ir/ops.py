@@ -421,6 +421,24 @@ op("leaky_relu", 1, _unary_float("leaky_relu"), lambda x, slope: np.where(x > 0,
    onnx=lambda e, n, ins, a, out: e.node("LeakyRelu", ins, n, out, alpha=float(a["slope"])),
    doc="x where x > 0, else slope * x (PyTorch's LeakyReLU, ONNX's LeakyRelu; slope 0.01 by default)")
 
+
+
+# ELU: x where x > 0, else alpha * (e^x - 1); its derivative 1 or alpha * e^x = out + alpha, from
+# existing ops as leaky_relu's is (the exponential of a positive x is never taken: no overflow)
+def _elu(x, alpha):
+    return np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
+
+
+def _elu_vjp(b, n, g):
+    s = n.attrs["alpha"]
+    pos = lambda: b.relu(b.sign(n.args[0]))  # noqa: E731  (1 where x > 0, else 0)
+    return [lambda: b.mul(g, b.add(pos(), b.mul(b.sub(b.const(1.0), pos()), b.add(n.out, b.const(s)))))]
+
+
+op("elu", 1, _unary_float("elu"), _elu, _elu_vjp, c="a > 0.0f ? a : alpha * expm1f(a)", attrs={"alpha": 1.0},
+   onnx=lambda e, n, ins, a, out: e.node("Elu", ins, n, out, alpha=float(a["alpha"])),
+   doc="x where x > 0, else alpha * (exp(x) - 1) (PyTorch's ELU, ONNX's Elu; alpha 1 by default)")
+
 # linear algebra and layout
 op("matmul", 2, _matmul_rule, _matmul, _matmul_vjp,
    family="matmul", attrs={"ta": False, "tb": False}, flops=lambda n, size: 2 * size(n.type) * size(

@@ -54,7 +54,7 @@ model ew {
 
     u    = x * a + b
     v    = sigmoid(u) - tanh(u) / (exp(-abs(u)) + 1.5)
-    p    = sqrt(b + 1) * log(b + 2) * relu(u) - s * sign(x) + leaky_relu(u, slope = 0.2)
+    p    = sqrt(b + 1) * log(b + 2) * relu(u) - s * sign(x) + leaky_relu(u, slope = 0.2) + elu(u, alpha = 0.5)
     q    = v * p / s
     loss = mse(q, t) + 0.01 * l1(a) + 0.001 * l2(b, s)
 

@@ -160,6 +160,8 @@ CASES = {
              lambda c, w: np.sum(np.maximum(w, 0) * c)),
     "leaky_relu": ("loss = sum(leaky_relu(w, slope = 0.2) * c)", C((3, 4)), lambda r: {"w": away(r, 3, 4)},
                    lambda c, w: np.sum(np.where(w > 0, w, 0.2 * w) * c)),
+    "elu": ("loss = sum(elu(w, alpha = 0.7) * c)", C((3, 4)), lambda r: {"w": away(r, 3, 4)},
+            lambda c, w: np.sum(np.where(w > 0, w, 0.7 * np.expm1(np.minimum(w, 0))) * c)),
     "sigmoid": ("loss = sum(sigmoid(w) * c)", C((3, 4)), lambda r: {"w": 2 * normal(r, 3, 4)},
                 lambda c, w: np.sum(c / (1 + np.exp(-w)))),
     "tanh": ("loss = sum(tanh(w) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4)},

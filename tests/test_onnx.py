@@ -137,7 +137,7 @@ model allops {
     p    = softmax(d)
     lp   = log_softmax(d, axis = 1)
     m    = mean(t, axis = [1, 2], keepdims = true)
-    m2   = mean(relu(h2)) + mean(leaky_relu(h2, slope = 0.3))
+    m2   = mean(relu(h2)) + mean(leaky_relu(h2, slope = 0.3)) + mean(elu(h2, alpha = 0.6))
     sl   = slice(cat, axis = 1, start = 2, stop = 6)
     loss = softmax_xent(lp, y) + mse(p, d) + 0.01 * l2(w) + 0.01 * l1(v)
 
@@ -156,7 +156,7 @@ def test_every_front_end_op_exports_and_agrees():
     for want in ("Conv", "AveragePool", "MaxPool", "Concat", "Transpose", "Reshape", "ReduceSum", "Gemm",
                  "Softmax", "LogSoftmax", "ReduceMean", "Slice", "SoftmaxCrossEntropyLoss", "ReduceL1",
                  "ReduceSumSquare", "Sign", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Div",
-                 "LeakyRelu"):
+                 "LeakyRelu", "Elu"):
         assert want in ops, want
     pools = [n for n in proto.graph.node if n.op_type == "AveragePool"]
     assert {a.name: a.i for a in pools[0].attribute}["count_include_pad"] == 1
