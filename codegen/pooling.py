@@ -28,15 +28,22 @@ def _pool(gen: Generator, n: str, x: str, y_shape) -> None:
 
 
 def _geometry(x_shape, out_shape, attrs, kernel):
-    """C constants of the pooling templates (geometry.cu.j2)."""
+    """C constants of the pooling templates (geometry.cu.j2): sizes, kernel, stride, the padding
+    before (PH, PW) and after (PB, PR) each axis, and for average pooling whether the padding
+    counts in a window's divisor (CIP)."""
     n, c, h, w = (Size.of([d]).c() for d in x_shape)
     _, o, ho, wo = (Size.of([d]).c() for d in out_shape)
     stride = attrs.get("stride")
-    (sh, sw), (ph, pw) = pair(kernel if stride is None else stride), pair(attrs.get("padding", 0))
-    dh, dw = pair(attrs.get("dilation", 1))
+    sh, sw = pair(kernel if stride is None else stride)
+    pad = attrs.get("padding", 0)
+    pad = list(pad) if isinstance(pad, (list, tuple)) else [pad]
+    ph, pw, pb, pr = pad * 4 if len(pad) == 1 else pad + pad if len(pad) == 2 else pad
     kh, kw = kernel
-    return [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
-            ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("DH", dh), ("DW", dw)]
+    consts = [("N", n), ("C", c), ("H", h), ("W", w), ("O", o), ("Ho", ho), ("Wo", wo), ("KH", kh), ("KW", kw),
+              ("SH", sh), ("SW", sw), ("PH", ph), ("PW", pw), ("PB", pb), ("PR", pr)]
+    if "count_include_pad" in attrs:
+        consts.append(("CIP", int(attrs["count_include_pad"])))
+    return consts
 
 
 def _per_element(gen: Generator, n: str, template: str, consts: list) -> None:

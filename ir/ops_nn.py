@@ -137,19 +137,56 @@ op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv_grad_w", at
 
 
 # -- pooling ----------------------------------------------------------------------------------------
+# A window of `kernel` taps every `stride` (default: the kernel) over the input padded by `padding`:
+# one number, [h, w], or [top, left, bottom, right] (each at most half the kernel, as PyTorch asks).
+# The output size is floor((in + lo + hi - k) / s) + 1, or with `ceil_mode` the ceiling (Caffe's
+# rule: GoogLeNet's pools), less one where the last window would start past the input and its
+# leading padding (PyTorch's rule). Max ignores what lies outside the input; average divides by the
+# window's taps inside the padded input (`count_include_pad`, the default, as PyTorch) or inside the
+# input alone. A window of ceil mode may reach past the padded input: those taps count nowhere.
 
-_POOL_ATTRS = {"kernel": REQUIRED, "stride": None, "padding": 0}
+_POOL_ATTRS = {"kernel": REQUIRED, "stride": None, "padding": 0, "ceil_mode": False}
+_AVG_ATTRS = dict(_POOL_ATTRS, count_include_pad=True)
+
+
+def _pads(v, what) -> tuple:
+    """(top, left, bottom, right) from an integer, [h, w] or [top, left, bottom, right]."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    if len(v) not in (1, 2, 4) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise DlcError(f"{what} padding must be an integer, [h, w] or [top, left, bottom, right], found {v!r}")
+    return tuple(v * 4 if len(v) == 1 else v + v if len(v) == 2 else v)
 
 
 def _pool_geometry(attrs, what):
+    """(kernel, stride, (top, left, bottom, right) padding), checked."""
     k = _pair(attrs["kernel"], f"{what} kernel")
     s = _pair(attrs["stride"] if attrs["stride"] is not None else attrs["kernel"], f"{what} stride")
-    p = _pair(attrs["padding"], f"{what} padding")
+    p = _pads(attrs["padding"], what)
     if min(k) < 1 or min(s) < 1 or min(p) < 0:
         raise DlcError(f"{what}: kernel and stride must be >= 1 and padding >= 0")
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise DlcError(f"{what}: padding {p} must be at most half the kernel {k}")
+    if max(p[0], p[2]) > k[0] // 2 or max(p[1], p[3]) > k[1] // 2:
+        raise DlcError(f"{what}: padding {list(p)} must be at most half the kernel {list(k)}")
     return k, s, p
+
+
+def _pool_out(n, k, s, lo, hi, ceil, what, t) -> int:
+    if isinstance(n, str):
+        raise DlcError(f"{what}: spatial size {n} must be known, found {t}")
+    if n + lo + hi < k:
+        raise DlcError(f"{what}: kernel {k} is larger than the padded input {n}+{lo}+{hi} of {t}")
+    out = (n + lo + hi - k + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= n + lo:  # the last window would start in the trailing padding
+        out -= 1
+    return out
+
+
+def _pool_sizes(shape, attrs, what, t=None):
+    """(kernel, stride, padding, Ho, Wo) of a pool over a [N, C, H, W] input."""
+    k, s, p = _pool_geometry(attrs, what)
+    ceil = attrs["ceil_mode"]
+    ho = _pool_out(shape[2], k[0], s[0], p[0], p[2], ceil, what, t)
+    wo = _pool_out(shape[3], k[1], s[1], p[1], p[3], ceil, what, t)
+    return k, s, p, ho, wo
 
 
 def _pool_rule(what):
@@ -157,29 +194,59 @@ def _pool_rule(what):
         x = types[0]
         if not x.is_float or x.rank != 4:
             raise DlcError(f"{what} expects an input f32[N, C, H, W], found {x}")
-        k, s, p = _pool_geometry(attrs, what)
-        ho = _out_size(x.shape[2], k[0], s[0], p[0], 1, what, x)
-        wo = _out_size(x.shape[3], k[1], s[1], p[1], 1, what, x)
+        if not isinstance(attrs["ceil_mode"], bool):
+            raise DlcError(f"{what}: ceil_mode must be true or false, found {attrs['ceil_mode']!r}")
+        *_, ho, wo = _pool_sizes(x.shape, attrs, what, x)
         return x.with_shape((x.shape[0], x.shape[1], ho, wo))
     return rule
 
 
-def _pool_taps(x, kernel, stride, padding, fill):
-    k, s, p = _pool_geometry({"kernel": kernel, "stride": stride, "padding": padding}, "pool")
-    ho = (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1
-    wo = (x.shape[3] + 2 * p[1] - k[1]) // s[1] + 1
-    taps, _ = _taps(x, k[0], k[1], s, p, (1, 1), ho, wo, fill)
-    return taps, (k, s, p, ho, wo)
+def _window_taps(x, attrs, fill):
+    """The input seen by each window tap, a list over (i, j) of [N, C, Ho, Wo] strided views of x
+    padded with `fill` (on the trailing sides as far as ceil mode's last windows reach), and the
+    geometry."""
+    k, s, p, ho, wo = _pool_sizes(x.shape, attrs, "pool")
+    bottom = max(p[2], (ho - 1) * s[0] + k[0] - x.shape[2] - p[0])
+    right = max(p[3], (wo - 1) * s[1] + k[1] - x.shape[3] - p[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], bottom), (p[1], right)), constant_values=fill)
+    taps = [xp[:, :, i: i + s[0] * (ho - 1) + 1: s[0], j: j + s[1] * (wo - 1) + 1: s[1]]
+            for i in range(k[0]) for j in range(k[1])]
+    return taps, (k, s, p, ho, wo, xp.shape)
 
 
-def _maxpool(x, kernel, stride, padding):
-    taps, _ = _pool_taps(x, kernel, stride, padding, -np.inf)
+def _untap(dtaps, x_shape, geometry):
+    """The adjoint of `_window_taps`: each tap's [N, C, Ho, Wo] added back into the padded input,
+    the padding cut off."""
+    k, s, p, ho, wo, padded = geometry
+    dx = np.zeros(padded, dtype=dtaps[0].dtype)
+    for t, (i, j) in enumerate((i, j) for i in range(k[0]) for j in range(k[1])):
+        dx[:, :, i: i + s[0] * (ho - 1) + 1: s[0], j: j + s[1] * (wo - 1) + 1: s[1]] += dtaps[t]
+    return dx[:, :, p[0]: p[0] + x_shape[2], p[1]: p[1] + x_shape[3]]
+
+
+def _divisor(x_shape, geometry, count_include_pad):
+    """[Ho, Wo]: how many taps each average window divides by (PyTorch's rule: the window within
+    the padded input, or within the input alone)."""
+    k, s, p, ho, wo, _ = geometry
+    sides = []
+    for axis, n, lo, hi in ((0, x_shape[2], p[0], p[2]), (1, x_shape[3], p[1], p[3])):
+        start = np.arange(ho if axis == 0 else wo) * s[axis] - lo
+        end = np.minimum(start + k[axis], n + hi)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, n)
+        sides.append(end - start)
+    return np.outer(*sides)
+
+
+def _maxpool(x, kernel, stride, padding, ceil_mode=False):
+    taps, _ = _window_taps(x, dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode), -np.inf)
     return np.maximum.reduce(taps)
 
 
-def _maxpool_grad(g, x, y, kernel, stride, padding):
+def _maxpool_grad(g, x, y, kernel, stride, padding, ceil_mode=False):
     """Each window's gradient goes to its arg-max (the first maximal tap, as PyTorch)."""
-    taps, (k, s, p, ho, wo) = _pool_taps(x, kernel, stride, padding, -np.inf)
+    taps, geometry = _window_taps(x, dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode),
+                                  -np.inf)
     todo = np.ones(y.shape, bool)  # windows whose gradient has not been routed yet
     dtaps = []
     for t in taps:
@@ -187,19 +254,19 @@ def _maxpool_grad(g, x, y, kernel, stride, padding):
         hit &= todo
         todo ^= hit
         dtaps.append(g * hit)  # g where this tap is the window's first max, 0 elsewhere (g finite)
-    return _scatter_taps(dtaps, x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
+    return _untap(dtaps, x.shape, geometry)
 
 
-def _avgpool(x, kernel, stride, padding):
-    taps, (k, *_rest) = _pool_taps(x, kernel, stride, padding, 0.0)
-    return np.add.reduce(taps) / (k[0] * k[1])
+def _avgpool(x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    taps, geometry = _window_taps(x, dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode), 0.0)
+    return (np.add.reduce(taps) / _divisor(x.shape, geometry, count_include_pad)).astype(x.dtype)
 
 
-def _avgpool_grad(g, x, kernel, stride, padding):
-    """Padding counts in the divisor (PyTorch's count_include_pad=True)."""
-    _, (k, s, p, ho, wo) = _pool_taps(x, kernel, stride, padding, 0.0)
-    share = g / (k[0] * k[1])
-    return _scatter_taps([share] * (k[0] * k[1]), x.shape, k[0], k[1], s, p, (1, 1), ho, wo)
+def _avgpool_grad(g, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    """Each window's share of g (g over its divisor) spread over its taps."""
+    taps, geometry = _window_taps(x, dict(kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode), 0.0)
+    share = (g / _divisor(x.shape, geometry, count_include_pad)).astype(g.dtype)
+    return _untap([share] * len(taps), x.shape, geometry)
 
 
 def _pool_flops(y):
@@ -210,12 +277,12 @@ def _pool_flops(y):
     return rule
 
 
-def _onnx_pool(op_type: str, **extra):
+def _onnx_pool(op_type: str):
     def emit(e, n, ins, a, out):
-        k = list(_pair(a["kernel"], "kernel"))
-        s = list(_pair(a["stride"] if a["stride"] is not None else a["kernel"], "stride"))
-        p = list(_pair(a["padding"], "padding"))
-        return e.node(op_type, ins, n, out, kernel_shape=k, strides=s, pads=p + p, **extra)
+        k, s, p = _pool_geometry(a, op_type)
+        extra = {"count_include_pad": int(a["count_include_pad"])} if "count_include_pad" in a else {}
+        return e.node(op_type, ins, n, out, kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[2], p[3]],
+                      ceil_mode=int(a["ceil_mode"]), **extra)
     return emit
 
 
@@ -223,17 +290,17 @@ op("maxpool2d", 1, _pool_rule("maxpool2d"), _maxpool,
    lambda b, n, g: [lambda: b.maxpool2d_grad(g, n.args[0], n.out, **n.attrs)],
    family="pool", kernel={"template": "maxpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
    onnx=_onnx_pool("MaxPool"),  # padding never wins a max, as dlc's -inf padding
-   doc="max over kernel windows; stride defaults to the kernel")
+   doc="max over kernel windows; stride defaults to the kernel; padding as [top, left, bottom, right] too; ceil_mode")
 op("maxpool2d_grad", 3, lambda t, a: t[1], _maxpool_grad, family="pool_grad",
    kernel={"template": "maxpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
    doc="(g, input, pooled output): g routed to each window's arg-max")
 op("avgpool2d", 1, _pool_rule("avgpool2d"), _avgpool,
    lambda b, n, g: [lambda: b.avgpool2d_grad(g, n.args[0], **n.attrs)],
-   family="pool", kernel={"template": "avgpool2d.cu.j2"}, attrs=dict(_POOL_ATTRS), flops=_pool_flops(None),
-   onnx=_onnx_pool("AveragePool", count_include_pad=1),  # dlc divides by the whole window
-   doc="mean over kernel windows (padding counts as zeros)")
+   family="pool", kernel={"template": "avgpool2d.cu.j2"}, attrs=dict(_AVG_ATTRS), flops=_pool_flops(None),
+   onnx=_onnx_pool("AveragePool"),
+   doc="mean over kernel windows (count_include_pad: padding counts as zeros, the default); ceil_mode")
 op("avgpool2d_grad", 2, lambda t, a: t[1], _avgpool_grad, family="pool_grad",
-   kernel={"template": "avgpool2d_grad.cu.j2"}, attrs=dict(_POOL_ATTRS), dsl=False, flops=_pool_flops(0),
+   kernel={"template": "avgpool2d_grad.cu.j2"}, attrs=dict(_AVG_ATTRS), dsl=False, flops=_pool_flops(0),
    doc="(g, input): each window's share of g spread over it")
 
 

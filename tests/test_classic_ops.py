@@ -126,3 +126,91 @@ def test_export_agrees_with_onnxruntime_and_with_onnx_lrn(onnx_runtime):
     c = m.run(["c"], {"x": x})["c"]
     ref = ort.InferenceSession(lrn_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"c": c})[0]
     np.testing.assert_allclose(want["n"], ref, rtol=1e-5, atol=1e-6)
+
+
+# -- pooling as the classic models define it -----------------------------------------------------------
+# (op, kernel, stride, padding, ceil_mode, count_include_pad): GoogLeNet's 3x3/2 ceil-mode pools,
+# windows past the padded input, divisors without the padding, 1-wide windows
+POOLS = [("max", 3, 2, 0, True, True), ("max", 3, 2, 1, True, True), ("max", 2, 2, 0, False, True),
+         ("avg", 3, 2, 1, True, True), ("avg", 3, 2, 1, True, False), ("avg", 3, 1, 1, False, False),
+         ("avg", 3, 3, 1, True, False), ("avg", 2, 2, 0, True, True), ("max", 3, 3, 1, True, True)]
+
+
+def pool_model(kind, k, s, p, ceil, cip, shape=(2, 3, 7, 6)):
+    extra = f", count_include_pad = {str(cip).lower()}" if kind == "avg" else ""
+    pad = f"[{', '.join(map(str, p))}]" if isinstance(p, list) else p
+    return (f"model m {{\n input x : f32[N, {shape[1]}, {shape[2]}, {shape[3]}]\n input t : f32[N, {shape[1]}, 1, 1]\n"
+            f" param w : f32[{shape[1]}, 1, 1] = normal(1, 0.2)\n"
+            f" y = {kind}pool2d(x * w, {k}, stride = {s}, padding = {pad}, ceil_mode = {str(ceil).lower()}{extra})\n"
+            f" loss = mse(mean(y * y, axis = [2, 3], keepdims = true), t)\n output y\n"
+            f" minimize loss with sgd(lr = 0.1)\n}}")
+
+
+@pytest.mark.parametrize("kind, k, s, p, ceil, cip", POOLS)
+def test_pooling_agrees_with_pytorch(kind, k, s, p, ceil, cip):
+    torch = import_torch()
+    F = torch.nn.functional
+    m = dlc.compile(pool_model(kind, k, s, p, ceil, cip), backend="interp", float_dtype="float64")
+    r = np.random.default_rng(k * 10 + s)
+    x, t = r.normal(size=(2, 3, 7, 6)), r.normal(size=(2, 3, 1, 1))
+    w = torch.tensor(np.asarray(m.params["w"], np.float64), requires_grad=True)
+    xt = torch.tensor(x) * w
+    y = (F.max_pool2d(xt, k, s, p, ceil_mode=ceil) if kind == "max"
+         else F.avg_pool2d(xt, k, s, p, ceil_mode=ceil, count_include_pad=cip))
+    loss = F.mse_loss((y * y).mean(dim=(2, 3), keepdim=True), torch.tensor(t))
+    loss.backward()
+    assert m.forward(x=x)["y"].shape == tuple(y.shape)
+    np.testing.assert_allclose(m.forward(x=x)["y"], y.detach().numpy(), rtol=1e-12, atol=1e-14)
+    got, grads = m.grad(x=x, t=t)
+    assert got == pytest.approx(loss.item(), rel=1e-12)
+    np.testing.assert_allclose(grads["w"], w.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@needs_emu
+@pytest.mark.parametrize("kind, k, s, p, ceil, cip", POOLS + [("avg", 3, 2, [0, 1, 1, 0], True, False),
+                                                           ("max", 3, 2, [1, 0, 0, 1], False, True)])
+def test_pooling_on_emu_matches_the_interpreter(kind, k, s, p, ceil, cip):
+    src = pool_model(kind, k, s, p, ceil, cip)
+    ref, emu = dlc.compile(src, backend="interp", seed=1), dlc.compile(src, backend="emu", seed=1)
+    r = np.random.default_rng(7)
+    for _ in range(2):
+        x, t = r.normal(size=(3, 3, 7, 6)).astype(np.float32), r.normal(size=(3, 3, 1, 1)).astype(np.float32)
+        np.testing.assert_allclose(emu.forward(x=x)["y"], ref.forward(x=x)["y"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(emu.step(x=x, t=t), ref.step(x=x, t=t), rtol=1e-5)
+    np.testing.assert_allclose(emu.params["w"], ref.params["w"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, k, s, p, ceil, cip", POOLS + [("avg", 3, 2, [0, 1, 1, 0], False, True),
+                                                           ("avg", 3, 2, [1, 1, 0, 0], False, False),
+                                                           ("max", 3, 2, [1, 0, 0, 1], False, True)])
+def test_pooling_exports_and_agrees_with_onnxruntime(onnx_runtime, kind, k, s, p, ceil, cip):
+    """onnxruntime is the oracle for asymmetric padding, which PyTorch's pools do not take."""
+    _, ort = onnx_runtime
+    m = dlc.compile(pool_model(kind, k, s, p, ceil, cip), backend="interp")
+    proto, _ = m.to_onnx()
+    x = np.random.default_rng(3).normal(size=(2, 3, 7, 6)).astype(np.float32)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(m.forward(x=x)["y"], got, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("y = maxpool2d(x, 9)", "kernel 9 is larger than the padded input 7+0+0"),
+    ("y = avgpool2d(x, 3, padding = 2)", "padding [2, 2, 2, 2] must be at most half the kernel [3, 3]"),
+    ("y = avgpool2d(x, 3, padding = [1, 0, 2])", "padding must be an integer, [h, w] or [top, left, bottom, right]"),
+    ("y = maxpool2d(x, 2, ceil_mode = 1)", "ceil_mode must be true or false"),
+])
+def test_bad_pooling_is_a_located_error(tmp_path, line, message):
+    from conftest import dlc_cli
+    f = tmp_path / "p.dln"
+    f.write_text(f"model m {{\n    input x : f32[N, 3, 7, 6]\n    {line}\n    output y\n}}\n")
+    r = dlc_cli("check", f, cwd=tmp_path, rc=2)
+    assert r.stderr.startswith(f"{f}:3:") and message in r.stderr, r.stderr
+
+
+def test_the_new_kernels_compile_with_nvrtc(nvrtc):
+    """Every kernel of the network above and of the pooling variants compiles to PTX for sm_80 and sm_90."""
+    from dlc.codegen import generate
+    from test_nvrtc import assert_kernels_compile
+    for src in [NET] + [pool_model(*case) for case in POOLS[:5]]:
+        for level in (1, 2):
+            assert_kernels_compile(generate(dlc.compile(src, backend="interp", opt_level=level).graph))
