@@ -131,7 +131,14 @@ def _convolution(gen: Generator, n: str, x: str, y: str, w: str, which: str, em:
     attrs = g.attrs(n)
     (SH, SW), (PH, PW), (DH, DW) = (pair(attrs[k]) for k in ("stride", "padding", "dilation"))
     T, P, Q = KH * KW, Ho * Wo, H * W
+    # groups: one product per group (blockIdx.z), each over its group's channels; the operands'
+    # and the output's addresses are offset by the group's first channel
+    G = attrs["groups"]
+    Cg, Og = C // G, O // G
     lets: list = []
+
+    def group(expr: str, step: int) -> str:  # expr, offset by `step` per group
+        return expr if G == 1 else f"{expr} + blockIdx.z * {step}"
 
     def let(name, value):  # a named coordinate, unless it is a name or a number already
         if re.fullmatch(r"-?\w+", value):
@@ -158,12 +165,13 @@ def _convolution(gen: Generator, n: str, x: str, y: str, w: str, which: str, em:
         return _affine([(outer, stride), ("row", extent), (inner, 1)])
 
     pixels = Size.of([images]) * Size(P)
+    per_group = f", one product per group of {Cg} channels (blockIdx.z)" if G > 1 else ""
     if which == "forward":    # y[b, o, p] = sum over (c, fy, fx) of w[o, c, fy, fx] x[b, c, iy, ix]
         im, ch, at, valid = taps("col", "kb")
-        at = _affine([(im, C * Q), (ch, Q), (at, 1)])
-        gemm(gen, n, Size(O), Size(C * T), pixels, _affine([("row", C * T), ("ka", 1)]), at,
-             flat("col", P, O * P), f"conv_{n}", "w @ the taps of x, K over (channel, tap)", "in1", "in0",
-             b_lets=_used(lets, at, valid), b_valid=valid, em=em)
+        at = group(_affine([(im, C * Q), (ch, Q), (at, 1)]), Cg * Q)
+        gemm(gen, n, Size(Og), Size(Cg * T), pixels, group(_affine([("row", Cg * T), ("ka", 1)]), Og * Cg * T), at,
+             group(flat("col", P, O * P), Og * P), f"conv_{n}", "w @ the taps of x, K over (channel, tap)" + per_group,
+             "in1", "in0", batch=G, b_lets=_used(lets, at, valid), b_valid=valid, em=em)
     elif which == "grad_x":   # dx[b, c, q] = sum over (o, fy, fx) of w[o, c, fy, fx] g[b, o, ty / SH, tx / SW]
         im, iy, ix = (let(v, e) for v, e in zip(("im", "iy", "ix"), _coords("col", [H, W])))
         oc, fy, fx = (let(v, e) for v, e in zip(("oc", "fy", "fx"), _coords("kb", [KH, KW])))
@@ -175,17 +183,19 @@ def _convolution(gen: Generator, n: str, x: str, y: str, w: str, which: str, em:
         valid += [f"{tx} < {SW * Wo}"] * (W - 1 + PW >= SW * Wo)
         valid = " && ".join(valid) or None
         oy, ox = (ty if SH == 1 else f"{ty} / {SH}"), (tx if SW == 1 else f"{tx} / {SW}")
-        at = _affine([(im, O * P), (oc, P), (oy, Wo), (ox, 1)])
+        at = group(_affine([(im, O * P), (oc, P), (oy, Wo), (ox, 1)]), Og * P)
         o_of, tap_of = _coords("ka", [T])
-        gemm(gen, n, Size(C), Size(O * T), Size.of([images]) * Size(Q),
-             _affine([(o_of, C * T), ("row", T), (tap_of, 1)]), at, flat("col", Q, C * Q),
-             f"conv_grad_x_{n}", "w^T @ g, K over (output channel, tap)", "in1", "in0",
+        gemm(gen, n, Size(Cg), Size(Og * T), Size.of([images]) * Size(Q),
+             group(_affine([(o_of, Cg * T), ("row", T), (tap_of, 1)]), Og * Cg * T), at,
+             group(flat("col", Q, C * Q), Cg * Q), f"conv_grad_x_{n}",
+             "w^T @ g, K over (output channel, tap)" + per_group, "in1", "in0", batch=G,
              a_fast="m" if T == 1 else "k", b_lets=_used(lets, at, valid), b_valid=valid, em=em)
     else:                     # dw[o, c, fy, fx] = sum over (b, oy, ox) of g[b, o, oy, ox] x[b, c, iy, ix]
         im, ch, at, valid = taps("kb", "col")
-        at = _affine([(im, C * Q), (ch, Q), (at, 1)])
-        gemm(gen, n, Size(O), pixels, Size(C * T), flat("ka", P, O * P), at, "row * N + col",
-             f"conv_grad_w_{n}", "g @ the taps of x^T, K over (image, output pixel)", "in1", "in0",
+        at = group(_affine([(im, C * Q), (ch, Q), (at, 1)]), Cg * Q)
+        gemm(gen, n, Size(Og), pixels, Size(Cg * T), group(flat("ka", P, O * P), Og * P), at,
+             group("row * N + col", Og * Cg * T), f"conv_grad_w_{n}",
+             "g @ the taps of x^T, K over (image, output pixel)" + per_group, "in1", "in0", batch=G,
              b_fast="k", b_lets=_used(lets, at, valid), b_valid=valid, em=em)
 
 

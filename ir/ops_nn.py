@@ -5,6 +5,10 @@ Layout is NCHW; a kernel is [O, C, kh, kw]. Output size per spatial axis:
 The NumPy references gather the input once per kernel tap (kh*kw strided views), so a
 convolution is one batched matrix product over [N, C*kh*kw, Ho*Wo]; a 1x1 convolution with
 stride 1 and no padding skips the gathering and is exactly the matrix product it is.
+
+`groups` = g splits the channels into g groups (AlexNet's two GPUs; g = C is a depthwise
+convolution): the kernel is [O, C/g, kh, kw], and output channels o*O/g .. (o+1)*O/g - 1 see only
+the input channels of group o, as PyTorch's Conv2d(groups=g) and ONNX's Conv(group=g) define it.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from .errors import DlcError
 from .registry import REQUIRED, VARIADIC, op
 from .types import TensorType, normalize_axes
 
-_CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1}
+_CONV_ATTRS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
 def _pair(v, what):
@@ -44,9 +48,19 @@ def _conv_rule(types, attrs):
     x, w = types
     if not (x.is_float and w.is_float) or x.rank != 4 or w.rank != 4:
         raise DlcError(f"conv2d expects an input f32[N, C, H, W] and a kernel f32[O, C, kh, kw], found {x} and {w}")
-    if x.shape[1] != w.shape[1]:
+    groups = attrs["groups"]
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise DlcError(f"conv2d: groups must be an integer >= 1, found {groups!r}")
+    if isinstance(w.shape[0], int) and w.shape[0] % groups:
+        raise DlcError(f"conv2d: groups = {groups} does not divide the {w.shape[0]} output channels of the kernel {w}")
+    if isinstance(x.shape[1], int) and x.shape[1] % groups:
+        raise DlcError(f"conv2d: groups = {groups} does not divide the {x.shape[1]} channels of the input {x}")
+    if x.shape[1] != w.shape[1] * groups:
+        if groups == 1:
+            raise DlcError(f"channel mismatch in conv2d: input {x} has {x.shape[1]} channels, kernel {w} "
+                           f"expects {w.shape[1]}")
         raise DlcError(f"channel mismatch in conv2d: input {x} has {x.shape[1]} channels, kernel {w} "
-                       f"expects {w.shape[1]}")
+                       f"expects {w.shape[1]} per group, {w.shape[1] * groups} for {groups} groups")
     s, p, d = _geometry(attrs, "conv2d")
     ho = _out_size(x.shape[2], w.shape[2], s[0], p[0], d[0], "conv2d", x)
     wo = _out_size(x.shape[3], w.shape[3], s[1], p[1], d[1], "conv2d", x)
@@ -69,6 +83,33 @@ def _cols(x, w_shape, s, p, d, ho, wo):
         return x.reshape(n, c, -1)
     taps, _ = _taps(x, kh, kw, s, p, d, ho, wo)
     return np.stack(taps, axis=2).reshape(n, c * kh * kw, ho * wo)
+
+
+def _grouped(fn):
+    """A reference of one group applied to each of `groups`: the channel axes of its operands
+    split into groups (which of x's, w's and g's axis 1 or w's axis 0 is which: by the names), the
+    results joined along the result's channel axis."""
+    def per_group(*arrays, stride, padding, dilation, groups=1, split=None, join=1):
+        if groups == 1:
+            return fn(*arrays, stride, padding, dilation)
+        parts = [np.split(a, groups, axis=ax) for a, ax in zip(arrays, split)]
+        outs = [fn(*(p[i] for p in parts), stride, padding, dilation) for i in range(groups)]
+        return np.concatenate(outs, axis=join)
+    return per_group
+
+
+def _conv_x_w(x, w, stride, padding, dilation, groups=1):
+    return _grouped(_conv)(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups, split=(1, 0))
+
+
+def _conv_grad_x_g(g, w, x, stride, padding, dilation, groups=1):
+    return _grouped(_conv_grad_x)(g, w, x, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                  split=(1, 0, 1))
+
+
+def _conv_grad_w_g(x, g, w, stride, padding, dilation, groups=1):
+    return _grouped(_conv_grad_w)(x, g, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                  split=(1, 1, 0), join=0)
 
 
 def _conv(x, w, stride, padding, dilation):
@@ -125,14 +166,14 @@ def _onnx_conv(e, n, ins, a, out):
     w = e.type(e.operands(n)[1]).shape
     p = list(_pair(a["padding"], "padding"))
     return e.node("Conv", ins, n, out, kernel_shape=[w[2], w[3]], strides=list(_pair(a["stride"], "stride")),
-                  pads=p + p, dilations=list(_pair(a["dilation"], "dilation")))
+                  pads=p + p, dilations=list(_pair(a["dilation"], "dilation")), group=a["groups"])
 
 
-op("conv2d", 2, _conv_rule, _conv, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS), flops=_conv_flops(None, 1),
-   onnx=_onnx_conv, doc="2-D convolution (cross-correlation), NCHW input, [O, C, kh, kw] kernel")
-op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x, family="conv_grad_x", attrs=dict(_CONV_ATTRS),
+op("conv2d", 2, _conv_rule, _conv_x_w, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS), flops=_conv_flops(None, 1),
+   onnx=_onnx_conv, doc="2-D convolution (cross-correlation), NCHW input, [O, C / groups, kh, kw] kernel")
+op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x_g, family="conv_grad_x", attrs=dict(_CONV_ATTRS),
    dsl=False, flops=_conv_flops(0, 1), doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")
-op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w, family="conv_grad_w", attrs=dict(_CONV_ATTRS),
+op("conv2d_grad_w", 3, lambda t, a: t[2], _conv_grad_w_g, family="conv_grad_w", attrs=dict(_CONV_ATTRS),
    dsl=False, flops=_conv_flops(1, 2), doc="adjoint of conv2d w.r.t. its kernel: (input, g, kernel for the shape)")
 
 

@@ -52,7 +52,8 @@ def insert_bottlenecks(g: Graph, ratio: float = DEFAULT_RATIO) -> Rewrite:
             continue
         x, w = g.operands(n)
         o, c, kh, kw = g.type(w).shape
-        if kh * kw < 9 or OPS[g.op(w)].holds != PARAM or len(g.users(w)) != 1 or _reduced(g, x):
+        if kh * kw < 9 or g.attrs(n)["groups"] != 1 or OPS[g.op(w)].holds != PARAM or len(g.users(w)) != 1 \
+                or _reduced(g, x):
             continue
         r = max(1, int(round(c * ratio)))
         _, _, ho, wo = g.type(n).shape

@@ -27,7 +27,7 @@ import json
 from ..ir.graph import Graph
 from ..ir.ops import OPS
 
-_ONE = {"stride": 1, "padding": 0, "dilation": 1}
+_ONE = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}  # a plain 1x1 convolution
 
 
 def _is_1x1(g: Graph, n: str) -> bool:

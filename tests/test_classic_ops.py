@@ -214,3 +214,90 @@ def test_the_new_kernels_compile_with_nvrtc(nvrtc):
     for src in [NET] + [pool_model(*case) for case in POOLS[:5]]:
         for level in (1, 2):
             assert_kernels_compile(generate(dlc.compile(src, backend="interp", opt_level=level).graph))
+
+
+# -- grouped and depthwise convolution -------------------------------------------------------------------
+# (channels, outputs, groups, kernel, stride, padding, dilation): AlexNet's two groups, a depthwise
+# convolution (groups = channels), a 1x1 grouped one, strided, padded and dilated ones
+GROUPED = [(4, 6, 2, 3, 1, 1, 1), (6, 6, 6, 3, 1, 1, 1), (6, 12, 3, 1, 1, 0, 1), (4, 8, 4, 3, [1, 2], 1, 1),
+           (6, 4, 2, 3, 2, 2, 2)]
+
+
+def grouped_model(c, o, g, k, s, p, d):
+    stride = f"[{', '.join(map(str, s))}]" if isinstance(s, list) else s
+    return (f"model m {{\n input x : f32[N, {c}, 7, 6]\n input t : f32[N, {o}, 1, 1]\n"
+            f" param w : f32[{o}, {c // g}, {k}, {k}] = normal(0, 0.5)\n param b : f32[{o}, 1, 1] = normal(0, 0.5)\n"
+            f" y = relu(conv2d(x, w, stride = {stride}, padding = {p}, dilation = {d}, groups = {g}) + b)\n"
+            f" loss = mse(mean(y * y, axis = [2, 3], keepdims = true), t)\n output y\n"
+            f" minimize loss with sgd(lr = 0.05)\n}}")
+
+
+@pytest.mark.parametrize("c, o, g, k, s, p, d", GROUPED)
+def test_grouped_convolution_agrees_with_pytorch(c, o, g, k, s, p, d):
+    torch = import_torch()
+    F = torch.nn.functional
+    m = dlc.compile(grouped_model(c, o, g, k, s, p, d), backend="interp", float_dtype="float64")
+    r = np.random.default_rng(c * o + g)
+    x, t = r.normal(size=(2, c, 7, 6)), r.normal(size=(2, o, 1, 1))
+    w = torch.tensor(np.asarray(m.params["w"], np.float64), requires_grad=True)
+    b = torch.tensor(np.asarray(m.params["b"], np.float64), requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    y = F.relu(F.conv2d(xt, w, stride=s, padding=p, dilation=d, groups=g) + b)
+    loss = F.mse_loss((y * y).mean(dim=(2, 3), keepdim=True), torch.tensor(t))
+    loss.backward()
+    np.testing.assert_allclose(m.forward(x=x)["y"], y.detach().numpy(), rtol=1e-10, atol=1e-12)
+    got, grads = m.grad(x=x, t=t)
+    assert got == pytest.approx(loss.item(), rel=1e-12)
+    np.testing.assert_allclose(grads["w"], w.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grads["b"], b.grad.numpy(), rtol=1e-9, atol=1e-12)
+    # the input's gradient, through a model that differentiates with respect to its input
+    src = grouped_model(c, o, g, k, s, p, d).replace(" input x :", " param x :").replace(
+        f"f32[N, {c}, 7, 6]", f"f32[2, {c}, 7, 6] = zeros").replace("f32[N, {o}".format(o=o), f"f32[2, {o}")
+    mx = dlc.compile(src, backend="interp", float_dtype="float64")
+    mx.params.update(w=np.asarray(m.params["w"]), b=np.asarray(m.params["b"]), x=x)
+    np.testing.assert_allclose(mx.grad(t=t)[1]["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@needs_emu
+@pytest.mark.parametrize("level", [0, 2])
+@pytest.mark.parametrize("c, o, g, k, s, p, d", GROUPED)
+def test_grouped_convolution_on_emu_matches_the_interpreter(level, c, o, g, k, s, p, d):
+    src = grouped_model(c, o, g, k, s, p, d)
+    ref, emu = dlc.compile(src, backend="interp", seed=1), dlc.compile(src, backend="emu", opt_level=level, seed=1)
+    r = np.random.default_rng(5)
+    for _ in range(2):
+        x, t = r.normal(size=(3, c, 7, 6)).astype(np.float32), r.normal(size=(3, o, 1, 1)).astype(np.float32)
+        np.testing.assert_allclose(emu.step(x=x, t=t), ref.step(x=x, t=t), rtol=1e-5)
+    for q in ref.params:
+        np.testing.assert_allclose(emu.params[q], ref.params[q], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(emu.forward(x=x)["y"], ref.forward(x=x)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_convolutions_compile_with_nvrtc_and_export(nvrtc, onnx_runtime):
+    from dlc.codegen import generate
+    from test_nvrtc import assert_kernels_compile
+    _, ort = onnx_runtime
+    for case in GROUPED:
+        m = dlc.compile(grouped_model(*case), backend="interp", opt_level=2)
+        assert_kernels_compile(generate(m.graph))
+        proto, _ = m.to_onnx()
+        assert [a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"] == [case[2]]
+        x = np.random.default_rng(1).normal(size=(2, case[0], 7, 6)).astype(np.float32)
+        got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, m.forward(x=x)["y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("y = conv2d(x, w6, groups = 4)", "groups = 4 does not divide the 6 output channels"),
+    ("y = conv2d(x, w6, groups = 3)", "groups = 3 does not divide the 4 channels of the input"),
+    ("y = conv2d(x, w6, groups = 2)", "expects 3 per group, 6 for 2 groups"),
+    ("y = conv2d(x, w6, groups = 0)", "groups must be an integer >= 1"),
+    ("y = conv(x, 6, 3, groups = 3)", "must be a positive integer"),
+])
+def test_bad_groups_are_a_located_error(tmp_path, line, message):
+    from conftest import dlc_cli
+    f = tmp_path / "g.dln"
+    f.write_text(f"model m {{\n    input x : f32[N, 4, 7, 6]\n    param w6 : f32[6, 3, 3, 3] = he\n    {line}\n"
+                 "    output y\n}\n")
+    r = dlc_cli("check", f, cwd=tmp_path, rc=2)
+    assert f"{f}:4:" in r.stderr and message in r.stderr, r.stderr
