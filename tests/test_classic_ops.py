@@ -301,3 +301,37 @@ def test_bad_groups_are_a_located_error(tmp_path, line, message):
                  "    output y\n}\n")
     r = dlc_cli("check", f, cwd=tmp_path, rc=2)
     assert f"{f}:4:" in r.stderr and message in r.stderr, r.stderr
+
+
+# -- a residual connection fuses into the convolution's epilogue ------------------------------------------
+RESIDUAL = """model res {
+    input  x : f32[N, 8, 6, 6]
+    input  y : i32[N]
+    h      = relu(conv(x, 8, 3, padding = 1))
+    r      = relu(conv(h, 8, 3, padding = 1) + x)
+    logits = linear(global_avgpool(r), 4)
+    loss   = softmax_xent(logits, y)
+    output logits
+    minimize loss with sgd(lr = 0.1)
+}"""
+
+
+def test_a_residual_add_runs_in_the_convolutions_epilogue():
+    """relu(conv(h) + b + x) is one kernel at -O2: the product, its bias, the shortcut and the ReLU."""
+    g = dlc.compile(RESIDUAL, backend="interp", opt_level=2).graph
+    rule, members = g.meta.groups["r"]
+    assert rule == "epilogue"
+    assert [g.op(m) for m in members] == ["conv2d", "add", "add", "relu"]
+    assert "x" in {a for m in members for a in g.operands(m)}  # the shortcut is loaded in the epilogue
+
+
+@needs_emu
+def test_the_residual_network_on_emu_matches_the_interpreter():
+    ref = dlc.compile(RESIDUAL, backend="interp", seed=4)
+    emu = dlc.compile(RESIDUAL, backend="emu", opt_level=2, seed=4)
+    r = np.random.default_rng(2)
+    for _ in range(3):
+        x, y = r.normal(size=(5, 8, 6, 6)).astype(np.float32), r.integers(0, 4, 5).astype(np.int32)
+        np.testing.assert_allclose(emu.step(x=x, y=y), ref.step(x=x, y=y), rtol=1e-5)
+    for q in ref.params:
+        np.testing.assert_allclose(emu.params[q], ref.params[q], rtol=1e-4, atol=1e-6)
