@@ -17,6 +17,7 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | xor      | 2-4(tanh)-1(sigmoid) | MSE | Adam lr 0.05 |
 | deep_mlp | 64-128(relu)-64(relu)-10 | cross-entropy + 1e-4 * sum of squared weights | RMSprop lr 0.001 |
 | lenet    | conv3x3(16)-pool-conv3x3(32)-pool-64-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
+| alexnet_small | conv3x3(32)-LRN-pool-conv3x3(64, 2 groups)-LRN-pool-128-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
 | transfer_base | 64-64(relu)-64(relu)-5 | cross-entropy | SGD, momentum ramp 0.5 -> 0.9, cosine lr with warm-up |
 | transfer_finetune | the same, hidden layers frozen, a new head | cross-entropy | SGD with momentum, step lr |
@@ -45,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "inception", "transfer_base", "transfer_finetune",
+EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "alexnet_small", "inception", "transfer_base", "transfer_finetune",
             "sine", "adding_elman", "adding_lstm")
 REGRESSION = ("xor", "sine", "adding_elman", "adding_lstm")  # float targets and an MSE loss
 
@@ -117,6 +118,25 @@ class LeNet(nn.Module):
         p2 = F.max_pool2d(torch.relu(self.c2(p1)), 2)
         h = torch.relu(self.h(p2.flatten(1)))
         return self.logits(h)
+
+
+class AlexNetSmall(nn.Module):  # alexnet_small.dln: LRN (the prelude's lrn is PyTorch's definition), groups
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 64, 3, padding=1, groups=2)
+        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.h = nn.Linear(64 * 2 * 2, 128)
+        self.logits = nn.Linear(128, 10)
+        self.dlc = {"c1.w": "c1.weight", "c1.b": "c1.bias", "c2.w": "c2.weight", "c2.b": "c2.bias",
+                    "h.w": "h.weight", "h.b": "h.bias", "logits.w": "logits.weight", "logits.b": "logits.bias"}
+        self.decay = []
+
+    def forward(self, x):
+        img = x.reshape(-1, 1, 8, 8)
+        p1 = F.max_pool2d(self.lrn(torch.relu(self.c1(img))), 2)
+        p2 = F.max_pool2d(self.lrn(torch.relu(self.c2(p1))), 2)
+        return self.logits(torch.relu(self.h(p2.flatten(1))))
 
 
 class Inception(nn.Module):
@@ -200,7 +220,7 @@ class Recurrent(nn.Module):
         return self.out(states[:, -1])
 
 
-MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet,
+MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet, "alexnet_small": AlexNetSmall,
           "inception": InceptionNet, "transfer_base": lambda: Transfer("digits", False),
           "transfer_finetune": lambda: Transfer("head", True), "sine": lambda: Recurrent("elman", 1, 16),
           "adding_elman": lambda: Recurrent("elman", 2, 32), "adding_lstm": lambda: Recurrent("lstm", 2, 32)}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import dlc
-from conftest import import_torch, needs_emu
+from conftest import EXAMPLES, import_torch, needs_emu
 
 NET = """model classic {
     input  x : f32[N, 6, 5, 5]
@@ -335,3 +335,16 @@ def test_the_residual_network_on_emu_matches_the_interpreter():
         np.testing.assert_allclose(emu.step(x=x, y=y), ref.step(x=x, y=y), rtol=1e-5)
     for q in ref.params:
         np.testing.assert_allclose(emu.params[q], ref.params[q], rtol=1e-4, atol=1e-6)
+
+
+def test_the_small_alexnet_reaches_lenets_held_out_accuracy(tmp_path):
+    """examples/alexnet_small.dln (LRN and a grouped convolution) against examples/lenet.dln, each
+    trained as `dlc run` trains it (15 epochs, the same 20% held out): at least LeNet's accuracy."""
+    import json
+    from conftest import dlc_cli
+    acc = {}
+    for name in ("alexnet_small", "lenet"):
+        mj = tmp_path / f"{name}.json"
+        dlc_cli("run", EXAMPLES / f"{name}.dln", "--no-progress", "--metrics-json", mj, rc=0, timeout=None)
+        acc[name] = json.loads(mj.read_text())["val_accuracy"]
+    assert acc["alexnet_small"] >= acc["lenet"] >= 0.97, acc
