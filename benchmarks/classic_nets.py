@@ -4,6 +4,11 @@ to the published figures, and what compiling them costs.
     python benchmarks/classic_nets.py            # the size table (seconds)
     python benchmarks/classic_nets.py --scale    # also: compile to CUDA at -O2, kernels, NVRTC time,
                                                  # launches per training step, peak bytes at batch 128
+    python benchmarks/classic_nets.py --gemms    # matrix products (GEMMs) in a training step, -O1 and -O2
+    python benchmarks/classic_nets.py --step     # one training step at batch 8: dlc's interpreter against
+                                                 # PyTorch eager on the CPU (needs torch; minutes)
+    python benchmarks/classic_nets.py --emu      # one training step at batch 1 on emu (the generated CUDA
+                                                 # compiled for the CPU) against the interpreter (minutes)
 
 Multiply-adds are those of the convolutions and fully connected layers (the registry's FLOP counts of
 the `conv` and `matmul` families, halved); "other" is every other forward FLOP (activations, LRN,
@@ -23,12 +28,14 @@ sys.path.insert(0, str(ROOT.parent))  # `import dlc` from a checkout whose folde
 import dlc  # noqa: E402
 from dlc.ir.ops import OPS, flops  # noqa: E402
 
-NETS = ["alexnet", "googlenet", "vgg16"]
+NETS = ["alexnet", "googlenet", "vgg16", "resnet18", "resnet50"]
 # name -> (parameters, multiply-adds per image), as the papers and their reference models give them
 PUBLISHED = {
     "alexnet": ("61M (60,965,224 in Caffe's bvlc_alexnet)", "0.72G"),
     "googlenet": ("6.8M (the paper's Table 1, weights only)", "1.5G (Table 1)"),
     "vgg16": ("138M (138,357,544)", "15.5G"),
+    "resnet18": ("11.7M (11,689,512 in torchvision)", "1.8G"),
+    "resnet50": ("25.6M (25,557,032 in torchvision)", "4.1G (torchvision's v1.5; the paper's 3.8G strides the 1x1)"),
 }
 
 
@@ -69,9 +76,85 @@ def scale(name: str, batch: int = 128) -> dict:
     return out
 
 
+PRODUCTS = ("matmul", "conv", "conv_grad_x", "conv_grad_w")   # the families that are GEMMs
+
+
+def gemms(name: str) -> dict:
+    """GEMMs (matrix products and convolutions, forward and both adjoints) in one training step's
+    graph at -O1 and at -O2, where GoogLeNet's sibling 1x1 convolutions merge (passes/inception.py)."""
+    out = {}
+    for level in (1, 2):
+        g = dlc.build(ROOT / "examples" / "imagenet" / f"{name}.dln", opt_level=level).graph
+        out[level] = sum(1 for n in g.nx if OPS[g.op(n)].family in PRODUCTS)
+    return out
+
+
+def step_times(name: str, batch: int = 8, repeat: int = 2) -> dict:
+    """Seconds per training step at `batch` (the best of `repeat` after one warm-up step): dlc's
+    interpreter (NumPy) and PyTorch eager, on the same network, data and optimizer (SGD with
+    momentum 0.9), float32, with the threads each library takes by default."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    import torch_models
+    m = dlc.compile(ROOT / "examples" / "imagenet" / f"{name}.dln", backend="interp", seed=0)
+    net, size = torch_models.imagenet_net(name)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, 1000, batch).astype(np.int32)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    xt, yt = torch.tensor(x), torch.tensor(y, dtype=torch.int64)
+
+    def torch_step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    return {"dlc": best(lambda: m.step(x=x, y=y)), "torch": best(torch_step)}
+
+
+def emu_agreement(name: str, level: int = 2) -> dict:
+    """One training step at batch 1 from the same weights on emu (at -O`level`) and on the
+    interpreter: the loss's relative difference, the largest relative difference of any param
+    after the step (|emu - interp| / max|interp| per param), and the seconds each took (emu's
+    first step includes compiling the module with the host compiler)."""
+    import numpy as np
+    path = ROOT / "examples" / "imagenet" / f"{name}.dln"
+    rng = np.random.default_rng(0)
+    size = 227 if name == "alexnet" else 224
+    x = rng.normal(size=(1, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, 1000, 1).astype(np.int32)
+    out = {}
+    runs = {}
+    for backend in ("interp", "emu"):
+        t0 = time.perf_counter()
+        m = dlc.compile(path, backend=backend, opt_level=level if backend == "emu" else 1, seed=0)
+        loss = m.step(x=x, y=y)
+        out[f"{backend}_s"] = time.perf_counter() - t0
+        runs[backend] = (loss, {k: np.asarray(v) for k, v in m.params.items()},
+                         {k: np.asarray(v) for k, v in m.buffers.items()})
+    (l0, p0, b0), (l1, p1, b1) = runs["interp"], runs["emu"]
+    out["loss"] = abs(l1 - l0) / abs(l0)
+    out["params"] = max(float(np.abs(p1[k] - p0[k]).max() / max(np.abs(p0[k]).max(), 1e-30)) for k in p0)
+    out["buffers"] = max((float(np.abs(b1[k] - b0[k]).max() / max(np.abs(b0[k]).max(), 1e-30)) for k in b0),
+                         default=0.0)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", action="store_true", help="also compile each to CUDA and NVRTC (minutes)")
+    ap.add_argument("--gemms", action="store_true", help="also count the GEMMs of a training step at -O1 and -O2")
+    ap.add_argument("--step", action="store_true", help="also time a training step at batch 8 against PyTorch")
+    ap.add_argument("--emu", action="store_true", help="also run a batch-1 training step on emu against the interpreter")
     ap.add_argument("--nets", default=",".join(NETS))
     a = ap.parse_args()
     nets = [n for n in a.nets.split(",") if n]
@@ -89,6 +172,23 @@ def main() -> int:
             nv = f"{r['nvrtc_s']:.1f}" if r["nvrtc_s"] is not None else "n/a"
             print(f"{name:<10} {r['compile_s']:>13.1f} {r['kernels']:>8} {nv:>8} {r['launches']:>13} "
                   f"{r['peak_gb']:>12.2f}")
+    if a.gemms:
+        print(f"\n{'network':<10} {'GEMMs -O1':>10} {'GEMMs -O2':>10} {'saved':>6}   (a training step)")
+        for name in nets:
+            r = gemms(name)
+            print(f"{name:<10} {r[1]:>10} {r[2]:>10} {r[1] - r[2]:>6}")
+    if a.step:
+        print(f"\n{'network':<10} {'dlc interp s':>12} {'PyTorch eager s':>15} {'ratio':>6}   (a training step, batch 8)")
+        for name in nets:
+            r = step_times(name)
+            print(f"{name:<10} {r['dlc']:>12.2f} {r['torch']:>15.2f} {r['dlc'] / r['torch']:>6.2f}", flush=True)
+    if a.emu:
+        print(f"\n{'network':<10} {'loss rel diff':>13} {'params':>9} {'buffers':>9} {'interp s':>9} {'emu s':>7}"
+              "   (a training step at batch 1, emu at -O2 against the interpreter)")
+        for name in nets:
+            r = emu_agreement(name)
+            print(f"{name:<10} {r['loss']:>13.1e} {r['params']:>9.1e} {r['buffers']:>9.1e} {r['interp_s']:>9.1f} "
+                  f"{r['emu_s']:>7.1f}", flush=True)
     return 0
 
 

@@ -18,6 +18,7 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | deep_mlp | 64-128(relu)-64(relu)-10 | cross-entropy + 1e-4 * sum of squared weights | RMSprop lr 0.001 |
 | lenet    | conv3x3(16)-pool-conv3x3(32)-pool-64-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | alexnet_small | conv3x3(32)-LRN-pool-conv3x3(64, 2 groups)-LRN-pool-128-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
+| resnet_small | conv-bn(16), basic block, strided block (32, projection), basic block, global pool, 10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
 | transfer_base | 64-64(relu)-64(relu)-5 | cross-entropy | SGD, momentum ramp 0.5 -> 0.9, cosine lr with warm-up |
 | transfer_finetune | the same, hidden layers frozen, a new head | cross-entropy | SGD with momentum, step lr |
@@ -46,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "alexnet_small", "inception", "transfer_base", "transfer_finetune",
+EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "alexnet_small", "resnet_small", "inception", "transfer_base", "transfer_finetune",
             "sine", "adding_elman", "adding_lstm")
 REGRESSION = ("xor", "sine", "adding_elman", "adding_lstm")  # float targets and an MSE loss
 
@@ -139,6 +140,40 @@ class AlexNetSmall(nn.Module):  # alexnet_small.dln: LRN (the prelude's lrn is P
         return self.logits(torch.relu(self.h(p2.flatten(1))))
 
 
+def _conv_bn(c, o, k, stride=1, padding=0):
+    return nn.Sequential(nn.Conv2d(c, o, k, stride, padding, bias=False), nn.BatchNorm2d(o))
+
+
+class ResNetSmall(nn.Module):  # resnet_small.dln: the prelude's conv_bn_relu, basic_block(_down)
+    UNITS = {"stem": (1, 16, 3, 1, 1), "b1.c1": (16, 16, 3, 1, 1), "b1.c2": (16, 16, 3, 1, 1),
+             "b2.c1": (16, 32, 3, 2, 1), "b2.c2": (32, 32, 3, 1, 1), "b2.proj": (16, 32, 1, 2, 0),
+             "b3.c1": (32, 32, 3, 1, 1), "b3.c2": (32, 32, 3, 1, 1)}
+
+    def __init__(self):
+        super().__init__()
+        self.units = nn.ModuleDict({k.replace(".", "_"): _conv_bn(*v) for k, v in self.UNITS.items()})
+        self.logits = nn.Linear(32, 10)
+        self.dlc, self.dlc_buffers = {"logits.w": "logits.weight", "logits.b": "logits.bias"}, {}
+        for k in self.UNITS:
+            t = f"units.{k.replace('.', '_')}"
+            self.dlc |= {f"{k}.w": f"{t}.0.weight", f"{k}.bn.gamma": f"{t}.1.weight", f"{k}.bn.beta": f"{t}.1.bias"}
+            self.dlc_buffers |= {f"{k}.bn.mean": f"{t}.1.running_mean", f"{k}.bn.var": f"{t}.1.running_var"}
+        self.decay = []
+
+    def unit(self, name, x, relu=True):
+        y = self.units[name.replace(".", "_")](x)
+        return torch.relu(y) if relu else y
+
+    def block(self, b, x, down=False):
+        h = self.unit(f"{b}.c2", self.unit(f"{b}.c1", x), relu=False)
+        return torch.relu(h + (self.unit(f"{b}.proj", x, relu=False) if down else x))
+
+    def forward(self, x):
+        h = self.unit("stem", x.reshape(-1, 1, 8, 8))
+        h = self.block("b3", self.block("b2", self.block("b1", h), down=True))
+        return self.logits(h.mean(dim=(2, 3)))
+
+
 class Inception(nn.Module):
     """The prelude's `inception(x, c1, c3r, c3, c5r, c5, cp)`."""
 
@@ -221,9 +256,105 @@ class Recurrent(nn.Module):
 
 
 MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet, "alexnet_small": AlexNetSmall,
+          "resnet_small": ResNetSmall,
           "inception": InceptionNet, "transfer_base": lambda: Transfer("digits", False),
           "transfer_finetune": lambda: Transfer("head", True), "sine": lambda: Recurrent("elman", 1, 16),
           "adding_elman": lambda: Recurrent("elman", 2, 32), "adding_lstm": lambda: Recurrent("lstm", 2, 32)}
+
+# -- the classic networks at full size (examples/imagenet/), written here from the papers -------------
+# No auxiliary classifiers; dropout as in dlc. tests/test_imagenet_nets.py checks their sizes and
+# first blocks against the .dln files; benchmarks/classic_nets.py times their training steps.
+
+def _conv_relu(c, o, k, **kw):
+    return nn.Sequential(nn.Conv2d(c, o, k, **kw), nn.ReLU())
+
+
+def _lrn():
+    return nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)
+
+
+def _alexnet():
+    conv = _conv_relu
+    return nn.Sequential(
+        conv(3, 96, 11, stride=4), _lrn(), nn.MaxPool2d(3, 2),
+        conv(96, 256, 5, padding=2, groups=2), _lrn(), nn.MaxPool2d(3, 2),
+        conv(256, 384, 3, padding=1), conv(384, 384, 3, padding=1, groups=2), conv(384, 256, 3, padding=1, groups=2),
+        nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
+
+
+def _vgg16():
+    def block(c, o, n):
+        return [_conv_relu(c if i == 0 else o, o, 3, padding=1) for i in range(n)] + [nn.MaxPool2d(2)]
+    return nn.Sequential(*block(3, 64, 2), *block(64, 128, 2), *block(128, 256, 3), *block(256, 512, 3),
+                         *block(512, 512, 3), nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
+
+
+class _InceptionModule(nn.Module):
+    def __init__(self, c, c1, c3r, c3, c5r, c5, cp):
+        super().__init__()
+        conv = _conv_relu
+        self.b1 = conv(c, c1, 1)
+        self.b3 = nn.Sequential(conv(c, c3r, 1), conv(c3r, c3, 3, padding=1))
+        self.b5 = nn.Sequential(conv(c, c5r, 1), conv(c5r, c5, 5, padding=2))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(c, cp, 1))
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+def _googlenet():
+    conv, inc = _conv_relu, _InceptionModule
+    pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.Sequential(
+        conv(3, 64, 7, stride=2, padding=3), pool, _lrn(), conv(64, 64, 1), conv(64, 192, 3, padding=1), _lrn(), pool,
+        inc(192, 64, 96, 128, 16, 32, 32), inc(256, 128, 128, 192, 32, 96, 64), pool,
+        inc(480, 192, 96, 208, 16, 48, 64), inc(512, 160, 112, 224, 24, 64, 64),
+        inc(512, 128, 128, 256, 24, 64, 64), inc(512, 112, 144, 288, 32, 64, 64),
+        inc(528, 256, 160, 320, 32, 128, 128), pool, inc(832, 256, 160, 320, 32, 128, 128),
+        inc(832, 384, 192, 384, 48, 128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.4),
+        nn.Linear(1024, 1000))
+
+
+class _ResNetBlock(nn.Module):
+    """ResNet's basic block (m unused) or bottleneck (1x1 to m, 3x3 with the stride as torchvision's
+    v1.5, 1x1 to o), with a projection shortcut where the shape changes."""
+
+    def __init__(self, kind, c, m, o, stride):
+        super().__init__()
+        if kind == "basic":
+            self.body = nn.Sequential(_conv_bn(c, o, 3, stride, 1), nn.ReLU(), _conv_bn(o, o, 3, 1, 1))
+        else:
+            self.body = nn.Sequential(_conv_bn(c, m, 1), nn.ReLU(), _conv_bn(m, m, 3, stride, 1), nn.ReLU(),
+                                      _conv_bn(m, o, 1))
+        self.proj = _conv_bn(c, o, 1, stride) if stride != 1 or c != o else None
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + (self.proj(x) if self.proj is not None else x))
+
+
+def _resnet(kind, stages):
+    expansion = 1 if kind == "basic" else 4
+    layers, c = [_conv_bn(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64
+    for i, count in enumerate(stages):
+        m = 64 * 2 ** i
+        for j in range(count):
+            layers.append(_ResNetBlock(kind, c, m, m * expansion, 2 if j == 0 and i > 0 else 1))
+            c = m * expansion
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1000))
+
+
+IMAGENET = {"alexnet": (_alexnet, 227), "vgg16": (_vgg16, 224), "googlenet": (_googlenet, 224),
+            "resnet18": (lambda: _resnet("basic", [2, 2, 2, 2]), 224),
+            "resnet50": (lambda: _resnet("bottleneck", [3, 4, 6, 3]), 224)}
+
+
+def imagenet_net(name: str):
+    """(PyTorch's version of examples/imagenet/NAME.dln, its input's height and width)."""
+    make, size = IMAGENET[name]
+    return make(), size
+
 
 # the weight-decay factor each .dln adds as `c * l2(...)`
 L2 = {"mlp": 1e-4, "deep_mlp": 1e-4}
@@ -270,6 +401,12 @@ def dlc_params(net: nn.Module) -> dict[str, np.ndarray]:
             v = v.reshape(-1, 1, 1)
         out[k] = v.contiguous().numpy()
     return out
+
+
+def dlc_buffers(net: nn.Module) -> dict[str, np.ndarray]:
+    """The module's running statistics in dlc names (`dlc_buffers` maps them; none by default)."""
+    mine = dict(net.named_buffers())
+    return {k: mine[t].detach().cpu().numpy() for k, t in getattr(net, "dlc_buffers", {}).items()}
 
 
 def loss_fn(name: str, net: nn.Module):

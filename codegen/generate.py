@@ -39,8 +39,8 @@ from .core import PLAIN, Emission, Epilogue, Generator
 from .layout import emit_alias, emit_broadcast, emit_concat, emit_pad, emit_slice, emit_transpose
 from .memory import plan_memory
 from .plan import Module
-from .pointwise import (emit_const, emit_dropout, emit_elementwise, emit_size, emit_source, pointwise,
-                        pointwise_body)
+from .pointwise import (emit_const, emit_dropout, emit_elementwise, emit_mode_select, emit_size, emit_source,
+                        pointwise, pointwise_body)
 from .pooling import emit_pool, emit_pool_grad
 from .products import emit_conv, emit_conv_grad_w, emit_conv_grad_x, emit_matmul
 from .reductions import emit_reduce, emit_softmax, emit_xent, emit_xent_grad
@@ -170,5 +170,6 @@ EMITTERS = {
     "pool": emit_pool,
     "pool_grad": emit_pool_grad,
     "dropout": emit_dropout,
+    "mode_select": emit_mode_select,
     "assign": emit_assign,
 }

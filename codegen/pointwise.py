@@ -204,6 +204,13 @@ def emit_elementwise(gen: Generator, n: str, em: Emission) -> None:
     pointwise(gen, n, gen.temp(n), gen.ins(n), c_expr(g, n), loads)
 
 
+def emit_mode_select(gen: Generator, n: str, em: Emission) -> None:
+    """if_training(a, b): a in a training run (rng[2] != 0), b in an evaluation run."""
+    size = Size.of(gen.g.type(n).shape)
+    gen.add(n, "mode_select.cu.j2", dict(size=size.c()), gen.temp(n), gen.ins(n) + gen.mode(n),
+            [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=size.syms)
+
+
 def emit_dropout(gen: Generator, n: str, em: Emission) -> None:
     """Training (rng[2] != 0): keep x * 1/(1-p) where Philox's uniform >= p; evaluation: x."""
     a = gen.g.attrs(n)

@@ -80,6 +80,7 @@ class Param(Node):
     name: str
     type: TypeExpr
     init: Node | None
+    op: str = "param"   # "buffer": model state that is not learned (running statistics)
 
 
 @dataclass
@@ -192,6 +193,10 @@ class ToAst(Transformer):
     @v_args(meta=True)
     def param(self, meta, c):
         return Param(self._loc(meta), self._bound(c[0]), c[1], c[2])
+
+    @v_args(meta=True)
+    def buffer(self, meta, c):
+        return Param(self._loc(meta), self._bound(c[0]), c[1], c[2], op="buffer")
 
     @v_args(meta=True)
     def bind(self, meta, c):

@@ -175,7 +175,7 @@ class _Lowerer:
         elif isinstance(s, A.Param):
             t = self.type(s.type, scope, symbolic=False)
             if not t.is_float:
-                raise DlcError(f"param {s.name} must be f32, found {t}", s.type.loc)
+                raise DlcError(f"{s.op} {s.name} must be f32, found {t}", s.type.loc)
             init = self.init(s.init, scope) if s.init is not None else "zeros"
             name = scope.qual(s.name)
             for step, base in self.steps:  # inside a scan: every step's cell shares one set of params
@@ -183,14 +183,14 @@ class _Lowerer:
                     name = base + name[len(step):]
             if name in self.shared and self.steps:
                 if g.type(name) != t or g.attrs(name)["init"] != init:  # pragma: no cover - same text each step
-                    raise DlcError(f"param {name} differs between the steps of a scan", s.loc)
+                    raise DlcError(f"{s.op} {name} differs between the steps of a scan", s.loc)
                 self.define(scope, s.name, Tensor(name), s.loc)
                 return
             if name in g:
                 raise DlcError(f"'{name}' is already defined", s.loc)
             if self.steps:
                 self.shared.add(name)
-            self.define(scope, s.name, Tensor(g.add("param", [], {"init": init}, name=name, loc=s.loc, type=t)),
+            self.define(scope, s.name, Tensor(g.add(s.op, [], {"init": init}, name=name, loc=s.loc, type=t)),
                         s.loc)
         elif isinstance(s, A.Bind):
             self.define(scope, s.name, None, s.loc)  # reject redefinition before evaluating
@@ -365,7 +365,7 @@ class _Lowerer:
             v = self.expr(d, scope, _Stmt("dim", 0))
             if isinstance(v, Sym):
                 if not symbolic:
-                    raise DlcError(f"a param's shape must be known: {v.name} is symbolic", d.loc)
+                    raise DlcError(f"a param's or buffer's shape must be known: {v.name} is symbolic", d.loc)
                 dims.append(v.name)
             elif isinstance(v, int) and not isinstance(v, bool) and v > 0:
                 dims.append(v)

@@ -528,3 +528,4 @@ op("assign", 2, _assign_rule, None, family="assign", dsl=False, effects={UPDATES
 
 
 from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: registered the same way)
+from . import ops_norm  # noqa: E402,F401  (batch normalization)

@@ -72,6 +72,9 @@ class OpDef:
                                    # operand 0 (checked by every backend and the data loader)
     onnx: str | Callable | None = None  # ONNX: an operator type (same operands, no attributes) or
                                    # (emitter, node, input names, attrs, output name) -> output name
+    lower: Callable | None = None  # a composite op (family "composite"): (graph, node) -> the node
+                                   # that computes it from other ops (the `lower` pass, first in
+                                   # every pipeline: autodiff, fusion and codegen never see the op)
     doc: str = ""
 
     def complete_attrs(self, attrs: dict, loc=None) -> dict:
@@ -164,6 +167,9 @@ FAMILIES = {
     "conv": Family(epilogue=True), "conv_grad_x": Family(epilogue=True), "conv_grad_w": Family(epilogue=True),
     "pool": Family(("template",)), "pool_grad": Family(("template",)),  # template: the .cu.j2
     "dropout": Family(flops=_per_output),
+    "mode_select": Family(),                          # if_training: one operand or the other, by the run's mode
+    "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
+                                                      # autodiff: no emitter, no derivative rule
     "assign": Family(),                               # the update of a stored value, committed after the step
 }
 POINTWISE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.pointwise)
@@ -186,6 +192,8 @@ def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
         raise ValueError(f"op {name}: unknown effects {sorted(d.effects - set(EFFECTS))} (known: {EFFECTS})")
     if (d.family == "source") != (d.holds is not None) or d.holds not in HOLDS + (None,):
         raise ValueError(f"op {name}: a source declares what it holds ({', '.join(HOLDS)}), no other op does")
+    if (d.family == "composite") != (d.lower is not None):
+        raise ValueError(f"op {name}: a composite op declares `lower` (how other ops compute it), no other op does")
     if d.has(RANDOM) and "salt" not in d.attrs:
         raise ValueError(f"op {name}: a random op needs a 'salt' attribute (its own stream of numbers)")
     OPS[name] = d

@@ -24,6 +24,7 @@ from .bottleneck import bottleneck_pass
 from .canonicalize import constant_fold, cse, dce, fold_transpose
 from .fusion import fuse
 from .inception import merge_1x1
+from .lower import lower_composites
 from .optimizer import optimizer_update
 
 OPT_IN = -1  # the level of a pass that runs only when its option is given
@@ -41,6 +42,7 @@ PIPELINE = [
     # rewrites of the model itself, asked for by name; the stage "forward" is the graph after them
     Pass("bottleneck", bottleneck_pass, OPT_IN, "insert_bottlenecks"),  # 1x1 reductions before wide convs
     Pass("inception", merge_1x1, 2),         # sibling 1x1 convolutions: one wider one (forward, so training too)
+    Pass("lower", lower_composites, 0),      # composite ops (batch_norm) written in other ops
     Pass("autodiff", autodiff, 0),           # gradients of the loss w.r.t. every trainable param
     Pass("optimizer", optimizer_update, 0),  # the update step, with its state, as IR ops
     Pass("fold-transpose", fold_transpose, 1),  # transposes become matmul operand flags
@@ -97,7 +99,7 @@ def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, ch
     """Run the passes (see `select`) on the forward graph.
 
     `dump_after` is a pass name or "all": the IR after it, as numbered texts (`00-input.ir`,
-    `01-autodiff.ir`, ...) in `Result.dumps`. `check` runs the verifier after every pass.
+    `01-lower.ir`, `02-autodiff.ir`, ...) in `Result.dumps`. `check` runs the verifier after every pass.
     `trace(level, text)`, when given, is called with each pass's name, time and size (level 1)
     and the IR after it (level 2), each text as a function that makes it: DLC_DEBUG's output."""
     res = Result()

@@ -149,3 +149,14 @@ def pytest_collection_modifyitems(session, config, items):
     for node in {n for item in items for n in item.listchain()}:
         if isinstance(node, pytest.Package) and node.path.resolve() == ROOT:
             node.setup = lambda: None
+
+
+@pytest.fixture(scope="session")
+def lenet_held_out(tmp_path_factory) -> float:
+    """The held-out accuracy of examples/lenet.dln trained as `dlc run` trains it (interp): the bar
+    the small classic variants (alexnet_small, resnet_small) must reach. Run once per session."""
+    import json
+    mj = tmp_path_factory.mktemp("lenet") / "m.json"
+    dlc_cli("run", EXAMPLES / "lenet.dln", "--backend", "interp", "--no-progress", "--metrics-json", mj, rc=0,
+            timeout=None)
+    return json.loads(mj.read_text())["val_accuracy"]

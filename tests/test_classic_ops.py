@@ -337,14 +337,13 @@ def test_the_residual_network_on_emu_matches_the_interpreter():
         np.testing.assert_allclose(emu.params[q], ref.params[q], rtol=1e-4, atol=1e-6)
 
 
-def test_the_small_alexnet_reaches_lenets_held_out_accuracy(tmp_path):
-    """examples/alexnet_small.dln (LRN and a grouped convolution) against examples/lenet.dln, each
-    trained as `dlc run` trains it (15 epochs, the same 20% held out): at least LeNet's accuracy."""
+def test_the_small_alexnet_reaches_lenets_held_out_accuracy(tmp_path, lenet_held_out):
+    """examples/alexnet_small.dln (LRN and a grouped convolution) trained as `dlc run` trains it (15
+    epochs, the same 20% held out as examples/lenet.dln): at least LeNet's held-out accuracy."""
     import json
     from conftest import dlc_cli
-    acc = {}
-    for name in ("alexnet_small", "lenet"):
-        mj = tmp_path / f"{name}.json"
-        dlc_cli("run", EXAMPLES / f"{name}.dln", "--no-progress", "--metrics-json", mj, rc=0, timeout=None)
-        acc[name] = json.loads(mj.read_text())["val_accuracy"]
-    assert acc["alexnet_small"] >= acc["lenet"] >= 0.97, acc
+    mj = tmp_path / "m.json"
+    dlc_cli("run", EXAMPLES / "alexnet_small.dln", "--backend", "interp", "--no-progress", "--metrics-json", mj,
+            rc=0, timeout=None)
+    acc = json.loads(mj.read_text())["val_accuracy"]
+    assert acc >= lenet_held_out >= 0.97, (acc, lenet_held_out)

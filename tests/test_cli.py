@@ -231,8 +231,8 @@ def test_run_writes_metrics_and_weights(name, runs):
         saved = {k: z[k] for k in z.files}
     state = {k[len("state/"):]: saved.pop(k) for k in list(saved) if k.startswith("state/")}
     assert sorted(state) == sorted(model.graph.nodes_of("state"))  # --save writes the optimizer state too
-    shapes = {k: v.shape for k, v in saved.items()}
-    assert shapes == {k: tuple(np.shape(v)) for k, v in model.params.items()}
+    shapes = {k: v.shape for k, v in saved.items()}   # the weights: params and model buffers
+    assert shapes == {k: tuple(np.shape(v)) for k, v in {**model.params, **model.buffers}.items()}
     if name in EXPECTED:
         assert shapes == EXPECTED[name]["params"]
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in saved.values())
@@ -242,8 +242,7 @@ def test_run_writes_metrics_and_weights(name, runs):
 def _accuracy(m, weights: dict, data: Path) -> float:
     """The accuracy of `weights` on a data file, computed through the API: arg-max against
     integer labels, or a single-unit output thresholded at 0.5 against 0/1 targets."""
-    for k, v in weights.items():
-        m.params[k] = v
+    m.set_state(weights)   # params and model buffers (running statistics)
     g = m.graph
     with np.load(data) as z:
         feeds = {k: z[k] for k in z.files}

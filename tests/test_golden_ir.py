@@ -25,6 +25,7 @@ from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
 from dlc.passes.fusion import fuse
 from dlc.passes.inception import merge_1x1
+from dlc.passes.lower import lower_composites
 from dlc.passes.manager import run_pipeline
 from dlc.passes.optimizer import optimizer_update
 from conftest import EXAMPLE_FILES, GOLDEN
@@ -41,6 +42,7 @@ PASSES = {
     "optimizer_update": optimizer_update,
     "fuse": fuse,
     "inception": merge_1x1,
+    "lower": lower_composites,
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -373,18 +375,20 @@ def _snapshot(g: Graph):
     return print_ir(g), nodes, copy.deepcopy(g.meta), len(g.nx.edges)
 
 
-# which stages each pass applies to (autodiff wants a forward graph, the update its gradients)
-APPLIES = {"autodiff": ("forward",), "optimizer_update": ("backward",),
+# which stages each pass applies to (autodiff wants a forward graph with its composite ops
+# lowered, the update its gradients)
+APPLIES = {"autodiff": ("lowered",), "optimizer_update": ("backward",),
            **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
-           "inception": ("forward",)}
+           "inception": ("forward",), "lower": ("forward",)}
 ALL_PASSES = PASSES
 
 
 @pytest.mark.parametrize("path", _model_graphs())
 def test_passes_do_not_mutate_their_input(path):
     m = _compile(path)
-    for stage in STAGES:
-        g = m.stages[stage]
+    stages = dict(m.stages, lowered=lower_composites(m.stages["forward"]))
+    for stage in STAGES + ("lowered",):
+        g = stages[stage]
         for name, fn in ALL_PASSES.items():
             if stage not in APPLIES[name]:
                 continue

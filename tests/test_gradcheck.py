@@ -58,7 +58,8 @@ model mlp {
 # dsl ops that deliberately have no derivative rule (none today). A new dsl op must either get
 # a gradient check below or be listed here, so nobody adds an op without deciding.
 NOT_DIFFERENTIABLE: set[str] = set()
-DIFFERENTIABLE = sorted(k for k, d in OPS.items() if d.dsl and d.vjp is not None)
+# a composite op (batch_norm) is differentiated through the ops its `lower` rule writes
+DIFFERENTIABLE = sorted(k for k, d in OPS.items() if d.dsl and (d.vjp is not None or d.lower is not None))
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -135,6 +136,24 @@ def _pool_ref(x, k, s, p, mode):
             win = xp[:, :, i * s: i * s + k, j * s: j * s + k]
             out[:, :, i, j] = win.max(axis=(2, 3)) if mode == "max" else win.sum(axis=(2, 3)) / (k * k)
     return out
+
+
+def _bn_ref(x, gamma, beta, axes, eps=1e-5):
+    """Batch norm in training, from its definition: batch mean and biased variance per channel."""
+    shape = [1] * x.ndim
+    shape[1] = -1
+    m = x.mean(axis=axes, keepdims=True)
+    v = ((x - m) ** 2).mean(axis=axes, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+# batch_norm's running statistics are buffers, which a function declares (make_source declares params)
+_BN_DEF = """def bnorm(x: {shape}, gamma: [{c}], beta: [{c}]) {{
+    buffer mean : f32[{c}] = zeros
+    buffer var  : f32[{c}] = ones
+    return batch_norm(x, gamma, beta, mean, var)
+}}
+"""
 
 
 def C(shape):  # a float input named c of the given shape
@@ -365,6 +384,15 @@ CASES = {
                               lambda r: {"x": f32(normal(r, 2, 1, 4, 4)), "c": f32(normal(r, 2, 3, 4, 4))},
                               lambda r: {"w": 0.5 * normal(r, 3, 1, 3, 3), "b": normal(r, 3, 1, 1)},
                               lambda x, c, w, b: np.sum(np.tanh(_conv_ref(x, w, p=(1, 1)) + b) * c)),
+    # batch norm in training (batch statistics; m.grad is a training run): through x, gamma, beta
+    "batch_norm": ("loss = sum(tanh(bnorm(x, gamma, beta)) * c)", C((4, 3, 2, 2)),
+                   lambda r: {"x": normal(r, 4, 3, 2, 2), "gamma": positive(r, 3), "beta": normal(r, 3)},
+                   lambda c, x, gamma, beta: np.sum(np.tanh(_bn_ref(x, gamma, beta, (0, 2, 3))) * c),
+                   _BN_DEF.format(shape="[B, C, H, W]", c="C")),
+    "batch_norm_features": ("loss = sum(tanh(bnorm(x, gamma, beta)) * c)", C((5, 3)),
+                            lambda r: {"x": normal(r, 5, 3), "gamma": positive(r, 3), "beta": normal(r, 3)},
+                            lambda c, x, gamma, beta: np.sum(np.tanh(_bn_ref(x, gamma, beta, (0,))) * c),
+                            _BN_DEF.format(shape="[B, C]", c="C")),
     "maxpool2d": ("loss = sum(tanh(maxpool2d(x, 2)) * c)", C((2, 2, 2, 2)),
                   lambda r: {"x": normal(r, 2, 2, 4, 4)},
                   lambda c, x: np.sum(np.tanh(_pool_ref(x, 2, 2, 0, "max")) * c)),
@@ -521,7 +549,7 @@ def test_every_differentiable_dsl_op_has_a_gradcheck():
         seen |= {g.op(n) for n in g.nx}
     missing = sorted(set(DIFFERENTIABLE) - seen)
     assert not missing, f"differentiable dsl ops without a gradient check: {missing}"
-    undecided = sorted(k for k, d in OPS.items() if d.dsl and d.vjp is None and k not in NOT_DIFFERENTIABLE)
+    undecided = sorted(k for k, d in OPS.items() if d.dsl and k not in DIFFERENTIABLE + sorted(NOT_DIFFERENTIABLE))
     assert not undecided, f"dsl ops with no derivative rule (add one, or list in NOT_DIFFERENTIABLE): {undecided}"
     # the list is not trivially short: the design's ops are all there
     for k in ("matmul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "softmax_xent", "mse",

@@ -1,78 +1,45 @@
-"""The classic networks at full size (examples/imagenet/: AlexNet, VGG-16, GoogLeNet) against
-PyTorch definitions of the same networks written here from the papers:
+"""The classic networks at full size (examples/imagenet/: AlexNet, VGG-16, GoogLeNet, ResNet-18 and
+ResNet-50) against PyTorch definitions of the same networks written here from the papers:
 
 - parameter counts and the multiply-adds of the convolutions and linear layers (PyTorch's
   FlopCounterMode on meta tensors: shapes only, no memory) equal dlc's;
 - the first blocks of each (AlexNet's grouped convolution with LRN and pooling, GoogLeNet's stem
   with ceil-mode pooling, LRN and its first inception module, VGG's first block), with dlc's
   initial weights copied into PyTorch, give the same outputs and gradients in float64 (1e-10
-  relative: both sides exact to rounding).
+  relative: both sides exact to rounding); ResNet's first blocks in training mode (batch
+  statistics), with the running statistics after one step against PyTorch's.
 
 The networks themselves train on ImageNet, which the project does not ship; benchmarks/
 classic_nets.py measures what compiling them costs.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 import dlc
-from conftest import EXAMPLES, import_torch
+from conftest import EXAMPLES, ROOT, import_torch
 
 NETS = EXAMPLES / "imagenet"
 
 
-def torch_nets(torch):
-    """PyTorch's versions of the three networks (no auxiliary classifiers, dropout as in dlc)."""
-    nn = torch.nn
-
-    def conv(c, o, k, **kw):
-        return nn.Sequential(nn.Conv2d(c, o, k, **kw), nn.ReLU())
-
-    alexnet = nn.Sequential(
-        conv(3, 96, 11, stride=4), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0), nn.MaxPool2d(3, 2),
-        conv(96, 256, 5, padding=2, groups=2), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0), nn.MaxPool2d(3, 2),
-        conv(256, 384, 3, padding=1), conv(384, 384, 3, padding=1, groups=2), conv(384, 256, 3, padding=1, groups=2),
-        nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
-
-    def vgg_block(c, o, n):
-        return [conv(c if i == 0 else o, o, 3, padding=1) for i in range(n)] + [nn.MaxPool2d(2)]
-    vgg16 = nn.Sequential(*vgg_block(3, 64, 2), *vgg_block(64, 128, 2), *vgg_block(128, 256, 3),
-                          *vgg_block(256, 512, 3), *vgg_block(512, 512, 3), nn.Flatten(),
-                          nn.Linear(25088, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(),
-                          nn.Dropout(0.5), nn.Linear(4096, 1000))
-
-    class Inception(nn.Module):
-        def __init__(self, c, c1, c3r, c3, c5r, c5, cp):
-            super().__init__()
-            self.b1 = conv(c, c1, 1)
-            self.b3 = nn.Sequential(conv(c, c3r, 1), conv(c3r, c3, 3, padding=1))
-            self.b5 = nn.Sequential(conv(c, c5r, 1), conv(c5r, c5, 5, padding=2))
-            self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(c, cp, 1))
-
-        def forward(self, x):
-            return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
-
-    lrn = nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)
-    pool = nn.MaxPool2d(3, 2, ceil_mode=True)
-    googlenet = nn.Sequential(
-        conv(3, 64, 7, stride=2, padding=3), pool, lrn, conv(64, 64, 1), conv(64, 192, 3, padding=1), lrn, pool,
-        Inception(192, 64, 96, 128, 16, 32, 32), Inception(256, 128, 128, 192, 32, 96, 64), pool,
-        Inception(480, 192, 96, 208, 16, 48, 64), Inception(512, 160, 112, 224, 24, 64, 64),
-        Inception(512, 128, 128, 256, 24, 64, 64), Inception(512, 112, 144, 288, 32, 64, 64),
-        Inception(528, 256, 160, 320, 32, 128, 128), pool, Inception(832, 256, 160, 320, 32, 128, 128),
-        Inception(832, 384, 192, 384, 48, 128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.4),
-        nn.Linear(1024, 1000))
-    return {"alexnet": (alexnet, 227), "vgg16": (vgg16, 224), "googlenet": (googlenet, 224)}
-
-
-@pytest.mark.parametrize("name", ["alexnet", "vgg16", "googlenet"])
-def test_parameters_and_multiply_adds_equal_pytorchs(name):
+def torch_net(name):
+    """(torch, PyTorch's version of the network, its input size): benchmarks/torch_models.py."""
     torch = import_torch()
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch_models
+    return (torch,) + torch_models.imagenet_net(name)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50"])
+def test_parameters_and_multiply_adds_equal_pytorchs(name):
+    torch, *_ = torch_net("resnet18")   # torch itself (a small net, built on the CPU)
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
-        net, size = torch_nets(torch)[name]
+        _, net, size = torch_net(name)
         counter = FlopCounterMode(display=False)
         with counter:
             out = net(torch.empty(1, 3, size, size))
@@ -115,7 +82,7 @@ def test_the_first_blocks_agree_with_pytorch(name):
     src = f"model first {{\n    input x : {shape}\n{body}\n    loss = mean(out * out)\n    output out\n" \
           "    minimize loss with sgd(lr = 0.1)\n}"
     m = dlc.compile(src, backend="interp", float_dtype="float64", seed=7)
-    net = torch_nets(torch)[name][0][:layers].double()
+    net = torch_net(name)[1][:layers].double()
     # dlc's params in graph order are each conv's w then b, in the order torch.nn lists them
     convs = [mod for mod in net.modules() if isinstance(mod, torch.nn.Conv2d)]
     ws = [p for p in m.params if p.endswith(".w")]
@@ -136,3 +103,54 @@ def test_the_first_blocks_agree_with_pytorch(name):
     for mod, w in zip(convs, order):
         np.testing.assert_allclose(grads[w], mod.weight.grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=w)
         np.testing.assert_allclose(grads[w[:-2] + ".b"].reshape(-1), mod.bias.grad.numpy(), rtol=1e-8, atol=1e-12)
+
+
+# ResNet's stem and first block (layers of the nn.Sequential above: conv-bn, relu, pool, block)
+RESNET_FIRST = {
+    "resnet18": """
+    stem = conv_bn_relu(x, 64, 7, stride = 2, padding = 3)
+    pool = maxpool2d(stem, 3, stride = 2, padding = 1)
+    out  = basic_block(pool)""",
+    "resnet50": """
+    stem = conv_bn_relu(x, 64, 7, stride = 2, padding = 3)
+    pool = maxpool2d(stem, 3, stride = 2, padding = 1)
+    out  = bottleneck_block_down(pool, 64, 256, stride = 1)""",
+}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnets_first_blocks_agree_with_pytorch_in_training(name):
+    """In training mode (batch statistics), float64, dlc's conv weights copied into PyTorch: the
+    output, the loss, the gradients of every conv weight and batch-norm gamma and beta; then after
+    one step the running statistics of every batch norm against PyTorch's after its forward."""
+    torch = import_torch()
+    src = f"model first {{\n    input x : f32[N, 3, 224, 224]\n{RESNET_FIRST[name]}\n" \
+          "    loss = mean(out * out)\n    output out\n    minimize loss with sgd(lr = 0.1)\n}"
+    m = dlc.compile(src, backend="interp", float_dtype="float64", seed=7)
+    net = torch_net(name)[1][:4].double().train()
+    convs = [mod for mod in net.modules() if isinstance(mod, torch.nn.Conv2d)]
+    bns = [mod for mod in net.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    ws = [p for p in m.params if p.endswith(".w")]
+    assert len(convs) == len(bns) == len(ws) == len(m.buffers) // 2
+    with torch.no_grad():
+        for mod, w in zip(convs, ws):
+            mod.weight.copy_(torch.tensor(np.asarray(m.params[w])))
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224))
+    out = net(torch.tensor(x))      # training mode: also updates PyTorch's running statistics once
+    (out * out).mean().backward()
+    m.train()
+    np.testing.assert_allclose(m.forward(x=x)["out"], out.detach().numpy(), rtol=1e-10, atol=1e-10)
+    loss, grads = m.grad(x=x)
+    assert loss == pytest.approx((out * out).mean().item(), rel=1e-10)
+    # gradients to 1e-9: through a batch norm they are sums of up to 2 * 112 * 112 terms that
+    # cancel (a normalized value's gradient sums to zero over the batch), which costs digits
+    for mod, bn, w in zip(convs, bns, ws):
+        unit = w[:-2]
+        np.testing.assert_allclose(grads[w], mod.weight.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=w)
+        np.testing.assert_allclose(grads[unit + ".bn.gamma"], bn.weight.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grads[unit + ".bn.beta"], bn.bias.grad.numpy(), rtol=1e-9, atol=1e-12)
+    m.step(x=x)
+    for bn, w in zip(bns, ws):
+        unit = w[:-2]
+        np.testing.assert_allclose(m.buffers[unit + ".bn.mean"], bn.running_mean.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(m.buffers[unit + ".bn.var"], bn.running_var.numpy(), rtol=1e-10, atol=1e-12)

@@ -64,8 +64,10 @@ def test_same_loss_and_params_after_steps(name, batch):
     for step in range(STEPS):
         feeds = synth_feeds(m.graph, batch, seed=10 * batch + step)
         x, y = tm.torch_batch(name, feeds)
+        net.eval()   # m.forward runs in evaluation mode (batch norm: running statistics)
         with torch.no_grad():
             close(net(x).numpy(), m.forward(x=feeds["x"])[out_name], f"{name} step {step}: {out_name}")
+        net.train()
         want = m.step(**feeds)
         opt.zero_grad()
         loss = f(x, y)
@@ -75,6 +77,10 @@ def test_same_loss_and_params_after_steps(name, batch):
         got = tm.dlc_params(net)
         for k, v in m.params.items():
             close(got[k], v, f"{name} after step {step}: {k}")
+        buffers = tm.dlc_buffers(net)   # model buffers (running statistics), updated by the step
+        assert sorted(buffers) == sorted(m.buffers)
+        for k, v in m.buffers.items():
+            close(buffers[k], v, f"{name} after step {step}: {k}")
 
 
 def test_every_training_example_has_a_twin():
