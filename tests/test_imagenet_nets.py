@@ -154,3 +154,23 @@ def test_resnets_first_blocks_agree_with_pytorch_in_training(name):
         unit = w[:-2]
         np.testing.assert_allclose(m.buffers[unit + ".bn.mean"], bn.running_mean.numpy(), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(m.buffers[unit + ".bn.var"], bn.running_var.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_resnet18_exports_to_onnx_and_onnxruntime_agrees_in_evaluation(tmp_path, onnx_runtime):
+    """The full-size ResNet-18, its running statistics moved off their initial values, exported
+    with `Model.export_onnx` (batch norm as BatchNormalization, reading the running statistics):
+    onnxruntime's logits against the interpreter's evaluation-mode forward, float32 (1e-4 of the
+    logits' scale: float32 sums of up to 4,608 products in another order, through 20 layers)."""
+    onnx, ort = onnx_runtime
+    m = dlc.compile(NETS / "resnet18.dln", backend="interp", seed=1)
+    rng = np.random.default_rng(3)
+    m.set_state({k: (rng.uniform(0.5, 1.5, m.buffers[k].shape) if k.endswith(".var") else
+                     rng.normal(0, 0.1, m.buffers[k].shape)).astype(np.float32) for k in m.buffers})
+    path = tmp_path / "resnet18.onnx"
+    m.export_onnx(path)
+    kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert kinds.count("BatchNormalization") == 20 and "Identity" not in kinds
+    x = rng.normal(size=(2, 3, 224, 224)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
+    want = m.forward(x=x)["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
