@@ -32,7 +32,7 @@ from .dsl.frontend import lower
 from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
 from .ir.graph import Graph
-from .ir.ops import STORED, UPDATES_STATE
+from .ir.ops import MODEL, OPS, OPTIMIZER, PARAM, STORED, UPDATES_STATE
 from .ir.summary import layers as _layers
 from .ir.text import fmt_value, print_ir
 from .ir.types import fmt_shape
@@ -365,6 +365,15 @@ class RunSettings:
 
 # -- the model ---------------------------------------------------------------------------------------
 
+def _check_finite(values: dict, kind) -> None:
+    """Refuse stored values with NaN or infinity, as a weights file with them is refused."""
+    for k, v in values.items():
+        a = np.asarray(v)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0]) if a.ndim else ()
+            raise DlcError(f"{kind(k)} '{k}' holds NaN or infinity (at index {bad})")
+
+
 class Params(MutableMapping):
     """The model's params as a dict; assigning checks the shape and updates the backend."""
 
@@ -386,6 +395,7 @@ class Params(MutableMapping):
         want = self._m.graph.type(k)
         if tuple(v.shape) != want.shape:
             raise DlcError(f"param '{k}' should be {want}, found shape {list(v.shape)}")
+        _check_finite({k: v}, lambda n: "param")
         self._m._backend.set_state({k: v})
 
     def __delitem__(self, k):
@@ -491,6 +501,8 @@ class Model:
                 raise DlcError(f"'{k}' is not a param, buffer or optimizer state of model {self.name}")
             if tuple(np.shape(v)) != g.type(k).shape:
                 raise DlcError(f"'{k}' should be {g.type(k)}, found shape {fmt_shape(np.shape(v))}")
+        kinds = {PARAM: "param", MODEL: "model buffer", OPTIMIZER: "optimizer state"}
+        _check_finite(values, lambda n: kinds[OPS[g.op(n)].holds])
         self._backend.set_state(values)
 
     def split_state(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -592,7 +604,8 @@ class Model:
         view = self._views.get(key)
         if view is None:
             view = self._views[key] = _only_inputs(g, list(sub))
-        feeds, dims = check_feeds(view, sub, where="inputs: ", float_dtype=self.float_dtype)
+        # NaN or infinity is refused as the data loader refuses it: a step on it would poison the weights
+        feeds, dims = check_feeds(view, sub, where="inputs: ", float_dtype=self.float_dtype, check_finite=True)
         empty = [n for n, a in feeds.items() if a.size == 0]
         if empty:
             raise DlcError(f"inputs: '{empty[0]}' holds no examples (shape {fmt_shape(feeds[empty[0]].shape)}); "
@@ -800,11 +813,22 @@ class Model:
         return export_onnx(self.stages["forward"], weights, VERSION)
 
     def export_onnx(self, path) -> str:
-        """Write `to_onnx()` to `path` atomically (missing folders created); returns the summary."""
+        """Write `to_onnx()` to `path` atomically (missing folders created); returns the summary.
+        The name must end in .onnx (what runtimes and viewers look for)."""
+        check_onnx_name(path)
         proto, summary = self.to_onnx()
         data = proto.SerializeToString()
         atomic_write(path, lambda f: f.write(data), parents=True)
         return summary
+
+
+def check_onnx_name(path) -> None:
+    """An ONNX model's file name ends in .onnx: `-o m.txt` would write ONNX under a name nothing
+    opens as ONNX, so it is refused (before anything is compiled or written)."""
+    suffix = Path(path).suffix
+    if suffix.lower() != ".onnx":
+        raise DlcError(f"{path}: an ONNX model is written to a file ending in .onnx, not "
+                       f"{repr(suffix) if suffix else 'a name without one'}")
 
 
 class PendingStep:

@@ -255,6 +255,7 @@ def cmd_export(args) -> int:
     api.require_onnx()  # before compiling: a missing package is the first thing said
     api.check_settings(seed=args.seed)
     _check_output("-o", args.output)
+    api.check_onnx_name(args.output)
     model = api.compile(args.file, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
                         insert_bottlenecks=args.insert_bottlenecks)
     _show_rewrite(model.rewrite)
@@ -366,11 +367,20 @@ def _backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto (cuda if a GPU is present, else interp), interp, emu, cuda")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a mistake is one line (not the usage first) that says where the
+    options are listed, with exit status 2 like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dlc", description="dlc: a deep-learning compiler for .dln models "
+    ap = _Parser(prog="dlc", description="dlc: a deep-learning compiler for .dln models "
                                  "(graph IR, autodiff, NumPy reference, CUDA code generation).")
     ap.add_argument("--version", action="version", version=f"dlc {api.__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    ap.commands = sub.choices   # command name -> its parser
 
     p = sub.add_parser("check", help="parse and type-check; print inputs, params (with counts) and outputs")
     _common(p)
@@ -489,10 +499,12 @@ def _flag_names(args) -> dict:
 
 def main(argv=None) -> int:
     ap = parser()
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
     if not getattr(args, "command", None):
         ap.print_help()
         return 2
+    if extra:  # the command's own parser says so, naming the command (not dlc's top-level usage)
+        ap.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or os.environ.get("DLC_DEBUG")
     try:
         with api.argument_names(_flag_names(args)):

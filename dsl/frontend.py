@@ -9,6 +9,7 @@ and a mismatch is reported at the `.dln` expression that caused it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -52,6 +53,21 @@ def _describe_expected(names) -> str:
     return out[0] if len(out) == 1 else ", ".join(out[:-1]) + " or " + out[-1]
 
 
+def _misspelt_keyword(text: str, e: UnexpectedToken):
+    """(word, its column, the keyword) when the unexpected token follows a lone first word of its
+    line that is close to a keyword of the grammar (`inptu x`, `parm w`), else None."""
+    if e.line < 1 or e.column < 1:
+        return None
+    before = text.splitlines()[e.line - 1][:e.column - 1]
+    m = re.fullmatch(r"(\s*)([A-Za-z_]\w*)\s+", before)
+    if not m:
+        return None
+    keywords = sorted(t.pattern.value for t in A.parser.terminals
+                      if t.pattern.type == "str" and t.pattern.value.isalpha())
+    close = difflib.get_close_matches(m.group(2), keywords, n=1, cutoff=0.6)
+    return (m.group(2), len(m.group(1)) + 1, close[0]) if close else None
+
+
 def parse(text: str, file: str) -> list:
     """Parse `.dln` text into a list of `Model` and `Func` nodes."""
     try:
@@ -63,8 +79,14 @@ def parse(text: str, file: str) -> list:
         raise
     except UnexpectedToken as e:
         found = "end of file" if e.token.type == "$END" else f"'{e.token}'"
+        line = e.line if e.line > 0 else text.count("\n") + 1
+        typo = _misspelt_keyword(text, e) if e.token.type != "$END" else None
+        if typo:  # `inptu x : ...`: point at the word a keyword was meant to be
+            word, column, keyword = typo
+            raise DlcError(f"syntax error: '{word}' is not a keyword: did you mean `{keyword}`? (a statement "
+                           f"starts with a keyword or `NAME =`)", Loc(file, line, column), text)
         raise DlcError(f"syntax error: unexpected {found}; expected {_describe_expected(e.expected)}",
-                       Loc(file, e.line if e.line > 0 else text.count("\n") + 1, max(e.column, 1)), text)
+                       Loc(file, line, max(e.column, 1)), text)
     except UnexpectedCharacters as e:
         allowed = f"; expected {_describe_expected(e.allowed)}" if e.allowed else ""
         raise DlcError(f"syntax error: unexpected character {text[e.pos_in_stream]!r}{allowed}",

@@ -1,6 +1,8 @@
 """The Python API of DESIGN.md: dlc.compile, Model.params / forward / grad / step / ir."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -276,3 +278,31 @@ def test_empty_source_text():
     with pytest.raises(dlc.DlcError) as ei:
         dlc.compile("", backend="interp")
     assert "no model" in str(ei.value)
+
+
+def test_the_api_refuses_nan_as_the_cli_does(tmp_path):
+    """Issue 23: `m.step` on an input with a NaN used to return nan and poison the weights for good;
+    assigning a NaN param went through. Now each is refused before anything runs or changes, with
+    the sentence the CLI uses for the same data file."""
+    from conftest import dlc_cli
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", seed=0)
+    before = {k: np.array(v) for k, v in m.params.items()}
+    x = np.random.default_rng(0).uniform(0, 1, (8, 64)).astype(np.float32)
+    y = np.arange(8, dtype=np.int32)
+    x[3, 5] = np.nan
+    said = "input 'x' has a NaN or infinity at index (3, 5)"
+    for run in (lambda: m.step(x=x, y=y), lambda: m.grad(x=x, y=y), lambda: m.forward(x=x)):
+        with pytest.raises(dlc.DlcError, match=re.escape(said)):
+            run()
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(v, before[k])          # nothing ran
+    np.savez(tmp_path / "bad.npz", x=x, y=y)
+    r = dlc_cli("run", EXAMPLES / "mlp.dln", "--data", tmp_path / "bad.npz", "--epochs", "1", rc=2)
+    assert said in r.stderr, r.stderr
+    with pytest.raises(dlc.DlcError, match=r"param 'b1' holds NaN or infinity \(at index \(0,\)\)"):
+        m.params["b1"] = np.full(128, np.nan)
+    with pytest.raises(dlc.DlcError, match=r"param 'w2' holds NaN or infinity \(at index \(1, 2\)\)"):
+        w = np.array(before["w2"])
+        w[1, 2] = np.inf
+        m.set_state({"w2": w})
+    np.testing.assert_array_equal(m.params["b1"], before["b1"])

@@ -489,3 +489,19 @@ def test_compile_output_under_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = dlc_cli("compile", MLP, "-o", "afile/build", cwd=tmp_path)
     assert_user_error(r, ["afile"])
+
+
+@pytest.mark.parametrize("line,word,keyword", [("inptu x : f32[N, 64]", "inptu", "input"),
+                                               ("parm w : f32[64, 3] = he", "parm", "param"),
+                                               ("bufer m : f32[3] = zeros", "bufer", "buffer")])
+def test_a_misspelt_keyword_is_named_with_the_keyword_meant(tmp_path, line, word, keyword):
+    """Issue 23: `inptu x : f32[N, 64]` said "unexpected 'x'; expected '='". The caret now points at
+    the word and the message names the keyword; a word close to none keeps the plain message."""
+    src = tmp_path / "typo.dln"
+    src.write_text(f"model m {{\n    input y : f32[N, 64]\n    {line}\n    output y\n}}\n")
+    r = dlc_cli("check", src, rc=2)
+    assert f"typo.dln:3:5: error: syntax error: '{word}' is not a keyword: did you mean `{keyword}`?" in r.stderr
+    assert "Traceback" not in r.stderr
+    src.write_text("model m {\n    input y : f32[N, 64]\n    foo x\n    output y\n}\n")
+    r = dlc_cli("check", src, rc=2)
+    assert "typo.dln:3:9: error: syntax error: unexpected 'x'; expected '='" in r.stderr

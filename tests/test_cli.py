@@ -82,6 +82,21 @@ def test_no_command_is_a_usage_error():
     assert "usage: dlc" in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("args,said", [
+    (["run", "examples/mlp.dln", "--epochs", "1.5"], "dlc run: error: argument --epochs: invalid int value: '1.5'"),
+    (["run", "examples/mlp.dln", "--nope"], "dlc run: error: unrecognized arguments: --nope"),
+    (["eval", "examples/mlp.dln", "--load", "w.npz", "--lr", "3"], "dlc eval: error: unrecognized arguments: --lr 3"),
+])
+def test_a_bad_option_is_one_line_naming_the_command(args, said):
+    """Issue 23: `--epochs 1.5` printed argparse's twelve-line usage before the error, and a
+    subcommand's unknown flag printed the top-level usage. Now: one line, the command's name, where
+    the options are listed, exit 2."""
+    r = dlc_cli(*args, rc=2)
+    cmd = args[0]
+    assert r.stderr == f"{said} (dlc {cmd} --help lists the options)\n", r.stderr
+    assert r.stdout == ""
+
+
 # -- check --------------------------------------------------------------------------------------
 def _sections(text: str) -> dict[str, list[str]]:
     out, cur = {}, None

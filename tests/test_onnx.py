@@ -243,6 +243,13 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     r = dlc_cli("export", EXAMPLES / "mlp.dln", "-o", tmp_path)  # a folder
     assert r.returncode == 2 and r.stderr.startswith("error: -o: "), r.stderr
+    # issue 23: ONNX written under `m.txt` without a word; now refused before anything is written
+    r = dlc_cli("export", EXAMPLES / "mlp.dln", "-o", tmp_path / "m.txt", rc=2)
+    assert r.stderr == f"error: {tmp_path / 'm.txt'}: an ONNX model is written to a file ending in .onnx, not '.txt'\n"
+    assert not (tmp_path / "m.txt").exists()
+    m = dlc.compile(EXAMPLES / "mlp.dln", backend="interp")
+    with pytest.raises(dlc.DlcError, match="ending in .onnx, not a name without one"):
+        m.export_onnx(tmp_path / "model")
 
 
 def test_missing_onnx_is_a_clear_error(tmp_path):
