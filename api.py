@@ -720,7 +720,13 @@ class Model:
             d = self.graph.meta.train.get("data")
             if not d:
                 raise DlcError(f"no data: pass {arg('data')} FILE.npz (or give `train(data = \"...\")` in the model)")
-            spec = (Path(self.path).parent if self.path else Path(".")) / d
+            folder = Path(self.path).parent if self.path else Path(".")
+            spec = folder / d
+            if not spec.exists():   # say where the path came from and what it is relative to
+                loc = self.graph.meta.train_loc
+                raise DlcError(f"train(data = \"{d}\"): no such file {spec} (a path in train(...) is relative "
+                               f"to the folder of the .dln file, {folder.resolve()})", loc,
+                               self.graph.sources.get(loc.file) if loc else None)
         opts = DataOptions(labels=labels, normalize=normalize, label_column=label_column,
                            label_offset=label_offset, header=header)
         feeds, n = load_data(spec, self.graph, opts)

@@ -261,12 +261,24 @@ class _Lowerer:
                 if v is not None and not ok:
                     raise DlcError(f"train: {k} must be {want.__name__}, found {v!r}", s.loc)
             g.meta.train = {k: v for k, v in vals.items() if v is not None}
+            g.meta.train_loc = s.loc
         elif isinstance(s, A.Return):
             if not scope.in_func:
                 raise DlcError("`return` is only allowed in a function", s.loc)
             scope.returned = s
         else:  # pragma: no cover
             raise DlcError(f"unexpected statement {type(s).__name__}", s.loc)
+
+    def setting_loc(self, name: str, value, fallback):
+        """Where `name = value` is written: the last `name` before the value on its line (the AST
+        keeps the value's place, not the name's), else `fallback`."""
+        loc = getattr(value, "loc", None)
+        text = self.g.sources.get(loc.file) if loc else None
+        if not text or loc.line < 1:
+            return fallback
+        before = text.split("\n")[loc.line - 1][:loc.col - 1]
+        at = [m.start() for m in re.finditer(rf"\b{re.escape(name)}\b", before)]
+        return Loc(loc.file, loc.line, at[-1] + 1) if at else loc
 
     def settings(self, s, table: dict, what: str, scope, positional=True) -> dict:
         if s.args and not positional:
@@ -283,8 +295,10 @@ class _Lowerer:
         for k, v in s.kwargs.items():
             if k not in table and k not in extra:
                 known = names + list(extra)
-                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, known)} (settings: {', '.join(known)})",
-                               s.loc)
+                hint = ("; for an L2 penalty add `+ c * l2(w, ...)` to the loss (decoupled weight decay, "
+                        "AdamW, is not built yet)") if k == "weight_decay" and isinstance(s, A.Minimize) else ""
+                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, known)} (settings: {', '.join(known)})"
+                               f"{hint}", self.setting_loc(k, v, s.loc))
             if k in given:
                 raise DlcError(f"{what}: '{k}' given twice", s.loc)
             given[k] = v

@@ -33,6 +33,7 @@ class Meta:
     frozen: list = field(default_factory=list)     # param names kept fixed
     grads: dict = field(default_factory=dict)      # param name -> gradient node
     train: dict = field(default_factory=dict)      # training defaults from the .dln (data, epochs, ...)
+    train_loc: object = None                       # where `train(...)` is written (a Loc), for its errors
     groups: dict = field(default_factory=dict)     # fusion (-O2): root node -> (rule, member nodes in order)
 
 

@@ -429,6 +429,10 @@ def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict,
     feeds, files, dims = {}, {}, {}
     for n in g.inputs:
         if n not in found:
+            if all(target for _, target in sources):   # --data INPUT=FILE,...: the mapping lacks it
+                mapped = ", ".join(f"{target}={file}" for file, target in sources)
+                raise DlcError(f"--data: no file for input '{n}' : {g.type(n)}: the mapping gives only "
+                               f"{mapped} (add {n}=FILE, or give one .npz holding every input)")
             have = ", ".join(sorted(found)) or "nothing"
             where = " and ".join(dict.fromkeys(str(f) for f, _ in sources))
             hint = ""

@@ -192,7 +192,8 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
                 if not math.isfinite(loss):
                     bar.close()
                     raise DlcError(f"the loss became {loss} in epoch {epoch}, step {s + 1}: training diverged "
-                                   f"(try a smaller learning rate)")
+                                   f"(a learning rate too large, or an op outside its domain such as the log of 0: "
+                                   f"--check-numerics names the first op and .dln line that made NaN or infinity)")
                 total += loss * count
                 if rule:
                     right += correct(rule, outs, labels)

@@ -505,3 +505,36 @@ def test_a_misspelt_keyword_is_named_with_the_keyword_meant(tmp_path, line, word
     src.write_text("model m {\n    input y : f32[N, 64]\n    foo x\n    output y\n}\n")
     r = dlc_cli("check", src, rc=2)
     assert "typo.dln:3:9: error: syntax error: unexpected 'x'; expected '='" in r.stderr
+
+
+def test_a_missing_train_data_file_names_the_train_line_and_the_folder(tmp_path):
+    """Issue 23: `train(data = "nope/digits.npz")` said only "nope/digits.npz: error: no such file"."""
+    src = tmp_path / "m.dln"
+    src.write_text(MLP.read_text().replace('train(data = "data/digits.npz"', 'train(data = "nope/digits.npz"'))
+    line = next(i for i, l in enumerate(src.read_text().splitlines(), 1) if "train(" in l)
+    r = dlc_cli("run", src, "--epochs", "1", rc=2)
+    assert r.stderr.startswith(f"{src}:{line}:5: error: train(data = \"nope/digits.npz\"): no such file "
+                               f"{tmp_path / 'nope' / 'digits.npz'} (a path in train(...) is relative to the "
+                               f"folder of the .dln file, {tmp_path.resolve()})"), r.stderr
+
+
+def test_a_data_mapping_without_the_labels_says_so(tmp_path):
+    """Issue 23: `--data x=digits.npz` said the file had no `y`; it has, the mapping lacks `y=`."""
+    r = dlc_cli("run", MLP, "--data", f"x={DIGITS}", "--epochs", "1", rc=2)
+    assert r.stderr == (f"error: --data: no file for input 'y' : i32[N]: the mapping gives only x={DIGITS} "
+                        "(add y=FILE, or give one .npz holding every input)\n"), r.stderr
+
+
+def test_an_unknown_optimizer_setting_points_at_the_setting_and_weight_decay_names_the_l2_route(tmp_path):
+    """Issue 23: `adam(weight_decay = ...)` put its caret on `minimize` and did not say how to get
+    weight decay. The caret is now on the setting's name; the message names the l2 penalty."""
+    src = tmp_path / "wd.dln"
+    src.write_text(MLP.read_text().replace("minimize loss with sgd(lr = 0.1, momentum = 0.9, nesterov = true)",
+                                           "minimize loss with adam(lr = 0.01, weight_decay = 0.1)"))
+    text = src.read_text().splitlines()
+    line = next(i for i, l in enumerate(text, 1) if "weight_decay" in l)
+    col = text[line - 1].index("weight_decay") + 1
+    r = dlc_cli("check", src, rc=2)
+    assert r.stderr.startswith(f"{src}:{line}:{col}: error: optimizer adam has no setting 'weight_decay'"), r.stderr
+    assert "; for an L2 penalty add `+ c * l2(w, ...)` to the loss" in r.stderr
+    assert r.stderr.splitlines()[2] == " " * (4 + col - 1) + "^"

@@ -58,10 +58,14 @@ def test_interp_names_the_node_and_the_line(work, capsys):
 
 
 def test_without_the_flag_training_only_diverges(work, capsys):
-    """The plain run reports the symptom (the loss) one step later in the pipeline, with no op."""
+    """The plain run reports the symptom (the loss) one step later in the pipeline, with no op; it
+    names both causes and the flag that finds the op (issue 23: it advised only a smaller learning
+    rate, wrong for a log of 0)."""
     assert run("--backend", "interp") == 2
     err = capsys.readouterr().err
-    assert "training diverged" in err and "--check-numerics" not in err and "blowup.dln:8" not in err
+    assert "training diverged" in err and "blowup.dln:8" not in err
+    assert "(a learning rate too large, or an op outside its domain such as the log of 0: --check-numerics " \
+           "names the first op and .dln line that made NaN or infinity)" in err
 
 
 @needs_emu
