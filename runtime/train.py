@@ -38,6 +38,9 @@ SETTINGS = {
 }
 
 
+
+EPOCH_LINES = 25   # a run of more than twice this many epochs prints about this many epoch lines
+
 def setting_problem(key: str, value) -> str | None:
     """What is wrong with a setting (`must be >= 1`), or None when it is fine."""
     test, want = SETTINGS[key]
@@ -172,6 +175,11 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         first = resume["epoch"] + 1
         model.steps = resume["steps"]
     steps = math.ceil(n_tr / batch)
+    # at most about EPOCH_LINES epoch lines (xor's 500 epochs printed 500): every k-th, the first and
+    # the last; --metrics-json keeps every epoch
+    every = 1 if epochs <= 2 * EPOCH_LINES else math.ceil(epochs / EPOCH_LINES)
+    if every > 1 and epochs >= first:
+        print(f"(every {every}th epoch of {epochs} is printed; --metrics-json keeps them all)", file=out, flush=True)
     t0 = time.perf_counter()
     for epoch in range(first, epochs + 1):
         order = rng.permutation(n_tr)
@@ -224,8 +232,9 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
             if rec["val_accuracy"] is None:
                 del rec["val_accuracy"]
         history.append(rec)
-        print("  ".join([f"epoch {epoch:>3}/{epochs}"] + [f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"]),
-              file=out, flush=True)
+        if every == 1 or epoch in (first, epochs) or epoch % every == 0:
+            print("  ".join([f"epoch {epoch:>3}/{epochs}"] + [f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"]),
+                  file=out, flush=True)
         if checkpoint:
             meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
                     "val_split": val_split, "examples": n, "data": digest, "rng": rng.bit_generator.state,

@@ -312,3 +312,14 @@ def test_diff_interp_emu(tmp_path):
     r = dlc_cli("diff", EXAMPLES / "mlp.dln", "--backends", "interp,emu", cwd=tmp_path, rc=0)
     assert re.search(r"^result: \S+", r.stdout, re.M), r.stdout
     assert "result: agree" in r.stdout
+
+
+def test_a_long_run_prints_about_25_epoch_lines_and_keeps_every_epoch(tmp_path):
+    """Issue 23: `dlc run examples/xor.dln` printed 500 epoch lines. Now every 20th (with the first
+    and the last), a line saying so, and the metrics file still has all 500."""
+    mj = tmp_path / "m.json"
+    r = dlc_cli("run", EXAMPLES / "xor.dln", "--backend", "interp", "--no-progress", "--metrics-json", mj, rc=0)
+    shown = [int(m.group(1)) for m in re.finditer(r"^epoch +(\d+)/500 ", r.stdout, re.M)]
+    assert shown == [1] + list(range(20, 501, 20)), shown
+    assert "(every 20th epoch of 500 is printed; --metrics-json keeps them all)" in r.stdout
+    assert [h["epoch"] for h in json.loads(mj.read_text())["history"]] == list(range(1, 501))
