@@ -139,7 +139,8 @@ class Options:
     passes (a list, or "a,b"). `freeze`: params to keep fixed besides the model's own `freeze` (a
     list, or "a,b"). `insert_bottlenecks`: a ratio R in (0, 1): CHANGES THE MODEL (1x1 reductions
     before wide convolutions, passes/bottleneck.py). `check`: the IR verifier after every pass
-    (also on with DLC_DEBUG). `dump_after`: a pass name or "all": the IR after it, in `Build.dumps`."""
+    (also on with DLC_DEBUG). `dump_after`: a pass name or "all": the IR after it, in `Build.dumps`.
+    `lr`: the optimizer's learning rate instead of the one the model gives (for sweeps; `--lr`)."""
     model: str | None = None
     opt_level: int = 1
     passes: list | str | None = None
@@ -147,6 +148,7 @@ class Options:
     insert_bottlenecks: float | None = None
     check: bool = False
     dump_after: str | None = None
+    lr: float | None = None
 
     def checked(self) -> "Options":
         """The options with every value checked (a DlcError names the argument at fault)."""
@@ -164,6 +166,10 @@ class Options:
             passes = [p.strip() for p in passes.split(",") if p.strip()]
         if passes is not None and (not isinstance(passes, (list, tuple)) or not all(isinstance(p, str) for p in passes)):
             raise _problem("passes", "expected pass names (a list, or 'a,b')", self.passes)
+        lr = self.lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr)
+                               or lr <= 0):
+            raise _problem("lr", "must be a number greater than 0", lr)
         if self.dump_after is not None and self.dump_after not in PASS_NAMES + ["all"]:
             raise DlcError(f"{arg('dump_after')}: unknown pass '{self.dump_after}' "
                            f"(passes: {', '.join(PASS_NAMES)}, or all)")
@@ -270,6 +276,11 @@ def build(source, options: Options | None = None, **kw) -> Build:
         g = lower(text, file, opts.model)
     if opts.freeze is not None:
         _freeze(g, opts.freeze)
+    if opts.lr is not None:
+        if not g.meta.optimizer:
+            raise DlcError(f"{arg('lr')}: model {g.meta.name} minimises nothing, so it has no learning rate")
+        name, settings = g.meta.optimizer
+        g.meta.optimizer = (name, {**settings, "lr": float(opts.lr)})
     level = debug_level()
     rewrites = {"insert_bottlenecks": opts.insert_bottlenecks} if opts.insert_bottlenecks is not None else {}
     res = run_pipeline(g, opts.opt_level, dump_after=opts.dump_after, check=opts.check or level >= 1,
@@ -295,19 +306,19 @@ def _freeze(g, names) -> None:
 
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False,
-            insert_bottlenecks: float | None = None, freeze=None, passes=None) -> "Model":
+            insert_bottlenecks: float | None = None, freeze=None, passes=None, lr: float | None = None) -> "Model":
     """Compile a `.dln` file (a path), `.dln` text or a forward IR graph into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
     `seed`: initial weights (an integer >= 0; default: the model's `train(seed = ...)`, else 0).
     `float_dtype`: "float32" or "float64". `cuda_graph` (cuda backend only): replay each kind of
     step as one captured CUDA graph. `model`, `opt_level`, `check`, `insert_bottlenecks` (CHANGES
-    THE MODEL; the report is `Model.rewrite`), `freeze` and `passes` are as `Options` describes.
+    THE MODEL; the report is `Model.rewrite`), `freeze`, `passes` and `lr` are as `Options` describes.
     Every mistake, in the source or in an argument, raises `DlcError`."""
     if not isinstance(source, (str, Path, Graph)):
         raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
     opts = Options(model=model, opt_level=opt_level, passes=passes, freeze=freeze,
-                   insert_bottlenecks=insert_bottlenecks, check=check).checked()
+                   insert_bottlenecks=insert_bottlenecks, check=check, lr=lr).checked()
     if seed is not None and setting_problem("seed", seed):
         raise _problem("seed", setting_problem("seed", seed), seed)
     dtype = _float_dtype(float_dtype)

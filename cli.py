@@ -35,7 +35,8 @@ def _options(args, **over) -> api.Options:
     """The build options of a command's flags (those it has)."""
     kw = dict(model=args.model, opt_level=getattr(args, "O", 1), passes=getattr(args, "passes", None),
               freeze=getattr(args, "freeze", None), insert_bottlenecks=getattr(args, "insert_bottlenecks", None),
-              check=getattr(args, "verify_each", False), dump_after=getattr(args, "dump_ir_after", None))
+              check=getattr(args, "verify_each", False), dump_after=getattr(args, "dump_ir_after", None),
+              lr=getattr(args, "lr", None))
     return api.Options(**{**kw, **over})
 
 
@@ -178,7 +179,7 @@ def _check_run_flags(args) -> None:
 def cmd_run(args) -> int:
     _check_run_flags(args)
     backend = api.resolve(args.backend, "--backend")
-    model = api.compile(args.file, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
+    model = api.compile(args.file, lr=args.lr, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
                         insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze)
     _show_rewrite(model.rewrite)
     if args.predict and model.prediction_problem():
@@ -235,8 +236,8 @@ def cmd_eval(args) -> int:
     api.check_settings(batch=args.batch)
     if args.metrics_json:
         _check_output("--metrics-json", args.metrics_json)
-    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O,
-                        freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
+    model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
+                        opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
     _show_rewrite(model.rewrite)
     batch = model.settings(batch=args.batch).batch
     model.load(args.load)
@@ -256,7 +257,7 @@ def cmd_export(args) -> int:
     api.check_settings(seed=args.seed)
     _check_output("-o", args.output)
     api.check_onnx_name(args.output)
-    model = api.compile(args.file, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
+    model = api.compile(args.file, lr=args.lr, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
                         insert_bottlenecks=args.insert_bottlenecks)
     _show_rewrite(model.rewrite)
     if args.load:
@@ -319,7 +320,7 @@ def cmd_bench(args) -> int:
             raise DlcError(f"{flag}: must be at least {least}, found {v}")
     if args.threads and any(os.environ.get(v) != str(args.threads) for v in api.THREAD_VARS):
         return _bench_child(args)
-    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model,
+    model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, cuda_graph=args.cuda_graph, freeze=args.freeze,
                         insert_bottlenecks=args.insert_bottlenecks)
     _show_rewrite(model.rewrite)
@@ -356,6 +357,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="CHANGES THE MODEL: a 1x1 convolution reducing the channels to a fraction R "
                         "(default 1/3) before each wide 3x3-or-larger convolution; prints FLOPs and params "
                         "before and after")
+    p.add_argument("--lr", type=float, metavar="LR", help="the optimizer's learning rate instead of the model's "
+                   "(for sweeps)")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
 
 

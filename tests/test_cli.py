@@ -16,7 +16,7 @@ import pytest
 import dlc
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
-from conftest import EXAMPLE_NAMES, EXAMPLES, dlc_cli, needs_emu
+from conftest import EXAMPLE_NAMES, EXAMPLES, MLP, dlc_cli, needs_emu
 
 SUBCOMMANDS = ["check", "compile", "run", "diff", "bench"]
 
@@ -85,7 +85,7 @@ def test_no_command_is_a_usage_error():
 @pytest.mark.parametrize("args,said", [
     (["run", "examples/mlp.dln", "--epochs", "1.5"], "dlc run: error: argument --epochs: invalid int value: '1.5'"),
     (["run", "examples/mlp.dln", "--nope"], "dlc run: error: unrecognized arguments: --nope"),
-    (["eval", "examples/mlp.dln", "--load", "w.npz", "--lr", "3"], "dlc eval: error: unrecognized arguments: --lr 3"),
+    (["eval", "examples/mlp.dln", "--load", "w.npz", "--rate", "3"], "dlc eval: error: unrecognized arguments: --rate 3"),
 ])
 def test_a_bad_option_is_one_line_naming_the_command(args, said):
     """Issue 23: `--epochs 1.5` printed argparse's twelve-line usage before the error, and a
@@ -323,3 +323,29 @@ def test_a_long_run_prints_about_25_epoch_lines_and_keeps_every_epoch(tmp_path):
     assert shown == [1] + list(range(20, 501, 20)), shown
     assert "(every 20th epoch of 500 is printed; --metrics-json keeps them all)" in r.stdout
     assert [h["epoch"] for h in json.loads(mj.read_text())["history"]] == list(range(1, 501))
+
+
+def test_lr_overrides_the_models_learning_rate(tmp_path):
+    """Issue 23: `--lr` (and `dlc.compile(lr=)`) for sweeps: a run with `--lr 0.5` is the run of the
+    same model with `lr = 0.5` written in its file, metric for metric; bad values and a model that
+    minimises nothing are located errors."""
+    edited = tmp_path / "mlp.dln"
+    edited.write_text(MLP.read_text().replace("sgd(lr = 0.1,", "sgd(lr = 0.5,"))
+    assert edited.read_text() != MLP.read_text()
+    runs = {}
+    for tag, path, extra in (("flag", MLP, ["--lr", "0.5"]), ("file", edited, [])):
+        mj = tmp_path / f"{tag}.json"
+        dlc_cli("run", path, "--backend", "interp", "--epochs", "2", "--no-progress", "--metrics-json", mj,
+                "--data", EXAMPLES / "data" / "digits.npz", *extra, rc=0)
+        runs[tag] = json.loads(mj.read_text())
+        runs[tag].pop("seconds")
+    assert runs["flag"] == runs["file"]
+    default = dlc.compile(MLP, backend="interp")
+    assert dlc.compile(MLP, backend="interp", lr=0.5).graph.meta.optimizer[1]["lr"] == 0.5 != \
+        default.graph.meta.optimizer[1]["lr"]
+    r = dlc_cli("run", MLP, "--lr", "0", rc=2)
+    assert r.stderr == "error: --lr: must be a number greater than 0, found 0.0\n", r.stderr
+    infer = tmp_path / "infer.dln"
+    infer.write_text("model infer {\n    input x : f32[N, 4]\n    y = relu(x)\n    output y\n}\n")
+    r = dlc_cli("check", infer, "--lr", "0.1", rc=2)
+    assert r.stderr == "error: --lr: model infer minimises nothing, so it has no learning rate\n", r.stderr
