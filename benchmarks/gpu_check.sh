@@ -345,7 +345,7 @@ finish() {  # CODE (2: preparation failed): the end line, the summary, the logs;
     exit "$code"
 }
 on_signal() {  # a run cut off still leaves its table (tee may be gone: write to the log itself)
-    trap - TERM INT HUP
+    trap - TERM INT HUP PIPE
     exec >> "$LOG" 2>&1
     [ -n "$SEC" ] && status "$SEC" "(cut off)" FAILED "stopped by a signal after $(elapsed)s"
     stop_warm
@@ -355,7 +355,9 @@ on_signal() {  # a run cut off still leaves its table (tee may be gone: write to
     [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"
     exit 124
 }
-trap on_signal TERM INT HUP
+# PIPE too: when the process group is killed, tee goes with it, and this shell's next write to
+# stdout (before the TERM trap has run) would otherwise kill it silently, leaving no table
+trap on_signal TERM INT HUP PIPE
 
 # -- prep: what this python lacks, from gpu_wheels/; dlc itself --------------------------------
 # Nothing here imports dlc before it is known to be importable, so a missing lark reads as
