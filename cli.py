@@ -380,7 +380,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="dlc", description="dlc: a deep-learning compiler for .dln models "
-                                 "(graph IR, autodiff, NumPy reference, CUDA code generation).")
+                 "(graph IR, autodiff, NumPy reference, CUDA code generation).")
     ap.add_argument("--version", action="version", version=f"dlc {api.__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     ap.commands = sub.choices   # command name -> its parser

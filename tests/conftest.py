@@ -121,6 +121,16 @@ def import_torch():
     return need("torch")
 
 
+def import_torch_models():
+    """(torch, benchmarks/torch_models.py): the PyTorch twins of the examples and of the full-size
+    networks, which import torch (without it, the calling test fails or is skipped, as above)."""
+    torch = import_torch()
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch_models
+    return torch, torch_models
+
+
 @pytest.fixture
 def onnx_runtime():
     """(onnx, onnxruntime): `dlc export` and the reference its files are run with."""

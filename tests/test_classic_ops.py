@@ -136,14 +136,25 @@ POOLS = [("max", 3, 2, 0, True, True), ("max", 3, 2, 1, True, True), ("max", 2, 
          ("avg", 3, 3, 1, True, False), ("avg", 2, 2, 0, True, True), ("max", 3, 3, 1, True, True)]
 
 
+def probe_model(x, t, params, y, lr) -> str:
+    """A model of one layer `y` over `x : f32[N, x]` whose loss probes it: the mse of each map's
+    mean square against `t : f32[N, t, 1, 1]` (`probe_loss` is PyTorch's side)."""
+    lines = [f"input x : f32[N, {x}]", f"input t : f32[N, {t}, 1, 1]", *params, f"y = {y}",
+             "loss = mse(mean(y * y, axis = [2, 3], keepdims = true), t)", "output y",
+             f"minimize loss with sgd(lr = {lr})"]
+    return "model m {\n" + "".join(f" {line}\n" for line in lines) + "}"
+
+
+def probe_loss(torch, y, t):
+    return torch.nn.functional.mse_loss((y * y).mean(dim=(2, 3), keepdim=True), torch.tensor(t))
+
+
 def pool_model(kind, k, s, p, ceil, cip, shape=(2, 3, 7, 6)):
     extra = f", count_include_pad = {str(cip).lower()}" if kind == "avg" else ""
     pad = f"[{', '.join(map(str, p))}]" if isinstance(p, list) else p
-    return (f"model m {{\n input x : f32[N, {shape[1]}, {shape[2]}, {shape[3]}]\n input t : f32[N, {shape[1]}, 1, 1]\n"
-            f" param w : f32[{shape[1]}, 1, 1] = normal(1, 0.2)\n"
-            f" y = {kind}pool2d(x * w, {k}, stride = {s}, padding = {pad}, ceil_mode = {str(ceil).lower()}{extra})\n"
-            f" loss = mse(mean(y * y, axis = [2, 3], keepdims = true), t)\n output y\n"
-            f" minimize loss with sgd(lr = 0.1)\n}}")
+    return probe_model(", ".join(map(str, shape[1:])), shape[1], [f"param w : f32[{shape[1]}, 1, 1] = normal(1, 0.2)"],
+                       f"{kind}pool2d(x * w, {k}, stride = {s}, padding = {pad}, ceil_mode = {str(ceil).lower()}{extra})",
+                       0.1)
 
 
 @pytest.mark.parametrize("kind, k, s, p, ceil, cip", POOLS)
@@ -157,7 +168,7 @@ def test_pooling_agrees_with_pytorch(kind, k, s, p, ceil, cip):
     xt = torch.tensor(x) * w
     y = (F.max_pool2d(xt, k, s, p, ceil_mode=ceil) if kind == "max"
          else F.avg_pool2d(xt, k, s, p, ceil_mode=ceil, count_include_pad=cip))
-    loss = F.mse_loss((y * y).mean(dim=(2, 3), keepdim=True), torch.tensor(t))
+    loss = probe_loss(torch, y, t)
     loss.backward()
     assert m.forward(x=x)["y"].shape == tuple(y.shape)
     np.testing.assert_allclose(m.forward(x=x)["y"], y.detach().numpy(), rtol=1e-12, atol=1e-14)
@@ -225,11 +236,9 @@ GROUPED = [(4, 6, 2, 3, 1, 1, 1), (6, 6, 6, 3, 1, 1, 1), (6, 12, 3, 1, 1, 0, 1),
 
 def grouped_model(c, o, g, k, s, p, d):
     stride = f"[{', '.join(map(str, s))}]" if isinstance(s, list) else s
-    return (f"model m {{\n input x : f32[N, {c}, 7, 6]\n input t : f32[N, {o}, 1, 1]\n"
-            f" param w : f32[{o}, {c // g}, {k}, {k}] = normal(0, 0.5)\n param b : f32[{o}, 1, 1] = normal(0, 0.5)\n"
-            f" y = relu(conv2d(x, w, stride = {stride}, padding = {p}, dilation = {d}, groups = {g}) + b)\n"
-            f" loss = mse(mean(y * y, axis = [2, 3], keepdims = true), t)\n output y\n"
-            f" minimize loss with sgd(lr = 0.05)\n}}")
+    return probe_model(f"{c}, 7, 6", o, [f"param w : f32[{o}, {c // g}, {k}, {k}] = normal(0, 0.5)",
+                                         f"param b : f32[{o}, 1, 1] = normal(0, 0.5)"],
+                       f"relu(conv2d(x, w, stride = {stride}, padding = {p}, dilation = {d}, groups = {g}) + b)", 0.05)
 
 
 @pytest.mark.parametrize("c, o, g, k, s, p, d", GROUPED)
@@ -243,7 +252,7 @@ def test_grouped_convolution_agrees_with_pytorch(c, o, g, k, s, p, d):
     b = torch.tensor(np.asarray(m.params["b"], np.float64), requires_grad=True)
     xt = torch.tensor(x, requires_grad=True)
     y = F.relu(F.conv2d(xt, w, stride=s, padding=p, dilation=d, groups=g) + b)
-    loss = F.mse_loss((y * y).mean(dim=(2, 3), keepdim=True), torch.tensor(t))
+    loss = probe_loss(torch, y, t)
     loss.backward()
     np.testing.assert_allclose(m.forward(x=x)["y"], y.detach().numpy(), rtol=1e-10, atol=1e-12)
     got, grads = m.grad(x=x, t=t)

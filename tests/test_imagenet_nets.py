@@ -14,23 +14,18 @@ classic_nets.py measures what compiling them costs.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 import dlc
-from conftest import EXAMPLES, ROOT, import_torch
+from conftest import EXAMPLES, import_torch, import_torch_models
 
 NETS = EXAMPLES / "imagenet"
 
 
 def torch_net(name):
     """(torch, PyTorch's version of the network, its input size): benchmarks/torch_models.py."""
-    torch = import_torch()
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    import torch_models
+    torch, torch_models = import_torch_models()
     return (torch,) + torch_models.imagenet_net(name)
 
 

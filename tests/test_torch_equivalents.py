@@ -5,14 +5,13 @@ same loss, and the same params after optimizer steps, on the CPU against dlc's i
 PyTorch is not a dependency of dlc, but of its tests where the CPU wheel exists (the test extra in
 pyproject.toml: CPython 3.11 on x86_64 Linux, as in CI). There a missing torch fails these tests;
 elsewhere they are skipped with the reason (tests/conftest.py import_torch)."""
-import sys
 
 import numpy as np
 import pytest
 
 import dlc
 from dlc.runtime.diff import synth_feeds
-from conftest import ROOT, TRAINING_EXAMPLES, import_torch
+from conftest import ROOT, TRAINING_EXAMPLES, import_torch_models
 
 STEPS = 3
 
@@ -29,11 +28,7 @@ def close(got, want, what, rtol=2e-4, atol=2e-6):
 def twins():
     """torch, and benchmarks/torch_models.py (the twins, which import torch); without torch the
     calling test fails or is skipped (import_torch)."""
-    torch = import_torch()
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    import torch_models
-    return torch, torch_models
+    return import_torch_models()
 
 
 @pytest.fixture(autouse=True)
