@@ -89,7 +89,7 @@ def torch_lenet(params: dict):
         p1 = F.max_pool2d(c1, 2)
         c2 = F.relu(F.conv2d(p1, ps["c2.w"], ps["c2.b"].reshape(-1), padding=1))
         p2 = F.max_pool2d(c2, 2)
-        h = F.relu(p2.flatten(1) @ ps["h.dense.w"] + ps["h.dense.b"])
+        h = F.relu(p2.flatten(1) @ ps["h.w"] + ps["h.b"])
         return h @ ps["logits.w"] + ps["logits.b"]
 
     def step(x, y):

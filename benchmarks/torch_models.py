@@ -109,7 +109,7 @@ class LeNet(nn.Module):
         self.h = nn.Linear(32 * 2 * 2, 64)
         self.logits = nn.Linear(64, 10)
         self.dlc = {"c1.w": "c1.weight", "c1.b": "c1.bias", "c2.w": "c2.weight", "c2.b": "c2.bias",
-                    "h.dense.w": "h.weight", "h.dense.b": "h.bias",
+                    "h.w": "h.weight", "h.b": "h.bias",
                     "logits.w": "logits.weight", "logits.b": "logits.bias"}
         self.decay = []
 
@@ -202,7 +202,7 @@ class InceptionNet(nn.Module):
         self.i3b = Inception(40, 16, 16, 24, 4, 8, 8)
         self.logits = nn.Linear(56, 10)
         self.dlc = {"stem.w": "stem.weight", "stem.b": "stem.bias",
-                    "logits.linear.w": "logits.weight", "logits.linear.b": "logits.bias"}
+                    "logits.w": "logits.weight", "logits.b": "logits.bias"}
         for blk in ("i3a", "i3b"):
             for conv in ("b1", "r3", "b3", "r5", "b5", "bp"):
                 self.dlc[f"{blk}.{conv}.w"] = f"{blk}.{conv}.weight"
@@ -242,7 +242,7 @@ class Recurrent(nn.Module):
         self.out = nn.Linear(n, 1)
         wh = "h.s.wh" if kind == "lstm" else "h.wh"
         self.dlc = {"h.wx": "rnn.weight_ih_l0", "h.b": "rnn.bias_ih_l0", wh: "rnn.weight_hh_l0",
-                    "pred.linear.w": "out.weight", "pred.linear.b": "out.bias"}
+                    "pred.w": "out.weight", "pred.b": "out.bias"}
         self.decay = []
         with torch.no_grad():  # PyTorch's second bias: fixed, holding what dlc adds as a constant
             self.rnn.bias_hh_l0.zero_()

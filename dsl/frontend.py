@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
+from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +27,8 @@ from ..ir.verify import verify
 from . import ast as A
 
 MAX_CALL_DEPTH = 64
+MAX_NESTING = 1000   # expression levels (calls, operators, lists) inside one expression; docs/language.md
+_FRAMES_PER_LEVEL = 24  # Python frames the parse-tree transform and lowering take per level (measured: < 12)
 PRELUDE_FILE = Path(__file__).with_name("prelude.dln")
 
 
@@ -68,11 +72,43 @@ def _misspelt_keyword(text: str, e: UnexpectedToken):
     return (m.group(2), len(m.group(1)) + 1, close[0]) if close else None
 
 
+@contextmanager
+def _deep_enough():
+    """Room on Python's stack for MAX_NESTING levels: the tree transform and the lowering recurse
+    once per level (the default limit of 1000 frames ended near 300 levels)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, _FRAMES_PER_LEVEL * MAX_NESTING + 2000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+_NESTING = {"call", "binop", "neg", "list"}  # the parse-tree nodes that are one expression level
+
+
+def _check_nesting(tree, file: str, text: str) -> None:
+    """A located error where an expression first nests more than MAX_NESTING levels (one walk,
+    no recursion: it must not fail the way it guards against)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in _NESTING:
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DlcError(f"expression nested more than {MAX_NESTING} levels deep (dlc's limit on calls "
+                               f"and operators inside one another): name some inner results (`h = ...`) "
+                               f"and use the names", Loc(file, node.meta.line, node.meta.column), text)
+        stack.extend((c, depth) for c in node.children if hasattr(c, "data"))
+
+
 def parse(text: str, file: str) -> list:
     """Parse `.dln` text into a list of `Model` and `Func` nodes."""
     try:
         tree = A.parser.parse(text)
-        return A.ToAst(file).transform(tree)
+        _check_nesting(tree, file, text)
+        with _deep_enough():
+            return A.ToAst(file).transform(tree)
     except VisitError as e:
         if isinstance(e.orig_exc, DlcError):
             raise e.orig_exc.located(None, text)
@@ -137,14 +173,16 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
                 raise DlcError(f"no model named '{model}' (this file has "
                                f"{', '.join(m.name for m in models)})", Loc(file, 1, 1))
             chosen = found[0]
-        g = _Lowerer(file, text, funcs).model(chosen)
+        with _deep_enough():
+            g = _Lowerer(file, text, funcs).model(chosen)
         return verify(g)
     except DlcError as e:
         if e.source is None and e.loc is not None:
             e.source = text if e.loc.file == file else (PRELUDE_FILE.read_text() if e.loc.file == "prelude.dln" else None)
         raise
-    except RecursionError:
-        raise DlcError("expression nested too deeply", Loc(file, 1, 1))
+    except RecursionError:  # not reached within MAX_NESTING (tests/test_bad_input.py); said plainly if it is
+        raise DlcError(f"this model nests too deeply for dlc's lowering (more than it allows within "
+                       f"{MAX_NESTING} expression levels): name some inner results", Loc(file, 1, 1))
 
 
 _SPECIAL = {"l1", "l2", "scan"}  # l1, l2 variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2); scan: below
@@ -376,7 +414,25 @@ class _Lowerer:
             return name == "true"
         if not scope.in_func and name in self.g and OPS[self.g.op(name)].holds == PARAM:
             return Tensor(name)  # a param made by a function call, e.g. h1.w
+        if "." in name and not scope.in_func:
+            raise DlcError(f"unknown name '{name}'{self._param_hint(name)}", loc)
         raise DlcError(f"unknown name '{name}'{_suggest(name, scope.vars)}", loc)
+
+    def _param_hint(self, name: str) -> str:
+        """For a dotted name that names no param: the closest param made so far, or the params made
+        under its first part, or how params are named (docs/language.md, "Params are named by the
+        call site")."""
+        params = [n for n in self.g.nodes_of("param")]
+        close = difflib.get_close_matches(name, params, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean '{close[0]}'?)"
+        head = name.split(".")[0]
+        under = [p for p in params if p.split(".")[0] == head]
+        if under:
+            shown = ", ".join(under[:8]) + (", ..." if len(under) > 8 else "")
+            return f": no param of that name; the params of '{head}' are {shown}"
+        return (f": no param of that name{' made so far' if params else ''} (a call's params are named "
+                f"after its binding, e.g. `h1 = dense(x, 8)` makes h1.w and h1.b; `dlc check` lists them)")
 
     # -- types and initialisers ----------------------------------------------------------------
     def type(self, t: A.TypeExpr, scope: _Scope, symbolic: bool, known=()) -> TensorType:
@@ -677,17 +733,39 @@ class _Stmt:
         return f"{self.base}.{fname}" + (f"{k}" if k else "")
 
 
+def _subnodes(x):
+    """Every AST node in `x` (a node, or a list or dict of them), `x` first, depth first."""
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, A.Node):
+            yield v
+            stack.extend(reversed([getattr(v, f.name) for f in fields(v)]))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(reversed(v))
+        elif isinstance(v, dict):
+            stack.extend(reversed(list(v.values())))
+
+
+def _user_call(e, funcs) -> bool:
+    return isinstance(e, A.Call) and e.fn in funcs and not (e.fn in OPS and OPS[e.fn].dsl)
+
+
+def _makes_state(fname: str, funcs, seen=frozenset()) -> bool:
+    """Whether calling function `fname` creates params or buffers: it declares one, or calls a
+    function that does. (`flatten`, `last` create none, so they never take part in naming.)"""
+    if fname in seen:
+        return False  # a cycle is reported when the call is lowered (calls nest at most MAX_CALL_DEPTH)
+    for n in _subnodes(funcs[fname].body):
+        if isinstance(n, A.Param) or _user_call(n, funcs) and _makes_state(n.fn, funcs, seen | {fname}):
+            return True
+    return False
+
+
 def _count_calls(e, funcs) -> int:
-    if isinstance(e, A.Call):
-        own = 1 if e.fn in funcs and not (e.fn in OPS and OPS[e.fn].dsl) else 0
-        return own + sum(_count_calls(a, funcs) for a in list(e.args) + list(e.kwargs.values()))
-    if isinstance(e, A.BinOp):
-        return _count_calls(e.a, funcs) + _count_calls(e.b, funcs)
-    if isinstance(e, A.Neg):
-        return _count_calls(e.a, funcs)
-    if isinstance(e, A.List):
-        return sum(_count_calls(x, funcs) for x in e.items)
-    return 0
+    """The calls in expression `e` of user functions that create params or buffers: one such call
+    takes the binding's name as its prefix, several take NAME.FUNCTION (docs/language.md)."""
+    return sum(1 for n in _subnodes(e) if _user_call(n, funcs) and _makes_state(n.fn, funcs))
 
 
 def _const_arith(op: str, a, b, loc):

@@ -25,6 +25,21 @@ def file_error(path, message: str) -> "DlcError":
     return DlcError(message, Loc(str(path), 0, 0))
 
 
+SHOWN = 100  # the most characters of a source line an error shows; a longer line is cut around the caret
+
+
+def _window(text: str, col: int) -> tuple[str, int]:
+    """The line as shown under an error, and the caret's column in it: a line longer than SHOWN
+    is cut to SHOWN characters around the caret, with "..." where text was left out."""
+    if len(text) <= SHOWN:
+        return text, col
+    start = min(max(col - 1 - SHOWN // 2, 0), len(text) - SHOWN)
+    shown = text[start:start + SHOWN]
+    lead = "..." if start > 0 else ""
+    tail = "..." if start + SHOWN < len(text) else ""
+    return lead + shown + tail, col - start + len(lead)
+
+
 class DlcError(Exception):
     """A user-facing error with an optional source location."""
 
@@ -47,6 +62,6 @@ class DlcError(Exception):
         if self.loc and self.source:
             lines = self.source.split("\n")  # Lark counts lines by \n only
             if 1 <= self.loc.line <= len(lines):
-                text = lines[self.loc.line - 1].rstrip("\r").expandtabs(1)
-                head += f"\n    {text}\n    {' ' * (self.loc.col - 1)}^"
+                text, col = _window(lines[self.loc.line - 1].rstrip("\r").expandtabs(1), self.loc.col)
+                head += f"\n    {text}\n    {' ' * (col - 1)}^"
         return head

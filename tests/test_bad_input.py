@@ -538,3 +538,69 @@ def test_an_unknown_optimizer_setting_points_at_the_setting_and_weight_decay_nam
     assert r.stderr.startswith(f"{src}:{line}:{col}: error: optimizer adam has no setting 'weight_decay'"), r.stderr
     assert "; for an L2 penalty add `+ c * l2(w, ...)` to the loss" in r.stderr
     assert r.stderr.splitlines()[2] == " " * (4 + col - 1) + "^"
+
+
+# -- deep nesting: a stated limit, located ---------------------------------------------------------
+def _nested(levels: int, make) -> str:
+    e = "x"
+    for _ in range(levels):
+        e = make(e)
+    return f"model deep {{\n    input x : f32[N, 4]\n\n    y = {e}\n    output y\n}}\n"
+
+
+@pytest.mark.parametrize("make", [lambda e: f"relu({e})", lambda e: f"({e} + x)"], ids=["calls", "operators"])
+def test_nesting_up_to_the_stated_limit_lowers_and_one_more_is_a_located_error(tmp_path, make):
+    from dlc.dsl.frontend import MAX_NESTING, lower
+    g = lower(_nested(MAX_NESTING, make), "deep.dln")  # the issue's 500 levels failed at 1:1
+    assert len(g.nodes_of("relu", "add")) == MAX_NESTING
+    f = tmp_path / "deep.dln"
+    f.write_text(_nested(MAX_NESTING + 1, make))
+    r = dlc_cli("check", f)
+    line = assert_user_error(r, must=[f"more than {MAX_NESTING} levels", "name some inner results"],
+                             head=re.escape(f"{f}:4:"))  # the expression's line, not 1:1
+    # the 5,000-character line is shown cut around the caret, which still stands under the column
+    col = int(line.split(":")[2])
+    shown, caret = r.stderr.splitlines()[1:3]
+    assert len(shown) < 120 and shown.strip().startswith("...")
+    src = f.read_text().splitlines()[3]
+    at = caret.index("^")
+    assert shown[at] == src[col - 1], (shown, caret)
+
+
+# -- param names: the documented rule, and suggestions for a dotted name that names no param ------
+_NAMING = """def block(x: [B, K]) {{
+    h = relu(dense(x, K))
+    return relu(x + dense(h, K))
+}}
+model m {{
+    input x : f32[N, 8]
+    input y : i32[N]
+    b = block(x)
+    fc = linear(flatten(reshape(b, [N, 2, 2, 2])), 3)
+    two = dense(x, 3) + dense(x, 3)
+    loss = softmax_xent(fc + two, y){extra}
+    output fc
+    minimize loss with sgd(lr = 0.1)
+}}
+"""
+
+
+def test_params_are_named_as_the_language_reference_says():
+    from dlc.dsl.frontend import lower
+    g = lower(_NAMING.format(extra=""), "naming.dln")
+    # docs/language.md, "Params are named by the call site": flatten makes no params and does not
+    # count; a return expression's call is PREFIX.FUNCTION; two calls are NAME.FUNCTION, NAME.FUNCTION1
+    assert sorted(g.nodes_of("param")) == sorted(["b.h.w", "b.h.b", "b.dense.w", "b.dense.b", "fc.w", "fc.b",
+                                                  "two.dense.w", "two.dense.b", "two.dense1.w", "two.dense1.b"])
+
+
+@pytest.mark.parametrize("extra, must", [
+    (" + 1e-4 * l2(b.dens.w)", ["unknown name 'b.dens.w'", "did you mean 'b.dense.w'?"]),
+    (" + 1e-4 * l2(fc.linear.w)", ["unknown name 'fc.linear.w'", "the params of 'fc' are fc.w, fc.b"]),
+    (" + 1e-4 * l2(zz.w)", ["unknown name 'zz.w'", "h1 = dense(x, 8)` makes h1.w and h1.b", "dlc check"]),
+    ("\n    freeze two.dense2.w", ["unknown name 'two.dense2.w'", "did you mean 'two.dense"]),
+], ids=["close", "under-its-head", "nothing-near", "freeze"])
+def test_a_dotted_name_that_names_no_param_suggests_the_params(tmp_path, extra, must):
+    f = tmp_path / "naming.dln"
+    f.write_text(_NAMING.format(extra=extra))
+    assert_user_error(dlc_cli("check", f), must=must, head=re.escape(f"{f}:1{1 + extra.startswith(chr(10))}:"))

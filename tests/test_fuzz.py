@@ -23,7 +23,7 @@ import pytest
 
 import dlc
 from dlc.dsl.frontend import PRELUDE_FILE, lower
-from dlc.ir.errors import DlcError
+from dlc.ir.errors import DlcError, _window
 from dlc.ir.text import parse_ir, print_ir
 from dlc.ir.verify import verify
 from conftest import EXAMPLE_FILES, GOLDEN
@@ -282,9 +282,10 @@ def judge(text: str):
             lines = text.split("\n")
             if not (1 <= loc.line <= len(lines)) or loc.col < 1 or loc.col > len(lines[loc.line - 1]) + 1:
                 return "location-outside", f"{loc} for a text of {len(lines)} lines: {e.message}"
-            want = lines[loc.line - 1].rstrip("\r").expandtabs(1)
-            if e.source is not None and want.strip() and f"\n    {want}\n" not in shown + "\n":
-                return "caret-line", f"{loc}: shows\n{shown}\nexpected the line {want!r}"
+            # the line (cut around the caret when it is long: errors._window) and the caret under loc.col
+            want, col = _window(lines[loc.line - 1].rstrip("\r").expandtabs(1), loc.col)
+            if e.source is not None and want.strip() and f"\n    {want}\n    {' ' * (col - 1)}^" not in shown:
+                return "caret-line", f"{loc}: shows\n{shown}\nexpected the line {want!r} with the caret at {col}"
         elif loc.file == "prelude.dln":
             if not 1 <= loc.line <= PRELUDE_FILE.read_text().count("\n") + 1:
                 return "location-outside", f"{loc} in the prelude"
@@ -475,7 +476,8 @@ def _rejected(body, message):
         lower(_M.format(body), FILE)
     loc = e.value.loc
     assert loc is not None and loc.file == FILE and loc.line == 3, loc
-    assert "\n        " + body.split("\n")[0].expandtabs(1) in str(e.value)  # the caret shows that line
+    shown, _ = _window("    " + body.split("\n")[0].expandtabs(1), loc.col)  # the line, cut around the caret
+    assert "\n    " + shown + "\n" in str(e.value)  # the caret shows that line
     return e.value
 
 

@@ -42,7 +42,7 @@ def seq_feeds(steps: int, features: int = 2, batch: int = 3, seed: int = 0) -> d
 def test_scan_unrolls_once_per_step_and_shares_the_cells_params():
     g = lower(seq_model("lstm", 7), "seq.dln")
     params = sorted(n for n in g.nx if g.op(n) == "param")
-    assert params == ["h.b", "h.s.wh", "h.wx", "pred.linear.b", "pred.linear.w"]
+    assert params == ["h.b", "h.s.wh", "h.wx", "pred.b", "pred.w"]
     wh = "h.s.wh"
     assert len(g.users(wh)) == 7                       # one recurrent product per step
     steps = {n.split(".")[2] for n in g.nx if n.startswith("h.s.t")}
@@ -55,7 +55,7 @@ def test_scan_unrolls_once_per_step_and_shares_the_cells_params():
 def test_shared_weight_gets_one_gradient_and_an_adjoint_per_step():
     m = dlc.compile(seq_model("elman", 5), backend="interp", opt_level=0)
     g = m.stages["backward"]
-    assert set(g.meta.grads) == {"h.wx", "h.b", "h.wh", "pred.linear.w", "pred.linear.b"}
+    assert set(g.meta.grads) == {"h.wx", "h.b", "h.wh", "pred.w", "pred.b"}
     # the adjoint of wh is the sum of one contribution per step (each a product read from the step)
     contributions = [n for n in g.nx if n.startswith("d.h.wh.from.")]
     assert len(contributions) == 5
@@ -105,8 +105,8 @@ def test_shared_weight_gradient_is_the_sum_of_per_step_contributions():
     loss, grads = shared.grad(**feeds)
 
     by_hand = dlc.compile(unrolled_by_hand(steps, batch=3), backend="interp", float_dtype="float64")
-    hand_values = {"wx": values["h.wx"], "b": values["h.b"], "v": values["pred.linear.w"],
-                   "c": values["pred.linear.b"], **{f"wh{t}": values["h.wh"] for t in range(steps)}}
+    hand_values = {"wx": values["h.wx"], "b": values["h.b"], "v": values["pred.w"],
+                   "c": values["pred.b"], **{f"wh{t}": values["h.wh"] for t in range(steps)}}
     set_params(by_hand, hand_values)
     hand_loss, hand_grads = by_hand.grad(**feeds)
     assert hand_loss == pytest.approx(loss, rel=1e-12)
