@@ -32,6 +32,7 @@ from .dsl.frontend import lower
 from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
 from .ir.graph import Graph
+from .ir.progress import compiling, quiet, stage
 from .ir.ops import MODEL, OPS, OPTIMIZER, PARAM, STORED, UPDATES_STATE
 from .ir.summary import layers as _layers
 from .ir.text import fmt_value, print_ir
@@ -267,13 +268,25 @@ def build(source, options: Options | None = None, **kw) -> Build:
     if not isinstance(source, (str, Path, Graph)):
         raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
     opts = (replace(options, **kw) if options else Options(**kw)).checked()
-    if isinstance(source, Graph):
-        if source.meta.stage != "forward":
-            raise DlcError(f"source: expected a forward-stage graph, found stage {source.meta.stage!r}")
-        g, file = verify(source.copy()), "<graph>"
-    else:
-        text, file = read_source(source)
-        g = lower(text, file, opts.model)
+    with compiling(_label(source)):
+        if isinstance(source, Graph):
+            if source.meta.stage != "forward":
+                raise DlcError(f"source: expected a forward-stage graph, found stage {source.meta.stage!r}")
+            g, file = verify(source.copy()), "<graph>"
+        else:
+            text, file = read_source(source)
+            stage("reading the .dln and lowering it to IR")
+            g = lower(text, file, opts.model)
+        return _build(g, file, opts)
+
+
+def _label(source) -> str:
+    """How compile progress names the source: the file's name, or "the model" for text and graphs."""
+    text = isinstance(source, str) and ("\n" in source or "{" in source)  # as read_source tells them apart
+    return Path(source).name if isinstance(source, (str, Path)) and not text else "the model"
+
+
+def _build(g: Graph, file: str, opts: Options) -> Build:
     if opts.freeze is not None:
         _freeze(g, opts.freeze)
     if opts.lr is not None:
@@ -326,10 +339,12 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
-    b = build(source, opts)
-    if seed is None:
-        seed = _train_setting(b, "seed")
-    return Model(b, backend, int(seed), dtype, cuda_graph=bool(cuda_graph))
+    with compiling(_label(source)):
+        b = build(source, opts)
+        if seed is None:
+            seed = _train_setting(b, "seed")
+        stage(f"preparing the {backend} backend")
+        return Model(b, backend, int(seed), dtype, cuda_graph=bool(cuda_graph))
 
 
 def load(source, weights, **options) -> "Model":
@@ -927,7 +942,7 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
 # the public names: the API itself, and what the `dlc` command takes from the stages through it
 __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "RunSettings", "DiffResult", "Dataset",
            "DataOptions", "DlcError", "__version__", "argument_names", "arg", "check_settings", "resolve",
-           "read_source", "debug_level",
+           "read_source", "debug_level", "quiet",
            # for the command line: constants and writers of the runtime, reached through this door
            "EMITS", "OPT_LEVELS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
            "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",

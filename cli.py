@@ -8,6 +8,7 @@ file; an error about an API argument names the flag it came from (`--epochs: ...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -430,7 +431,7 @@ def parser() -> argparse.ArgumentParser:
                    help="write the outputs over the whole data (after training): .npz, or .csv one row per example")
     p.add_argument("--plot", metavar="FILE.png", help="draw loss and accuracy per epoch, training and held-out "
                    "(needs matplotlib: pip install 'dlc[plot]')")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (training) and no compile progress")
     p.add_argument("--cuda-graph", action="store_true", help="cuda: capture the step once, replay it as a CUDA graph")
     _opt_level(p)
     p.set_defaults(fn=cmd_run)
@@ -510,7 +511,8 @@ def main(argv=None) -> int:
         ap.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or os.environ.get("DLC_DEBUG")
     try:
-        with api.argument_names(_flag_names(args)):
+        with api.argument_names(_flag_names(args)), \
+                (api.quiet() if getattr(args, "no_progress", False) else contextlib.nullcontext()):
             return args.fn(args)
     except DlcError as e:
         if debug:

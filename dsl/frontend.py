@@ -20,6 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
+from ..ir.progress import stage
 from ..ir.ops import OPS, PARAM, RANDOM, REQUIRED, VARIADIC
 from ..ir.optim import INITIALISERS, OPTIMIZERS, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS, schedule_problem
 from ..ir.types import DTYPES, TensorType
@@ -215,7 +216,9 @@ class _Lowerer:
         g.sources["prelude.dln"] = PRELUDE_FILE.read_text()
         scope = _Scope("", None)
         self.name_counts = _name_counts(m.body)  # how often each plain name is written in the model
-        for s in m.body:
+        for i, s in enumerate(m.body, 1):
+            if i % 256 == 0:
+                stage(f"lowering statement {i:,} of {len(m.body):,} (line {s.loc.line})", detail=True)
             self.stmt(s, scope)
         if not g.meta.outputs and not g.meta.loss:
             raise DlcError(f"model '{m.name}' has no `output` and nothing to `minimize`", m.loc)

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
+from ..ir.progress import stage
 from ..ir.text import print_ir
 from ..ir.verify import verify
 from .autodiff import autodiff
@@ -108,6 +109,7 @@ def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, ch
     if dump_after:
         res.dumps.append(("00-input.ir", print_ir(g)))
     for i, p in enumerate(chosen, 1):
+        stage(f"pass {p.name} ({i} of {len(chosen)}, on {len(g):,} nodes)")
         t0 = time.perf_counter()
         if p.level == OPT_IN:
             g, res.reports[p.name] = p.fn(g, options[p.option])

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,7 @@ def test_same_seed_is_deterministic_and_a_different_seed_differs(tmp_path):
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k], err_msg=f"the same --seed gave different {k}")
     assert any(not np.array_equal(wa[k], wc[k]) for k in wa), "a different --seed gave the same weights"
+    assert mc != ma, "a different --seed gave the same metrics"
 
 
 # -- diff -------------------------------------------------------------------------------------------
@@ -349,3 +351,36 @@ def test_lr_overrides_the_models_learning_rate(tmp_path):
     infer.write_text("model infer {\n    input x : f32[N, 4]\n    y = relu(x)\n    output y\n}\n")
     r = dlc_cli("check", infer, "--lr", "0.1", rc=2)
     assert r.stderr == "error: --lr: model infer minimises nothing, so it has no learning rate\n", r.stderr
+
+
+# -- compile progress (ir/progress.py): shown on a terminal after 2 s, or as DLC_PROGRESS_AFTER says --
+def test_compile_progress_names_each_stage_when_asked_and_is_silent_otherwise():
+    r = dlc_cli("run", MLP, "--epochs", "1", env={"DLC_PROGRESS_AFTER": "0"}, rc=0)
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.startswith("compil")]
+    stages = [ln.split(": ", 1)[1].rsplit(" (", 1)[0] for ln in lines[:-1]]
+    assert stages[0] == "reading the .dln and lowering it to IR"
+    assert stages[1].startswith("pass lower (1 of ") and stages[2].startswith("pass autodiff (2 of ")
+    assert stages[-1] == "preparing the interp backend"
+    assert re.fullmatch(r"compiled mlp\.dln in \d+\.\d s", lines[-1])
+    assert r.stdout.startswith("model mlp:")  # progress goes to stderr only
+    # not a terminal and no DLC_PROGRESS_AFTER (as in this subprocess): nothing; --no-progress: nothing
+    for args, env in (((), {"DLC_PROGRESS_AFTER": None}), (("--no-progress",), {"DLC_PROGRESS_AFTER": "0"})):
+        r = dlc_cli("run", MLP, "--epochs", "1", *args, env=env, rc=0)
+        assert "compil" not in r.stderr, r.stderr
+
+
+def test_compile_progress_starts_only_after_its_delay(monkeypatch, capsys):
+    from dlc.ir import progress
+    import dlc
+    monkeypatch.setenv("DLC_PROGRESS_AFTER", "60")  # a minute: mlp compiles long before
+    dlc.compile(MLP)
+    assert "compil" not in capsys.readouterr().err
+    monkeypatch.setenv("DLC_PROGRESS_AFTER", "0.3")
+    with progress.compiling("slow.dln"):
+        progress.stage("first")
+        time.sleep(0.8)  # the timer prints the stage running when the delay is up ...
+        progress.stage("second")  # ... and every stage after it as it starts
+        progress.stage("second, step 2", detail=True)  # a step within a stage: not within EVERY s
+    err = capsys.readouterr().err.splitlines()
+    assert [ln.split(" (")[0] for ln in err[:2]] == ["compiling slow.dln: first", "compiling slow.dln: second"]
+    assert len(err) == 3 and err[2].startswith("compiled slow.dln in ")
