@@ -755,8 +755,9 @@ class Model:
                                self.graph.sources.get(loc.file) if loc else None)
         opts = DataOptions(labels=labels, normalize=normalize, label_column=label_column,
                            label_offset=label_offset, header=header)
-        feeds, n = load_data(spec, self.graph, opts)
-        return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec))
+        warnings = []
+        feeds, n = load_data(spec, self.graph, opts, warn=warnings)
+        return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec), warnings)
 
     def resume(self, folder, data: Dataset, settings: RunSettings, seed=None, batch=None,
                val_split=None) -> tuple[dict, RunSettings, str]:

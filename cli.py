@@ -149,8 +149,11 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _read_data(args, model):
-    return model.read_data(args.data, labels=args.labels, normalize=args.normalize, label_column=args.label_column,
+    data = model.read_data(args.data, labels=args.labels, normalize=args.normalize, label_column=args.label_column,
                            label_offset=args.label_offset, header=args.header)
+    for w in data.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return data
 
 
 def _check_run_flags(args) -> None:

@@ -12,7 +12,7 @@ import re
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -349,12 +349,18 @@ def _fit(a: np.ndarray, n: str, g: Graph, path, kind: str) -> np.ndarray:
     return a.reshape((len(a),) + tuple(per))
 
 
-def _normalize(a: np.ndarray, how: str, src, n: str, path) -> np.ndarray:
+def _normalize(a: np.ndarray, how: str, src, n: str, path, text: bool = False, warn=None) -> np.ndarray:
     if how == "scale":
         if src is None or np.dtype(src).kind not in "iub":
             raise file_error(path, f"--normalize scale: input '{n}' holds {'non-integer' if src is None else src} "
                                    "values, which have no integer range to divide by (use standardize or none)")
         top = 1 if np.dtype(src).kind == "b" else np.iinfo(src).max
+        lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+        if text and warn is not None and 0 < hi < top / 2:
+            # a CSV's type is a guess from its values: 0..16 grey levels are not 0..255 pixels
+            warn.append(f"{path}: input '{n}' holds whole numbers {lo:g}..{hi:g}, taken as {src} and divided by "
+                        f"{top}, so they span {lo / top:.3g}..{hi / top:.3g}; if {hi:g} is their full scale, "
+                        f"divide by it when making the file, or use --normalize standardize")
         return a.astype(np.float64) / top
     if how == "standardize":
         a = a.astype(np.float64)
@@ -397,12 +403,14 @@ class Dataset:
     feeds: dict
     n: int
     what: str
+    warnings: list = field(default_factory=list)  # lines `dlc` prints as `warning: ...` (load_data's warn)
 
 
-def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict, int]:
+def load_data(path, g: Graph, options: DataOptions | None = None, warn: list | None = None) -> tuple[dict, int]:
     """Arrays for every input, checked against the model: from an .npz (arrays named after the
     inputs; others are ignored), an IDX or CSV file (with `options.labels`), or one file per input
-    (`"x=F1,y=F2"`); see DataOptions. Returns (feeds, N)."""
+    (`"x=F1,y=F2"`); see DataOptions. Returns (feeds, N); what looks wrong but may be meant (a CSV
+    whose values span far less than the type `scale` divides by) is appended to `warn`."""
     opts = options or DataOptions()
     labels = set(label_inputs(g))
     found: dict[str, tuple] = {}   # input -> (array, source dtype, rows, file, note)
@@ -449,7 +457,7 @@ def load_data(path, g: Graph, options: DataOptions | None = None) -> tuple[dict,
             if t.dtype == "i32" and opts.label_offset and n in labels and a.dtype.kind in "iu":
                 a = a.astype(np.int64) - opts.label_offset
             if t.is_float and n not in labels and opts.normalize != "none":
-                a = _normalize(a, opts.normalize, src, n, file)
+                a = _normalize(a, opts.normalize, src, n, file, text=rows is not None, warn=warn)
             one, bound = check_feeds(_OneInput(g, n), {n: a}, check_finite=True)
             feeds[n] = one[n]
         except DlcError as e:

@@ -368,3 +368,25 @@ def test_run_with_csv_and_label_offset(tmp_path, digits):
     r = dlc_cli("run", MLP, "--data", p, "--label-column", "label", "--epochs", "1", "--no-progress",
                 "--backend", "interp")
     assert r.returncode == 2 and "--label-offset 1" in r.stderr, r.stderr
+
+
+def test_csv_whole_numbers_far_below_their_guessed_type_warn_under_scale(tmp_path, digits, mlp):
+    """The issue's stumble: a CSV of 0..16 grey levels is taken as uint8 and divided by 255; it
+    still is (the documented rule), but `dlc` now says so, with the range and what to do instead."""
+    x, y = digits
+    rows = [list(px) + [lab] for px, lab in zip(x.reshape(60, 64).tolist(), y.tolist())]
+    p = write_csv(tmp_path / "d16.csv", rows)
+    warn = []
+    load_data(p, mlp.graph, DataOptions(normalize="scale"), warn=warn)
+    assert len(warn) == 1 and "0..16, taken as uint8 and divided by 255" in warn[0], warn
+    r = dlc_cli("run", MLP, "--data", p, "--normalize", "scale", "--epochs", "0", rc=0)
+    assert f"warning: {p}: input 'x' holds whole numbers 0..16" in r.stderr
+    assert "--normalize standardize" in r.stderr
+    # no warning where the range fills the type (0..255 pixels), for typed files (IDX: the type is
+    # the file's, not a guess), or without --normalize scale
+    full = write_csv(tmp_path / "d255.csv", [[min(v * 16, 255) for v in r_[:-1]] + r_[-1:] for r_ in rows])
+    xi, yi = write_idx(tmp_path / "im.idx3-ubyte", x), write_idx(tmp_path / "lab.idx1-ubyte", y)
+    for spec, opts in ((full, {"normalize": "scale"}), (xi, {"normalize": "scale", "labels": yi}), (p, {})):
+        warn = []
+        load_data(spec, mlp.graph, DataOptions(**opts), warn=warn)
+        assert warn == [], (spec, warn)
