@@ -81,15 +81,20 @@ def cmd_check(args) -> int:
 
 def _print_layers(b) -> None:
     g = b.forward
-    print("layers (forward, per example):")
-    print(f"  {'layer':<16} {'output':<22} {'params':>10} {'FLOPs':>14}")
-    total_p = total_f = 0
-    for k, grp in b.layers().items():
+    layers = b.layers()
+    once = any(grp["batch_flops"] for grp in layers.values())  # a weight penalty: once per batch
+    print("layers (forward, per example):" if not once else
+          "layers (forward; FLOPs per example, and once per batch whatever its size):")
+    print(f"  {'layer':<16} {'output':<22} {'params':>10} {'FLOPs':>14}" + (f" {'per batch':>14}" if once else ""))
+    total_p = total_f = total_b = 0
+    for k, grp in layers.items():
         np_ = sum(g.type(p).numel() for p in grp["params"])
         total_p += np_
         total_f += grp["flops"]
-        print(f"  {k:<16} {str(grp['out'] or ''):<22} {np_:>10,} {grp['flops']:>14,}")
-    print(f"  {'total':<16} {'':<22} {total_p:>10,} {total_f:>14,}")
+        total_b += grp["batch_flops"]
+        print(f"  {k:<16} {str(grp['out'] or ''):<22} {np_:>10,} {grp['flops']:>14,}"
+              + (f" {grp['batch_flops']:>14,}" if once else ""))
+    print(f"  {'total':<16} {'':<22} {total_p:>10,} {total_f:>14,}" + (f" {total_b:>14,}" if once else ""))
 
 
 # -- compile ----------------------------------------------------------------------------------

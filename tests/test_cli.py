@@ -384,3 +384,17 @@ def test_compile_progress_starts_only_after_its_delay(monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert [ln.split(" (")[0] for ln in err[:2]] == ["compiling slow.dln: first", "compiling slow.dln: second"]
     assert len(err) == 3 and err[2].startswith("compiled slow.dln in ")
+
+
+def test_check_counts_a_weight_penalty_once_per_batch_not_per_example():
+    """mlp's loss is softmax_xent(logits, y) + 1e-4 * l2(w1, w2): the penalty's work (w1 and w2 have
+    64*128 + 128*10 = 9,472 weights, each squared and summed) does not grow with the batch."""
+    out = dlc_cli("check", MLP, rc=0).stdout
+    assert "FLOPs per example, and once per batch" in out
+    loss = next(ln.split() for ln in out.splitlines() if ln.strip().startswith("loss "))
+    per_example, per_batch = (int(v.replace(",", "")) for v in loss[-2:])
+    assert per_example < 100  # the cross-entropy of 10 logits (it was 9,485 with the penalty in it)
+    assert 9472 <= per_batch <= 3 * 9472
+    # without a penalty there is no per-batch column, and the per-example total is unchanged by it
+    plain = dlc_cli("check", EXAMPLES / "lenet.dln", rc=0).stdout
+    assert "layers (forward, per example):" in plain and "per batch" not in plain
