@@ -7,10 +7,16 @@ what each initialiser draws is in `runtime/init.py`.
 from .ops import REQUIRED
 
 # name -> {setting: default}; conventions follow PyTorch (torch.optim) so results compare.
+# OPTIONAL: a number stored only when the model gives it, so a model without it keeps its IR.
+# weight_decay: coupled (g += wd * p, before momentum and moments) on sgd, rmsprop and adam, as
+# torch's weight_decay there; decoupled on adamw (p -= lr_t * wd * p, then the Adam step), as
+# torch.optim.AdamW. Every trainable param decays, biases too (torch's model.parameters()).
+OPTIONAL = None
 OPTIMIZERS = {
-    "sgd": {"lr": REQUIRED, "momentum": 0.0, "nesterov": False},
-    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "sgd": {"lr": REQUIRED, "momentum": 0.0, "nesterov": False, "weight_decay": OPTIONAL},
+    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": OPTIONAL},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": OPTIONAL},
+    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
 }
 
 # Schedules and clipping: settings every optimizer also takes, by name only. Only those a model
