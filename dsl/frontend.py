@@ -19,7 +19,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
 from ..ir.ops import OPS, PARAM, RANDOM, REQUIRED, VARIADIC
-from ..ir.optim import INITIALISERS, OPTIMIZERS, OPTIONAL, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS, schedule_problem
+from ..ir.optim import (INITIALISERS, MONITORS, OPTIMIZERS, OPTIONAL, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS,
+                        schedule_problem)
 from ..ir.types import DTYPES, TensorType
 from ..ir.verify import verify
 from . import ast as A
@@ -260,6 +261,9 @@ class _Lowerer:
                                                                         and not isinstance(v, bool))
                 if v is not None and not ok:
                     raise DlcError(f"train: {k} must be {want.__name__}, found {v!r}", s.loc)
+                if k == "monitor" and v is not None and v not in MONITORS:
+                    raise DlcError(f"train: monitor must be one of {', '.join(MONITORS)}, found {v!r}"
+                                   f"{_suggest(v, MONITORS)}", self.setting_loc(k, s.kwargs[k], s.loc))
             g.meta.train = {k: v for k, v in vals.items() if v is not None}
             g.meta.train_loc = s.loc
         elif isinstance(s, A.Return):

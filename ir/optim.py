@@ -105,7 +105,11 @@ INITIALISERS = {
 }
 
 # settings a model may give in `train(...)`, with their types; command-line flags override them
-TRAIN_SETTINGS = {"data": str, "epochs": int, "batch": int, "val_split": float, "seed": int}
+# (patience: early stopping after that many epochs without improvement of `monitor`, 0: off;
+# test_split: a fraction held out from training and validation, scored at the end)
+MONITORS = ("val_loss", "val_accuracy")   # what early stopping may watch; the first is the default
+TRAIN_SETTINGS = {"data": str, "epochs": int, "batch": int, "val_split": float, "seed": int,
+                  "patience": int, "monitor": str, "test_split": float}
 
 
 def parse_init(spec: str) -> tuple[str, tuple[float, ...]]:
