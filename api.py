@@ -49,8 +49,8 @@ from .runtime.feeds import check_feeds
 from .runtime.files import atomic_write, check_output, read_npz
 from .runtime.init import initial_state
 from .runtime.onnx_export import OPSET, export_onnx, require_onnx
-from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, per_example_problem,
-                            predict, setting_problem, test_indices, with_context)
+from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, holdout_indices,
+                            per_example_problem, predict, setting_problem, with_context)
 from .runtime.train import train as _train_loop
 from .runtime.train import evaluate as _evaluate
 from .runtime.weights import (CHECKPOINT_FILE, load_checkpoint, load_state, load_weights, load_weights_by_name,
@@ -819,8 +819,8 @@ class Model:
 
     def test_part(self, data: Dataset, test_split: float) -> Dataset:
         """The examples of `data` that `test_split` holds out from training and validation (the
-        same ones in every run: runtime/train.py `test_indices`)."""
-        idx = test_indices(data.n, test_split)
+        same ones in every run: runtime/train.py `holdout_indices`)."""
+        idx = holdout_indices(data.n, test_split)
         return Dataset({k: v[idx] for k, v in data.feeds.items()}, len(idx), data.what)
 
     def scored_on(self, data: Dataset, test_split: float = 0.0) -> tuple[Dataset, str]:

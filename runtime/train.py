@@ -95,7 +95,7 @@ def _count(n: int, fraction: float) -> int:
     return max(k, 1) if fraction > 0 else 0
 
 
-def test_indices(n: int, test_split: float) -> np.ndarray:
+def holdout_indices(n: int, test_split: float) -> np.ndarray:
     """The examples (sorted indices) of the test split: round(n * test_split), at least 1, drawn
     by a generator of its own (TEST_SPLIT_SEED), so they depend only on n and test_split: every
     seed, `dlc eval` and `dlc run --epochs 0` hold out the same ones."""
@@ -106,10 +106,10 @@ def test_indices(n: int, test_split: float) -> np.ndarray:
 
 
 def split_indices(n: int, val_split: float, seed: int, test_split: float = 0.0):
-    """(train, val, test) example indices: the test split first (`test_indices`), then from the
+    """(train, val, test) example indices: the test split first (`holdout_indices`), then from the
     other examples a shuffled validation split of round(n * val_split) (at least 1) drawn from
     `seed`; the rest trains. Both fractions are of the whole file."""
-    te = test_indices(n, test_split)
+    te = holdout_indices(n, test_split)
     rest = np.setdiff1d(np.arange(n), te) if len(te) else np.arange(n)
     order = rest[np.random.default_rng(seed).permutation(len(rest))]
     n_val = _count(n, val_split)
