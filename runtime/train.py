@@ -182,7 +182,6 @@ def with_context(e: DlcError, where: str) -> DlcError:
     return e
 
 
-@np.errstate(all="ignore")  # a diverging loss is reported once, as an error, not as NumPy warnings
 class EarlyStopping:
     """Early stopping on a held-out metric (`monitor`, val_loss or val_accuracy): an epoch improves
     when its value is strictly better than the best so far (lower loss, higher accuracy); after
@@ -221,6 +220,7 @@ class EarlyStopping:
         model.set_state(state)
 
 
+@np.errstate(all="ignore")  # a diverging loss is reported once, as an error, not as NumPy warnings
 def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
           progress: bool = True, out=None, checkpoint=None, resume: dict | None = None, test_split: float = 0.0,
           patience: int = 0, monitor: str = MONITORS[0]) -> dict:

@@ -164,3 +164,15 @@ def test_negative_decay_on_the_command_line_points_at_the_value(tmp_path):
     line = next(i for i, l in enumerate(src.read_text().splitlines(), 1) if "minimize" in l)
     assert r.stderr.startswith(f"{src}:{line}:"), r.stderr
     assert "error: optimizer adamw: weight_decay must not be negative, found -0.5" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["adamw_step_schedule", "sgd_momentum"])
+@pytest.mark.parametrize("opt_level", [1, 2])
+def test_decay_kernels_compile_with_nvrtc(nvrtc, case, opt_level):
+    """The updates with decay (pointwise kernels at -O1, the multi-tensor update kernels at -O2)
+    compile to PTX for every arch, no GPU needed."""
+    from dlc.codegen import generate
+    from test_nvrtc import assert_kernels_compile
+    mod = generate(dlc.compile(MODEL.format(opt=CASES[case][0]), backend="interp", opt_level=opt_level).graph)
+    assert any(k.startswith("update_") for k in mod.kernel_names) == (opt_level == 2)
+    assert_kernels_compile(mod)
