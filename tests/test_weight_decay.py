@@ -60,7 +60,9 @@ CASES = {
                             "AdamW", dict(lr=0.02, weight_decay=0.3), ("StepLR", dict(step_size=2, gamma=0.5))),
     "adamw_exponential": ("adamw(lr = 0.02, weight_decay = 0.4, schedule = exponential, gamma = 0.7)", "AdamW",
                           dict(lr=0.02, weight_decay=0.4), ("ExponentialLR", dict(gamma=0.7))),
+    "adam_clip": ("adam(lr = 0.01, weight_decay = 0.1, clip = 0.1)", "Adam", dict(lr=0.01, weight_decay=0.1), None),
 }
+CLIP = {"adam_clip": 0.1}   # torch.nn.utils.clip_grad_norm_ first: the decay joins the clipped gradient
 EMU_CASES = ["sgd_momentum", "rmsprop", "adam", "adamw_step_schedule"]
 
 
@@ -85,6 +87,9 @@ def torch_run(case, start: dict, data, dtype, decay=True):
         logits = torch.tanh(x @ ps["w1"] + ps["b1"]) @ ps["w2"] + ps["b2"]
         opt.zero_grad()
         torch.nn.functional.cross_entropy(logits, y).backward()
+        if case in CLIP:
+            norm = torch.nn.utils.clip_grad_norm_(list(ps.values()), CLIP[case])
+            assert norm > CLIP[case], "the clip must act for the case to test anything"
         opt.step()
         if lr_sched:
             lr_sched.step()
