@@ -421,12 +421,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="mini-batch size (default: model's, else 32)")
     p.add_argument("--val-split", type=float, dest="val_split", help="held-out fraction (default: model's, else 0)")
     p.add_argument("--seed", type=int, help="seed for initial weights, split and shuffling (default: model's, else 0)")
-    p.add_argument("--test-split", type=float, dest="test_split", metavar="F", help="fraction held out from training and "
-                   "validation, scored once at the end; the same examples whatever the seed (default: model's, else 0)")
-    p.add_argument("--patience", type=int, metavar="P", help="early stopping: stop after P epochs without improvement of the "
-                   "monitored held-out metric and keep the best epoch's weights (default: model's, else 0: off)")
-    p.add_argument("--monitor", metavar="METRIC", help="what early stopping watches: val_loss or val_accuracy (default: model's, "
-                   "else val_loss)")
+    p.add_argument("--test-split", type=float, dest="test_split", metavar="F",
+                   help="fraction held out from training and validation, scored once at the end; the same examples "
+                        "whatever the seed (default: model's, else 0)")
+    p.add_argument("--patience", type=int, metavar="P",
+                   help="early stopping: stop after P epochs without improvement of the monitored held-out metric "
+                        "and keep the best epoch's weights (default: model's, else 0: off)")
+    p.add_argument("--monitor", metavar="METRIC",
+                   help="what early stopping watches: val_loss or val_accuracy (default: model's, else val_loss)")
     p.add_argument("--load", metavar="W.npz", help="start from these weights (and their optimizer state, if saved)")
     p.add_argument("--load-partial", metavar="W.npz", dest="load_partial",
                    help="transfer learning: start from the params of W.npz (any model's weights) whose name and "

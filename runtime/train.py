@@ -211,7 +211,8 @@ class EarlyStopping:
                 "stopped": self.stopped}
 
     def load(self, meta: dict, arrays) -> None:
-        self.best, self.best_epoch, self.wait, self.stopped = (meta[k] for k in ("best", "best_epoch", "wait", "stopped"))
+        self.best, self.best_epoch = meta["best"], meta["best_epoch"]
+        self.wait, self.stopped = meta["wait"], meta["stopped"]
         self.arrays = arrays
 
     def restore(self, model) -> None:
