@@ -50,8 +50,8 @@ from .runtime.feeds import check_feeds
 from .runtime.files import atomic_write, check_output, read_npz
 from .runtime.init import initial_state
 from .runtime.onnx_export import OPSET, export_onnx, require_onnx
-from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, per_example_problem,
-                            predict, setting_problem, with_context)
+from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, holdout_indices,
+                            per_example_problem, predict, setting_problem, with_context)
 from .runtime.train import train as _train_loop
 from .runtime.train import evaluate as _evaluate
 from .runtime.weights import (CHECKPOINT_FILE, load_checkpoint, load_state, load_weights, load_weights_by_name,
@@ -382,11 +382,15 @@ def check_settings(**given) -> None:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What a run trains with: epochs, batch, held-out fraction, seed (split and shuffling)."""
+    """What a run trains with: epochs, batch, held-out fraction, seed (split and shuffling), early
+    stopping (patience, 0: off; the metric it monitors) and the test fraction (runtime/train.py)."""
     epochs: int
     batch: int
     val_split: float
     seed: int
+    patience: int = 0
+    monitor: str = RUN_DEFAULTS["monitor"]
+    test_split: float = 0.0
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -728,12 +732,32 @@ class Model:
         return (float(res[m.loss]) if m.loss else None), {k: res[v] for k, v in m.outputs.items()}
 
     # -- data and whole runs (what `dlc run` and `dlc eval` do) ---------------------------------------
-    def settings(self, epochs=None, batch=None, val_split=None) -> RunSettings:
+    def settings(self, epochs=None, batch=None, val_split=None, patience=None, monitor=None,
+                 test_split=None) -> RunSettings:
         """The run settings: each given value, else the model's `train(...)`, else the default
-        (10 epochs, batch 32, no held-out split); the seed is the model's (`seed`)."""
-        given = {"epochs": epochs, "batch": batch, "val_split": val_split}
+        (10 epochs, batch 32, no held-out split, no early stopping, monitor val_loss, no test
+        split); the seed is the model's (`seed`). Early stopping needs a held-out split, and the
+        two splits must leave examples to train on: else a `DlcError` naming where each came from."""
+        given = {"epochs": epochs, "batch": batch, "val_split": val_split, "patience": patience,
+                 "monitor": monitor, "test_split": test_split}
         check_settings(**given)
         out = {k: v if v is not None else _train_setting(self.build, k) for k, v in given.items()}
+
+        def where(key):  # the flag or argument that gave it, else the model's train(...), located
+            if given[key] is not None:
+                return arg(key), None
+            loc = self.graph.meta.train_loc
+            return f"train({key} = {fmt_value(out[key])})", loc
+        if out["patience"] and not out["val_split"]:
+            what, loc = where("patience")
+            raise DlcError(f"{what}: early stopping needs a held-out split to watch: give val_split in train(...) "
+                           f"or {arg('val_split')}", loc, self.graph.sources.get(loc.file) if loc else None)
+        if out["test_split"] + out["val_split"] >= 1:
+            key = "test_split" if given["test_split"] is not None or given["val_split"] is None else "val_split"
+            what, loc = where(key)
+            raise DlcError(f"{what}: test_split {out['test_split']:g} + val_split {out['val_split']:g} must be "
+                           f"below 1, to leave examples to train on", loc,
+                           self.graph.sources.get(loc.file) if loc else None)
         return RunSettings(seed=self.seed, **out)
 
     def read_data(self, data=None, labels=None, normalize: str = "none", label_column=None, label_offset: int = 0,
@@ -760,17 +784,19 @@ class Model:
         return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec), warnings)
 
     def resume(self, folder, data: Dataset, settings: RunSettings, seed=None, batch=None,
-               val_split=None) -> tuple[dict, RunSettings, str]:
+               val_split=None, test_split=None) -> tuple[dict, RunSettings, str]:
         """Continue the run checkpointed in `folder`: loads its params, buffers and optimizer state
         and returns (its metadata for `fit`, the settings it ran with, a line to print). `seed`,
-        `batch` and `val_split` are what the caller asked for, if anything: each must agree with
-        the checkpoint's; the data must be the checkpoint's."""
+        `batch`, `val_split` and `test_split` are what the caller asked for, if anything: each must
+        agree with the checkpoint's; the data must be the checkpoint's. Early stopping goes on from
+        the checkpoint's best epoch and count of epochs without improvement."""
         where = Path(folder)
         params, state, meta = load_checkpoint(where, self.graph)
         file = where / CHECKPOINT_FILE if where.is_dir() else where
-        for key, given in (("seed", seed), ("batch", batch), ("val_split", val_split)):
-            if given is not None and given != meta[key]:
-                raise DlcError(f"{arg(key)}: {given} differs from the checkpoint's {key} = {meta[key]} ({file}); "
+        for key, given in (("seed", seed), ("batch", batch), ("val_split", val_split), ("test_split", test_split)):
+            if given is not None and given != meta.get(key, 0.0):
+                raise DlcError(f"{arg(key)}: {given} differs from the checkpoint's {key} = {meta.get(key, 0.0)} "
+                               f"({file}); "
                                f"{arg('resume')} continues that run: leave the "
                                f"{'flag' if arg(key).startswith('-') else 'argument'} out")
         if meta["examples"] != data.n or meta["data"] != data_digest(data.feeds):
@@ -780,9 +806,12 @@ class Model:
         self._backend.set_state(params)
         self._backend.set_state(state)
         self.seed = meta["seed"]
-        settings = replace(settings, seed=meta["seed"], batch=meta["batch"], val_split=meta["val_split"])
+        settings = replace(settings, seed=meta["seed"], batch=meta["batch"], val_split=meta["val_split"],
+                           test_split=meta.get("test_split", 0.0))
+        stopped = (meta.get("early") or {}).get("stopped")
         note = (f"resumed from {file}: epoch {meta['epoch']} done, {meta['steps']} steps"
-                + ("" if meta["epoch"] < settings.epochs else
+                + (f"; that run stopped early at epoch {stopped}" if stopped and settings.patience else
+                   "" if meta["epoch"] < settings.epochs else
                    f"; nothing left to train up to epoch {settings.epochs} (raise {arg('epochs')})"))
         return meta, settings, note
 
@@ -797,21 +826,40 @@ class Model:
             raise DlcError(f"model {self.name} minimises nothing, so it cannot be trained")
         # steps run in training mode; the held-out data is evaluated in evaluation mode, whatever `training` says
         return self._in_eval(lambda: _train_loop(self, data.feeds, data.n, s.epochs, s.batch, s.val_split, s.seed,
-                                                 progress=progress, out=out, checkpoint=checkpoint, resume=resume))
+                                                 progress=progress, out=out, checkpoint=checkpoint, resume=resume,
+                                                 test_split=s.test_split, patience=s.patience, monitor=s.monitor))
 
     def accuracy_rule(self, data: Dataset | None = None):
         """(output, label input, "argmax" or "threshold") that accuracy compares, or None."""
         return accuracy_rule(self.graph, data.feeds if data else None)
 
-    def score(self, data: Dataset, batch: int) -> dict:
-        """Loss and accuracy over all of `data`, `batch` examples at a time, in evaluation mode,
-        changing nothing: {"epochs": 0, "backend", "examples", "loss" (with a loss), "accuracy"
-        (with labels)}."""
+    def test_part(self, data: Dataset, test_split: float) -> Dataset:
+        """The examples of `data` that `test_split` holds out from training and validation (the
+        same ones in every run: runtime/train.py `holdout_indices`)."""
+        idx = holdout_indices(data.n, test_split)
+        return Dataset({k: v[idx] for k, v in data.feeds.items()}, len(idx), data.what)
+
+    def scored_on(self, data: Dataset, test_split: float = 0.0) -> tuple[Dataset, str]:
+        """(the examples to score, what they are, for the line that reports the score): the test
+        split when `test_split` > 0, else every example of `data`."""
+        if test_split > 0:
+            part = self.test_part(data, test_split)
+            return part, (f"the {part.n} test examples of {data.what} (test_split = {test_split:g}: held out "
+                          f"from training and validation)")
+        caveat = (" (this includes the examples the model trained on, unless that file was held out)"
+                  if self.trainable else "")
+        return data, f"all {data.n} examples of {data.what}{caveat}"
+
+    def score(self, data: Dataset, batch: int, test_split: float = 0.0) -> dict:
+        """Loss and accuracy over `data` (its test split only, with `test_split` > 0: `scored_on`),
+        `batch` examples at a time, in evaluation mode, changing nothing: {"epochs": 0, "backend",
+        "examples", "scored_on", "loss" (with a loss), "accuracy" (with labels)}."""
+        data, what = self.scored_on(data, test_split)
         try:
             loss, acc = self._in_eval(lambda: _evaluate(self, data.feeds, batch, self.accuracy_rule(data)))
         except DlcError as e:
             raise with_context(e, "while evaluating")
-        metrics = {"epochs": 0, "backend": self.backend, "examples": data.n}
+        metrics = {"epochs": 0, "backend": self.backend, "examples": data.n, "scored_on": what}
         if self.graph.meta.loss:
             metrics["loss"] = loss
         if acc is not None:

@@ -163,7 +163,8 @@ def _read_data(args, model):
 
 def _check_run_flags(args) -> None:
     """Every flag of `run` that can be checked before compiling; each error names its flag."""
-    api.check_settings(epochs=args.epochs, batch=args.batch, val_split=args.val_split, seed=args.seed)
+    api.check_settings(epochs=args.epochs, batch=args.batch, val_split=args.val_split, seed=args.seed,
+                       patience=args.patience, monitor=args.monitor, test_split=args.test_split)
     if args.predict and Path(args.predict).suffix.lower() not in api.PREDICT_FORMATS:
         raise DlcError(f"--predict: expected a file name ending in .npz or .csv, found {args.predict}")
     if args.plot:
@@ -193,7 +194,8 @@ def cmd_run(args) -> int:
     _show_rewrite(model.rewrite)
     if args.predict and model.prediction_problem():
         raise DlcError(f"--predict: {model.prediction_problem()}")
-    s = model.settings(epochs=args.epochs, batch=args.batch, val_split=args.val_split)
+    s = model.settings(epochs=args.epochs, batch=args.batch, val_split=args.val_split, patience=args.patience,
+                       monitor=args.monitor, test_split=args.test_split)
     if args.plot and not (model.trainable and s.epochs > 0):
         raise DlcError("--plot: nothing to plot: it draws the training epochs, and this run trains none "
                        + ("(--epochs 0)" if model.trainable else f"(model {model.name} minimises nothing)"))
@@ -207,7 +209,7 @@ def cmd_run(args) -> int:
         notes.append(f"{args.load_partial}: {api.partial_report(model.load_partial(args.load_partial))}")
     elif args.resume:
         resume, s, note = model.resume(args.resume, data, s, seed=args.seed, batch=args.batch,
-                                       val_split=args.val_split)
+                                       val_split=args.val_split, test_split=args.test_split)
         notes.append(note)
     how = f" (auto: {'a GPU is present' if backend == 'cuda' else 'no GPU found'})" if args.backend == "auto" else ""
     print(f"model {model.name}: {data.n} examples from {data.what}, backend {model.backend}{how}")
@@ -219,13 +221,18 @@ def cmd_run(args) -> int:
         if args.checkpoint and metrics["history"]:
             print(f"checkpoint: {Path(args.checkpoint) / api.CHECKPOINT_FILE} (epoch {metrics['history'][-1]['epoch']})")
     else:
-        metrics = model.score(data, s.batch)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"{shown or 'ran inference'} on {data.n} examples")
+        metrics = model.score(data, s.batch, s.test_split)
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics)
+        print(f"{shown} on {metrics['scored_on']}" if shown else f"ran inference on {data.n} examples")
+    best = f" (epoch {metrics['best_epoch']}, the best)" if metrics.get("best_epoch") else ""
     if "val_accuracy" in metrics:
-        print(f"held-out accuracy {metrics['val_accuracy']:.4f} on {metrics['val_examples']} examples")
+        print(f"held-out accuracy {metrics['val_accuracy']:.4f} on {metrics['val_examples']} examples{best}")
     elif "val_loss" in metrics:  # a model with no accuracy (a regression): its held-out loss
-        print(f"held-out loss {metrics['val_loss']:.4f} on {metrics['val_examples']} examples")
+        print(f"held-out loss {metrics['val_loss']:.4f} on {metrics['val_examples']} examples{best}")
+    if "test_loss" in metrics:
+        what = "accuracy" if "test_accuracy" in metrics else "loss"
+        print(f"test {what} {metrics['test_' + what]:.4f} on {metrics['test_examples']} examples "
+              f"(held out from training and validation)")
     if args.predict:
         api.write_predictions(args.predict, model.predict(data, s.batch), model.accuracy_rule(data))
         print(f"wrote predictions for {data.n} examples to {args.predict}")
@@ -248,15 +255,16 @@ def cmd_eval(args) -> int:
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
     _show_rewrite(model.rewrite)
-    batch = model.settings(batch=args.batch).batch
+    s = model.settings(batch=args.batch)
     model.load(args.load)
     data = _read_data(args, model)
     print(f"model {model.name}: weights {args.load}, {data.n} examples from {data.what}, backend {model.backend}")
-    metrics = model.evaluate_classes(data, batch)
-    print("\n".join(api.report_lines(metrics)))
+    part, what = model.scored_on(data, s.test_split)
+    metrics = model.evaluate_classes(part, s.batch)
+    print("\n".join(api.report_lines(metrics, what)))
     if args.metrics_json:
         api.write_json(args.metrics_json, {**metrics, "backend": model.backend, "weights": str(args.load),
-                                           "data": data.what})
+                                           "data": data.what, "scored_on": what})
     return 0
 
 
@@ -422,6 +430,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="mini-batch size (default: model's, else 32)")
     p.add_argument("--val-split", type=float, dest="val_split", help="held-out fraction (default: model's, else 0)")
     p.add_argument("--seed", type=int, help="seed for initial weights, split and shuffling (default: model's, else 0)")
+    p.add_argument("--test-split", type=float, dest="test_split", metavar="F",
+                   help="fraction held out from training and validation, scored once at the end; the same examples "
+                        "whatever the seed (default: model's, else 0)")
+    p.add_argument("--patience", type=int, metavar="P",
+                   help="early stopping: stop after P epochs without improvement of the monitored held-out metric "
+                        "and keep the best epoch's weights (default: model's, else 0: off)")
+    p.add_argument("--monitor", metavar="METRIC",
+                   help="what early stopping watches: val_loss or val_accuracy (default: model's, else val_loss)")
     p.add_argument("--load", metavar="W.npz", help="start from these weights (and their optimizer state, if saved)")
     p.add_argument("--load-partial", metavar="W.npz", dest="load_partial",
                    help="transfer learning: start from the params of W.npz (any model's weights) whose name and "

@@ -489,12 +489,15 @@ class Clipped:
 
 def _optimizer(net, name, s):
     ps = [p for p in net.parameters() if p.requires_grad]
+    wd = s.get("weight_decay") or 0.0
     if name == "sgd":
-        return torch.optim.SGD(ps, lr=s["lr"], momentum=s["momentum"], nesterov=bool(s["nesterov"]))
+        return torch.optim.SGD(ps, lr=s["lr"], momentum=s["momentum"], nesterov=bool(s["nesterov"]), weight_decay=wd)
     if name == "rmsprop":
-        return torch.optim.RMSprop(ps, lr=s["lr"], alpha=s["alpha"], eps=s["eps"])
+        return torch.optim.RMSprop(ps, lr=s["lr"], alpha=s["alpha"], eps=s["eps"], weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(ps, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"])
+        return torch.optim.Adam(ps, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(ps, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=wd)
     raise KeyError(f"no PyTorch optimizer for '{name}'")
 
 

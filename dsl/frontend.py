@@ -22,7 +22,8 @@ from ..ir.errors import DlcError, Loc
 from ..ir.graph import Graph
 from ..ir.progress import stage
 from ..ir.ops import OPS, PARAM, RANDOM, REQUIRED, VARIADIC
-from ..ir.optim import INITIALISERS, OPTIMIZERS, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS, schedule_problem
+from ..ir.optim import (INITIALISERS, MONITORS, OPTIMIZERS, OPTIONAL, SCHEDULE_SETTINGS, SCHEDULES, TRAIN_SETTINGS,
+                        schedule_problem)
 from ..ir.types import DTYPES, TensorType
 from ..ir.verify import verify
 from . import ast as A
@@ -187,7 +188,7 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
 
 
 _SPECIAL = {"l1", "l2", "scan"}  # l1, l2 variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2); scan: below
-_UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split"}  # settings that must lie in [0, 1)
+_UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split", "test_split"}  # settings that must lie in [0, 1)
 
 
 class _Scope:
@@ -301,6 +302,9 @@ class _Lowerer:
                                                                         and not isinstance(v, bool))
                 if v is not None and not ok:
                     raise DlcError(f"train: {k} must be {want.__name__}, found {v!r}", s.loc)
+                if k == "monitor" and v is not None and v not in MONITORS:
+                    raise DlcError(f"train: monitor must be one of {', '.join(MONITORS)}, found {v!r}"
+                                   f"{_suggest(v, MONITORS)}", self.setting_loc(k, s.kwargs[k], s.loc))
             g.meta.train = {k: v for k, v in vals.items() if v is not None}
             g.meta.train_loc = s.loc
         elif isinstance(s, A.Return):
@@ -336,20 +340,22 @@ class _Lowerer:
         for k, v in s.kwargs.items():
             if k not in table and k not in extra:
                 known = names + list(extra)
-                hint = ("; for an L2 penalty add `+ c * l2(w, ...)` to the loss (decoupled weight decay, "
-                        "AdamW, is not built yet)") if k == "weight_decay" and isinstance(s, A.Minimize) else ""
-                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, known)} (settings: {', '.join(known)})"
-                               f"{hint}", self.setting_loc(k, v, s.loc))
+                raise DlcError(f"{what} has no setting '{k}'{_suggest(k, known)} (settings: {', '.join(known)})",
+                               self.setting_loc(k, v, s.loc))
             if k in given:
                 raise DlcError(f"{what}: '{k}' given twice", s.loc)
             given[k] = v
         out = {}
         for k, default in table.items():
             if k in given:
-                v = self.expr(given[k], scope, _Stmt("setting", 0))
+                if k == "monitor" and isinstance(given[k], A.Name):
+                    v = given[k].name  # a bare name: monitor = val_accuracy
+                else:
+                    v = self.expr(given[k], scope, _Stmt("setting", 0))
                 if isinstance(v, (Tensor, Sym, list)):
                     raise DlcError(f"{what}: {k} must be a constant", given[k].loc)
-                if default is REQUIRED and (isinstance(v, (bool, str)) or not isinstance(v, (int, float))):
+                if (default is REQUIRED or default is OPTIONAL and isinstance(s, A.Minimize)) and \
+                   (isinstance(v, (bool, str)) or not isinstance(v, (int, float))):
                     raise DlcError(f"{what}: {k} must be a number, found {_show(v)}", given[k].loc)
                 if default is not None and default is not REQUIRED:
                     if isinstance(default, bool) and not isinstance(v, bool) or \
@@ -360,7 +366,7 @@ class _Lowerer:
                     raise DlcError(f"{what}: {k} must not be negative, found {v}", given[k].loc)
                 if k in _UNIT_RANGE and not 0 <= v < 1:
                     raise DlcError(f"{what}: {k} must be in [0, 1), found {v}", given[k].loc)
-                out[k] = float(v) if isinstance(default, float) else v
+                out[k] = float(v) if isinstance(default, float) or k == "weight_decay" else v
             elif default is REQUIRED:
                 raise DlcError(f"{what} needs the setting '{k}'", s.loc)
             elif default is not None:

@@ -7,10 +7,16 @@ what each initialiser draws is in `runtime/init.py`.
 from .ops import REQUIRED
 
 # name -> {setting: default}; conventions follow PyTorch (torch.optim) so results compare.
+# OPTIONAL: a number stored only when the model gives it, so a model without it keeps its IR.
+# weight_decay: coupled (g += wd * p, before momentum and moments) on sgd, rmsprop and adam, as
+# torch's weight_decay there; decoupled on adamw (p -= lr_t * wd * p, then the Adam step), as
+# torch.optim.AdamW. Every trainable param decays, biases too (torch's model.parameters()).
+OPTIONAL = None
 OPTIMIZERS = {
-    "sgd": {"lr": REQUIRED, "momentum": 0.0, "nesterov": False},
-    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "sgd": {"lr": REQUIRED, "momentum": 0.0, "nesterov": False, "weight_decay": OPTIONAL},
+    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": OPTIONAL},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": OPTIONAL},
+    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
 }
 
 # Schedules and clipping: settings every optimizer also takes, by name only. Only those a model
@@ -99,7 +105,11 @@ INITIALISERS = {
 }
 
 # settings a model may give in `train(...)`, with their types; command-line flags override them
-TRAIN_SETTINGS = {"data": str, "epochs": int, "batch": int, "val_split": float, "seed": int}
+# (patience: early stopping after that many epochs without improvement of `monitor`, 0: off;
+# test_split: a fraction held out from training and validation, scored at the end)
+MONITORS = ("val_loss", "val_accuracy")   # what early stopping may watch; the first is the default
+TRAIN_SETTINGS = {"data": str, "epochs": int, "batch": int, "val_split": float, "seed": int,
+                  "patience": int, "monitor": str, "test_split": float}
 
 
 def parse_init(spec: str) -> tuple[str, tuple[float, ...]]:

@@ -9,6 +9,10 @@ so all reads in a step see the old values. Conventions follow torch.optim:
     rmsprop   s = a * s + (1 - a) * g^2;  p -= lr * g / (sqrt(s) + eps)
     adam      m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  with b1^t, b2^t kept as state,
               p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    adamw     adam's step from p' = p * (1 - lr * wd) (decoupled weight decay, torch.optim.AdamW)
+
+`weight_decay = wd` on sgd, rmsprop and adam is torch's coupled form: g += wd * p first (after
+clipping, before momentum or moments). The lr in adamw's decay is the scheduled lr_t.
 
 Schedules (`schedule = ...`, `warmup`, `momentum_start`/`momentum_warmup`) are IR too, on one
 scalar step counter `schedule.t` (state, from 0, incremented by every step), so every backend
@@ -55,13 +59,13 @@ def optimizer_update(g: Graph) -> Graph:
     g.meta.stage = "train"
     name, s = g.meta.optimizer
     shared = {}
-    if name == "adam":  # running powers of beta1 and beta2, one pair for the whole model
+    if name in ("adam", "adamw"):  # running powers of beta1 and beta2, one pair for the whole model
         loc = g.loc(g.meta.loss)
-        b = Builder(g, "adam", loc)
+        b = Builder(g, name, loc)
         for k in ("beta1", "beta2"):
-            old = _state(g, f"adam.{k}_t", scalar(), "ones", loc)
+            old = _state(g, f"{name}.{k}_t", scalar(), "ones", loc)
             shared[k] = b.mul(old, b.const(s[k]))
-            g.add("assign", [old, shared[k]], name=f"adam.{k}_t.assign", loc=loc)
+            g.add("assign", [old, shared[k]], name=f"{name}.{k}_t.assign", loc=loc)
     lr_t, mu_t = schedule(g, s)
     scale = clip_scale(g, s["clip"]) if s.get("clip") else None
     for p in g.trainable:
@@ -71,6 +75,12 @@ def optimizer_update(g: Graph) -> Graph:
         if scale:
             gr = b.mul(gr, scale)
         lr = lr_t or b.const(s["lr"])
+        wd = s.get("weight_decay") or 0.0
+        if wd and name != "adamw":  # coupled: the decay joins the gradient
+            gr = b.add(gr, b.mul(b.const(wd), p))
+        base = p
+        if wd and name == "adamw":  # decoupled: the param shrinks by lr_t * wd before the step
+            base = b.mul(p, b.sub(b.const(1.0), b.mul(lr, b.const(wd))))
         if name == "sgd":
             if s["nesterov"] and s["momentum"] <= 0:
                 raise DlcError("sgd: nesterov needs a momentum greater than 0")
@@ -82,14 +92,14 @@ def optimizer_update(g: Graph) -> Graph:
                 step = b.add(gr, b.mul(mu, v_new)) if s["nesterov"] else v_new
             else:
                 step = gr
-            new = b.sub(p, b.mul(lr, step))
+            new = b.sub(base, b.mul(lr, step))
         elif name == "rmsprop":
             sq = _state(g, f"{p}.square_avg", p, "zeros", loc)
             a = s["alpha"]
             sq_new = b.add(b.mul(b.const(a), sq), b.mul(b.const(1 - a), b.mul(gr, gr)))
             g.add("assign", [sq, sq_new], name=f"{sq}.assign", loc=loc)
-            new = b.sub(p, b.div(b.mul(lr, gr), b.add(b.sqrt(sq_new), b.const(s["eps"]))))
-        elif name == "adam":
+            new = b.sub(base, b.div(b.mul(lr, gr), b.add(b.sqrt(sq_new), b.const(s["eps"]))))
+        elif name in ("adam", "adamw"):
             m = _state(g, f"{p}.m", p, "zeros", loc)
             v = _state(g, f"{p}.v", p, "zeros", loc)
             b1, b2 = s["beta1"], s["beta2"]
@@ -100,7 +110,7 @@ def optimizer_update(g: Graph) -> Graph:
             one = b.const(1.0)
             m_hat = b.div(m_new, b.sub(one, shared["beta1"]))
             v_hat = b.div(v_new, b.sub(one, shared["beta2"]))
-            new = b.sub(p, b.div(b.mul(lr, m_hat), b.add(b.sqrt(v_hat), b.const(s["eps"]))))
+            new = b.sub(base, b.div(b.mul(lr, m_hat), b.add(b.sqrt(v_hat), b.const(s["eps"]))))
         else:  # the front end only lets known optimizers through
             raise DlcError(f"unknown optimizer '{name}'")
         g.add("assign", [p, new], name=f"{p}.assign", loc=loc)

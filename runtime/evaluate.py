@@ -79,10 +79,11 @@ def evaluate_classes(model, feeds: dict, batch: int) -> dict:
     return metrics
 
 
-def report_lines(metrics: dict) -> list[str]:
-    """The metrics as `dlc eval` prints them."""
+def report_lines(metrics: dict, scored_on: str | None = None) -> list[str]:
+    """The metrics as `dlc eval` prints them; `scored_on` says what the examples are
+    (api.py `scored_on`), else just their number."""
     shown = [f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics]
-    lines = ["  ".join(shown) + f" on {metrics['examples']} examples"]
+    lines = ["  ".join(shown) + f" on {scored_on or str(metrics['examples']) + ' examples'}"]
     if "confusion" not in metrics:
         return lines
 

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..ir.errors import DlcError
+from ..ir.optim import MONITORS
 from .numerics import NumericsError
 
 
@@ -29,22 +30,29 @@ SYNC_EVERY = 25  # training steps per read of their losses: on a GPU, one wait f
 
 # the settings of a run (flags, the model's `train(...)`, `dlc.compile(seed=...)`): the default when
 # neither gives one, and what each must be
-RUN_DEFAULTS = {"epochs": 10, "batch": 32, "val_split": 0.0, "seed": 0}
+RUN_DEFAULTS = {"epochs": 10, "batch": 32, "val_split": 0.0, "seed": 0, "patience": 0, "monitor": MONITORS[0],
+                "test_split": 0.0}
 SETTINGS = {
     "epochs": (lambda v: v >= 0, ">= 0"),
     "batch": (lambda v: v >= 1, ">= 1"),
     "val_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
+    "monitor": (lambda v: v in MONITORS, f"one of {', '.join(MONITORS)}"),
+    "test_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
-
-
+FRACTIONS = ("val_split", "test_split")
+TEST_SPLIT_SEED = 20231  # the test split's own generator: the same examples whatever --seed says
 
 EPOCH_LINES = 25   # a run of more than twice this many epochs prints about this many epoch lines
+
 
 def setting_problem(key: str, value) -> str | None:
     """What is wrong with a setting (`must be >= 1`), or None when it is fine."""
     test, want = SETTINGS[key]
-    number = isinstance(value, (int, np.integer)) or (key == "val_split" and isinstance(value, (float, np.floating)))
+    if key == "monitor":
+        return None if isinstance(value, str) and test(value) else f"must be {want}"
+    number = isinstance(value, (int, np.integer)) or (key in FRACTIONS and isinstance(value, (float, np.floating)))
     if isinstance(value, (bool, np.bool_)) or not number or not test(value):
         return f"must be {want}"
     return None
@@ -81,16 +89,41 @@ def correct(rule, outputs, feeds) -> int:
     return int(((o > 0.5) == (y > 0.5)).sum())
 
 
-def split(feeds: dict, n: int, val_split: float, seed: int):
-    """A shuffled split into (train, val) by example."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_split))
-    if val_split > 0 and n_val == 0:
-        n_val = 1
-    if n_val >= n:
+def _count(n: int, fraction: float) -> int:
+    """round(n * fraction) examples, at least 1 for a fraction above 0."""
+    k = int(round(n * fraction))
+    return max(k, 1) if fraction > 0 else 0
+
+
+def holdout_indices(n: int, test_split: float) -> np.ndarray:
+    """The examples (sorted indices) of the test split: round(n * test_split), at least 1, drawn
+    by a generator of its own (TEST_SPLIT_SEED), so they depend only on n and test_split: every
+    seed, `dlc eval` and `dlc run --epochs 0` hold out the same ones."""
+    if test_split <= 0:
+        return np.zeros(0, np.int64)
+    order = np.random.default_rng(TEST_SPLIT_SEED).permutation(n)
+    return np.sort(order[:_count(n, test_split)])
+
+
+def split_indices(n: int, val_split: float, seed: int, test_split: float = 0.0):
+    """(train, val, test) example indices: the test split first (`holdout_indices`), then from the
+    other examples a shuffled validation split of round(n * val_split) (at least 1) drawn from
+    `seed`; the rest trains. Both fractions are of the whole file."""
+    te = holdout_indices(n, test_split)
+    rest = np.setdiff1d(np.arange(n), te) if len(te) else np.arange(n)
+    order = rest[np.random.default_rng(seed).permutation(len(rest))]
+    n_val = _count(n, val_split)
+    if n_val >= len(rest):
+        if len(te):
+            raise DlcError(f"test_split = {test_split:g} and val_split = {val_split:g} leave no example of {n} "
+                           f"to train on")
         n_val = n - 1
-    tr, va = order[n_val:], order[:n_val]
-    return {k: v[tr] for k, v in feeds.items()}, {k: v[va] for k, v in feeds.items()}
+    return order[n_val:], order[:n_val], te
+
+
+def split(feeds: dict, n: int, val_split: float, seed: int, test_split: float = 0.0):
+    """A split of the examples into (train, val, test) feeds (`split_indices`)."""
+    return tuple({k: v[i] for k, v in feeds.items()} for i in split_indices(n, val_split, seed, test_split))
 
 
 @np.errstate(all="ignore")
@@ -149,21 +182,75 @@ def with_context(e: DlcError, where: str) -> DlcError:
     return e
 
 
+class EarlyStopping:
+    """Early stopping on a held-out metric (`monitor`, val_loss or val_accuracy): an epoch improves
+    when its value is strictly better than the best so far (lower loss, higher accuracy); after
+    `patience` epochs in a row without improvement training stops. The best epoch's params, model
+    buffers and optimizer state are kept (copies) so that the run ends with them: the final
+    metrics, --save, --predict and export are the best epoch's. Checkpoints carry all of it."""
+
+    def __init__(self, monitor: str, patience: int):
+        self.monitor, self.patience = monitor, patience
+        self.best, self.best_epoch, self.wait, self.stopped = None, 0, 0, 0
+        self.arrays = None  # (weights, optimizer state) after the best epoch
+
+    def update(self, model, rec: dict) -> None:
+        v = rec[self.monitor]
+        better = self.best is None or (v > self.best if self.monitor == "val_accuracy" else v < self.best)
+        if better:
+            self.best, self.best_epoch, self.wait = v, rec["epoch"], 0
+            weights, state = model.split_state()
+            self.arrays = ({k: np.array(a) for k, a in weights.items()}, {k: np.array(a) for k, a in state.items()})
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped = rec["epoch"]
+
+    def meta(self) -> dict:
+        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped": self.stopped}
+
+    def load(self, meta: dict, arrays) -> None:
+        self.best, self.best_epoch = meta["best"], meta["best_epoch"]
+        self.wait, self.stopped = meta["wait"], meta["stopped"]
+        self.arrays = arrays
+
+    def restore(self, model) -> None:
+        weights, state = self.arrays
+        model.set_state(weights)
+        model.set_state(state)
+
+
 @np.errstate(all="ignore")  # a diverging loss is reported once, as an error, not as NumPy warnings
 def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
-          progress: bool = True, out=None, checkpoint=None, resume: dict | None = None) -> dict:
+          progress: bool = True, out=None, checkpoint=None, resume: dict | None = None, test_split: float = 0.0,
+          patience: int = 0, monitor: str = MONITORS[0]) -> dict:
     """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics.
 
+    `test_split`: a fraction held out from training and validation (`split_indices`), scored once
+    at the end (`test_loss`, `test_accuracy`, `test_examples`). `patience` > 0: early stopping
+    (`EarlyStopping`) on `monitor`; the run ends with the best epoch's weights and metrics.
     `checkpoint`: a folder; at the end of every epoch FOLDER/checkpoint.npz gets the params, the
-    optimizer state, the epoch, `model.steps` and the state of the shuffling generator
-    (runtime/data.py `save_checkpoint`). `resume`: the metadata of such a checkpoint whose params
-    and state the model already holds: training goes on from its epoch, bit for bit as if it had
-    never stopped."""
+    optimizer state, the epoch, `model.steps`, the state of the shuffling generator and early
+    stopping's (runtime/weights.py `save_checkpoint`). `resume`: the metadata of such a checkpoint
+    whose params and state the model already holds: training goes on from its epoch, bit for bit
+    as if it had never stopped."""
     from .weights import save_checkpoint
     out = out or sys.stdout  # looked up now: a caller (or a test) may have replaced it
     g = model.graph
     rule = accuracy_rule(g, feeds)
-    tr, va = split(feeds, n, val_split, seed) if val_split > 0 else (feeds, {})
+    if val_split > 0 or test_split > 0:
+        tr, va, te = split(feeds, n, val_split, seed, test_split)
+    else:
+        tr, va, te = feeds, {}, {}
+    va = va if val_split > 0 else {}
+    te = te if test_split > 0 else {}
+    if patience and not va:
+        raise DlcError("early stopping (patience) needs a held-out split to watch: give val_split")
+    if patience and monitor == "val_accuracy" and not rule:
+        raise DlcError(f"monitor = val_accuracy: model {g.meta.name} has no accuracy (no labels to compare its "
+                       f"output with); monitor val_loss")
+    early = EarlyStopping(monitor, patience) if patience else None
     n_tr = len(next(iter(tr.values())))
     rng = np.random.default_rng(seed + 1)  # the shuffling: the loop's only randomness (dropout is keyed by steps)
     history = []
@@ -174,6 +261,11 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         history = list(resume["history"])
         first = resume["epoch"] + 1
         model.steps = resume["steps"]
+        if early and resume.get("early"):
+            if resume["early"]["monitor"] != monitor:
+                raise DlcError(f"the checkpoint's early stopping watched {resume['early']['monitor']}, not {monitor}: "
+                               f"resuming continues that run")
+            early.load(resume["early"], resume.get("best_arrays"))
     steps = math.ceil(n_tr / batch)
     # at most about EPOCH_LINES epoch lines (xor's 500 epochs printed 500): every k-th, the first and
     # the last; --metrics-json keeps every epoch
@@ -182,6 +274,8 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         print(f"(every {every}th epoch of {epochs} is printed; --metrics-json keeps them all)", file=out, flush=True)
     t0 = time.perf_counter()
     for epoch in range(first, epochs + 1):
+        if early and early.stopped:
+            break
         order = rng.permutation(n_tr)
         total, right = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress,
@@ -232,16 +326,42 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
             if rec["val_accuracy"] is None:
                 del rec["val_accuracy"]
         history.append(rec)
-        if every == 1 or epoch in (first, epochs) or epoch % every == 0:
+        if early:
+            early.update(model, rec)
+        if every == 1 or epoch in (first, epochs) or epoch % every == 0 or (early and early.stopped):
             print("  ".join([f"epoch {epoch:>3}/{epochs}"] + [f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"]),
                   file=out, flush=True)
         if checkpoint:
             meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
-                    "val_split": val_split, "examples": n, "data": digest, "rng": rng.bit_generator.state,
-                    "history": history, "backend": model.backend}
+                    "val_split": val_split, "test_split": test_split, "examples": n, "data": digest,
+                    "rng": rng.bit_generator.state, "history": history, "backend": model.backend}
+            if early:
+                meta["early"] = early.meta()
             params, state = model.split_state()
-            save_checkpoint(checkpoint, params, state, meta)
-    metrics = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
+            save_checkpoint(checkpoint, params, state, meta, best=early.arrays if early else None)
+    final = history[-1] if history else {}
+    if early and early.arrays is not None:
+        final = next(r for r in history if r["epoch"] == early.best_epoch)
+        if early.stopped:
+            print(f"stopped early at epoch {early.stopped}: {monitor} has not improved for {early.patience} "
+                  f"epoch{'s' * (early.patience != 1)}; restoring epoch {early.best_epoch}", file=out, flush=True)
+        elif early.best_epoch != history[-1]["epoch"]:
+            print(f"epoch {early.best_epoch} had the best {monitor} ({early.best:.4f}); restoring its weights",
+                  file=out, flush=True)
+        if early.best_epoch != history[-1]["epoch"]:
+            early.restore(model)
+    metrics = {k: v for k, v in final.items() if k != "epoch"}
     metrics.update(epochs=epochs, backend=model.backend, seconds=round(time.perf_counter() - t0, 3),
-                   train_examples=n_tr, val_examples=n - n_tr if va else 0, history=history)
+                   train_examples=n_tr, val_examples=len(next(iter(va.values()))) if va else 0, history=history)
+    if early:
+        metrics.update(monitor=monitor, patience=early.patience, best_epoch=early.best_epoch,
+                       stopped_epoch=early.stopped or None, epochs_run=history[-1]["epoch"] if history else 0)
+    if te:
+        try:
+            metrics["test_loss"], acc = evaluate(model, te, batch, rule)
+        except DlcError as e:
+            raise with_context(e, "evaluating the test split")
+        if acc is not None:
+            metrics["test_accuracy"] = acc
+        metrics["test_examples"] = len(next(iter(te.values())))
     return metrics

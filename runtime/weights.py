@@ -21,8 +21,10 @@ from .files import atomic_write, read_npz
 # named `state/NAME` (`state/w1.velocity`, `state/adam.beta1_t`, `state/schedule.t`). A checkpoint
 # is such a file plus `checkpoint/meta`, its JSON metadata as bytes (epoch, steps, the training
 # loop's generator), all in ONE file replaced atomically: a reader sees an old or a new checkpoint,
-# never half of one.
+# never half of one. With early stopping the checkpoint also holds the best epoch's weights and
+# optimizer state, as `best/NAME` and `best/state/NAME`.
 STATE_PREFIX = "state/"
+BEST_PREFIX = "best/"
 CHECKPOINT_FILE = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint/meta"
 CHECKPOINT_FORMAT = 1
@@ -38,7 +40,7 @@ def save_weights(path, params: dict[str, np.ndarray], parents: bool = False,
 
 def _extra_arrays(name: str) -> bool:
     """Arrays of a weights file that are not params: optimizer state and checkpoint metadata."""
-    return name.startswith(STATE_PREFIX) or name.startswith("checkpoint/")
+    return name.startswith(STATE_PREFIX) or name.startswith("checkpoint/") or name.startswith(BEST_PREFIX)
 
 
 def weight_names(g: Graph) -> list[str]:
@@ -143,14 +145,18 @@ def partial_report(report: dict) -> str:
     return "; ".join(parts)
 
 
-def save_checkpoint(folder, params: dict, state: dict, meta: dict) -> Path:
-    """FOLDER/checkpoint.npz: params, `state/` arrays and the JSON `meta`, in one file written
-    through a temporary in FOLDER (fsync'd, renamed over the old checkpoint, the folder fsync'd),
-    so a run killed at any moment leaves the previous checkpoint or the new one, whole."""
+def save_checkpoint(folder, params: dict, state: dict, meta: dict, best: tuple | None = None) -> Path:
+    """FOLDER/checkpoint.npz: params, `state/` arrays and the JSON `meta` (and early stopping's
+    best (weights, state) as `best/` arrays, when given), in one file written through a temporary
+    in FOLDER (fsync'd, renamed over the old checkpoint, the folder fsync'd), so a run killed at
+    any moment leaves the previous checkpoint or the new one, whole."""
     folder = Path(folder)
     path = folder / CHECKPOINT_FILE
     blob = np.frombuffer(json.dumps(dict(meta, format=CHECKPOINT_FORMAT)).encode(), np.uint8)
     arrays = dict(params, **{STATE_PREFIX + k: v for k, v in state.items()}, **{CHECKPOINT_META: blob})
+    if best:
+        arrays.update({BEST_PREFIX + k: v for k, v in best[0].items()})
+        arrays.update({BEST_PREFIX + STATE_PREFIX + k: v for k, v in best[1].items()})
     atomic_write(path, lambda f: np.savez(f, **arrays), parents=True)
     try:  # the rename itself reaches the disk
         fd = os.open(folder, os.O_RDONLY)
@@ -194,4 +200,7 @@ def load_checkpoint(folder, g: Graph) -> tuple[dict, dict, dict]:
         raise file_error(path, f"the checkpoint does not match model {g.meta.name}'s optimizer: {what} "
                          f"(was the optimizer, its schedule or a freeze changed?)")
     state = load_state(path, g, arrays)[0] or {}
+    best = {k[len(BEST_PREFIX):]: v for k, v in arrays.items() if k.startswith(BEST_PREFIX)}
+    if best:  # early stopping's best epoch, checked as strictly as the rest
+        meta["best_arrays"] = (load_weights(path, g, best), load_state(path, g, best)[0] or {})
     return params, state, meta

@@ -525,19 +525,23 @@ def test_a_data_mapping_without_the_labels_says_so(tmp_path):
                         "(add y=FILE, or give one .npz holding every input)\n"), r.stderr
 
 
-def test_an_unknown_optimizer_setting_points_at_the_setting_and_weight_decay_names_the_l2_route(tmp_path):
-    """Issue 23: `adam(weight_decay = ...)` put its caret on `minimize` and did not say how to get
-    weight decay. The caret is now on the setting's name; the message names the l2 penalty."""
+def test_an_unknown_optimizer_setting_points_at_the_setting_and_suggests_weight_decay(tmp_path):
+    """Issue 23: `adam(weight_decay = ...)` put its caret on `minimize`; it is a setting now (coupled
+    decay, as torch.optim.Adam; adamw for the decoupled one). A misspelt setting still gets the
+    caret on its name, and the suggestion."""
     src = tmp_path / "wd.dln"
     src.write_text(MLP.read_text().replace("minimize loss with sgd(lr = 0.1, momentum = 0.9, nesterov = true)",
-                                           "minimize loss with adam(lr = 0.01, weight_decay = 0.1)"))
+                                           "minimize loss with adam(lr = 0.01, weight_deca = 0.1)"))
     text = src.read_text().splitlines()
-    line = next(i for i, l in enumerate(text, 1) if "weight_decay" in l)
-    col = text[line - 1].index("weight_decay") + 1
+    line = next(i for i, l in enumerate(text, 1) if "weight_deca" in l)
+    col = text[line - 1].index("weight_deca") + 1
     r = dlc_cli("check", src, rc=2)
-    assert r.stderr.startswith(f"{src}:{line}:{col}: error: optimizer adam has no setting 'weight_decay'"), r.stderr
-    assert "; for an L2 penalty add `+ c * l2(w, ...)` to the loss" in r.stderr
+    assert r.stderr.startswith(f"{src}:{line}:{col}: error: optimizer adam has no setting 'weight_deca' "
+                               "(did you mean 'weight_decay'?)"), r.stderr
     assert r.stderr.splitlines()[2] == " " * (4 + col - 1) + "^"
+    src.write_text(src.read_text().replace("weight_deca ", "weight_decay "))
+    r = dlc_cli("check", src, rc=0)
+    assert "minimize loss with adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.1)" in r.stdout, r.stdout
 
 
 # -- deep nesting: a stated limit, located ---------------------------------------------------------

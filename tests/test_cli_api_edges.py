@@ -240,7 +240,9 @@ def test_epochs_zero_says_how_many_examples(tmp_path, small):
     m.save(tmp_path / "w.npz")
     r = dlc_cli("run", LOGREG, "--data", data, "--epochs", "0", "--load", "w.npz", "--backend", "interp",
                 "--metrics-json", "m.json", cwd=tmp_path, rc=0)
-    found = re.search(r"^loss ([0-9.]+)  accuracy ([0-9.]+) on (\d+) examples$", r.stdout, re.M)
+    # issue 23: the line also says which examples (all of the file, which may include training examples)
+    found = re.search(r"^loss ([0-9.]+)  accuracy ([0-9.]+) on all (\d+) examples of .*data\.npz \(this includes "
+                      r"the examples the model trained on, unless that file was held out\)$", r.stdout, re.M)
     assert found, r.stdout
     assert int(found.group(3)) == len(x)
     acc = float((m.forward(x=x)["logits"].argmax(1) == y).mean())

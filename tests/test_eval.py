@@ -82,7 +82,9 @@ def test_eval_command_prints_and_writes_json(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"model ident: weights {w}, 9 examples from {data}, backend interp"
-    assert lines[1] == f"loss {LOSS:.4f}  accuracy {5 / 9:.4f} on 9 examples"
+    # issue 23: the line says what the score is measured on
+    assert lines[1] == (f"loss {LOSS:.4f}  accuracy {5 / 9:.4f} on all 9 examples of {data} (this includes the "
+                        "examples the model trained on, unless that file was held out)")
     at = lines.index("confusion matrix (rows: true class, columns: predicted class):")
     table = lines[at + 2:]
     assert [[int(v) for v in row.split()[1:]] for row in table] == CONFUSION
@@ -160,5 +162,5 @@ def test_eval_on_the_shipped_digits(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(j.read_text())
     assert np.sum(m["confusion"]) == m["examples"] == 1797
-    assert f"accuracy {m['accuracy']:.4f} on 1797 examples" in r0.stdout
+    assert f"accuracy {m['accuracy']:.4f} on all 1797 examples of " in r0.stdout
     assert f"loss {m['loss']:.4f}" in r0.stdout

@@ -210,7 +210,7 @@ def test_ramp_needs_both_settings():
 
 
 def test_schedule_settings_are_by_name_only():
-    """Positional settings stop at the optimizer's own (sgd: lr, momentum, nesterov)."""
-    src = source({}).replace("sgd(lr = 0.1)", "sgd(0.1, 0.9, false, cosine)")
-    with pytest.raises(DlcError, match=r"takes at most 3 settings, found 4"):
+    """Positional settings stop at the optimizer's own (sgd: lr, momentum, nesterov, weight_decay)."""
+    src = source({}).replace("sgd(lr = 0.1)", "sgd(0.1, 0.9, false, 0.0, cosine)")
+    with pytest.raises(DlcError, match=r"takes at most 4 settings, found 5"):
         dlc.compile(src, backend="interp")
