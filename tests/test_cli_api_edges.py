@@ -403,3 +403,32 @@ def test_every_public_method_has_a_docstring_and_a_reference_entry():
 
 
     assert available("emu")[1] and available("cuda")[1]  # a real reason either way
+
+
+def test_readme_commands_name_files_the_project_ships():
+    """Issue 23: the README's IDX line named `M.dln` and MNIST files the project does not have. Every
+    input file a README command names exists (outputs go under build/, made by earlier lines)."""
+    text = (ROOT / "README.md").read_text()
+    missing = []
+    for line in text.splitlines():
+        if not line.lstrip().startswith("dlc "):
+            continue
+        for w in line.split("#")[0].split():
+            for part in w.split(","):
+                part = part.split("=", 1)[-1]
+                if part.endswith((".dln", ".npz", ".gz", ".csv", ".onnx")) and not part.startswith("build/"):
+                    if not (ROOT / part).is_file():
+                        missing.append((part, line))
+    assert not missing, missing
+
+
+def test_the_shipped_idx_digits_are_digits_npz_in_mnist_format():
+    from dlc.runtime.datafiles import read_idx
+    data = ROOT / "examples" / "data"
+    with np.load(DIGITS) as z:
+        x, y = z["x"], z["y"]
+    images, labels = read_idx(data / "digits-images-idx3-ubyte.gz"), read_idx(data / "digits-labels-idx1-ubyte.gz")
+    assert images.dtype == np.uint8 and images.shape == (len(x), 8, 8)
+    np.testing.assert_array_equal(labels, y)
+    # --normalize scale divides uint8 by 255: within half a grey step (1/510) of digits.npz's x
+    np.testing.assert_allclose(images.reshape(len(x), 64) / 255.0, x, atol=0.5 / 255 + 1e-7)
