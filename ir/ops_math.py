@@ -49,10 +49,10 @@ GELU_CUBIC = 0.044715                 # the cubic term of the tanh approximation
 
 # -- shape rules -----------------------------------------------------------------------------------
 
-def _floats(name, types):
+def _floats(name, types, shown=None):
     for t in types:
         if not t.is_float:
-            raise DlcError(f"{name}() expects f32 operands, found {t}")
+            raise DlcError(f"{shown or name + '()'} expects f32 operands, found {t}")
 
 
 def _unary(name):
@@ -62,9 +62,10 @@ def _unary(name):
     return rule
 
 
-def _binary(name):
+def _binary(name, shown=None):
+    """Broadcasting f32 operands; `shown` names the op in messages (a comparison: its operator)."""
     def rule(types, attrs):
-        _floats(name, types)
+        _floats(name, types, shown)
         return TensorType("f32", broadcast_shapes(types[0].shape, types[1].shape,
                                                   f"{name} of {types[0]} and {types[1]}"))
     return rule
@@ -367,7 +368,7 @@ for _name, _fn, _c, _onnx in (("gt", np.greater, "a > b", _onnx_compare("Greater
                               ("le", np.less_equal, "a <= b", _onnx_compare("LessOrEqual")),
                               ("eq", np.equal, "a == b", _onnx_compare("Equal")),
                               ("ne", np.not_equal, "a != b", _onnx_compare("Equal", negate=True))):
-    op(_name, 2, _binary(_name), _compare(_fn), _no_gradient, c=f"({_c}) ? 1.0f : 0.0f", onnx=_onnx,
+    op(_name, 2, _binary(_name, f"the operator {_c.split()[1]} ({_name})"), _compare(_fn), _no_gradient, c=f"({_c}) ? 1.0f : 0.0f", onnx=_onnx,
        doc=f"1.0 where {_c.replace('a', 'x').replace('b', 'y')}, else 0.0 (f32, no gradient); "
            f"the operator {_c.split()[1]}")
 
