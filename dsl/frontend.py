@@ -80,6 +80,10 @@ def parse(text: str, file: str) -> list:
     except UnexpectedToken as e:
         found = "end of file" if e.token.type == "$END" else f"'{e.token}'"
         line = e.line if e.line > 0 else text.count("\n") + 1
+        if e.token.type == "CMPOP" and "ADDOP" in e.expected:  # a second comparison after a complete one
+            raise DlcError(f"syntax error: comparisons do not chain: `a < b < c` is written "
+                           f"`(a < b) * (b < c)`; found a second comparison '{e.token}'",
+                           Loc(file, line, max(e.column, 1)), text)
         typo = _misspelt_keyword(text, e) if e.token.type != "$END" else None
         if typo:  # `inptu x : ...`: point at the word a keyword was meant to be
             word, column, keyword = typo
