@@ -362,3 +362,35 @@ def test_the_cli_reports_a_bad_comparison_located(tmp_path):
     f.write_text(_err("h = y >= 0"))
     r = dlc_cli("check", f, rc=2)
     assert f"{f}:4:11: error: the operator >= (ge) expects f32 operands, found i32[N]" in r.stderr
+
+
+def test_max_and_min_propagate_nan_as_torch_does():
+    """A NaN operand gives NaN, and sends the whole adjoint to both operands (torch.maximum's rule).
+    (Params and data may not hold NaN: it is made inside, as log(-1).)"""
+    torch = import_torch()
+    m = dlc.compile("model m {\n input c : f32[3]\n param a : f32[3]\n param b : f32[3]\n u = a + log(c)\n"
+                    " v = b + log(2 - c)\n h = max(u, v) + 3 * min(u, v)\n output h\n"
+                    " minimize sum(h) with sgd(lr = 1)\n}", backend="interp", float_dtype="float64")
+    a, b, c = np.array([0.5, 1.0, 2.0]), np.array([1.0, 0.25, 0.5]), np.array([-1.0, 3.0, 1.0])
+    m.params["a"], m.params["b"] = a, b
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    u, v = ta + torch.log(torch.tensor(c)), tb + torch.log(2 - torch.tensor(c))
+    h = torch.maximum(u, v) + 3 * torch.minimum(u, v)
+    h.sum().backward()
+    got = m.forward(c=c)["h"]
+    assert np.isnan(got[:2]).all() and np.isfinite(got[2])
+    np.testing.assert_allclose(got, h.detach().numpy(), rtol=1e-12)   # NaN in the same places
+    _, g = m.grad(c=c)
+    # a NaN: 1 (max) + 3 (min) to both; else max's 1 to a (the larger), min's 3 to b
+    assert g["a"].tolist() == [4.0, 4.0, 1.0] and g["b"].tolist() == [4.0, 4.0, 3.0]
+    np.testing.assert_array_equal(g["a"], ta.grad.numpy())
+    np.testing.assert_array_equal(g["b"], tb.grad.numpy())
+
+
+def test_the_ir_of_the_new_ops_reads_back():
+    from dlc.ir.text import parse_ir, print_ir
+    m = dlc.compile(model_text(NAMES), backend="interp", opt_level=2)
+    for stage in ("forward", "optimized"):
+        text = m.ir(stage=stage)
+        assert print_ir(parse_ir(text)) == text
+    assert 'gelu[approximate=tanh]' in m.ir(stage="forward")
