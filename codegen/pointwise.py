@@ -147,7 +147,7 @@ def c_expr(g: Graph, n: str) -> str:
     each attribute the expression names (`slope`) written in as a C literal of its value."""
     attrs = g.attrs(n)
     return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: _c_literal(attrs[m.group(0)]) if m.group(0) in attrs else m.group(0),
-                  OPS[g.op(n)].c)
+                  OPS[g.op(n)].c_of(attrs))
 
 
 def _c_literal(v) -> str:

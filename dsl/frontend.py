@@ -49,7 +49,7 @@ class Sym:
 _TOKEN_NAMES = {
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "ESCAPED_STRING": "a string",
     "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
-    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "ADDOP": "'+' or '-'", "MULOP": "'*', '/' or '@'",
+    "CMPOP": "a comparison ('<', '<=', '>', '>=', '==' or '!=')", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "ADDOP": "'+' or '-'", "MULOP": "'*', '/' or '@'",
     "MINUS": "'-'", "DOT": "'.'", "$END": "end of file",
 }
 
@@ -118,6 +118,10 @@ def parse(text: str, file: str) -> list:
     except UnexpectedToken as e:
         found = "end of file" if e.token.type == "$END" else f"'{e.token}'"
         line = e.line if e.line > 0 else text.count("\n") + 1
+        if e.token.type == "CMPOP" and "ADDOP" in e.expected:  # a second comparison after a complete one
+            raise DlcError(f"syntax error: comparisons do not chain: `a < b < c` is written "
+                           f"`(a < b) * (b < c)`; found a second comparison '{e.token}'",
+                           Loc(file, line, max(e.column, 1)), text)
         typo = _misspelt_keyword(text, e) if e.token.type != "$END" else None
         if typo:  # `inptu x : ...`: point at the word a keyword was meant to be
             word, column, keyword = typo
@@ -187,6 +191,10 @@ def lower(text: str, file: str = "<string>", model: str | None = None) -> Graph:
                        f"{MAX_NESTING} expression levels): name some inner results", Loc(file, 1, 1))
 
 
+# the operators of .dln expressions and the ops they lower to (comparisons give f32 0/1)
+_BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul",
+               ">": "gt", "<": "lt", ">=": "ge", "<=": "le", "==": "eq", "!=": "ne"}
+_COMPARISONS = {">", "<", ">=", "<=", "==", "!="}
 _SPECIAL = {"l1", "l2", "scan"}  # l1, l2 variadic over tensors: l2(w1, w2) = l2(w1) + l2(w2); scan: below
 _UNIT_RANGE = {"momentum", "alpha", "beta1", "beta2", "val_split", "test_split"}  # settings that must lie in [0, 1)
 
@@ -537,7 +545,7 @@ class _Lowerer:
             a = self.expr(e.a, scope, ctx)
             b = self.expr(e.b, scope, ctx)
             if isinstance(a, Tensor) or isinstance(b, Tensor):
-                opname = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}[e.op]
+                opname = _BINARY_OPS[e.op]
                 args = [self.tensor(a, e.a.loc), self.tensor(b, e.b.loc)]
                 return Tensor(g.add(opname, args, name=name or ctx.temp(opname), loc=e.loc))
             return _const_arith(e.op, a, b, e.loc)
@@ -787,6 +795,9 @@ def _const_arith(op: str, a, b, loc):
         raise DlcError(f"operator {op} needs numbers or tensors, found {_show(a)} and {_show(b)}", loc)
     if op == "@":
         raise DlcError("operator @ needs tensors, found numbers", loc)
+    if op in _COMPARISONS:
+        raise DlcError(f"operator {op} compares tensors (its value is a tensor of 0 and 1), found two numbers "
+                       f"{_show(a)} and {_show(b)}", loc)
     if op == "/":
         if b == 0:
             raise DlcError("division by zero", loc)

@@ -529,3 +529,5 @@ op("assign", 2, _assign_rule, None, family="assign", dsl=False, effects={UPDATES
 
 from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: registered the same way)
 from . import ops_norm  # noqa: E402,F401  (batch normalization)
+from . import ops_math  # noqa: E402,F401  (erf, gelu, softplus, pow, max/min, comparisons, where, bce_logits,
+                        # layer_norm)

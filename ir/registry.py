@@ -59,8 +59,10 @@ class OpDef:
     ref: Callable | None           # NumPy reference: (*arrays, **attrs) -> array
     vjp: Callable | None = None    # derivative rule, see the module doc
     family: str = "elementwise"    # kernel family for codegen (see FAMILIES)
-    c: str | None = None           # scalar C expression (elementwise family) over the operands a, b
-                                   # and the op's attributes by name (codegen writes their values in)
+    c: str | Callable | None = None  # scalar C expression (elementwise family) over the operands a, b
+                                   # and the op's attributes by name (codegen writes their values in);
+                                   # or a function of the attributes giving one, where an attribute
+                                   # chooses the formula (gelu's approximate): see `c_of`
     kernel: dict = field(default_factory=dict)  # what the family's emitter needs (see FAMILIES)
     flops: Callable | None = None  # (node view, size) -> FLOPs; default: the family's rule
     attrs: dict = field(default_factory=dict)  # attribute -> default (REQUIRED if none)
@@ -92,6 +94,11 @@ class OpDef:
                         float: "a number"}[type(v)]
                 raise DlcError(f"{self.name}(): {k} must be {kind}, found {attrs[k]!r}", loc)
         return {k: attrs[k] for k in self.attrs}  # the declared order, so text is stable
+
+    def c_of(self, attrs: dict) -> str:
+        """The C expression of a node of this op with these attributes (before codegen writes the
+        attribute values in)."""
+        return self.c(attrs) if callable(self.c) else self.c
 
     def has(self, effect: str) -> bool:
         return effect in self.effects

@@ -22,6 +22,8 @@ the model's own gradients (torch.optim conventions) and compare with `m.step` in
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -185,6 +187,35 @@ CASES = {
                 lambda c, w: np.sum(c / (1 + np.exp(-w)))),
     "tanh": ("loss = sum(tanh(w) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4)},
              lambda c, w: np.sum(np.tanh(w) * c)),
+    # issue 23's elementwise ops (ir/ops_math.py)
+    "erf": ("loss = sum(erf(w) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4)},
+            lambda c, w: np.sum(np.vectorize(math.erf)(w) * c)),
+    "gelu": ("loss = sum(gelu(w) * c)", C((3, 4)), lambda r: {"w": 2 * normal(r, 3, 4)},
+             lambda c, w: np.sum(0.5 * w * (1 + np.vectorize(math.erf)(w / math.sqrt(2))) * c)),
+    "gelu_tanh": ('loss = sum(gelu(w, approximate = "tanh") * c)', C((3, 4)), lambda r: {"w": 2 * normal(r, 3, 4)},
+                  lambda c, w: np.sum(0.5 * w * (1 + np.tanh(math.sqrt(2 / math.pi) * (w + 0.044715 * w ** 3))) * c)),
+    "softplus": ("loss = sum(softplus(w, beta = 2) * c)", C((3, 4)), lambda r: {"w": 2 * normal(r, 3, 4)},
+                 lambda c, w: np.sum(np.log1p(np.exp(2 * w)) / 2 * c)),
+    "pow": ("loss = sum(pow(w, v) * c)", C((3, 4)), lambda r: {"w": positive(r, 3, 4), "v": normal(r, 4)},
+            lambda c, w, v: np.sum(w ** v * c)),
+    # ties are away from the values drawn (a tie splits the adjoint: test_practitioner_ops.py)
+    "max": ("loss = sum(max(w, v) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4), "v": normal(r, 4)},
+            lambda c, w, v: np.sum(np.maximum(w, v) * c)),
+    "min": ("loss = sum(min(w, v) * c)", C((3, 4)), lambda r: {"w": normal(r, 3, 4), "v": normal(r, 4)},
+            lambda c, w, v: np.sum(np.minimum(w, v) * c)),
+    # the comparisons pass no gradient; where passes it to the branch taken
+    "where_comparisons": ("loss = sum((where(w > v, w * w, v) + (w < v) * w + (w >= v) * v + (w <= v) * w * v"
+                          " + (w == v) * w + (w != v) * v) * c)", C((3, 4)),
+                          lambda r: {"w": normal(r, 3, 4), "v": normal(r, 3, 4)},
+                          lambda c, w, v: np.sum((np.where(w > v, w * w, v) + (w < v) * w + (w >= v) * v
+                                                  + (w <= v) * w * v + (w != v) * v) * c)),
+    "bce_logits": ("loss = bce_logits(w, v)", lambda r: {},
+                   lambda r: {"w": 3 * normal(r, 3, 4), "v": r.uniform(0.0, 1.0, (3, 4))},
+                   lambda w, v: np.mean(np.maximum(w, 0) - w * v + np.log1p(np.exp(-np.abs(w))))),
+    "layer_norm": ("loss = sum(layer_norm(x, w, v) * c)", C((3, 5)),
+                   lambda r: {"x": normal(r, 3, 5), "w": normal(r, 5), "v": normal(r, 5)},
+                   lambda c, x, w, v: np.sum(((x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+                                              * w + v) * c)),
     # elementwise, binary
     "add": ("loss = sum(tanh(w + v) * c)", C((3, 4)),
             lambda r: {"w": normal(r, 3, 4), "v": normal(r, 3, 4)},
