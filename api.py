@@ -444,6 +444,20 @@ class Params(MutableMapping):
 ROOT_KINDS = ("outputs", "grads", "step")
 
 
+def _model_loc(g: Graph, n: str):
+    """Where node n comes from in the model's own file: its location, or, for a node a prelude
+    function made (`h.batchnorm1d`), where the model calls that function (Meta.calls)."""
+    parts = n.split(".")
+    for k in range(len(parts), 0, -1):
+        name = ".".join(parts[:k])
+        if name in g.meta.calls:
+            return g.meta.calls[name]
+        here = g.loc(name) if name in g else None
+        if here is not None and here.file != "prelude.dln":
+            return here
+    return g.loc(n)
+
+
 class Model:
     """A compiled model, made by `dlc.compile`: its params, model buffers and optimizer state live
     on its backend.
@@ -473,6 +487,9 @@ class Model:
         self._inputs = self.graph.inputs
         self._params = self.graph.params
         self._effects = self.graph.with_effect(UPDATES_STATE)  # what a step commits (assignments)
+        fwd = build.forward  # ops whose declaration refuses some training batches (registry train_check)
+        self._train_checks = [(n, [fwd.type(a) for a in fwd.operands(n)], fwd.attrs(n), fwd.loc(n))
+                              for n in fwd.order() if OPS[fwd.op(n)].train_check]
         self._needs: dict = {}
         self._views: dict = {}  # tuple of input names -> a graph view for check_feeds
         self.seed, self.steps = seed, 0
@@ -681,11 +698,28 @@ class Model:
         training, commit, wait = _switch("training", training), _switch("commit", commit), _switch("wait", wait)
         roots = list(roots)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
+        if training and self._train_checks:
+            self._check_training_batch(feeds)
         rng = (self.seed, self.steps) if training else None
         res = self._backend.run(roots, feeds, commit=commit, training=training, rng=rng, fetch=fetch, defer=not wait)
         if commit:
             self.steps += 1
         return res
+
+    def _check_training_batch(self, feeds: dict) -> None:
+        """What an op refuses to run in training on this batch (its registry `train_check`), as an
+        error at the op's line: batch norm on a batch with one value per channel."""
+        g = self.graph
+        dims = {d: a.shape[i] for n, a in feeds.items() for i, d in enumerate(g.type(n).shape) if isinstance(d, str)}
+        for n, types, attrs, loc in self._train_checks:
+            shapes = [[dims.get(d, 1) if isinstance(d, str) else d for d in t.shape] for t in types]
+            problem = OPS[self.build.forward.op(n)].train_check(shapes, attrs)
+            if problem:
+                fwd = self.build.forward
+                where = _model_loc(fwd, n)
+                if where != loc and loc is not None:  # inside a function: say which, and where in it
+                    problem += f" ({n}: {fwd.op(n)} at {loc})"
+                raise DlcError(problem, where, fwd.sources.get(where.file) if where else None)
 
     def forward(self, **inputs) -> dict[str, np.ndarray]:
         """The outputs, output name -> array, for inputs given by name (labels are not needed), in

@@ -684,6 +684,8 @@ class _Lowerer:
         if missing:
             raise DlcError(f"{f.name}() is missing the argument '{missing[0]}'", e.loc)
         inner = _Scope(ctx.call_prefix(f.name), f.name)
+        if e.loc is not None and e.loc.file == self.file:
+            self.g.meta.calls.setdefault(inner.prefix, e.loc)
         for p in f.params:
             a = given[p.name]
             v = self.expr(a, _Scope(inner.prefix, f.name) if a is p.default else scope, ctx)

@@ -35,6 +35,9 @@ class Meta:
     train: dict = field(default_factory=dict)      # training defaults from the .dln (data, epochs, ...)
     train_loc: object = None                       # where `train(...)` is written (a Loc), for its errors
     groups: dict = field(default_factory=dict)     # fusion (-O2): root node -> (rule, member nodes in order)
+    calls: dict = field(default_factory=dict)      # prefix of a function call written in the model's file
+                                                   # -> where (a Loc): errors about a node a prelude
+                                                   # function made point at the user's call
 
 
 class Graph:

@@ -145,7 +145,22 @@ def _onnx_batch_norm(e, n, ins, a, out):
     return e.node("BatchNormalization", ins, n, out, epsilon=float(a["eps"]), momentum=1.0 - float(a["momentum"]))
 
 
+def _batch_norm_train_check(shapes, attrs):
+    """A training batch needs two or more values per channel: with one, the unbiased variance is
+    0 * 1/(1 - 1) and the running variance becomes NaN (PyTorch refuses such a batch too)."""
+    x = shapes[0]
+    ax = attrs["axis"] % len(x)
+    values = int(np.prod(x)) // x[ax] if x[ax] else 0
+    if values <= 1:
+        shown = "[" + ", ".join(map(str, x)) + "]"
+        return (f"batch_norm in training needs more than one value per channel, found {values} (input {shown}): "
+                f"the batch variance of one value is undefined; train with batches of 2 or more examples "
+                f"(the last batch of an epoch too), or run this batch in evaluation mode")
+    return None
+
+
 op("batch_norm", 5, _batch_norm_rule, _batch_norm, family="composite", lower=_batch_norm_lower,
+   train_check=_batch_norm_train_check,
    attrs={"axis": 1, "momentum": 0.1, "eps": 1e-5}, effects={TRAINING}, onnx=_onnx_batch_norm,
    flops=lambda n, size: 4 * size(n.type),   # per element: a subtraction, a multiplication and an addition,
                                              # and one pass for the statistics

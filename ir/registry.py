@@ -74,6 +74,9 @@ class OpDef:
                                    # operand 0 (checked by every backend and the data loader)
     onnx: str | Callable | None = None  # ONNX: an operator type (same operands, no attributes) or
                                    # (emitter, node, input names, attrs, output name) -> output name
+    train_check: Callable | None = None  # (operand shapes, dims bound to numbers, attrs) -> what is wrong
+                                   # with running it in training on such a batch (a str), or None:
+                                   # checked before every training run (batch norm: one value per channel)
     lower: Callable | None = None  # a composite op (family "composite"): (graph, node) -> the node
                                    # that computes it from other ops (the `lower` pass, first in
                                    # every pipeline: autodiff, fusion and codegen never see the op)

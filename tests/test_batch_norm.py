@@ -234,3 +234,40 @@ def test_the_small_resnet_on_emu_matches_the_interpreter():
     emu.eval()
     ref.eval()
     np.testing.assert_allclose(emu.forward(x=x)["logits"], ref.forward(x=x)["logits"], rtol=1e-4, atol=1e-4)
+
+
+# -- a training batch with one value per channel: refused, as PyTorch refuses it --------------------
+@pytest.mark.parametrize("shape", [(1, 6), (2, 6), (1, 3, 1, 1), (1, 3, 2, 1), (2, 3, 1, 1)])
+def test_one_value_per_channel_is_refused_in_training_exactly_where_pytorch_refuses_it(shape):
+    torch = import_torch()
+    bn = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(shape[1]).train()
+    try:
+        bn(torch.zeros(shape))
+        torch_refuses = False
+    except ValueError:  # "Expected more than 1 value per channel when training"
+        torch_refuses = True
+    problem = OPS["batch_norm"].train_check([list(shape)], {"axis": 1})
+    assert (problem is not None) == torch_refuses, (shape, problem)
+
+
+def test_a_one_example_training_step_is_a_located_error_and_changes_nothing(tmp_path):
+    layer, shape, pshape, _ = CASES["1d"]
+    m = dlc.compile(NET.format(layer=layer, shape=shape, pshape=pshape), backend="interp")
+    before = {k: np.array(v) for k, v in m.state.items()}
+    x = np.ones((1, 6), np.float32)
+    with pytest.raises(dlc.DlcError) as e:
+        m.step(x=x, t=x)
+    s = str(e.value)
+    assert "needs more than one value per channel, found 1 (input [1, 6])" in s
+    # located at the model's line that called the prelude's batchnorm1d, naming the op inside it
+    assert e.value.loc.line == 5 and "(y: batch_norm at prelude.dln:" in s
+    for k, v in m.state.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)  # before: the running var became NaN
+    m.forward(x=x)  # evaluation mode reads the running statistics: one example is fine
+    assert m.step(x=np.ones((2, 6), np.float32), t=np.zeros((2, 6), np.float32)) >= 0
+    # the command line: the last batch of an epoch may be the one
+    f = tmp_path / "bn.dln"
+    f.write_text(NET.format(layer=layer, shape=shape, pshape=pshape))
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 6), np.float32), t=np.zeros((5, 6), np.float32))
+    r = dlc_cli("run", f, "--data", tmp_path / "d.npz", "--batch", "2", "--epochs", "1", "--no-progress", rc=2)
+    assert r.stderr.startswith(f"{f}:5:12: error: batch_norm in training needs more than one value"), r.stderr
