@@ -16,14 +16,14 @@ from .errors import DlcError
 from .registry import (COMMUNICATES, OpDef, EFFECTS, EPILOGUE_FAMILIES, FAMILIES, HOLDS, INLINED_FAMILIES,
                        INPUT, MODEL, OPS, OPTIMIZER, PARAM, POINTWISE_FAMILIES, RANDOM, REQUIRED, STORED,
                        TRAINING, UPDATES_STATE, VARIADIC, Builder, NodeView, elementwise_ops, flops,
-                       infer_type, label_operands, op, out_of_range, view)
+                       infer_type, label_operands, op, out_of_range, range_error, view)
 from .types import TensorType, broadcast_shapes, normalize_axes, reshape_shape, scalar
 
 # the registry's names, so that `from dlc.ir.ops import OPS, RANDOM, ...` gives the populated table
 __all__ = ["OPS", "OpDef", "op", "REQUIRED", "VARIADIC", "FAMILIES", "POINTWISE_FAMILIES", "EPILOGUE_FAMILIES",
            "INLINED_FAMILIES", "EFFECTS", "TRAINING", "RANDOM", "UPDATES_STATE", "COMMUNICATES", "HOLDS", "STORED",
            "INPUT", "PARAM", "OPTIMIZER", "MODEL", "Builder", "NodeView", "view", "flops", "infer_type",
-           "elementwise_ops", "label_operands", "out_of_range"]
+           "elementwise_ops", "label_operands", "out_of_range", "range_error"]
 
 
 # -- shape rules ---------------------------------------------------------------------------
@@ -529,3 +529,4 @@ op("assign", 2, _assign_rule, None, family="assign", dsl=False, effects={UPDATES
 
 from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: registered the same way)
 from . import ops_norm  # noqa: E402,F401  (batch normalization)
+from . import ops_embed  # noqa: E402,F401  (token ids: embedding and its scatter-add adjoint)
