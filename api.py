@@ -761,6 +761,11 @@ class Model:
                            f"characters, found {vocab!r}")
         return chars, "the vocabulary given"
 
+    def sampling_plan(self, output: str | None = None) -> tuple[str, int, str]:
+        """(the input of character ids, the window length T, the output of scores) when the model can
+        be sampled (`sample`); else a `DlcError` that says why."""
+        return sampling_plan(self.graph, output)
+
     def sample(self, prime: str, length: int = 200, temperature: float = 1.0, seed: int = 0, vocab=None,
                output: str | None = None) -> str:
         """`length` characters drawn from a character-level model after the text `prime`
@@ -768,7 +773,7 @@ class Model:
         before the softmax (0: always the likeliest character); `seed` makes the draw
         reproducible; `vocab` as `vocabulary` takes it; `output`: which output gives the scores
         (default: the first). Runs in evaluation mode and changes nothing."""
-        x, steps, output = sampling_plan(self.graph, output)
+        x, steps, output = self.sampling_plan(output)
         chars, where = self.vocabulary(vocab)
         classes = self.graph.type(self.graph.meta.outputs[output]).shape[2]
         if classes != len(chars):

@@ -270,6 +270,7 @@ def cmd_export(args) -> int:
 # -- sample -----------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O)
+    model.sampling_plan(args.output)  # a model that cannot be sampled is said before its weights are read
     model.load(args.load)
     text = model.sample(args.prime, length=args.length, temperature=args.temperature, seed=args.seed,
                         vocab=args.vocab, output=args.output)

@@ -673,9 +673,9 @@ def test_gradcheck_shipped_examples(path):
     for n in g.inputs:
         t = g.type(n)
         shape = tuple(3 if isinstance(d, str) else d for d in t.shape)
-        if t.dtype == "i32":
+        if t.dtype == "i32":  # class labels, or character ids (charlm: as many as the output's classes)
             classes = g.type(g.meta.outputs[next(iter(g.meta.outputs))]).shape[-1] if g.meta.outputs else 2
-            feeds[n] = labels(rng, shape[0], classes if isinstance(classes, int) else 2)
+            feeds[n] = rng.integers(0, classes if isinstance(classes, int) else 2, shape).astype(np.int32)
         else:
             feeds[n] = f32(rng.uniform(0, 1, shape))
     values = {k: np.array(v, np.float64) + 0.01 * rng.normal(size=np.shape(v)) for k, v in m.params.items()}
