@@ -26,7 +26,7 @@ def emit_gather(gen: Generator, n: str, em: Emission) -> None:
     """embedding(table, ids) -> [*ids.shape, D], one thread per output element."""
     table, ids = gen.g.operands(n)
     size = Size.of(gen.g.type(n).shape)
-    gen.add(n, "embedding.cu.j2", dict(_sizes(gen, ids, table), size=size.c()), gen.temp(n), gen.ins(n),
+    gen.add(n, "gather.cu.j2", dict(_sizes(gen, ids, table), size=size.c()), gen.temp(n), gen.ins(n),
             [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])
 
 
@@ -35,5 +35,5 @@ def emit_scatter_add(gen: Generator, n: str, em: Emission) -> None:
     (the table gives the shape)."""
     g, ids, table = gen.g.operands(n)
     size = Size.of(gen.g.type(n).shape)
-    gen.add(n, "embedding_grad.cu.j2", dict(_sizes(gen, ids, table), size=size.c()), gen.temp(n),
+    gen.add(n, "scatter_add.cu.j2", dict(_sizes(gen, ids, table), size=size.c()), gen.temp(n),
             gen.ins(n)[:2], [ceil_div(size, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1])

@@ -243,10 +243,15 @@ def trained(tmp_path_factory):
 
 
 def test_the_example_learns(trained):
+    """4 epochs: the training loss falls by more than 0.5 and the held-out loss (windows never
+    trained on) goes below 2.3, under the 2.84 of knowing only each character's frequency (and
+    ln 28 = 3.33, a uniform guess); measured 2.81 -> 1.97 and 2.49 -> 2.06 (docs/sequences.md)."""
     import json
     history = json.loads(trained[1].read_text())["history"]
     losses = [h["loss"] for h in history]
-    assert losses[0] > losses[-1] and losses[-1] < 2.2   # ln 28 = 3.33 for a uniform guess
+    held_out = [h["val_loss"] for h in history]
+    assert len(losses) == 4 and losses[0] - losses[-1] > 0.5
+    assert held_out[-1] < min(held_out[0], 2.3)
 
 
 def mean_nll(m, text: str) -> float:

@@ -2,17 +2,18 @@
 examples/data/charlm.txt, a short story written for this project (about 4 KB of plain English,
 lower case):
 
-    charlm.npz   x int32 [W, T] with T = 16: windows of the text as character ids, one window
-                 starting every STRIDE characters, in the order of the text;
+    charlm.npz   x int32 [W, T] with T = 16: the text cut into windows of T characters, as
+                 character ids, in the order of the text;
                  y int32 [W, T]: the id of the character after each one (x shifted by one);
                  vocab <U1 [V]: the characters, id i is vocab[i] (sorted, so a newline is id 0
                  and a space id 1). `dlc sample` reads it to turn a prime into ids and ids back
                  into text.
 
 The text's single line breaks become spaces and each blank line one newline, so the vocabulary is
-the paragraph break, the space, ',', '.' and the letters used. The windows are kept in the order
-of the story, so the held-out fifth of `train(val_split = 0.2)` is its ending, which no training
-window overlaps.
+the paragraph break, the space, ',', '.' and the letters used. No two windows overlap: the
+held-out fifth of `train(val_split = 0.2)` (windows drawn at random) is text that no training
+window holds, apart from the one character after each window, which is its last target and the
+next window's first input.
 
 Run from anywhere: python examples/data/make_charlm.py
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 STEPS = 16   # characters a window holds (the .dln's T)
-STRIDE = 3   # characters between the starts of two windows
+STRIDE = 16  # characters between the starts of two windows: STEPS, so that none overlap
 
 
 def read_text(path=HERE / "charlm.txt") -> str:
