@@ -273,7 +273,7 @@ def cmd_sample(args) -> int:
     model.sampling_plan(args.output)  # a model that cannot be sampled is said before its weights are read
     model.load(args.load)
     text = model.sample(args.prime, length=args.length, temperature=args.temperature, seed=args.seed,
-                        vocab=args.vocab, output=args.output)
+                        vocab=Path(args.vocab) if args.vocab else None, output=args.output)
     print(args.prime + text)
     return 0
 
