@@ -538,3 +538,16 @@ def test_an_unknown_optimizer_setting_points_at_the_setting_and_weight_decay_nam
     assert r.stderr.startswith(f"{src}:{line}:{col}: error: optimizer adam has no setting 'weight_decay'"), r.stderr
     assert "; for an L2 penalty add `+ c * l2(w, ...)` to the loss" in r.stderr
     assert r.stderr.splitlines()[2] == " " * (4 + col - 1) + "^"
+
+
+def test_a_string_where_a_fraction_belongs_is_a_located_error():
+    """train(val_split = "") (found by test_fuzz) is refused at the setting, not with a TypeError
+    from comparing a string with 0."""
+    text = 'model m {\n    input x : f32[N, 2]\n    output x\n    train(val_split = "")\n}\n'
+    try:
+        dlc.compile(text, backend="interp")
+    except dlc.DlcError as e:
+        assert 'train: val_split must be in [0, 1), found the string ""' in e.message
+        assert e.loc is not None and e.loc.line == 4
+    else:
+        raise AssertionError("a string val_split compiled")
