@@ -1,0 +1,1192 @@
+"""ONNX import (`dlc import`): an ONNX model as readable `.dln` text plus its weights.
+
+`import_model(path)` reads a ModelProto with the `onnx` package, checks it (a file that does not
+parse or is cut short, an initializer whose data does not fill its shape, a graph with a cycle,
+what `onnx.checker` refuses: each a `DlcError` naming the file), and walks its nodes in order:
+
+- **Folding.** A node whose inputs are all known when importing (initializers, Constant nodes,
+  the results of other folded nodes) is evaluated there and then, with onnx's reference
+  evaluator, whatever its op: the shape arithmetic exporters write around a Reshape (Shape,
+  Gather, Unsqueeze, Concat, Cast, ...) never reaches the `.dln`. A shape that holds the batch
+  size is folded too: `Shape` of a tensor whose leading dimension is the batch gives the vector
+  `[N, 64]`, and the few ops that move such vectors about (`_SYMBOLIC`) keep the `N` in place, so
+  `Reshape(x, Concat(Gather(Shape(x), 0), [-1]))` becomes `reshape(x, [N, -1])`.
+- **Translation.** Every other node is one binding of the `.dln`, written by the node's entry in
+  `_OPS` (op type -> function), with a comment naming the ONNX node: `c1 = conv(x, 16, 3,
+  padding = 1)   # onnx: Conv "conv1"`. Where a node is a layer of the prelude (a convolution
+  with a bias, a Gemm or a MatMul with its bias, batch normalization, layer normalization, LRN)
+  the binding calls the prelude function, named after the layer (the initializer `conv1.weight`
+  names the binding `conv1`), and its weights are stored under the prelude's names (`conv1.w`,
+  `conv1.b`); otherwise each initializer is a `param` (or, for running statistics, a `buffer`)
+  named after the ONNX name, sanitised.
+- **Refusal.** A node that no entry translates is collected, not raised at once: the error lists
+  every unsupported op type with its count and its first node's name, and nothing is written.
+
+Types are tracked with the op registry's own shape rules (`infer_type`), so a binding's type is
+exactly what the front end will find. The text is checked by compiling it, in `api.import_onnx`.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from ..ir.errors import DlcError, file_error
+from ..ir.registry import OPS, REQUIRED, infer_type
+from ..ir.types import TensorType, fmt_shape
+
+OPSETS = (7, 21)     # the default-domain opsets read (as issue 21 asks; older ones changed Reshape, ...)
+BATCH = "N"          # the symbolic batch dimension of the imported model
+COMMENT_COLUMN = 44  # where the `# onnx: ...` comments of the bindings start
+KEYWORDS = {"model", "def", "input", "param", "buffer", "output", "minimize", "with", "freeze", "train",
+            "return", "true", "false"}
+
+
+def require_onnx():
+    """The onnx module, or a DlcError that says how to install it."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise DlcError(f"dlc import needs the onnx package, which is not installed ({e}): pip install 'dlc[onnx]'")
+    return onnx
+
+
+# -- reading and checking the file ------------------------------------------------------------------
+
+def read_model(path):
+    """The ModelProto in `path`, checked; a DlcError naming the file for anything wrong with it."""
+    onnx = require_onnx()
+    p = Path(path)
+    if not p.exists():
+        raise file_error(p, "no such file")
+    if p.is_dir():
+        raise file_error(p, "is a directory, expected an .onnx file")
+    try:
+        model = onnx.load_model(str(p))
+    except PermissionError:
+        raise file_error(p, "permission denied")
+    except Exception as e:  # protobuf's DecodeError and friends: not a module dlc may name
+        raise file_error(p, f"not a readable ONNX model: the file is cut short or is not an ONNX protobuf "
+                            f"({type(e).__name__}: {e})")
+    if not model.opset_import or not model.graph.output:
+        raise file_error(p, "not an ONNX model: it declares no opset or no graph outputs (a truncated or "
+                            "foreign file?)")
+    _check_initializers(onnx, model, p)
+    _sort_nodes(model, p)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx.checker.ValidationError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise file_error(p, f"not a valid ONNX model: {first}")
+    return model
+
+
+def _check_initializers(onnx, model, p) -> None:
+    """Every initializer holds as many values as its shape says."""
+    for t in model.graph.initializer:
+        want = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # loaded by onnx.load_model beside the file; numpy_helper checks it
+        if t.HasField("raw_data"):
+            try:
+                size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            except (KeyError, TypeError):
+                continue  # an element type dlc refuses later, where it is used
+            have, unit = len(t.raw_data) / size, "values"
+        else:
+            try:
+                field_name = onnx.helper.tensor_dtype_to_field(t.data_type)
+            except (KeyError, TypeError):
+                continue
+            have, unit = len(getattr(t, field_name)), "values"
+            if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                have /= 2
+        if have != want:
+            raise file_error(p, f"initializer '{t.name}' has shape {fmt_shape(tuple(t.dims))} ({want} values) "
+                                f"but holds {have:g} {unit}: the file is damaged")
+
+
+def _sort_nodes(model, p) -> None:
+    """Put the nodes in an order where each comes after what it reads, or refuse a cycle, naming it."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    g.add_edges_from((producer[x], i) for i, n in enumerate(nodes) for x in n.input if x in producer)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        names = [f'{nodes[a].op_type} "{nodes[a].name or nodes[a].output[0]}"' for a, _ in cycle]
+        raise file_error(p, "the graph has a cycle: " + " -> ".join(names + names[:1])
+                         + " (each reads the one before it; an ONNX graph must be acyclic)")
+    order = list(nx.lexicographical_topological_sort(g))
+    if order != list(range(len(nodes))):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[i] for i in order)
+
+
+# -- values while importing ---------------------------------------------------------------------------
+
+@dataclass
+class Tensor:
+    """A value computed at run time: a `.dln` name and its type."""
+    name: str
+    type: TensorType
+
+
+@dataclass
+class Imported:
+    """What `import_model` makes: the `.dln` text, the weights (params and buffers, by name), and
+    what the summary says."""
+    text: str
+    weights: dict
+    model: str
+    params: list
+    buffers: list
+    inputs: dict            # .dln input name -> ONNX input name
+    outputs: dict           # .dln output name -> ONNX output name
+    ops: Counter            # ONNX op types translated
+    folded: Counter         # ONNX op types folded at import time
+    prelude: Counter = field(default_factory=Counter)  # prelude functions used
+
+    @property
+    def param_count(self) -> int:
+        return sum(int(self.weights[p].size) for p in self.params)
+
+
+def _reads(graph) -> list[str]:
+    """The values the nodes of a subgraph (and of its subgraphs) read."""
+    out = []
+    for n in graph.node:
+        out += [x for x in n.input if x]
+        for att in n.attribute:
+            for sub in ([att.g] if att.HasField("g") else []) + list(att.graphs):
+                out += _reads(sub)
+    return out
+
+
+def fmt_number(v) -> str:
+    """A float as .dln writes it: the shortest text that reads back to the same float32."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    f = np.float32(v)
+    if not np.isfinite(f):
+        raise DlcError(f"the value {v} is not a finite number, which .dln cannot write")
+    text = str(f)
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text
+
+
+def _fmt_attr(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt_attr(x) for x in v) + "]"
+    if isinstance(v, str):
+        return v if v == BATCH else '"' + v + '"'
+    return fmt_number(v)
+
+
+def _attr_text(attrs: dict) -> str:
+    return "".join(f", {k} = {_fmt_attr(v)}" for k, v in attrs.items())
+
+
+_UNKNOWN = object()  # the value of an unsupported node's output: its readers are skipped, not refused
+
+
+class _Unsupported(Exception):
+    """A node no entry translates (collected into the list of unsupported ops)."""
+
+
+class _Importer:
+    def __init__(self, onnx, model, path, reserved=()):
+        self.onnx, self.model, self.path = onnx, model, Path(path)
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if self.opset is None or not OPSETS[0] <= self.opset <= OPSETS[1]:
+            raise file_error(self.path, f"uses opset {self.opset} of the default ONNX domain; dlc imports opsets "
+                                        f"{OPSETS[0]} to {OPSETS[1]} (onnx.version_converter can convert it)")
+        self.reserved = set(KEYWORDS) | set(reserved) | {BATCH}
+        self.used: set[str] = set()
+        self.values: dict = {}          # ONNX value name -> Tensor | np.ndarray (known when importing)
+        self.decls: list[str] = []      # param and buffer lines
+        self.lines: list[str] = []      # bindings
+        self.weights: dict = {}
+        self.params: list[str] = []
+        self.buffers: list[str] = []
+        self.as_param: dict = {}        # ONNX initializer name -> its param Tensor (made on first use)
+        self.ops, self.folded, self.prelude = Counter(), Counter(), Counter()
+        self.unsupported: dict = {}     # op type -> [count, first node name, why]
+        self.absorbed: set[int] = set()  # nodes taken into an earlier node's binding (a bias Add)
+        g = model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.consumers: dict = {}
+        for i, n in enumerate(g.node):
+            for x in n.input:
+                if x:
+                    self.consumers.setdefault(x, []).append(i)
+            for att in n.attribute:  # a branch of an If reads outer values too
+                for sub in ([att.g] if att.HasField("g") else []) + list(att.graphs):
+                    for x in _reads(sub):
+                        self.consumers.setdefault(x, []).append(-2)
+        for o in g.output:
+            self.consumers.setdefault(o.name, []).append(-1)
+
+    # -- names ----------------------------------------------------------------------------------
+    def fresh(self, hint: str, dotted: bool = False) -> str:
+        """A new .dln name from an ONNX name: letters, digits and _ (dots kept where `dotted`),
+        not a keyword or a function's name, not taken."""
+        h = re.sub(r"^onnx::", "", hint)
+        h = re.sub(r"_output_0", "", h)
+        if h.startswith("/"):  # PyTorch's scopes, "/features/features.2/Mul": the module and the op
+            parts = [x for x in h.split("/") if x]
+            h = "_".join(parts[-2:-1] + [parts[-1].lower()]) if parts else h
+        h = re.sub(r"[^A-Za-z0-9_.]+" if dotted else r"[^A-Za-z0-9_]+", "_", h)
+        h = re.sub(r"_+", "_", h).strip("_.")
+        if not h or h[0].isdigit():
+            h = "v" + h
+        if h in self.reserved:
+            h += "_"
+        name, i = h, 1
+        while name in self.used:
+            name, i = f"{h}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def layer_name(self, node, weight: str | None) -> str:
+        """A binding for a layer: the initializer's layer (`conv1.weight` -> `conv1`, `h1.w` -> `h1`),
+        else the node's output."""
+        if weight:
+            base = re.sub(r"[._](weight|w|kernel|gamma|scale)$", "", weight)
+            if base != weight and re.sub(r"[^A-Za-z0-9_]+", "_", base).strip("_") not in self.used:
+                return self.fresh(base)
+        return self.fresh(node.output[0] or node.name or node.op_type.lower())
+
+    # -- values ---------------------------------------------------------------------------------
+    def const(self, name: str):
+        v = self.values.get(name)
+        return v if isinstance(v, np.ndarray) else None
+
+    def only_use(self, name: str) -> bool:
+        """Whether the constant `name` is read by one node alone (so it can become that layer's
+        weight; a folded copy of a shared initializer, as PyTorch writes them, counts as its own)."""
+        return len(self.consumers.get(name, [])) == 1 and isinstance(self.values.get(name), np.ndarray)
+
+    def operand(self, name: str, node) -> tuple[str, TensorType]:
+        """(text, type) of an operand of a binding: a tensor's name, a scalar constant's number, or
+        a constant array's param (made from the initializer or the folded value)."""
+        v = self.values[name]
+        if isinstance(v, Tensor):
+            return v.name, v.type
+        if v.dtype == object:
+            raise _Unsupported(f"it reads the shape value '{name}' ({fmt_shape(tuple(v.tolist()))}) as data")
+        if v.size == 1 and v.ndim == 0 or (v.size == 1 and name not in self.inits):
+            if v.ndim:
+                return self.reshaped_number(v)
+            return fmt_number(v.astype(np.float64).item()), TensorType("f32", ())
+        t = self.param_of(name, v)
+        return t.name, t.type
+
+    def reshaped_number(self, v):
+        """A 1-element array of rank > 0 (a folded `[1]` or `[1, 1]`): the number, broadcast as such."""
+        return fmt_number(v.reshape(()).astype(np.float64).item()), TensorType("f32", ())
+
+    def param_of(self, name: str, v: np.ndarray) -> Tensor:
+        if name not in self.as_param:
+            pname = self.fresh(name)
+            self.as_param[name] = self.declare(pname, v, "param", comment=f"onnx: {name}" if pname != name else "")
+        return self.as_param[name]
+
+    def declare(self, name: str, v: np.ndarray, kind: str = "param", comment: str = "") -> Tensor:
+        a = np.asarray(v, dtype=np.float32)
+        t = TensorType("f32", tuple(int(d) for d in a.shape))
+        init = " = he" if kind == "param" and a.ndim >= 2 else ""
+        line = f"    {kind:<6} {name} : {t}{init}"
+        self.decls.append(f"{line:<{COMMENT_COLUMN + 4}}  # {comment}" if comment else line)
+        self.weights[name] = a
+        (self.params if kind == "param" else self.buffers).append(name)
+        return Tensor(name, t)
+
+    def store(self, name: str, v: np.ndarray, kind: str = "param") -> None:
+        """Weights of a prelude call (`conv1.w`), which the call itself declares."""
+        self.weights[name] = np.asarray(v, dtype=np.float32)
+        (self.params if kind == "param" else self.buffers).append(name)
+
+    # -- bindings -------------------------------------------------------------------------------
+    def bind(self, node, name: str, expr: str, t: TensorType, nodes=None) -> Tensor:
+        what = " + ".join(f'{n.op_type} "{n.name or n.output[0]}"' for n in (nodes or [node]))
+        self.lines.append(f"    {f'{name} = {expr}':<{COMMENT_COLUMN}}  # onnx: {what}")
+        return Tensor(name, t)
+
+    def call(self, node, op: str, operands: list, attrs: dict | None = None, name: str | None = None,
+             nodes=None) -> Tensor:
+        """`name = op(operands, attrs)`: a binding of one registry op, its type from the op's rule."""
+        attrs = dict(attrs or {})
+        t = self.infer(op, [o[1] for o in operands], attrs)
+        attrs = dict(attrs)
+        first = next(iter(OPS[op].attrs), None)
+        lead = []  # a required setting (reshape's shape, a pool's kernel) by position, as people write it
+        if first is not None and OPS[op].attrs[first] is REQUIRED and first in attrs:
+            lead = [_fmt_attr(attrs.pop(first))]
+        expr = f"{op}({', '.join([o[0] for o in operands] + lead)}{_attr_text(attrs)})"
+        return self.bind(node, name or self.fresh(node.output[0]), expr, t, nodes)
+
+    def infer(self, op: str, types: list, attrs: dict) -> TensorType:
+        return infer_type(op, list(types), OPS[op].complete_attrs(dict(attrs)))
+
+    def binary(self, node, op: str, sym: str, a, b, name=None, nodes=None) -> Tensor:
+        t = self.infer(op, [a[1], b[1]], {})
+        wrap = lambda s: s if re.fullmatch(r"-?[A-Za-z0-9_.]+(e[-+]?[0-9]+)?", s) else f"({s})"
+        return self.bind(node, name or self.fresh(node.output[0]), f"{wrap(a[0])} {sym} {wrap(b[0])}", t, nodes)
+
+    # -- the walk -------------------------------------------------------------------------------
+    def run(self) -> Imported:
+        g = self.model.graph
+        generic = ("", "main_graph", "torch_jit", "torch-jit-export", "graph")  # exporters' default names
+        model_name = self.fresh(self.path.stem if g.name in generic else g.name)
+        for t in g.initializer:
+            self.values[t.name] = self.array(t)
+        inputs, in_lines = {}, []
+        for vi in g.input:
+            if vi.name in self.inits:
+                continue  # an initializer listed as an input too (IR version < 4)
+            t = self.input_type(vi)
+            name = self.fresh(vi.name)
+            inputs[name] = vi.name
+            self.values[vi.name] = Tensor(name, t)
+            in_lines.append(f"    input  {name} : {t}" + (f"    # onnx: {vi.name}" if name != vi.name else ""))
+        # the graph's outputs name their bindings
+        self.out_names = {}
+        for o in g.output:
+            self.out_names[o.name] = self.fresh(o.name)
+        for i, node in enumerate(g.node):
+            if i in self.absorbed:
+                continue
+            self.node(i, node)
+        if self.unsupported:
+            items = sorted(self.unsupported.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            listed = "; ".join(f"{op} x{c} (first: \"{first}\"{': ' + why if why else ''})"
+                               for op, (c, first, why) in items)
+            total = sum(c for c, _, _ in self.unsupported.values())
+            raise file_error(self.path, f"cannot import: {total} node{'s' * (total != 1)} of "
+                                        f"{len(items)} op type{'s' * (len(items) != 1)} that dlc cannot "
+                                        f"express: {listed}; nothing was written")
+        outputs, out_lines = {}, []
+        for o in g.output:
+            v = self.values.get(o.name)
+            name = self.out_names[o.name]
+            if isinstance(v, np.ndarray):
+                raise file_error(self.path, f"output '{o.name}' is a constant (it does not depend on any input); "
+                                            "dlc models compute their outputs from their inputs")
+            if v.name != name:  # an input or a param as an output: a binding of its own
+                if name in self.weights or name in inputs:
+                    name = self.fresh(o.name + "_out")
+                self.lines.append(f"    {name} = {v.name} * 1.0    # onnx: graph output {o.name}")
+            outputs[name] = o.name
+            out_lines.append(name)
+        producer = " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)
+        head = [f"# Imported from {self.path.name} by `dlc import` (ONNX opset {self.opset}"
+                + (f", made by {producer}" if producer else "") + ").",
+                f"# Weights: {self.path.with_suffix('.npz').name} or as given (`dlc run ... --load`); "
+                f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
+                f"model {model_name} {{"]
+        body = in_lines + ([""] + self.decls if self.decls else []) + [""] + self.lines + [""]
+        body.append(f"    output {', '.join(out_lines)}")
+        text = "\n".join(head + body + ["}", ""])
+        return Imported(text, self.weights, model_name, self.params, self.buffers, inputs, outputs, self.ops,
+                        self.folded, self.prelude)
+
+    def array(self, t) -> np.ndarray:
+        try:
+            return self.onnx.numpy_helper.to_array(t)
+        except Exception as e:
+            raise file_error(self.path, f"initializer '{t.name}' cannot be read ({type(e).__name__}: {e})")
+
+    def input_type(self, vi) -> TensorType:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tt.elem_type != self.onnx.TensorProto.FLOAT:
+            kind = self.onnx.helper.tensor_dtype_to_string(tt.elem_type) if vi.type.HasField("tensor_type") else "not a tensor"
+            raise file_error(self.path, f"input '{vi.name}' is {kind}; dlc imports float32 inputs only")
+        if not tt.HasField("shape"):
+            raise file_error(self.path, f"input '{vi.name}' has no shape; dlc needs every size but the batch's")
+        dims = []
+        for k, d in enumerate(tt.shape.dim):
+            if k == 0 and (d.HasField("dim_param") or not d.HasField("dim_value") or d.dim_value == 1):
+                dims.append(BATCH)  # a symbolic leading dimension, or 1 (exported at batch 1): the batch
+            elif d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                raise file_error(self.path, f"input '{vi.name}': dimension {k} is "
+                                            f"{repr(d.dim_param) if d.dim_param else 'unknown'}; dlc needs a known "
+                                            "size for every dimension but the first (the batch)")
+        return TensorType("f32", tuple(dims))
+
+    def node(self, i: int, node) -> None:
+        ins = [self.values.get(x) if x else None for x in node.input]
+        domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+        op_type = f"{domain}.{node.op_type}" if domain else node.op_type
+        present = [v for v in ins if v is not None]
+        if any(v is _UNKNOWN for v in present):  # downstream of an unsupported node: listed if unsupported too
+            if op_type not in _OPS:
+                self.refuse(node, op_type, "")
+            for o in node.output:
+                self.values[o] = _UNKNOWN
+            return
+        if not domain and node.op_type == "If" and isinstance(ins[0], np.ndarray) and ins[0].dtype != object:
+            return self.inline_branch(node, bool(ins[0].reshape(-1)[0]))
+        try:
+            if not domain and all(isinstance(v, np.ndarray) for v in present) and node.op_type not in _NO_FOLD:
+                outs = self.fold(node, ins)
+                self.folded[op_type] += 1
+            else:
+                rule = _OPS.get(op_type)
+                if rule is None:
+                    raise _Unsupported("")
+                outs = rule(self, i, node, ins, self.attributes(node))
+                (self.folded if rule is _shape else self.ops)[op_type] += 1
+        except _Unsupported as e:
+            self.refuse(node, op_type, str(e))
+            for o in node.output:
+                self.values[o] = _UNKNOWN
+            return
+        except DlcError as e:
+            raise file_error(self.path, f'node {node.op_type} "{node.name or node.output[0]}": {e.message}')
+        for name, v in zip(node.output, outs):
+            if name and v is not None:
+                self.values[name] = v
+
+    def inline_branch(self, node, cond: bool) -> None:
+        """An If whose condition is known when importing (exporters test shapes so): the branch taken,
+        its nodes imported in place, its outputs the If's."""
+        branch = self.attributes(node)["then_branch" if cond else "else_branch"]
+        self.folded["If"] += 1
+        for sub in branch.node:
+            self.node(-1, sub)
+        for o, b in zip(node.output, branch.output):
+            if o:
+                self.values[o] = self.values.get(b.name, _UNKNOWN)
+
+    def refuse(self, node, op_type: str, why: str) -> None:
+        entry = self.unsupported.setdefault(op_type, [0, node.name or node.output[0], why])
+        entry[0] += 1
+
+    def attributes(self, node) -> dict:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def result_name(self, node, k: int = 0) -> str:
+        """The binding of output k: the graph output's name where it is one, else a fresh name."""
+        o = node.output[k]
+        return self.out_names.get(o) or self.fresh(o or node.name or node.op_type.lower())
+
+    # -- folding --------------------------------------------------------------------------------
+    def fold(self, node, ins) -> list:
+        if any(v is not None and v.dtype == object for v in ins):
+            rule = _SYMBOLIC.get(node.op_type)
+            if rule is None:
+                raise _Unsupported(f"it computes with the batch size {BATCH} at run time")
+            return rule(self, node, ins, self.attributes(node))
+        from onnx.reference import ReferenceEvaluator
+        h = self.onnx.helper
+        names = [x for x in node.input if x]
+        graph = h.make_graph([node], "fold",
+                             [h.make_tensor_value_info(x, h.np_dtype_to_tensor_dtype(self.values[x].dtype), None)
+                              for x in names],
+                             [h.make_empty_tensor_value_info(o) for o in node.output if o])
+        opsets = [h.make_opsetid(o.domain, o.version) for o in self.model.opset_import]
+        try:
+            ref = ReferenceEvaluator(h.make_model(graph, opset_imports=opsets))
+            outs = ref.run(None, {x: self.values[x] for x in names})
+        except Exception as e:
+            raise DlcError(f"could not be evaluated at import time ({type(e).__name__}: {e})")
+        res = iter(np.asarray(v) for v in outs)
+        return [next(res) if o else None for o in node.output]
+
+
+# -- folding shape vectors that hold the batch size --------------------------------------------------
+# A "shape value" is an int64 array of dtype object whose entries are integers or the symbol N.
+
+def _sym(v) -> np.ndarray:
+    """A shape value: int64 where every entry is known, else an object array holding the symbol."""
+    a = np.asarray(v, dtype=object)
+    return a if any(isinstance(d, str) for d in a.reshape(-1)) else a.astype(np.int64)
+
+
+def _ints(v) -> list[int]:
+    if v is None:
+        return None
+    if v.dtype == object:
+        raise _Unsupported("its axes or indices depend on the batch size")
+    return [int(x) for x in np.asarray(v).reshape(-1)]
+
+
+def _axes_of(node_ins, attrs, k=1):
+    """Axes given as an attribute (older opsets) or as input k."""
+    if "axes" in attrs:
+        return list(attrs["axes"])
+    return _ints(node_ins[k]) if len(node_ins) > k and node_ins[k] is not None else None
+
+
+def _sym_gather(imp, node, ins, a):
+    data, idx = ins
+    return [_sym(np.take(data, np.asarray(idx, dtype=np.int64), axis=a.get("axis", 0)))]
+
+
+def _sym_concat(imp, node, ins, a):
+    return [_sym(np.concatenate([_sym(v) for v in ins], axis=a.get("axis", 0)))]
+
+
+def _sym_unsqueeze(imp, node, ins, a):
+    v = ins[0]
+    axes = sorted(x % (v.ndim + len(_axes_of(ins, a))) for x in _axes_of(ins, a))
+    for ax in axes:
+        v = np.expand_dims(v, ax)
+    return [_sym(v)]
+
+
+def _sym_squeeze(imp, node, ins, a):
+    axes = _axes_of(ins, a)
+    v = ins[0]
+    return [_sym(np.squeeze(v, axis=tuple(axes)) if axes is not None else np.squeeze(v))]
+
+
+def _sym_slice(imp, node, ins, a):
+    v = ins[0]
+    if "starts" in a:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = _ints(ins[1]), _ints(ins[2])
+        axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+        steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    idx = [slice(None)] * v.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        idx[ax] = slice(s, e, st)
+    return [_sym(v[tuple(idx)])]
+
+
+def _sym_shape(imp, node, ins, a):
+    return _shape_of(ins[0].shape, a)
+
+
+def _shape_of(shape, a) -> list:
+    dims = list(shape)[a.get("start", 0): a.get("end", None)]
+    if all(isinstance(d, int) for d in dims):
+        return [np.asarray(dims, dtype=np.int64)]
+    return [_sym(dims)]
+
+
+def _sym_reshape(imp, node, ins, a):
+    return [_sym(np.reshape(ins[0], [int(x) for x in _ints(ins[1])]))]
+
+
+def _sym_identity(imp, node, ins, a):
+    return [ins[0]]
+
+
+_SYMBOLIC = {"Gather": _sym_gather, "Concat": _sym_concat, "Unsqueeze": _sym_unsqueeze, "Squeeze": _sym_squeeze,
+             "Slice": _sym_slice, "Cast": _sym_identity, "Identity": _sym_identity, "Reshape": _sym_reshape,
+             "Shape": _sym_shape}
+_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+# -- the ops --------------------------------------------------------------------------------------
+# Each entry: (importer, node index, node, input values, attributes) -> output values.
+
+def _tensor(imp, v, what="its input"):
+    if not isinstance(v, Tensor):
+        raise _Unsupported(f"{what} is a constant where dlc needs a computed tensor")
+    return v.name, v.type
+
+
+def _unary(op, **fixed):
+    def rule(imp, i, node, ins, a):
+        x = _tensor(imp, ins[0])
+        attrs = {k: (f(a) if callable(f) else f) for k, f in fixed.items()}
+        attrs = {k: v for k, v in attrs.items() if v != OPS[op].attrs.get(k)}
+        return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]
+    return rule
+
+
+def _binary(op, sym):
+    def rule(imp, i, node, ins, a):
+        x, y = (imp.operand(n, node) for n in node.input[:2])
+        if sym:
+            return [imp.binary(node, op, sym, x, y, name=imp.result_name(node))]
+        return [imp.call(node, op, [x, y], name=imp.result_name(node))]
+    return rule
+
+
+def _variadic(op, sym):
+    """Sum, Max, Min of several operands: one binding, the operands folded pairwise."""
+    def rule(imp, i, node, ins, a):
+        xs = [imp.operand(n, node) for n in node.input if n]
+        acc = xs[0]
+        if len(xs) == 1:
+            return [imp.bind(node, imp.result_name(node), f"{acc[0]} * 1.0", acc[1])]
+        for x in xs[1:]:
+            t = imp.infer(op, [acc[1], x[1]], {})
+            acc = (f"{acc[0]} {sym} {x[0]}" if sym else f"{op}({acc[0]}, {x[0]})"), t
+        return [imp.bind(node, imp.result_name(node), acc[0], acc[1])]
+    return rule
+
+
+def _conv_pads(imp, a, x: TensorType, k, s, d):
+    """(top, left, bottom, right) padding from `pads` or `auto_pad`."""
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        p = list(a.get("pads", [0, 0, 0, 0]))
+        return p[0], p[1], p[2], p[3]
+    if auto == "VALID":
+        return 0, 0, 0, 0
+    lo, hi = [], []
+    for ax in range(2):
+        n = x.shape[2 + ax]
+        if isinstance(n, str):
+            raise DlcError(f"auto_pad {auto} needs a known spatial size, found {x}")
+        out = -(-n // s[ax])
+        total = max((out - 1) * s[ax] + (k[ax] - 1) * d[ax] + 1 - n, 0)
+        small = total // 2
+        lo.append(small if auto == "SAME_UPPER" else total - small)
+        hi.append(total - lo[-1])
+    return lo[0], lo[1], hi[0], hi[1]
+
+
+def _pad_axes(imp, node, x, sides, value: float = 0.0, name: str | None = None):
+    """x with `value` added before and after some axes (`sides`: (axis, before, after) each), as
+    constants concatenated along each axis in turn: one binding per padded axis, the last one named
+    `name` where given."""
+    todo = [(ax, lo, hi) for ax, lo, hi in sides if lo or hi]
+    fill = "" if not value else f" + {fmt_number(value)}"
+    for k, (axis, lo, hi) in enumerate(todo):
+        parts, types = [], []
+        for extra, after in ((lo, False), (hi, True)):
+            if after:
+                parts.append(x[0])
+                types.append(x[1])
+            if extra:
+                shape = list(x[1].shape)
+                shape[axis] = extra
+                parts.append(f"zeros({_fmt_attr(shape)}){fill}")
+                types.append(TensorType("f32", tuple(shape)))
+        t = imp.infer("concat", types, {"axis": axis})
+        last = k == len(todo) - 1 and name
+        x = imp.bind(node, name if last else imp.fresh(f"{x[0]}_pad"),
+                     f"concat({', '.join(parts)}, axis = {axis})", t)
+        x = (x.name, x.type)
+    return Tensor(*x)
+
+
+def _pad_input(imp, node, x, pads):
+    """Asymmetric padding as zeros concatenated on the heavier sides; returns the padded operand
+    and the symmetric padding left for the convolution."""
+    top, left, bottom, right = pads
+    sym_h, sym_w = min(top, bottom), min(left, right)
+    x = _pad_axes(imp, node, x, [(2, top - sym_h, bottom - sym_h), (3, left - sym_w, right - sym_w)])
+    return (x.name, x.type), (sym_h, sym_w)
+
+
+def _pad(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise _Unsupported(f"mode {mode} (dlc pads with a constant)")
+    if imp.opset < 11:
+        pads, value, axes = list(a["pads"]), float(a.get("value", 0.0)), None
+    else:
+        pads = _ints(ins[1])
+        value = float(ins[2].reshape(-1)[0]) if len(ins) > 2 and isinstance(ins[2], np.ndarray) else 0.0
+        axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+        if len(ins) > 2 and isinstance(ins[2], Tensor):
+            raise _Unsupported("its padding value is computed at run time")
+    r = x[1].rank
+    axes = [ax % r for ax in axes] if axes else list(range(r))
+    half = len(pads) // 2
+    sides = [(ax, pads[k], pads[k + half]) for k, ax in enumerate(axes)]
+    if any(lo < 0 or hi < 0 for _, lo, hi in sides):
+        raise _Unsupported("negative pads (a crop)")
+    if any((lo or hi) and isinstance(x[1].shape[ax], str) for ax, lo, hi in sides):
+        raise _Unsupported("padding along the batch axis")
+    if not any(lo or hi for _, lo, hi in sides):
+        return _identity(imp, i, node, ins, a)
+    return [_pad_axes(imp, node, x, sides, value, name=imp.result_name(node))]
+
+
+def _geom(v):
+    """An attribute pair written as one number when both agree."""
+    return v[0] if v[0] == v[1] else list(v)
+
+
+def _bias_add(imp, i, out: str, channels_shape: tuple):
+    """The node that adds a constant bias to `out` right after it, when it is `out`'s only reader
+    and its constant fits `channels_shape`: (node index, bias array), else None."""
+    users = imp.consumers.get(out, [])
+    if len(users) != 1 or users[0] < 0:
+        return None
+    j = users[0]
+    nxt = imp.model.graph.node[j]
+    if nxt.op_type != "Add" or len(nxt.input) != 2:
+        return None
+    other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+    b = imp.const(other)
+    if b is None or not imp.only_use(other) or b.dtype == object or b.size != int(np.prod(channels_shape)):
+        return None
+    if tuple(d for d in b.shape if d != 1) != tuple(d for d in channels_shape if d != 1) or b.ndim > len(channels_shape) + 1:
+        return None
+    return j, b, other
+
+
+def _conv(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    w = imp.const(node.input[1])
+    if x[1].rank != 4:
+        raise _Unsupported(f"a {x[1].rank - 2}-D convolution (dlc has conv2d)")
+    k = list(a.get("kernel_shape") or (w.shape[2:] if w is not None else ins[1].type.shape[2:]))
+    s = list(a.get("strides", [1, 1]))
+    d = list(a.get("dilations", [1, 1]))
+    g = int(a.get("group", 1))
+    x, pad = _pad_input(imp, node, x, _conv_pads(imp, a, x[1], k, s, d))
+    bias = imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if len(node.input) > 2 and node.input[2] and bias is None:
+        raise _Unsupported("its bias is computed at run time")
+    nodes, bias_name = [node], (node.input[2] if bias is not None else None)
+    if bias is None and w is not None:
+        found = _bias_add(imp, i, node.output[0], (w.shape[0], 1, 1))
+        if found:
+            j, bias, bias_name = found
+            imp.absorbed.add(j)
+            nodes.append(imp.model.graph.node[j])
+    out_onnx = nodes[-1].output[0]
+    attrs = {"stride": _geom(s), "padding": _geom(pad), "dilation": _geom(d), "groups": g}
+    wname = node.input[1]
+    prelude = (w is not None and imp.only_use(wname) and bias is not None and imp.only_use(bias_name)
+               and k[0] == k[1] and d == [1, 1])
+    if prelude:
+        name = imp.out_names.get(out_onnx) or imp.layer_name(node, wname)
+        o = w.shape[0]
+        t = imp.infer("add", [imp.infer("conv2d", [x[1], TensorType("f32", tuple(w.shape))], attrs),
+                              TensorType("f32", (o, 1, 1))], {})
+        shown = {kk: v for kk, v in attrs.items() if kk != "dilation" and v != OPS["conv2d"].attrs[kk]}
+        shown = {{"groups": "groups", "stride": "stride", "padding": "padding"}[kk]: v for kk, v in shown.items()}
+        imp.store(f"{name}.w", w)
+        imp.store(f"{name}.b", bias.reshape(o, 1, 1))
+        imp.prelude["conv"] += 1
+        out = imp.bind(node, name, f"conv({x[0]}, {o}, {k[0]}{_attr_text(shown)})", t, nodes)
+    else:
+        wt = imp.operand(wname, node)
+        attrs = {kk: v for kk, v in attrs.items() if v != OPS["conv2d"].attrs[kk]}
+        name = imp.out_names.get(out_onnx) or imp.fresh(out_onnx)
+        t = imp.infer("conv2d", [x[1], wt[1]], attrs)
+        expr = f"conv2d({x[0]}, {wt[0]}{_attr_text(attrs)})"
+        if bias is not None:
+            o = t.shape[1]
+            b = imp.param_of(bias_name, bias.reshape(o, 1, 1))
+            t = imp.infer("add", [t, b.type], {})
+            expr += f" + {b.name}"
+        out = imp.bind(node, name, expr, t, nodes)
+    if len(nodes) > 1:
+        imp.values[out_onnx] = out
+        imp.ops["Add"] += 1
+    return [out]
+
+
+def _gemm(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    ta, tb = bool(a.get("transA", 0)), bool(a.get("transB", 0))
+    w = imp.const(node.input[1])
+    c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    c = imp.const(c_name) if c_name else None
+    if (w is not None and imp.only_use(node.input[1]) and not ta and alpha == 1.0 and beta == 1.0 and c is not None
+            and imp.only_use(c_name) and c.size == (w.shape[0] if tb else w.shape[1])):
+        return [_linear(imp, node, x, w.T if tb else w, c.reshape(-1), node.input[1], [node])]
+    wt = imp.operand(node.input[1], node)
+    attrs = {k: v for k, v in (("ta", ta), ("tb", tb)) if v}
+    t = imp.infer("matmul", [x[1], wt[1]], attrs)
+    expr = f"matmul({x[0]}, {wt[0]}{_attr_text(attrs)})"
+    if alpha != 1.0:
+        expr = f"{fmt_number(alpha)} * {expr}"
+    if c_name:
+        cv = imp.operand(c_name, node)
+        t = imp.infer("add", [t, cv[1]], {})
+        expr += f" + {cv[0]}" if beta == 1.0 else f" + {fmt_number(beta)} * {cv[0]}"
+    return [imp.bind(node, imp.result_name(node), expr, t)]
+
+
+def _linear(imp, node, x, w, b, wname, nodes) -> Tensor:
+    out_onnx = nodes[-1].output[0]
+    name = imp.out_names.get(out_onnx) or imp.layer_name(node, wname)
+    imp.store(f"{name}.w", w)
+    imp.store(f"{name}.b", b)
+    imp.prelude["linear"] += 1
+    t = imp.infer("add", [imp.infer("matmul", [x[1], TensorType("f32", tuple(w.shape))], {}),
+                          TensorType("f32", tuple(b.shape))], {})
+    return imp.bind(node, name, f"linear({x[0]}, {w.shape[1]})", t, nodes)
+
+
+def _matmul(imp, i, node, ins, a):
+    x = imp.operand(node.input[0], node)
+    w = imp.const(node.input[1])
+    if isinstance(ins[0], Tensor) and x[1].rank == 2 and w is not None and w.ndim == 2 and imp.only_use(node.input[1]):
+        found = _bias_add(imp, i, node.output[0], (w.shape[1],))
+        base = re.sub(r"[._](weight|w)$", "", node.input[1])
+        if found and base != node.input[1] and re.sub(r"[._](bias|b)$", "", found[2]) == base:
+            j, b, _ = found
+            imp.absorbed.add(j)
+            out = _linear(imp, node, x, w, b.reshape(-1), node.input[1], [node, imp.model.graph.node[j]])
+            imp.values[imp.model.graph.node[j].output[0]] = out
+            imp.ops["Add"] += 1
+            return [out]
+    y = imp.operand(node.input[1], node)
+    if x[1].rank < 2 or y[1].rank < 2:
+        raise _Unsupported("a product with a vector operand (dlc's matmul takes matrices)")
+    return [imp.binary(node, "matmul", "@", x, y, name=imp.result_name(node))]
+
+
+def _pool(op):
+    def rule(imp, i, node, ins, a):
+        x = _tensor(imp, ins[0])
+        if len([o for o in node.output if o]) > 1 and imp.consumers.get(node.output[1]):
+            raise _Unsupported("its Indices output is used")
+        k = list(a["kernel_shape"])
+        s = list(a.get("strides", [1] * len(k)))
+        d = list(a.get("dilations", [1] * len(k)))
+        if any(v != 1 for v in d):
+            raise DlcError(f"unsupported attribute dilations = {d}: dlc's pools have no dilation")
+        if x[1].rank == 5:
+            return _pool3d(imp, node, x, k, s, a, op)
+        if x[1].rank != 4:
+            raise _Unsupported(f"a {x[1].rank - 2}-D pool (dlc pools 2-D)")
+        p = _conv_pads(imp, a, x[1], k, s, d)
+        attrs = {"kernel": _geom(k), "stride": _geom(s)}
+        if any(p):
+            attrs["padding"] = p[0] if len(set(p)) == 1 else ([p[0], p[1]] if p[:2] == p[2:] else list(p))
+        if a.get("ceil_mode", 0):
+            attrs["ceil_mode"] = True
+        if op == "avgpool2d" and not a.get("count_include_pad", 0):
+            attrs["count_include_pad"] = False  # ONNX's default is 0, dlc's (PyTorch's) true
+        if attrs["stride"] == attrs["kernel"]:
+            del attrs["stride"]
+        return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]
+    return rule
+
+
+def _pool3d(imp, node, x, k, s, a, op):
+    """A 3-D pool that pools along the first spatial axis only (kernel and stride 1 on the last two,
+    no padding there: PyTorch's LocalResponseNorm exports so) as a 2-D pool of [N, C, D, H*W]."""
+    pads = list(a.get("pads", [0] * 6))
+    auto = a.get("auto_pad", b"NOTSET")
+    if k[1:] != [1, 1] or s[1:] != [1, 1] or pads[1:3] + pads[4:] != [0, 0, 0, 0] or auto not in (b"NOTSET", "NOTSET"):
+        raise _Unsupported("a 3-D pool over more than its first spatial axis (dlc pools 2-D)")
+    n, c, dd, h, w = x[1].shape
+    flat = imp.call(node, "reshape", [x], {"shape": [n, c, dd, h * w]}, name=imp.fresh(f"{x[0]}_2d"))
+    attrs = {"kernel": [k[0], 1], "stride": [s[0], 1]}
+    if pads[0] or pads[3]:
+        attrs["padding"] = [pads[0], 0, pads[3], 0]
+    if a.get("ceil_mode", 0):
+        attrs["ceil_mode"] = True
+    if op == "avgpool2d" and not a.get("count_include_pad", 0):
+        attrs["count_include_pad"] = False
+    pooled = imp.call(node, op, [(flat.name, flat.type)], attrs, name=imp.fresh(f"{node.output[0]}_2d"))
+    return [imp.call(node, "reshape", [(pooled.name, pooled.type)],
+                     {"shape": [n, c, pooled.type.shape[2], h, w]}, name=imp.result_name(node))]
+
+
+def _squeeze_unsqueeze(imp, i, node, ins, a):
+    """Unsqueeze and Squeeze of a tensor: a reshape."""
+    x = _tensor(imp, ins[0])
+    shape = list(x[1].shape)
+    axes = _axes_of(ins, a)
+    if node.op_type == "Unsqueeze":
+        r = len(shape) + len(axes)
+        for ax in sorted(v % r for v in axes):
+            shape.insert(ax, 1)
+    else:
+        drop = {v % len(shape) for v in axes} if axes else {k for k, d in enumerate(shape) if d == 1}
+        shape = [d for k, d in enumerate(shape) if k not in drop]
+    return [_reshaped(imp, node, x, shape)]
+
+
+def _global_pool(op):
+    def rule(imp, i, node, ins, a):
+        x = _tensor(imp, ins[0])
+        if x[1].rank != 4:
+            raise _Unsupported("a global pool of a tensor that is not [N, C, H, W]")
+        if op == "mean":
+            return [imp.call(node, "mean", [x], {"axis": [2, 3], "keepdims": True}, name=imp.result_name(node))]
+        return [imp.call(node, "maxpool2d", [x], {"kernel": list(x[1].shape[2:])}, name=imp.result_name(node))]
+    return rule
+
+
+def _batch_norm(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    if a.get("training_mode", 0) or any(o and imp.consumers.get(o) for o in node.output[1:]):
+        raise _Unsupported("it is in training mode (its running statistics are outputs)")
+    if a.get("spatial", 1) != 1:
+        raise DlcError("unsupported attribute spatial = 0 (per-element statistics): dlc normalizes per channel")
+    eps = float(a.get("epsilon", 1e-5))
+    momentum = 1.0 - float(str(np.float32(a.get("momentum", 0.9))))  # 1 - 0.8 is 0.2, not 1 - float32(0.8)
+    names = list(node.input[1:5])
+    stats = [imp.const(n) for n in names]
+    attrs = {}
+    if abs(momentum - 0.1) > 1e-7:
+        attrs["momentum"] = momentum
+    if abs(eps - 1e-5) > 1e-12:
+        attrs["eps"] = eps
+    c = x[1].shape[1] if x[1].rank >= 2 else None
+    fn = {4: "batchnorm2d", 2: "batchnorm1d"}.get(x[1].rank)
+    if fn and all(s is not None and imp.only_use(n) for s, n in zip(stats, names)):
+        name = imp.result_name(node) if node.output[0] in imp.out_names else imp.layer_name(node, names[0])
+        for key, v, kind in zip(("gamma", "beta", "mean", "var"), stats, ("param", "param", "buffer", "buffer")):
+            imp.store(f"{name}.{key}", v.reshape(c), kind)
+        imp.prelude[fn] += 1
+        return [imp.bind(node, name, f"{fn}({x[0]}{_attr_text(attrs)})", x[1])]
+    ops = [imp.operand(n, node) for n in names[:2]]
+    for n, s in zip(names[2:], stats[2:]):
+        if s is None:
+            raise _Unsupported("its running statistics are computed at run time")
+        if n not in imp.as_param:
+            imp.as_param[n] = imp.declare(imp.fresh(n), s.reshape(c), "buffer", comment=f"onnx: {n}")
+        ops.append((imp.as_param[n].name, imp.as_param[n].type))
+    return [imp.call(node, "batch_norm", [x] + ops, attrs, name=imp.result_name(node))]
+
+
+def _layer_norm(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    if any(o and imp.consumers.get(o) for o in node.output[1:]):
+        raise _Unsupported("its Mean or InvStdDev output is used")
+    axis = int(a.get("axis", -1)) % x[1].rank
+    eps = float(a.get("epsilon", 1e-5))
+    shape = x[1].shape[axis:]
+    scale = imp.const(node.input[1])
+    bias = imp.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(shape, np.float32)
+    attrs = {"eps": eps} if abs(eps - 1e-5) > 1e-12 else {}
+    bname = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if (x[1].rank == 2 and axis == 1 and scale is not None and imp.only_use(node.input[1])
+            and (bname is None or imp.only_use(bname))):
+        name = imp.result_name(node) if node.output[0] in imp.out_names else imp.layer_name(node, node.input[1])
+        imp.store(f"{name}.gamma", np.broadcast_to(scale, shape))
+        imp.store(f"{name}.beta", np.broadcast_to(bias, shape))
+        imp.prelude["layernorm"] += 1
+        return [imp.bind(node, name, f"layernorm({x[0]}{_attr_text(attrs)})", x[1])]
+    g = imp.operand(node.input[1], node)
+    b = imp.operand(bname, node) if bname else (imp.declare(imp.fresh(f"{node.output[0]}_beta"), bias).name,
+                                               TensorType("f32", tuple(shape)))
+    attrs = dict(attrs, axis=axis) if axis != x[1].rank - 1 else attrs
+    return [imp.call(node, "layer_norm", [x, g, b], attrs, name=imp.result_name(node))]
+
+
+def _lrn(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    size = int(a["size"])
+    if size % 2 == 0:
+        raise DlcError(f"unsupported attribute size = {size}: dlc's lrn takes an odd size")
+    attrs = {"size": size, "alpha": float(a.get("alpha", 1e-4)), "beta": float(a.get("beta", 0.75)),
+             "k": float(a.get("bias", 1.0))}
+    imp.prelude["lrn"] += 1
+    return [imp.bind(node, imp.result_name(node), f"lrn({x[0]}{_attr_text(attrs)})", x[1])]
+
+
+def _softmax(op):
+    def rule(imp, i, node, ins, a):
+        x = _tensor(imp, ins[0])
+        r = x[1].rank
+        axis = int(a.get("axis", -1 if imp.opset >= 13 else 1)) % r
+        if imp.opset >= 13 or axis == r - 1:
+            attrs = {"axis": axis - r} if axis != r - 1 else {}
+            return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]
+        # before opset 13: the input is flattened to [prod(:axis), prod(axis:)] around the softmax
+        rest = x[1].shape[axis:]
+        if any(isinstance(d, str) for d in rest):
+            raise _Unsupported("a softmax over the batch axis")
+        flat = imp.call(node, "reshape", [x], {"shape": list(x[1].shape[:axis]) + [int(np.prod(rest))]},
+                        name=imp.fresh(f"{node.output[0]}_flat"))
+        sm = imp.call(node, op, [(flat.name, flat.type)], {}, name=imp.fresh(f"{node.output[0]}_rows"))
+        return [imp.call(node, "reshape", [(sm.name, sm.type)], {"shape": list(x[1].shape)},
+                         name=imp.result_name(node))]
+    return rule
+
+
+def _flatten(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    axis = int(a.get("axis", 1)) % (x[1].rank + 1) if x[1].rank else 0
+    head, tail = x[1].shape[:axis], x[1].shape[axis:]
+    if any(isinstance(d, str) for d in tail) or sum(isinstance(d, str) for d in head) > 1 or (
+            any(isinstance(d, str) for d in head) and len(head) > 1):
+        raise _Unsupported(f"a flatten at axis {axis} of {x[1]} multiplies the batch size")
+    first = head[0] if len(head) == 1 else int(np.prod(head)) if head else 1
+    return [imp.call(node, "reshape", [x], {"shape": [first, int(np.prod(tail)) if tail else 1]},
+                     name=imp.result_name(node))]
+
+
+def _reshape(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    shape = ins[1] if len(ins) > 1 else _sym(a["shape"])
+    if isinstance(shape, Tensor):
+        raise _Unsupported("its shape is computed from data at run time")
+    have = x[1].shape
+    spec = []
+    for k, d in enumerate(shape.reshape(-1).tolist()):
+        if d == 0 and not a.get("allowzero", 0):
+            spec.append(have[k])
+        else:
+            spec.append(d if isinstance(d, str) else int(d))
+    if BATCH in have and BATCH not in spec and -1 not in spec and spec and spec[0] == 1:
+        spec[0] = BATCH  # a model exported at batch 1 wrote the batch as 1
+    return [_reshaped(imp, node, x, spec)]
+
+
+def _reshaped(imp, node, x, shape) -> Tensor:
+    """x reshaped: a binding, unless the shape is x's own (then x itself, as exporters' no-op
+    reshapes are)."""
+    t = imp.infer("reshape", [x[1]], {"shape": list(shape)})
+    if t == x[1] and node.output[0] not in imp.out_names:
+        return Tensor(*x)
+    return imp.call(node, "reshape", [x], {"shape": list(shape)}, name=imp.result_name(node))
+
+
+def _transpose(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    perm = list(a.get("perm", reversed(range(x[1].rank))))
+    return [imp.call(node, "transpose", [x], {"perm": perm}, name=imp.result_name(node))]
+
+
+def _concat(imp, i, node, ins, a):
+    xs = [imp.operand(n, node) for n in node.input if n]
+    rank = max(t.rank for _, t in xs)
+    return [imp.call(node, "concat", xs, {"axis": int(a["axis"]) % rank}, name=imp.result_name(node))]
+
+
+def _identity(imp, i, node, ins, a):
+    if len(node.output) > 1 and node.output[1] and imp.consumers.get(node.output[1]):
+        raise _Unsupported("its mask output is used")
+    v = ins[0]
+    if isinstance(v, Tensor) and node.output[0] not in imp.out_names:
+        return [v]  # the identity in evaluation: no binding of its own (Dropout, Identity)
+    x = imp.operand(node.input[0], node)
+    return [imp.bind(node, imp.result_name(node), f"{x[0]} * 1.0", x[1])]
+
+
+def _clip(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    if imp.opset < 11:
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        bounds = []
+        for k in (1, 2):
+            n = node.input[k] if len(node.input) > k and node.input[k] else None
+            v = imp.const(n) if n else None
+            if n and v is None:
+                raise _Unsupported("its bounds are computed at run time")
+            bounds.append(None if v is None else float(v))
+        lo, hi = bounds
+    expr, t = x[0], x[1]
+    if hi is not None and np.isfinite(hi):
+        expr = f"min({expr}, {fmt_number(hi)})"
+    if lo is not None and np.isfinite(lo):
+        expr = f"max({expr}, {fmt_number(lo)})"
+    return [imp.bind(node, imp.result_name(node), expr if expr != x[0] else f"{x[0]} * 1.0", t)]
+
+
+def _where(imp, i, node, ins, a):
+    ops = [imp.operand(n, node) for n in node.input]
+    return [imp.call(node, "where", ops, name=imp.result_name(node))]
+
+
+def _cast(imp, i, node, ins, a):
+    if a.get("to") not in (imp.onnx.TensorProto.FLOAT, imp.onnx.TensorProto.BOOL):
+        raise _Unsupported(f"a cast to {imp.onnx.helper.tensor_dtype_to_string(a.get('to'))} (dlc computes in float32)")
+    return _identity(imp, i, node, ins, a)  # comparisons give 1.0 and 0.0 already
+
+
+def _not(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    return [imp.bind(node, imp.result_name(node), f"{x[0]} == 0", x[1])]
+
+
+def _gelu(imp, i, node, ins, a):
+    approx = a.get("approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    return _unary("gelu", approximate=approx)(imp, i, node, ins, a)
+
+
+def _reciprocal(imp, i, node, ins, a):
+    x = _tensor(imp, ins[0])
+    return [imp.binary(node, "div", "/", ("1.0", TensorType("f32", ())), x, name=imp.result_name(node))]
+
+
+def _constant_of_shape(imp, i, node, ins, a):
+    shape = ins[0]
+    value = imp.onnx.numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else 0.0
+    dims = shape.reshape(-1).tolist()
+    z = imp.call(node, "zeros", [], {"shape": dims}, name=imp.result_name(node) if not value else None)
+    if not value:
+        return [z]
+    return [imp.binary(node, "add", "+", (z.name, z.type), (fmt_number(float(value)), TensorType("f32", ())),
+                       name=imp.result_name(node))]
+
+
+def _shape(imp, i, node, ins, a):
+    return _shape_of(ins[0].type.shape, a)
+
+
+def _reduce(op):
+    def rule(imp, i, node, ins, a):
+        x = _tensor(imp, ins[0])
+        axes = _axes_of([ins[0]] + ins[1:], a)
+        keep = bool(a.get("keepdims", 1))
+        if axes is None or axes == []:
+            if a.get("noop_with_empty_axes", 0):
+                return _identity(imp, i, node, ins, a)
+            axes = None
+        attrs = {"axis": axes if axes is None or len(axes) > 1 else axes[0]}
+        if keep:
+            attrs["keepdims"] = True
+        return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]
+    return rule
+
+
+_OPS = {
+    "Add": _binary("add", "+"), "Sub": _binary("sub", "-"), "Mul": _binary("mul", "*"), "Div": _binary("div", "/"),
+    "Pow": _binary("pow", None), "Max": _variadic("max", None), "Min": _variadic("min", None),
+    "Sum": _variadic("add", "+"),
+    "Greater": _binary("gt", ">"), "Less": _binary("lt", "<"), "GreaterOrEqual": _binary("ge", ">="),
+    "LessOrEqual": _binary("le", "<="), "Equal": _binary("eq", "=="), "Not": _not, "Where": _where,
+    "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"), "Erf": _unary("erf"),
+    "Exp": _unary("exp"), "Log": _unary("log"), "Sqrt": _unary("sqrt"), "Abs": _unary("abs"), "Neg": _unary("neg"),
+    "Reciprocal": _reciprocal,
+    "LeakyRelu": _unary("leaky_relu", slope=lambda a: float(a.get("alpha", 0.01))),
+    "Elu": _unary("elu", alpha=lambda a: float(a.get("alpha", 1.0))),
+    "Gelu": _gelu, "Clip": _clip,
+    "Softmax": _softmax("softmax"), "LogSoftmax": _softmax("log_softmax"),
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
+    "MaxPool": _pool("maxpool2d"), "AveragePool": _pool("avgpool2d"),
+    "GlobalAveragePool": _global_pool("mean"), "GlobalMaxPool": _global_pool("max"),
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "LRN": _lrn,
+    "Concat": _concat, "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose,
+    "Dropout": _identity, "Identity": _identity, "Cast": _cast, "Pad": _pad,
+    "Unsqueeze": _squeeze_unsqueeze, "Squeeze": _squeeze_unsqueeze,
+    "ConstantOfShape": _constant_of_shape, "Shape": _shape,
+    "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"),
+}
+
+
+def supported_ops() -> list[str]:
+    """The ONNX op types `dlc import` translates (any op is folded where its inputs are constants)."""
+    return sorted(_OPS)
+
+
+def import_model(path, reserved=()) -> Imported:
+    """Read, check and translate the ONNX model in `path` (see the module doc). `reserved`: names
+    the `.dln` may not bind (the prelude's functions, the ops)."""
+    onnx = require_onnx()
+    model = read_model(path)
+    return _Importer(onnx, model, path, reserved).run()

@@ -1,0 +1,509 @@
+"""ONNX import (`dlc import`, runtime/onnx_import.py): each op and attribute in a small graph built
+with `onnx.helper`, run by onnxruntime and by the imported `.dln`; round trips of the examples
+through `dlc export` and `dlc import`; models exported by PyTorch's TorchScript exporter; and every
+error (unsupported ops listed, a malformed or truncated file, a damaged initializer, a cycle), each
+with exit status 2 and nothing written.
+
+Tolerance: the imported model runs on the interpreter in float64 (emu: float32) and onnxruntime in
+float32, on the same float32 input; outputs agree within |a - b| <= 1e-4 * (|ref| + 1e-3 * max|ref|)
+elementwise: relative 1e-4, with an absolute floor of 1e-7 of the output's scale so that an output
+that is near 0 by cancellation (a convolution sum) is not compared by its last bits. float32's own
+rounding over the longest sums here (a few hundred terms) is about 1e-6 relative, far inside.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import dlc
+from conftest import EXAMPLES, dlc_cli, import_torch, needs_emu
+
+pytestmark = pytest.mark.usefixtures("onnx_runtime")
+try:  # the test extra installs both; without them the fixture fails every test here
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:
+    onnx = ort = None
+
+RTOL = 1e-4
+
+
+def close(got, ref, what=""):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    scale = np.abs(ref).max() if ref.size else 0.0
+    err = np.abs(got - ref)
+    bound = RTOL * (np.abs(ref) + 1e-3 * scale)
+    worst = np.argmax(err - bound) if err.size else 0
+    assert np.all(err <= bound), f"{what}: |diff| {err.flat[worst]:.3g} > {bound.flat[worst]:.3g} at {worst}"
+
+
+def make(nodes, inputs: dict, inits: dict | None = None, outputs=("y",), opset=17, batch_dim="N"):
+    """A ModelProto: inputs name -> shape (leading dim symbolic), initializers name -> array."""
+    ins = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [batch_dim] + list(s[1:])) for k, s in inputs.items()]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()]
+    g = helper.make_graph(nodes, "t", ins, outs, initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    try:  # the outputs' types, as every exporter writes them (the checker asks for a shape)
+        return onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    except Exception:  # a graph made to be refused (a cycle, a damaged initializer): as it is
+        return m
+
+
+def ort_run(model, feeds):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def imported(model, tmp_path, backend="interp", name="m"):
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    text, weights = dlc.import_onnx(path)
+    m = dlc.compile(text, backend=backend, float_dtype="float64" if backend == "interp" else "float32")
+    np.savez(tmp_path / f"{name}.npz", **weights)
+    m.load(tmp_path / f"{name}.npz")
+    return m, text, weights
+
+
+def agree(model, feeds, tmp_path, backend="interp"):
+    """Import `model`, run it and onnxruntime on `feeds`; returns the .dln text."""
+    ref = ort_run(model, feeds)
+    m, text, _ = imported(model, tmp_path, backend)
+    got = m.forward(**feeds)
+    for k in ref:
+        close(got[k], ref[k], f"output {k} of\n{text}")
+    return text
+
+
+def rnd(*shape, seed=0, scale=1.0):
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype(np.float32)
+
+
+X4 = {"x": (2, 4, 7, 7)}
+F4 = {"x": rnd(2, 4, 7, 7)}
+X2 = {"x": (3, 6)}
+F2 = {"x": rnd(3, 6, seed=1)}
+
+
+# -- one graph per op and attribute --------------------------------------------------------------
+CONV_CASES = {
+    "plain": dict(),
+    "strided_padded": dict(strides=[2, 2], pads=[1, 1, 1, 1]),
+    "asymmetric_pads": dict(pads=[0, 1, 2, 1]),
+    "rect_stride_dilation": dict(strides=[1, 2], dilations=[2, 1], pads=[2, 1, 2, 1]),
+    "groups": dict(group=2),
+    "same_upper": dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv(case, bias, tmp_path):
+    a = CONV_CASES[case]
+    g = a.get("group", 1)
+    w = rnd(6, 4 // g, 3, 3, seed=2)
+    inits = {"conv1.weight": w}
+    ins = ["x", "conv1.weight"]
+    if bias:
+        inits["conv1.bias"] = rnd(6, seed=3)
+        ins.append("conv1.bias")
+    m = make([helper.make_node("Conv", ins, ["y"], name="conv1", kernel_shape=[3, 3], **a)], X4, inits)
+    text = agree(m, F4, tmp_path)
+    assert '# onnx: Conv "conv1"' in text
+    if bias and case in ("plain", "strided_padded", "groups"):
+        assert "conv(x, 6, 3" in text  # the prelude's layer, weights as conv1.w and conv1.b
+
+
+def test_conv_with_a_separate_bias_add_is_one_layer(tmp_path):
+    """dlc's export writes `conv` as Conv + Add of a [O, 1, 1] bias: imported back as one `conv`."""
+    m = make([helper.make_node("Conv", ["x", "c.w"], ["t"], name="c.conv2d", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+              helper.make_node("Add", ["t", "c.b"], ["y"], name="c.conv")], X4,
+             {"c.w": rnd(5, 4, 3, 3), "c.b": rnd(5, 1, 1, seed=4)})
+    text = agree(m, F4, tmp_path)
+    assert "y = conv(x, 5, 3, padding = 1)" in text and 'Conv "c.conv2d" + Add "c.conv"' in text
+
+
+GEMM_CASES = {
+    "linear": dict(transB=1),
+    "plain": dict(),
+    "alpha_beta": dict(alpha=0.5, beta=2.0, transB=1),
+    "transA": dict(transA=1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GEMM_CASES))
+def test_gemm(case, tmp_path):
+    a = GEMM_CASES[case]
+    w = rnd(5, 6, seed=5) if a.get("transB") else rnd(6, 5, seed=5)
+    x_shape = (6, 3) if a.get("transA") else (3, 6)
+    feeds = {"x": rnd(*x_shape, seed=6)}
+    if a.get("transA"):  # x^T: the batch is not the leading axis, so the input is fixed-size
+        m = make([helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], name="fc", **a)],
+                 {"x": x_shape}, {"fc.weight": w, "fc.bias": rnd(5, seed=7)}, batch_dim=6)
+        ref = ort_run(m, feeds)
+        mm, text, _ = imported(m, tmp_path)
+        assert "input  x : f32[6, 3]" in text
+        close(mm.forward(**feeds)["y"], ref["y"])
+        return
+    m = make([helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], name="fc", **a)], X2,
+             {"fc.weight": w, "fc.bias": rnd(5, seed=7)})
+    text = agree(m, feeds, tmp_path)
+    if case in ("linear", "plain"):
+        assert "y = linear(x, 5)" in text
+
+
+def test_matmul_add_broadcast_and_arithmetic(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["h2"], name="add"),
+             helper.make_node("Sub", ["h2", "c"], ["h3"], name="sub"),
+             helper.make_node("Mul", ["h3", "h2"], ["h4"], name="mul"),
+             helper.make_node("Div", ["h4", "two"], ["y"], name="div")]
+    m = make(nodes, X2, {"w": rnd(6, 4, seed=8), "b": rnd(4, seed=9), "c": rnd(1, 4, seed=10),
+                         "two": np.array(2.0, np.float32)})
+    text = agree(m, F2, tmp_path)
+    assert "y = h4 / 2.0" in text  # a scalar constant is a number in the .dln
+
+
+def test_batched_matmul_of_two_inputs(tmp_path):
+    m = make([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": (2, 3, 4), "b": (2, 4, 5)})
+    agree(m, {"a": rnd(2, 3, 4), "b": rnd(2, 4, 5, seed=1)}, tmp_path)
+
+
+UNARY = {"Relu": {}, "Sigmoid": {}, "Tanh": {}, "Erf": {}, "Elu": dict(alpha=0.7), "LeakyRelu": dict(alpha=0.2),
+         "Exp": {}, "Abs": {}, "Neg": {}, "Softmax": dict(axis=1), "LogSoftmax": {}, "Dropout": {}, "Identity": {}}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary(op, tmp_path):
+    m = make([helper.make_node(op, ["x"], ["h"], **UNARY[op]), helper.make_node("Relu", ["h"], ["y"])], X2)
+    agree(m, F2, tmp_path)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_softmax_of_a_4d_tensor_before_and_after_opset_13(opset, tmp_path):
+    """Before opset 13 Softmax flattened the input at `axis` (default 1); since, it is along `axis`."""
+    m = make([helper.make_node("Softmax", ["x"], ["y"], axis=1)], X4, opset=opset)
+    agree(m, F4, tmp_path)
+
+
+def test_gelu_opset_20(tmp_path):
+    m = make([helper.make_node("Gelu", ["x"], ["a"]), helper.make_node("Gelu", ["x"], ["b"], approximate="tanh"),
+              helper.make_node("Add", ["a", "b"], ["y"])], X2, opset=20)
+    agree(m, F2, tmp_path)
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_clip_attribute_and_input_forms(opset, tmp_path):
+    if opset < 11:
+        node = helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.8)
+        inits = {}
+    else:
+        node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"])
+        inits = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.8, np.float32)}
+    agree(make([node], X2, inits, opset=opset), F2, tmp_path)
+
+
+def test_pow_max_min_where_comparisons(tmp_path):
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("Max", ["x", "sq", "half"], ["mx"]),
+             helper.make_node("Min", ["x", "mx"], ["mn"]),
+             helper.make_node("Greater", ["x", "zero"], ["pos"]),
+             helper.make_node("Less", ["x", "mn"], ["lt"]),
+             helper.make_node("Where", ["pos", "sq", "mn"], ["w"]),
+             helper.make_node("Cast", ["lt"], ["ltf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["w", "ltf"], ["y"])]
+    inits = {"two": np.array(2.0, np.float32), "half": np.array(0.5, np.float32), "zero": np.array(0.0, np.float32)}
+    agree(make(nodes, X2, inits), F2, tmp_path)
+
+
+POOLS = {
+    "max": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2])),
+    "max_pads_ceil": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1)),
+    "avg_include_pad": ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                            count_include_pad=1)),
+    "avg_exclude_pad": ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "avg_ceil": ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    "global_avg": ("GlobalAveragePool", {}),
+    "global_max": ("GlobalMaxPool", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOLS))
+def test_pool(case, tmp_path):
+    op, a = POOLS[case]
+    agree(make([helper.make_node(op, ["x"], ["y"], **a)], X4), F4, tmp_path)
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_batch_normalization_uses_the_running_statistics(rank, tmp_path):
+    c = 4 if rank == 4 else 6
+    stats = {"bn.weight": rnd(c, seed=11) + 1, "bn.bias": rnd(c, seed=12),
+             "bn.running_mean": rnd(c, seed=13), "bn.running_var": np.abs(rnd(c, seed=14)) + 0.5}
+    node = helper.make_node("BatchNormalization", ["x", *stats], ["y"], name="bn", epsilon=1e-3, momentum=0.8)
+    text = agree(make([node], X4 if rank == 4 else X2, stats), F4 if rank == 4 else F2, tmp_path)
+    fn = "batchnorm2d" if rank == 4 else "batchnorm1d"
+    assert f"y = {fn}(x, momentum = 0.2" in text  # ONNX's momentum weighs the old value, dlc's the new
+
+
+def test_batch_normalization_weights_are_params_and_buffers(tmp_path):
+    stats = {"bn.weight": rnd(4) + 1, "bn.bias": rnd(4, seed=1), "bn.running_mean": rnd(4, seed=2),
+             "bn.running_var": np.abs(rnd(4, seed=3)) + 0.5}
+    m = make([helper.make_node("BatchNormalization", ["x", *stats], ["t"], name="bn"),
+              helper.make_node("Relu", ["t"], ["y"])], X4, stats)
+    mm, text, weights = imported(m, tmp_path)
+    assert sorted(mm.params) == ["bn.beta", "bn.gamma"]
+    assert sorted(mm.buffers) == ["bn.mean", "bn.var"]
+    np.testing.assert_array_equal(weights["bn.var"], stats["bn.running_var"])
+
+
+def test_layer_normalization_and_lrn(tmp_path):
+    ln = make([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], epsilon=1e-4)], X2,
+              {"g": rnd(6, seed=1), "b": rnd(6, seed=2)})
+    agree(ln, F2, tmp_path)
+    ln3 = make([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=2)], {"x": (2, 3, 5)},
+               {"g": rnd(5, seed=1), "b": rnd(5, seed=2)})
+    agree(ln3, {"x": rnd(2, 3, 5)}, tmp_path)
+    lrn = make([helper.make_node("LRN", ["x"], ["y"], size=3, alpha=1e-2, beta=0.6, bias=2.0)], X4)
+    agree(lrn, F4, tmp_path)
+
+
+def test_concat_flatten_transpose_reshape(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Concat", ["x", "r"], ["c"], axis=1),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["t"], ["f"], axis=1),
+             helper.make_node("Reshape", ["f", "shape"], ["y"])]
+    text = agree(make(nodes, X4, {"shape": np.array([0, -1, 8], np.int64)}), F4, tmp_path)
+    assert "reshape(f, [N, -1, 8])" in text
+
+
+def test_shape_arithmetic_is_folded_even_with_the_batch_in_it(tmp_path):
+    """x.view(x.size(0), -1) as exporters write it: Shape, Gather, Unsqueeze, Concat, Reshape; and a
+    ConstantOfShape of a folded shape. None of it reaches the .dln but the reshape."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64))),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+             helper.make_node("Cast", ["target"], ["target64"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "target64"], ["flat"]),
+             helper.make_node("ConstantOfShape", ["four"], ["ones"],
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("Mul", ["flat", "k"], ["k2"]),
+             helper.make_node("Add", ["k2", "bias"], ["y"])]
+    inits = {"axes": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
+             "four": np.array([196], np.int64), "k": rnd(196, seed=3)}
+    nodes.insert(8, helper.make_node("Mul", ["ones", "two"], ["bias"]))
+    inits["two"] = np.array(2.0, np.float32)
+    text = agree(make(nodes, X4, inits), F4, tmp_path)
+    assert "reshape(x, [N, -1])" in text
+    for op in ("Shape", "Gather", "Unsqueeze", "Concat", "Cast", "ConstantOfShape"):
+        assert f'# onnx: {op} ' not in text
+
+
+def test_a_model_exported_at_batch_1_takes_any_batch(tmp_path):
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)]
+    m = make(nodes, X4, {"shape": np.array([1, 196], np.int64), "w": rnd(3, 196), "b": rnd(3, seed=1)}, batch_dim=1)
+    mm, text, _ = imported(m, tmp_path)
+    assert "input  x : f32[N, 4, 7, 7]" in text and "reshape(x, [N, 196])" in text
+    x = rnd(5, 4, 7, 7, seed=9)
+    got = mm.forward(x=x)["y"]
+    for i in range(5):  # onnxruntime, one example at a time, as the file says
+        close(got[i:i + 1], ort_run(m, {"x": x[i:i + 1]})["y"])
+
+
+@needs_emu
+def test_emu_agrees_on_a_small_convnet(tmp_path):
+    """The imported .dln on the emulator (the generated CUDA, float32) against onnxruntime."""
+    stats = {"bn.weight": rnd(6, seed=11) + 1, "bn.bias": rnd(6, seed=12),
+             "bn.running_mean": rnd(6, seed=13), "bn.running_var": np.abs(rnd(6, seed=14)) + 0.5}
+    nodes = [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], group=2),
+             helper.make_node("BatchNormalization", ["c", *stats], ["b"]),
+             helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             helper.make_node("LRN", ["p"], ["l"], size=3),
+             helper.make_node("Flatten", ["l"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["g"], transB=1),
+             helper.make_node("Softmax", ["g"], ["y"])]
+    inits = dict(stats, **{"conv.weight": rnd(6, 2, 3, 3, seed=1), "conv.bias": rnd(6, seed=2),
+                           "fc.weight": rnd(5, 96, seed=3, scale=0.2), "fc.bias": rnd(5, seed=4)})
+    agree(make(nodes, X4, inits), F4, tmp_path, backend="emu")
+
+
+# -- round trips: dlc export, then dlc import -----------------------------------------------------
+@pytest.mark.parametrize("name", ["mlp", "lenet", "resnet_small", "alexnet_small", "inception"])
+def test_round_trip_of_an_example(name, tmp_path):
+    src = dlc.compile(EXAMPLES / f"{name}.dln", backend="interp", seed=1)
+    rng = np.random.default_rng(0)
+    for p in src.params:  # non-zero biases, running statistics away from 0 and 1
+        src.params[p] = (np.asarray(src.params[p]) + 0.1 * rng.normal(size=np.shape(src.params[p]))).astype(np.float32)
+    src.set_state({b: (np.abs(v) + 0.5 + rng.random(v.shape)).astype(np.float32) for b, v in src.buffers.items()})
+    src.export_onnx(tmp_path / f"{name}.onnx")
+    dlc_cli("import", tmp_path / f"{name}.onnx", "-o", tmp_path / f"{name}.dln", rc=0)
+    back = dlc.load(tmp_path / f"{name}.dln", tmp_path / f"{name}.npz", backend="interp")
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    want, got = src.forward(x=x), back.forward(x=x)
+    for k in want:
+        close(got[k], want[k], k)
+    # the same number of learned weights, and as many param arrays
+    assert sum(np.size(v) for v in back.params.values()) == sum(np.size(v) for v in src.params.values())
+
+
+def test_the_imported_file_runs_through_the_commands(tmp_path):
+    """check, run --load --epochs 0, eval and export all take the imported files as they are."""
+    src = dlc.compile(EXAMPLES / "lenet.dln", backend="interp")
+    src.export_onnx(tmp_path / "lenet.onnx")
+    r = dlc_cli("import", tmp_path / "lenet.onnx", "-o", tmp_path / "out" / "net.dln", "--weights",
+                tmp_path / "w" / "net.npz", rc=0)
+    assert f"wrote {tmp_path / 'out' / 'net.dln'}" in r.stdout and "13,706 weights in 8 params" in r.stdout
+    assert "Conv 2" in r.stdout
+    chk = dlc_cli("check", tmp_path / "out" / "net.dln", rc=0)
+    assert "13,706" in chk.stdout
+    data = tmp_path / "d.npz"
+    digits = np.load(EXAMPLES / "data" / "digits.npz")
+    np.savez(data, x=digits["x"][:40])
+    dlc_cli("run", tmp_path / "out" / "net.dln", "--load", tmp_path / "w" / "net.npz", "--data", data,
+            "--predict", tmp_path / "p.npz", "--no-progress", "--backend", "interp", rc=0)
+    pred = np.load(tmp_path / "p.npz")["logits"]
+    close(pred, src.forward(x=np.load(data)["x"])["logits"])
+    dlc_cli("export", tmp_path / "out" / "net.dln", "--load", tmp_path / "w" / "net.npz", "-o",
+            tmp_path / "again.onnx", rc=0)
+
+
+# -- PyTorch's exporter ---------------------------------------------------------------------------
+def torch_nets(torch):
+    nn = torch.nn
+
+    class ResNetLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(16)
+            self.proj = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            h = self.stem(x)
+            h = torch.relu(self.bn1(self.c1(h)) + h)
+            h = torch.relu(self.bn2(self.c2(h)) + self.proj(h))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+    class AlexNetLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(), nn.LocalResponseNorm(5),
+                nn.MaxPool2d(3, stride=2, ceil_mode=True),
+                nn.Conv2d(16, 32, 3, padding=1, groups=2), nn.ReLU(), nn.LocalResponseNorm(5),
+                nn.MaxPool2d(2))
+            self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(32 * 2 * 2, 32), nn.ReLU(),
+                                            nn.Linear(32, 10))
+
+        def forward(self, x):
+            h = self.features(x)
+            return self.classifier(h.view(h.size(0), -1))
+
+    return {"resnet_like": ResNetLike, "alexnet_like": AlexNetLike}
+
+
+@pytest.mark.parametrize("net", ["resnet_like", "alexnet_like"])
+def test_a_pytorch_export(net, tmp_path):
+    torch = import_torch()
+    torch.manual_seed(0)
+    model = torch_nets(torch)[net]()
+    for mod in model.modules():  # running statistics away from 0 and 1
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    path = tmp_path / f"{net}.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter warns that it is the legacy one
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}}, training=torch.onnx.TrainingMode.PRESERVE,
+                          do_constant_folding=True)
+    r = dlc_cli("import", path, "-o", tmp_path / f"{net}.dln", rc=0)
+    m = dlc.load(tmp_path / f"{net}.dln", tmp_path / f"{net}.npz", backend="interp", float_dtype="float64")
+    with torch.no_grad():
+        want = model(x).numpy()
+    close(m.forward(x=x.numpy())["logits"], want, net)
+    close(m.forward(x=x.numpy())["logits"], ort_run(onnx.load(str(path)), {"x": x.numpy()})["logits"], net)
+    # `dlc check` counts the framework's parameters
+    count = sum(p.numel() for p in model.parameters())
+    assert f"{count:,}" in dlc_cli("check", tmp_path / f"{net}.dln", rc=0).stdout, r.stdout
+
+
+# -- errors: exit 2, one line, nothing written ------------------------------------------------------
+def refused(tmp_path, model_or_bytes, *fragments):
+    path = tmp_path / "bad.onnx"
+    if isinstance(model_or_bytes, bytes):
+        path.write_bytes(model_or_bytes)
+    else:
+        path.write_bytes(model_or_bytes.SerializeToString())
+    out = tmp_path / "o" / "bad.dln"
+    r = dlc_cli("import", path, "-o", out, rc=2)
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+    assert str(path) in r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    return r.stderr
+
+
+def test_unsupported_ops_are_listed_with_counts_and_first_names(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Sin", ["a"], ["b"], name="first_sin"),
+             helper.make_node("Sin", ["b"], ["c"], name="second_sin"),
+             helper.make_node("Cos", ["x"], ["d"], name="the_cos"),
+             helper.make_node("Add", ["c", "d"], ["e"]),
+             helper.make_node("Sin", ["e"], ["y"], name="third_sin")]
+    err = refused(tmp_path, make(nodes, X2), "Sin x3 (first: \"first_sin\")", "Cos x1 (first: \"the_cos\")",
+                  "nothing was written")
+    assert err.count("\n") <= 1
+
+
+def test_an_unsupported_attribute_is_named(tmp_path):
+    m = make([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], dilations=[2, 2])], X4)
+    refused(tmp_path, m, 'MaxPool "mp"', "dilations")
+
+
+def test_malformed_and_truncated_files(tmp_path):
+    refused(tmp_path, b"this is not a protobuf at all \xff\xfe" * 3, "not a readable ONNX model")
+    good = make([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])], X4, {"w": rnd(2, 4, 3, 3)})
+    data = good.SerializeToString()
+    refused(tmp_path, data[: len(data) // 2], "bad.onnx")
+
+
+def test_an_initializer_whose_size_does_not_match_its_shape(tmp_path):
+    m = make([helper.make_node("MatMul", ["x", "w"], ["y"])], X2, {"w": rnd(6, 4)})
+    m.graph.initializer[0].raw_data = m.graph.initializer[0].raw_data[:-8]
+    refused(tmp_path, m, "initializer 'w' has shape [6, 4] (24 values) but holds 22 values")
+
+
+def test_a_cycle(tmp_path):
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+             helper.make_node("Relu", ["a"], ["b"], name="second"),
+             helper.make_node("Relu", ["a"], ["y"], name="out")]
+    refused(tmp_path, make(nodes, X2), "cycle", '"first"', '"second"')
+
+
+def test_bad_output_names_and_a_missing_file(tmp_path):
+    m = make([helper.make_node("Relu", ["x"], ["y"])], X2)
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    r = dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.txt", rc=2)
+    assert "ending in .dln" in r.stderr
+    r = dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dln", "--weights", tmp_path / "w.bin", rc=2)
+    assert "ending in .npz" in r.stderr
+    assert not list(tmp_path.glob("m.dln")) and not list(tmp_path.glob("w.*"))
+    r = dlc_cli("import", tmp_path / "nothing.onnx", "-o", tmp_path / "n.dln", rc=2)
+    assert "nothing.onnx: error: no such file" in r.stderr
