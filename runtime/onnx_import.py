@@ -228,6 +228,8 @@ class _Importer:
         self.inits = {t.name: t for t in g.initializer}
         self.consumers: dict = {}
         for i, n in enumerate(g.node):
+            if n.op_type == "Identity" and n.input and n.input[0] in self.inits:
+                continue  # PyTorch writes equal initializers once and copies: each copy is its own weight
             for x in n.input:
                 if x:
                     self.consumers.setdefault(x, []).append(i)
@@ -411,7 +413,8 @@ class _Importer:
     def input_type(self, vi) -> TensorType:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or tt.elem_type != self.onnx.TensorProto.FLOAT:
-            kind = self.onnx.helper.tensor_dtype_to_string(tt.elem_type) if vi.type.HasField("tensor_type") else "not a tensor"
+            kind = (self.onnx.helper.tensor_dtype_to_string(tt.elem_type).removeprefix("TensorProto.")
+                    if vi.type.HasField("tensor_type") else "not a tensor")
             raise file_error(self.path, f"input '{vi.name}' is {kind}; dlc imports float32 inputs only")
         if not tt.HasField("shape"):
             raise file_error(self.path, f"input '{vi.name}' has no shape; dlc needs every size but the batch's")
@@ -767,6 +770,10 @@ def _conv(imp, i, node, ins, a):
     out_onnx = nodes[-1].output[0]
     attrs = {"stride": _geom(s), "padding": _geom(pad), "dilation": _geom(d), "groups": g}
     wname = node.input[1]
+    if bias is None and w is not None and imp.only_use(wname) and k[0] == k[1] and d == [1, 1] and g == 1:
+        found = _conv_bn(imp, node, x, w, attrs)
+        if found is not None:
+            return [found]
     prelude = (w is not None and imp.only_use(wname) and bias is not None and imp.only_use(bias_name)
                and k[0] == k[1] and d == [1, 1])
     if prelude:
@@ -796,6 +803,55 @@ def _conv(imp, i, node, ins, a):
         imp.values[out_onnx] = out
         imp.ops["Add"] += 1
     return [out]
+
+
+def _next(imp, out: str, op_type: str):
+    """The node that alone reads `out`, when it is an `op_type` reading it first: (index, node)."""
+    users = imp.consumers.get(out, [])
+    if len(users) != 1 or users[0] < 0:
+        return None
+    nxt = imp.model.graph.node[users[0]]
+    return (users[0], nxt) if nxt.op_type == op_type and nxt.input[0] == out else None
+
+
+def _conv_bn(imp, node, x, w, attrs):
+    """Conv without a bias, then BatchNormalization (with PyTorch's defaults) and perhaps a Relu,
+    each the only reader of the one before: the prelude's conv_bn or conv_bn_relu (ResNet's unit)."""
+    found = _next(imp, node.output[0], "BatchNormalization")
+    if not found:
+        return None
+    j, bn = found
+    a = imp.attributes(bn)
+    stats = [imp.const(n) for n in bn.input[1:5]]
+    if (any(v is None or not imp.only_use(n) for v, n in zip(stats, bn.input[1:5])) or a.get("training_mode", 0)
+            or any(o and imp.consumers.get(o) for o in bn.output[1:])
+            or abs(float(a.get("epsilon", 1e-5)) - 1e-5) > 1e-9 or abs(float(a.get("momentum", 0.9)) - 0.9) > 1e-6):
+        return None
+    nodes, absorbed = [node, bn], [j]
+    relu = _next(imp, bn.output[0], "Relu")
+    if relu:
+        nodes.append(relu[1])
+        absorbed.append(relu[0])
+    out_onnx = nodes[-1].output[0]
+    if any(n.output[0] in imp.out_names for n in nodes[:-1]):
+        return None  # an inner value is a graph output: the layers stay apart
+    name = imp.out_names.get(out_onnx) or imp.layer_name(node, node.input[1])
+    o, c = w.shape[0], x[1].shape[1]
+    t = imp.infer("conv2d", [x[1], TensorType("f32", tuple(w.shape))], attrs)
+    fn = "conv_bn_relu" if relu else "conv_bn"
+    shown = {kk: v for kk, v in attrs.items() if kk in ("stride", "padding") and v != OPS["conv2d"].attrs[kk]}
+    imp.store(f"{name}.w", w)
+    for key, v, kind in zip(("gamma", "beta", "mean", "var"), stats, ("param", "param", "buffer", "buffer")):
+        imp.store(f"{name}.bn.{key}", v.reshape(o), kind)
+    imp.prelude[fn] += 1
+    for k, n in zip(absorbed, nodes[1:]):
+        imp.absorbed.add(k)
+        imp.ops[n.op_type] += 1
+    out = imp.bind(node, name, f"{fn}({x[0]}, {o}, {w.shape[2]}{_attr_text(shown)})", t, nodes)
+    assert c == w.shape[1]
+    for n in nodes[1:]:
+        imp.values[n.output[0]] = out
+    return out
 
 
 def _gemm(imp, i, node, ins, a):
@@ -1103,7 +1159,8 @@ def _where(imp, i, node, ins, a):
 
 def _cast(imp, i, node, ins, a):
     if a.get("to") not in (imp.onnx.TensorProto.FLOAT, imp.onnx.TensorProto.BOOL):
-        raise _Unsupported(f"a cast to {imp.onnx.helper.tensor_dtype_to_string(a.get('to'))} (dlc computes in float32)")
+        to = imp.onnx.helper.tensor_dtype_to_string(a.get("to")).removeprefix("TensorProto.")
+        raise _Unsupported(f"a cast to {to} (dlc computes in float32)")
     return _identity(imp, i, node, ins, a)  # comparisons give 1.0 and 0.0 already
 
 

@@ -12,6 +12,7 @@ rounding over the longest sums here (a few hundred terms) is about 1e-6 relative
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -352,8 +353,13 @@ def test_round_trip_of_an_example(name, tmp_path):
     want, got = src.forward(x=x), back.forward(x=x)
     for k in want:
         close(got[k], want[k], k)
-    # the same number of learned weights, and as many param arrays
+    # the same number of learned weights; the prelude's layers come back as such
     assert sum(np.size(v) for v in back.params.values()) == sum(np.size(v) for v in src.params.values())
+    text = (tmp_path / f"{name}.dln").read_text()
+    layer = {"lenet": "c1 = conv(img, 16, 3, padding = 1)", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
+             "alexnet_small": "c2 = conv(p1, 64, 3, padding = 1, groups = 2)", "mlp": "h = relu(h_add)",
+             "inception": "conv("}[name]
+    assert layer in text, text
 
 
 def test_the_imported_file_runs_through_the_commands(tmp_path):
@@ -507,3 +513,26 @@ def test_bad_output_names_and_a_missing_file(tmp_path):
     assert not list(tmp_path.glob("m.dln")) and not list(tmp_path.glob("w.*"))
     r = dlc_cli("import", tmp_path / "nothing.onnx", "-o", tmp_path / "n.dln", rc=2)
     assert "nothing.onnx: error: no such file" in r.stderr
+
+
+def test_opset_and_input_types_outside_what_dlc_reads(tmp_path):
+    m = make([helper.make_node("Relu", ["x"], ["y"])], X2, opset=6)
+    refused(tmp_path, m, "opset 6", "opsets 7 to 21")
+    m = make([helper.make_node("Relu", ["x"], ["y"])], X2)
+    m.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    refused(tmp_path, m, "input 'x' is INT64", "float32 inputs only")
+    m = make([helper.make_node("Relu", ["x"], ["y"])], {"x": (2, 3, 4)})
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "T"
+    refused(tmp_path, m, "input 'x': dimension 1 is 'T'")
+
+
+def test_help_and_the_api_function(tmp_path):
+    assert re.search(r"^\s+import\s", dlc_cli("--help", rc=0).stdout, re.M)
+    r = dlc_cli("import", "--help", rc=0)
+    assert r.stdout.startswith("usage: dlc import") and "--weights" in r.stdout and "--debug" in r.stdout
+    m = make([helper.make_node("Gemm", ["x", "fc.w", "fc.b"], ["y"])], X2, {"fc.w": rnd(6, 2), "fc.b": rnd(2, seed=1)})
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    text, weights = dlc.import_onnx(tmp_path / "m.onnx")
+    assert "y = linear(x, 2)" in text and sorted(weights) == ["y.b", "y.w"]
+    assert not list(tmp_path.glob("*.dln")) and not list(tmp_path.glob("*.npz"))  # the API writes nothing
