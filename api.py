@@ -1029,8 +1029,6 @@ def write_import(path, output, weights=None) -> list[str]:
     wpath = Path(weights) if weights is not None else out.with_suffix(".npz")
     if wpath.suffix.lower() != ".npz":
         raise DlcError(f"{arg('weights')}: {wpath}: weights are written to a file ending in .npz")
-    if wpath.resolve() == out.resolve():
-        raise DlcError(f"{arg('weights')}: {wpath} is the model's own file")
     for p in (out, wpath):
         check_output(p)
     imp = _imported(path)

@@ -381,6 +381,17 @@ def test_the_imported_file_runs_through_the_commands(tmp_path):
     close(pred, src.forward(x=np.load(data)["x"])["logits"])
     dlc_cli("export", tmp_path / "out" / "net.dln", "--load", tmp_path / "w" / "net.npz", "-o",
             tmp_path / "again.onnx", rc=0)
+    # labels and a loss, as docs/import.md says, and eval and training take the imported weights
+    net = tmp_path / "out" / "net.dln"
+    net.write_text(net.read_text().replace("    output logits", "    input y : i32[N]\n    loss = softmax_xent(logits, y)\n"
+                                           "    output logits\n    minimize loss with sgd(lr = 0.01)"))
+    digits_part = tmp_path / "xy.npz"
+    np.savez(digits_part, x=digits["x"][:40], y=digits["y"][:40])
+    r = dlc_cli("eval", net, "--load", tmp_path / "w" / "net.npz", "--data", digits_part, "--backend", "interp", rc=0)
+    assert "accuracy" in r.stdout
+    dlc_cli("run", net, "--load", tmp_path / "w" / "net.npz", "--data", digits_part, "--epochs", "1",
+            "--no-progress", "--backend", "interp", "--save", tmp_path / "tuned.npz", rc=0)
+    assert (tmp_path / "tuned.npz").is_file()
 
 
 # -- PyTorch's exporter ---------------------------------------------------------------------------
@@ -536,3 +547,28 @@ def test_help_and_the_api_function(tmp_path):
     text, weights = dlc.import_onnx(tmp_path / "m.onnx")
     assert "y = linear(x, 2)" in text and sorted(weights) == ["y.b", "y.w"]
     assert not list(tmp_path.glob("*.dln")) and not list(tmp_path.glob("*.npz"))  # the API writes nothing
+
+
+@pytest.mark.parametrize("case", ["directory", "no_opset", "constant_output", "even_lrn", "per_element_bn"])
+def test_more_errors_each_said(case, tmp_path):
+    if case == "directory":
+        (tmp_path / "d.onnx").mkdir()
+        r = dlc_cli("import", tmp_path / "d.onnx", "-o", tmp_path / "d.dln", rc=2)
+        assert "is a directory" in r.stderr and not (tmp_path / "d.dln").exists()
+        return
+    if case == "no_opset":
+        m = make([helper.make_node("Relu", ["x"], ["y"])], X2)
+        del m.opset_import[:]
+        refused(tmp_path, m, "not an ONNX model: it declares no opset")
+    elif case == "constant_output":
+        m = make([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Relu", ["c"], ["y"])], X2,
+                 {"c": rnd(3)}, outputs=("h", "y"))
+        refused(tmp_path, m, "output 'y' is a constant")
+    elif case == "even_lrn":
+        refused(tmp_path, make([helper.make_node("LRN", ["x"], ["y"], name="n", size=4)], X4),
+                'LRN "n"', "size = 4", "odd")
+    else:
+        stats = {k: np.ones(4, np.float32) for k in ("g", "b", "m", "v")}
+        m = make([helper.make_node("BatchNormalization", ["x", *stats], ["y"], name="bn", spatial=0)], X4, stats,
+                 opset=7)
+        refused(tmp_path, m, 'BatchNormalization "bn"', "spatial = 0")
