@@ -66,6 +66,7 @@ def imported(model, tmp_path, backend="interp", name="m"):
     onnx.save(model, str(path))
     text, weights = dlc.import_onnx(path)
     m = dlc.compile(text, backend=backend, float_dtype="float64" if backend == "interp" else "float32")
+    assert m.backend == backend
     np.savez(tmp_path / f"{name}.npz", **weights)
     m.load(tmp_path / f"{name}.npz")
     return m, text, weights
@@ -336,6 +337,27 @@ def test_emu_agrees_on_a_small_convnet(tmp_path):
     inits = dict(stats, **{"conv.weight": rnd(6, 2, 3, 3, seed=1), "conv.bias": rnd(6, seed=2),
                            "fc.weight": rnd(5, 96, seed=3, scale=0.2), "fc.bias": rnd(5, seed=4)})
     agree(make(nodes, X4, inits), F4, tmp_path, backend="emu")
+
+
+@needs_emu
+@pytest.mark.parametrize("case", ["pads_and_pools", "elementwise"])
+def test_emu_agrees_on_padding_pooling_and_elementwise_graphs(case, tmp_path):
+    if case == "pads_and_pools":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[0, 1, 2, 1], strides=[1, 2]),
+                 helper.make_node("AveragePool", ["c"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                  ceil_mode=1),
+                 helper.make_node("GlobalMaxPool", ["a"], ["g"]),
+                 helper.make_node("Flatten", ["g"], ["f"]),
+                 helper.make_node("Gemm", ["f", "m", "c0"], ["y"], alpha=0.5, beta=2.0)]
+        inits = {"w": rnd(6, 4, 3, 3, seed=1), "m": rnd(6, 3, seed=2), "c0": rnd(3, seed=3)}
+        agree(make(nodes, X4, inits), F4, tmp_path, backend="emu")
+    else:
+        nodes = [helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.1), helper.make_node("Elu", ["a"], ["b"]),
+                 helper.make_node("Clip", ["b", "lo", "hi"], ["c"]), helper.make_node("Erf", ["c"], ["d"]),
+                 helper.make_node("Pow", ["d", "two"], ["e"]), helper.make_node("Greater", ["x", "e"], ["g"]),
+                 helper.make_node("Where", ["g", "e", "x"], ["w"]), helper.make_node("LogSoftmax", ["w"], ["y"])]
+        inits = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.9, np.float32), "two": np.array(2.0, np.float32)}
+        agree(make(nodes, X2, inits), F2, tmp_path, backend="emu")
 
 
 # -- round trips: dlc export, then dlc import -----------------------------------------------------
