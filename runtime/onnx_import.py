@@ -140,6 +140,24 @@ class Tensor:
     type: TensorType
 
 
+class Lazy:
+    """A tensor whose binding is written only when a node reads it as one, so that what exporters
+    write and undo (a transpose into a recurrent layer's sequence-first layout and back, a tensor
+    of zeros for its initial state) needs no line of its own. `kind`: "transpose" (`src` with its
+    axes permuted by `perm`), "seq_first" (a recurrent layer's sequence `src`, [N, T, H], as ONNX's
+    [T, 1, N, H]), "fill" (a constant of a shape holding the batch), "last_state" ([1, N, H])."""
+
+    def __init__(self, kind: str, type: TensorType, make, src=None, perm=None, value=None):
+        self.kind, self.type, self._make = kind, type, make
+        self.src, self.perm, self.value = src, perm, value
+        self._tensor = None
+
+    def tensor(self, name: str | None = None) -> Tensor:
+        if self._tensor is None:
+            self._tensor = self._make(name)
+        return self._tensor
+
+
 @dataclass
 class Imported:
     """What `import_model` makes: the `.dln` text, the weights (params and buffers, by name), and
@@ -284,6 +302,8 @@ class _Importer:
         """(text, type) of an operand of a binding: a tensor's name, a scalar constant's number, or
         a constant array's param (made from the initializer or the folded value)."""
         v = self.values[name]
+        if isinstance(v, Lazy):
+            v = v.tensor()
         if isinstance(v, Tensor):
             return v.name, v.type
         if v.dtype == object:
@@ -383,6 +403,8 @@ class _Importer:
         for o in g.output:
             v = self.values.get(o.name)
             name = self.out_names[o.name]
+            if isinstance(v, Lazy):
+                v = v.tensor(name)
             if isinstance(v, np.ndarray):
                 raise file_error(self.path, f"output '{o.name}' is a constant (it does not depend on any input); "
                                             "dlc models compute their outputs from their inputs")
@@ -444,7 +466,9 @@ class _Importer:
         if not domain and node.op_type == "If" and isinstance(ins[0], np.ndarray) and ins[0].dtype != object:
             return self.inline_branch(node, bool(ins[0].reshape(-1)[0]))
         try:
-            if not domain and all(isinstance(v, np.ndarray) for v in present) and node.op_type not in _NO_FOLD:
+            symbolic = any(isinstance(v, np.ndarray) and v.dtype == object for v in present)
+            if (not domain and all(isinstance(v, np.ndarray) for v in present) and node.op_type not in _NO_FOLD
+                    and not (symbolic and node.op_type not in _SYMBOLIC and node.op_type in _OPS)):
                 outs = self.fold(node, ins)
                 self.folded[op_type] += 1
             else:
@@ -603,6 +627,8 @@ _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformL
 # Each entry: (importer, node index, node, input values, attributes) -> output values.
 
 def _tensor(imp, v, what="its input"):
+    if isinstance(v, Lazy):
+        v = v.tensor()
     if not isinstance(v, Tensor):
         raise _Unsupported(f"{what} is a constant where dlc needs a computed tensor")
     return v.name, v.type
@@ -708,7 +734,7 @@ def _pad(imp, i, node, ins, a):
         pads = _ints(ins[1])
         value = float(ins[2].reshape(-1)[0]) if len(ins) > 2 and isinstance(ins[2], np.ndarray) else 0.0
         axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
-        if len(ins) > 2 and isinstance(ins[2], Tensor):
+        if len(ins) > 2 and isinstance(ins[2], (Tensor, Lazy)):
             raise _Unsupported("its padding value is computed at run time")
     r = x[1].rank
     axes = [ax % r for ax in axes] if axes else list(range(r))
@@ -891,7 +917,7 @@ def _linear(imp, node, x, w, b, wname, nodes) -> Tensor:
 def _matmul(imp, i, node, ins, a):
     x = imp.operand(node.input[0], node)
     w = imp.const(node.input[1])
-    if isinstance(ins[0], Tensor) and x[1].rank == 2 and w is not None and w.ndim == 2 and imp.only_use(node.input[1]):
+    if isinstance(ins[0], (Tensor, Lazy)) and x[1].rank == 2 and w is not None and w.ndim == 2 and imp.only_use(node.input[1]):
         found = _bias_add(imp, i, node.output[0], (w.shape[1],))
         base = re.sub(r"[._](weight|w)$", "", node.input[1])
         if found and base != node.input[1] and re.sub(r"[._](bias|b)$", "", found[2]) == base:
@@ -958,7 +984,14 @@ def _pool3d(imp, node, x, k, s, a, op):
 
 def _squeeze_unsqueeze(imp, i, node, ins, a):
     """Unsqueeze and Squeeze of a tensor: a reshape."""
-    x = _tensor(imp, ins[0])
+    v = ins[0]
+    if (isinstance(v, Lazy) and v.kind == "seq_first" and node.op_type == "Squeeze"
+            and [x % 4 for x in (_axes_of(ins, a) or [1])] == [1]):  # [T, 1, N, H] -> [T, N, H]
+        t = v.src.type.with_shape([v.src.type.shape[1], v.src.type.shape[0], v.src.type.shape[2]])
+        make = lambda name: imp.call(node, "transpose", [(v.src.name, v.src.type)], {"perm": [1, 0, 2]},
+                                     name=name or imp.result_name(node))
+        return [Lazy("transpose", t, make, src=v.src, perm=[1, 0, 2])]
+    x = _tensor(imp, v)
     shape = list(x[1].shape)
     axes = _axes_of(ins, a)
     if node.op_type == "Unsqueeze":
@@ -1086,7 +1119,7 @@ def _flatten(imp, i, node, ins, a):
 def _reshape(imp, i, node, ins, a):
     x = _tensor(imp, ins[0])
     shape = ins[1] if len(ins) > 1 else _sym(a["shape"])
-    if isinstance(shape, Tensor):
+    if isinstance(shape, (Tensor, Lazy)):
         raise _Unsupported("its shape is computed from data at run time")
     have = x[1].shape
     spec = []
@@ -1110,9 +1143,19 @@ def _reshaped(imp, node, x, shape) -> Tensor:
 
 
 def _transpose(imp, i, node, ins, a):
-    x = _tensor(imp, ins[0])
-    perm = list(a.get("perm", reversed(range(x[1].rank))))
-    return [imp.call(node, "transpose", [x], {"perm": perm}, name=imp.result_name(node))]
+    v = ins[0]
+    rank = v.type.rank
+    perm = [p % rank for p in a.get("perm", reversed(range(rank)))]
+    if isinstance(v, Lazy) and v.kind == "transpose":  # a transpose of a transpose: one, or none
+        src, perm = v.src, [v.perm[p] for p in perm]
+    else:
+        src = Tensor(*_tensor(imp, v))
+    if perm == list(range(rank)) and node.output[0] not in imp.out_names:
+        return [src]
+    t = src.type.with_shape(src.type.shape[p] for p in perm)
+    make = lambda name: imp.call(node, "transpose", [(src.name, src.type)], {"perm": perm},
+                                 name=name or imp.result_name(node))
+    return [Lazy("transpose", t, make, src=src, perm=perm)]
 
 
 def _concat(imp, i, node, ins, a):
@@ -1125,7 +1168,7 @@ def _identity(imp, i, node, ins, a):
     if len(node.output) > 1 and node.output[1] and imp.consumers.get(node.output[1]):
         raise _Unsupported("its mask output is used")
     v = ins[0]
-    if isinstance(v, Tensor) and node.output[0] not in imp.out_names:
+    if isinstance(v, (Tensor, Lazy)) and node.output[0] not in imp.out_names:
         return [v]  # the identity in evaluation: no binding of its own (Dropout, Identity)
     x = imp.operand(node.input[0], node)
     return [imp.bind(node, imp.result_name(node), f"{x[0]} * 1.0", x[1])]
@@ -1184,11 +1227,10 @@ def _constant_of_shape(imp, i, node, ins, a):
     shape = ins[0]
     value = imp.onnx.numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else 0.0
     dims = shape.reshape(-1).tolist()
-    z = imp.call(node, "zeros", [], {"shape": dims}, name=imp.result_name(node) if not value else None)
-    if not value:
-        return [z]
-    return [imp.binary(node, "add", "+", (z.name, z.type), (fmt_number(float(value)), TensorType("f32", ())),
-                       name=imp.result_name(node))]
+    t = TensorType("f32", tuple(dims))
+    expr = f"zeros({_fmt_attr(dims)})" + (f" + {fmt_number(float(value))}" if value else "")
+    make = lambda name: imp.bind(node, name or imp.result_name(node), expr, imp.infer("zeros", [], {"shape": dims}))
+    return [Lazy("fill", t, make, value=float(value))]
 
 
 def _shape(imp, i, node, ins, a):
@@ -1209,6 +1251,138 @@ def _reduce(op):
             attrs["keepdims"] = True
         return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]
     return rule
+
+
+# -- recurrent layers: onto the prelude's lstm and elman --------------------------------------------
+# ONNX's LSTM and RNN read X as [T, N, F] (sequence first) and write Y as [T, directions, N, H]; the
+# prelude's layers read [N, T, F] and return [N, T, H]. Exporters of batch-first models transpose X
+# in and Y out: those transposes are lazy (`Lazy`) and cancel, so the .dln reads `h = lstm(x, 32)`.
+# Gate order: ONNX's LSTM stacks i, o, f, c; the prelude's lstm i, f, g (= c), o.
+_LSTM_GATES = [0, 2, 3, 1]
+
+
+def _recurrent(kind: str):
+    def rule(imp, i, node, ins, a):
+        gates = 4 if kind == "lstm" else 1
+        acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
+        want = ["Sigmoid", "Tanh", "Tanh"] if kind == "lstm" else ["Tanh"]
+        direction = a.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        for bad, why in ((direction != "forward", f"direction {direction} (the prelude's layers run forward)"),
+                         (acts and acts != want, f"activations {acts}"), ("clip" in a, "a cell clip"),
+                         (a.get("input_forget", 0), "input_forget"), (a.get("layout", 0), "layout 1"),
+                         (len(node.input) > 7 and node.input[7], "peepholes"),
+                         (kind == "lstm" and len(node.output) > 2 and imp.consumers.get(node.output[2]),
+                          "its cell state output Y_c is used")):
+            if bad:
+                raise _Unsupported(why)
+        x = ins[0]
+        if isinstance(x, Lazy) and x.kind == "transpose" and x.perm == [1, 0, 2]:
+            xs = x.src  # the batch-first input the exporter transposed
+        else:
+            t = _tensor(imp, x)
+            xs = imp.call(node, "transpose", [t], {"perm": [1, 0, 2]}, name=imp.fresh(f"{node.output[0] or 'seq'}_in"))
+        n_, steps, feats = xs.type.shape
+        if xs.type.rank != 3 or not isinstance(steps, int):
+            raise _Unsupported(f"a sequence {xs.type} (dlc unrolls a known number of steps)")
+        hidden = int(a["hidden_size"])
+        w, r = imp.const(node.input[1]), imp.const(node.input[2])
+        b = imp.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.zeros((1, 2 * gates * hidden))
+        if w is None or r is None or b is None:
+            raise _Unsupported("its weights are computed at run time")
+        if len(node.input) > 4 and node.input[4]:
+            lens = imp.const(node.input[4])
+            if lens is None or np.any(lens != steps):
+                raise _Unsupported("sequence_lens other than the whole sequence")
+        for k in (5, 6):
+            if len(node.input) > k and node.input[k]:
+                s0 = ins[k]
+                if not ((isinstance(s0, Lazy) and s0.kind == "fill" and s0.value == 0)
+                        or (isinstance(s0, np.ndarray) and s0.dtype != object and not s0.any())):
+                    raise _Unsupported("an initial state other than zeros")
+        order = _LSTM_GATES if kind == "lstm" else [0]
+        blocks = lambda m: m.reshape(gates, hidden, -1)[order].reshape(gates * hidden, -1)
+        bias = (b[0, :gates * hidden] + b[0, gates * hidden:]).reshape(gates, hidden)[order].reshape(-1)
+        name = imp.result_name(node) if node.output[0] in imp.out_names else imp.fresh(
+            re.sub(r"[/_](LSTM|RNN)(_output_0)?$", "", node.output[0] or node.name) or kind)
+        imp.store(f"{name}.wx", blocks(w[0]).T)
+        imp.store(f"{name}.b", bias)
+        imp.store(f"{name}.s.wh" if kind == "lstm" else f"{name}.wh", blocks(r[0]).T)
+        imp.prelude[kind if kind == "lstm" else "elman"] += 1
+        fn = "lstm" if kind == "lstm" else "elman"
+        extra = ", forget_bias = 0.0" if kind == "lstm" else ""  # ONNX's biases hold the forget bias
+        h = imp.bind(node, name, f"{fn}({xs.name}, {hidden}{extra})", xs.type.with_shape([n_, steps, hidden]))
+
+        def seq(out):
+            def make(name_):
+                tt = imp.call(node, "transpose", [(h.name, h.type)], {"perm": [1, 0, 2]}, name=imp.fresh(f"{h.name}_tn"))
+                return imp.call(node, "reshape", [(tt.name, tt.type)], {"shape": [steps, 1, n_, hidden]},
+                                name=name_ or imp.result_name(node, out))
+            return Lazy("seq_first", h.type.with_shape([steps, 1, n_, hidden]), make, src=h)
+
+        def last(out):
+            make = lambda name_: imp.bind(node, name_ or imp.result_name(node, out),
+                                          f"reshape(last({h.name}), [1, {n_}, {hidden}])",
+                                          h.type.with_shape([1, n_, hidden]))
+            return Lazy("last_state", h.type.with_shape([1, n_, hidden]), make, src=h)
+        return [seq(0), last(1), None]
+    return rule
+
+
+def _gather(imp, i, node, ins, a):
+    """Gather of a tensor at constant indices along an axis: the prelude's `last` for the last step
+    of a sequence, else slices (joined where several)."""
+    v, idx = ins
+    if not isinstance(idx, np.ndarray) or idx.dtype == object:
+        raise _Unsupported("its indices are computed at run time")
+    x = _tensor(imp, v)
+    axis = int(a.get("axis", 0)) % x[1].rank
+    size = x[1].shape[axis]
+    if isinstance(size, str):
+        raise _Unsupported("a gather along the batch axis")
+    picks = [int(k) % size for k in idx.reshape(-1)]
+    if idx.ndim == 0 and x[1].rank == 3 and axis == 1 and picks == [size - 1]:
+        imp.prelude["last"] += 1
+        return [imp.bind(node, imp.result_name(node), f"last({x[0]})", x[1].with_shape([x[1].shape[0], x[1].shape[2]]))]
+    if idx.ndim > 1:
+        raise _Unsupported("indices of rank > 1")
+    parts = [f"slice({x[0]}, axis = {axis}, start = {k}, stop = {k + 1})" for k in picks]
+    shape = list(x[1].shape)
+    shape[axis] = len(picks)
+    expr = parts[0] if len(parts) == 1 else f"concat({', '.join(parts)}, axis = {axis})"
+    if idx.ndim == 0:
+        del shape[axis]
+        expr = f"reshape({expr}, {_fmt_attr(shape)})"
+    return [imp.bind(node, imp.result_name(node), expr, x[1].with_shape(shape))]
+
+
+def _slice(imp, i, node, ins, a):
+    """Slice of a tensor with constant bounds and step 1: a `slice` per axis cut."""
+    x = _tensor(imp, ins[0])
+    if "starts" in a:
+        starts, ends, axes, steps = list(a["starts"]), list(a["ends"]), a.get("axes"), None
+    else:
+        if any(not isinstance(v, np.ndarray) for v in ins[1:] if v is not None):
+            raise _Unsupported("its bounds are computed at run time")
+        starts, ends = _ints(ins[1]), _ints(ins[2])
+        axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+        steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
+    axes = [ax % x[1].rank for ax in (axes or range(len(starts)))]
+    if steps and any(st != 1 for st in steps):
+        raise _Unsupported("a slice with a step other than 1")
+    expr, t = x[0], x[1]
+    for lo, hi, ax in zip(starts, ends, axes):
+        size = t.shape[ax]
+        if isinstance(size, str):
+            raise _Unsupported("a slice along the batch axis")
+        lo, hi = (max(0, min(size, v + size if v < 0 else v)) for v in (lo, hi))
+        if (lo, hi) == (0, size):
+            continue
+        t = imp.infer("slice", [t], {"axis": ax, "start": lo, "stop": hi})
+        expr = f"slice({expr}, axis = {ax}, start = {lo}, stop = {hi})"
+    if expr == x[0]:
+        return _identity(imp, i, node, ins[:1], a)
+    return [imp.bind(node, imp.result_name(node), expr, t)]
 
 
 _OPS = {
@@ -1233,6 +1407,7 @@ _OPS = {
     "Unsqueeze": _squeeze_unsqueeze, "Squeeze": _squeeze_unsqueeze,
     "ConstantOfShape": _constant_of_shape, "Shape": _shape,
     "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"),
+    "LSTM": _recurrent("lstm"), "RNN": _recurrent("rnn"), "Gather": _gather, "Slice": _slice,
 }
 
 
