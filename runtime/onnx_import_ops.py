@@ -657,8 +657,7 @@ def _flatten(imp, i, node, ins, a):
             any(isinstance(d, str) for d in head) and len(head) > 1):
         raise Unsupported(f"a flatten at axis {axis} of {x[1]} multiplies the batch size")
     first = head[0] if len(head) == 1 else int(np.prod(head)) if head else 1
-    return [imp.call(node, "reshape", [x], {"shape": [first, int(np.prod(tail)) if tail else 1]},
-                     name=imp.result_name(node))]
+    return [_reshaped(imp, node, x, [first, int(np.prod(tail)) if tail else 1])]
 
 
 def _reshape(imp, i, node, ins, a):
@@ -715,6 +714,8 @@ def _identity(imp, i, node, ins, a):
     v = ins[0]
     if isinstance(v, (Tensor, Lazy)) and node.output[0] not in imp.out_names:
         return [v]  # the identity in evaluation: no binding of its own (Dropout, Identity)
+    if isinstance(v, Lazy) and v._tensor is None:  # a graph output: written under the output's name
+        return [v.tensor(imp.result_name(node))]
     x = imp.operand(node.input[0], node)
     return [imp.bind(node, imp.result_name(node), f"{x[0]} * 1.0", x[1])]
 

@@ -284,6 +284,35 @@ def test_concat_flatten_transpose_reshape(tmp_path):
     assert "reshape(f, [N, -1, 8])" in text
 
 
+def test_pad_slice_gather_squeeze_reductions_and_the_rest(tmp_path):
+    """Pad (a non-zero value, asymmetric), Slice and Gather of tensors at constant indices,
+    Squeeze/Unsqueeze, ReduceMean/ReduceSum, Sum of three, Not, Reciprocal, Sqrt, Log."""
+    nodes = [helper.make_node("Pad", ["x", "pads", "pv"], ["p"], mode="constant"),
+             helper.make_node("Slice", ["p", "st", "en", "ax"], ["s"]),
+             helper.make_node("Gather", ["s", "idx"], ["g"], axis=1),
+             helper.make_node("Gather", ["s", "one"], ["g1"], axis=2),
+             helper.make_node("Unsqueeze", ["g1", "ax2"], ["u"]),
+             helper.make_node("Squeeze", ["u", "ax2"], ["sq"]),
+             helper.make_node("ReduceMean", ["g"], ["rm"], axes=[2, 3], keepdims=1),
+             helper.make_node("ReduceSum", ["sq", "ax3"], ["rs"], keepdims=0),
+             helper.make_node("Abs", ["rs"], ["ab"]),
+             helper.make_node("Sqrt", ["ab"], ["sr"]),
+             helper.make_node("Log", ["ab"], ["lg"]),
+             helper.make_node("Reciprocal", ["sr"], ["rc"]),
+             helper.make_node("Sum", ["lg", "rc", "sr"], ["sm"]),
+             helper.make_node("Less", ["sm", "zero"], ["neg"]),
+             helper.make_node("Not", ["neg"], ["pos"]),
+             helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["rm"], ["rmf"]),
+             helper.make_node("Concat", ["sm", "posf", "rmf"], ["y"], axis=1)]
+    inits = {"pads": np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), "pv": np.array(0.5, np.float32),
+             "st": np.array([1, 0], np.int64), "en": np.array([5, 9223372036854775807], np.int64),
+             "ax": np.array([2, 3], np.int64), "idx": np.array([0, 2], np.int64), "one": np.array(1, np.int64),
+             "ax2": np.array([1], np.int64), "ax3": np.array([2], np.int64), "zero": np.array(0.0, np.float32)}
+    text = agree(make(nodes, X4, inits, opset=13), F4, tmp_path)
+    assert "zeros([N, 4, 1, 7]) + 0.5" in text
+
+
 def test_shape_arithmetic_is_folded_even_with_the_batch_in_it(tmp_path):
     """x.view(x.size(0), -1) as exporters write it: Shape, Gather, Unsqueeze, Concat, Reshape; and a
     ConstantOfShape of a folded shape. None of it reaches the .dln but the reshape."""
