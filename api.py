@@ -990,13 +990,13 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
 
 
 # -- ONNX import (`dlc import`) -------------------------------------------------------------------
-def _imported(path):
+def _imported(path, weights_name=None):
     """The importer's result (runtime/onnx_import.py) for the ONNX file `path`, its `.dln` text
     compiled by the front end and its weights checked against the params and buffers it declares:
     a failure there is a bug of the importer, said as one."""
     from .dsl.frontend import prelude
     from .runtime.onnx_import import import_model
-    imp = import_model(path, reserved=set(prelude()) | set(OPS))
+    imp = import_model(path, reserved=set(prelude()) | set(OPS), weights_name=weights_name)
     try:
         g = lower(imp.text, f"{Path(path).stem}.dln", None)
     except DlcError as e:
@@ -1031,7 +1031,7 @@ def write_import(path, output, weights=None) -> list[str]:
         raise DlcError(f"{arg('weights')}: {wpath}: weights are written to a file ending in .npz")
     for p in (out, wpath):
         check_output(p)
-    imp = _imported(path)
+    imp = _imported(path, wpath.name)
     existed = wpath.exists()
     save_weights(wpath, imp.weights, parents=True)
     try:

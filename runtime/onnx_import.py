@@ -169,15 +169,16 @@ _UNKNOWN = object()  # the value of an unsupported node's output: its readers ar
 
 
 class _Importer:
-    def __init__(self, onnx, model, path, reserved=()):
-        self.onnx, self.model, self.path = onnx, model, Path(path)
+    def __init__(self, onnx, model, path, reserved=(), weights_name=None):
+        self.onnx, self.model, self.path, self.weights_name = onnx, model, Path(path), weights_name
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise file_error(self.path, f"uses opset {self.opset} of the default ONNX domain; dlc imports opsets "
                                         f"{OPSETS[0]} to {OPSETS[1]} (onnx.version_converter can convert it)")
         self.reserved = set(KEYWORDS) | set(reserved) | {BATCH}
         self.used: set[str] = set()
-        self.values: dict = {}          # ONNX value name -> Tensor | np.ndarray (known when importing)
+        self.values: dict = {}          # ONNX value name -> Tensor, Lazy, np.ndarray (known when importing)
+                                        # or _UNKNOWN (made by an unsupported node)
         self.decls: list[str] = []      # param and buffer lines
         self.lines: list[str] = []      # bindings
         self.weights: dict = {}
@@ -204,16 +205,16 @@ class _Importer:
             self.consumers.setdefault(o.name, []).append(-1)
 
     # -- names ----------------------------------------------------------------------------------
-    def fresh(self, hint: str, dotted: bool = False) -> str:
-        """A new .dln name from an ONNX name: letters, digits and _ (dots kept where `dotted`),
-        not a keyword or a function's name, not taken."""
+    def fresh(self, hint: str) -> str:
+        """A new .dln name from an ONNX name: letters, digits and _, not a keyword or a function's
+        name, not taken."""
         h = re.sub(r"^onnx::", "", hint)
         h = re.sub(r"_output_0", "", h)
         if h.startswith("/"):  # PyTorch's scopes, "/features/features.2/Mul": the module and the op
             parts = [x for x in h.split("/") if x]
             h = "_".join(parts[-2:-1] + [parts[-1].lower()]) if parts else h
-        h = re.sub(r"[^A-Za-z0-9_.]+" if dotted else r"[^A-Za-z0-9_]+", "_", h)
-        h = re.sub(r"_+", "_", h).strip("_.")
+        h = re.sub(r"[^A-Za-z0-9_]+", "_", h)
+        h = re.sub(r"_+", "_", h).strip("_")
         if not h or h[0].isdigit():
             h = "v" + h
         if h in self.reserved:
@@ -253,16 +254,10 @@ class _Importer:
             return v.name, v.type
         if v.dtype == object:
             raise Unsupported(f"it reads the shape value '{name}' ({fmt_shape(tuple(v.tolist()))}) as data")
-        if v.size == 1 and v.ndim == 0 or (v.size == 1 and name not in self.inits):
-            if v.ndim:
-                return self.reshaped_number(v)
-            return fmt_number(v.astype(np.float64).item()), TensorType("f32", ())
+        if v.size == 1 and (v.ndim == 0 or name not in self.inits):  # a number (a folded [1] too), broadcast
+            return fmt_number(v.reshape(()).astype(np.float64).item()), TensorType("f32", ())
         t = self.param_of(name, v)
         return t.name, t.type
-
-    def reshaped_number(self, v):
-        """A 1-element array of rank > 0 (a folded `[1]` or `[1, 1]`): the number, broadcast as such."""
-        return fmt_number(v.reshape(()).astype(np.float64).item()), TensorType("f32", ())
 
     def param_of(self, name: str, v: np.ndarray) -> Tensor:
         if name not in self.as_param:
@@ -296,7 +291,6 @@ class _Importer:
         """`name = op(operands, attrs)`: a binding of one registry op, its type from the op's rule."""
         attrs = dict(attrs or {})
         t = self.infer(op, [o[1] for o in operands], attrs)
-        attrs = dict(attrs)
         first = next(iter(OPS[op].attrs), None)
         lead = []  # a required setting (reshape's shape, a pool's kernel) by position, as people write it
         if first is not None and OPS[op].attrs[first] is REQUIRED and first in attrs:
@@ -359,14 +353,15 @@ class _Importer:
             if v.name != name:  # an input or a param as an output: a binding of its own
                 if name in self.weights or name in inputs:
                     name = self.fresh(o.name + "_out")
-                self.lines.append(f"    {name} = {v.name} * 1.0    # onnx: graph output {o.name}")
+                self.lines.append(f"    {f'{name} = {v.name} * 1.0':<{COMMENT_COLUMN}}  # onnx: graph output {o.name}")
             outputs[name] = o.name
             out_lines.append(name)
         producer = " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)
         head = [f"# Imported from {self.path.name} by `dlc import` (ONNX opset {self.opset}"
                 + (f", made by {producer}" if producer else "") + ").",
-                f"# Weights: {self.path.with_suffix('.npz').name} or as given (`dlc run ... --load`); "
-                f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
+                (f"# Its weights: {self.weights_name} (`--load {self.weights_name}`); " if self.weights_name else
+                 "# Its weights are in the .npz dlc import wrote with it (`--load`); ")
+                + f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
                 f"model {model_name} {{"]
         body = in_lines + ([""] + self.decls if self.decls else []) + [""] + self.lines + [""]
         body.append(f"    output {', '.join(out_lines)}")
@@ -486,9 +481,10 @@ class _Importer:
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def import_model(path, reserved=()) -> Imported:
+def import_model(path, reserved=(), weights_name: str | None = None) -> Imported:
     """Read, check and translate the ONNX model in `path` (see the module doc). `reserved`: names
-    the `.dln` may not bind (the prelude's functions, the ops)."""
+    the `.dln` may not bind (the prelude's functions, the ops); `weights_name`: the weights file the
+    header comment names."""
     onnx = require_onnx()
     model = read_model(path)
-    return _Importer(onnx, model, path, reserved).run()
+    return _Importer(onnx, model, path, reserved, weights_name).run()

@@ -420,6 +420,7 @@ def test_the_imported_file_runs_through_the_commands(tmp_path):
     r = dlc_cli("import", tmp_path / "lenet.onnx", "-o", tmp_path / "out" / "net.dln", "--weights",
                 tmp_path / "w" / "net.npz", rc=0)
     assert f"wrote {tmp_path / 'out' / 'net.dln'}" in r.stdout and "13,706 weights in 8 params" in r.stdout
+    assert "# Its weights: net.npz" in (tmp_path / "out" / "net.dln").read_text()
     assert "Conv 2" in r.stdout
     chk = dlc_cli("check", tmp_path / "out" / "net.dln", rc=0)
     assert "13,706" in chk.stdout
@@ -628,7 +629,8 @@ def test_help_and_the_api_function(tmp_path):
     assert not list(tmp_path.glob("*.dln")) and not list(tmp_path.glob("*.npz"))  # the API writes nothing
 
 
-@pytest.mark.parametrize("case", ["directory", "no_opset", "constant_output", "even_lrn", "per_element_bn"])
+@pytest.mark.parametrize("case", ["directory", "no_opset", "constant_output", "even_lrn", "per_element_bn",
+                                  "fold_fails"])
 def test_more_errors_each_said(case, tmp_path):
     if case == "directory":
         (tmp_path / "d.onnx").mkdir()
@@ -646,6 +648,12 @@ def test_more_errors_each_said(case, tmp_path):
     elif case == "even_lrn":
         refused(tmp_path, make([helper.make_node("LRN", ["x"], ["y"], name="n", size=4)], X4),
                 'LRN "n"', "size = 4", "odd")
+    elif case == "fold_fails":  # a constant reshaped to a shape of another size
+        m = make([helper.make_node("Reshape", ["c", "shape"], ["cr"], name="bad_reshape"),
+                  helper.make_node("Add", ["x", "cr"], ["y"])], X2,
+                 {"c": rnd(6), "shape": np.array([4], np.int64)})
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]))
+        refused(tmp_path, m, 'Reshape "bad_reshape"', "could not be evaluated at import time")
     else:
         stats = {k: np.ones(4, np.float32) for k in ("g", "b", "m", "v")}
         m = make([helper.make_node("BatchNormalization", ["x", *stats], ["y"], name="bn", spatial=0)], X4, stats,
