@@ -244,9 +244,10 @@ class _Importer:
         weight; a folded copy of a shared initializer, as PyTorch writes them, counts as its own)."""
         return len(self.consumers.get(name, [])) == 1 and isinstance(self.values.get(name), np.ndarray)
 
-    def operand(self, name: str, node) -> tuple[str, TensorType]:
-        """(text, type) of an operand of a binding: a tensor's name, a scalar constant's number, or
-        a constant array's param (made from the initializer or the folded value)."""
+    def operand(self, name: str, node, number: bool = True) -> tuple[str, TensorType]:
+        """(text, type) of an operand of a binding: a tensor's name, a single-valued constant's
+        number (where `number`: an elementwise op's operand, which broadcasts), or a constant
+        array's param (made from the initializer or the folded value)."""
         v = self.values[name]
         if isinstance(v, Lazy):
             v = v.tensor()
@@ -254,7 +255,7 @@ class _Importer:
             return v.name, v.type
         if v.dtype == object:
             raise Unsupported(f"it reads the shape value '{name}' ({fmt_shape(tuple(v.tolist()))}) as data")
-        if v.size == 1 and (v.ndim == 0 or name not in self.inits):  # a number (a folded [1] too), broadcast
+        if number and v.size == 1 and (v.ndim == 0 or name not in self.inits):  # a number (a folded [1] too)
             return fmt_number(v.reshape(()).astype(np.float64).item()), TensorType("f32", ())
         t = self.param_of(name, v)
         return t.name, t.type

@@ -82,7 +82,8 @@ class Unsupported(Exception):
 
 
 # -- folding shape vectors that hold the batch size --------------------------------------------------
-# A "shape value" is an int64 array of dtype object whose entries are integers or the symbol N.
+# A "shape value" is an array of dtype object whose entries are integers or the symbol N (an int64
+# array once every entry is known).
 
 def _sym(v) -> np.ndarray:
     """A shape value: int64 where every entry is known, else an object array holding the symbol."""
@@ -301,7 +302,8 @@ def _geom(v):
 
 def _bias_add(imp, i, out: str, channels_shape: tuple):
     """The node that adds a constant bias to `out` right after it, when it is `out`'s only reader
-    and its constant fits `channels_shape`: (node index, bias array), else None."""
+    and its constant has the shape `channels_shape` (or that with a leading 1): (node index, bias
+    array, its name), else None. (A bias [O] added to [N, O, H, W] would broadcast along W: no.)"""
     users = imp.consumers.get(out, [])
     if len(users) != 1 or users[0] < 0:
         return None
@@ -311,9 +313,9 @@ def _bias_add(imp, i, out: str, channels_shape: tuple):
         return None
     other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
     b = imp.const(other)
-    if b is None or not imp.only_use(other) or b.dtype == object or b.size != int(np.prod(channels_shape)):
+    if b is None or not imp.only_use(other) or b.dtype == object:
         return None
-    if tuple(d for d in b.shape if d != 1) != tuple(d for d in channels_shape if d != 1) or b.ndim > len(channels_shape) + 1:
+    if tuple(b.shape) not in (tuple(channels_shape), (1,) + tuple(channels_shape)):
         return None
     return j, b, other
 
@@ -353,13 +355,12 @@ def _conv(imp, i, node, ins, a):
         t = imp.infer("add", [imp.infer("conv2d", [x[1], TensorType("f32", tuple(w.shape))], attrs),
                               TensorType("f32", (o, 1, 1))], {})
         shown = {kk: v for kk, v in attrs.items() if kk != "dilation" and v != OPS["conv2d"].attrs[kk]}
-        shown = {{"groups": "groups", "stride": "stride", "padding": "padding"}[kk]: v for kk, v in shown.items()}
         imp.store(f"{name}.w", w)
         imp.store(f"{name}.b", bias.reshape(o, 1, 1))
         imp.prelude["conv"] += 1
         out = imp.bind(node, name, f"conv({x[0]}, {o}, {k[0]}{attr_text(shown)})", t, nodes)
     else:
-        wt = imp.operand(wname, node)
+        wt = imp.operand(wname, node, number=False)
         attrs = {kk: v for kk, v in attrs.items() if v != OPS["conv2d"].attrs[kk]}
         name = imp.out_names.get(out_onnx) or imp.fresh(out_onnx)
         t = imp.infer("conv2d", [x[1], wt[1]], attrs)
@@ -407,7 +408,7 @@ def _conv_bn(imp, node, x, w, attrs):
     if any(n.output[0] in imp.out_names for n in nodes[:-1]):
         return None  # an inner value is a graph output: the layers stay apart
     name = imp.out_names.get(out_onnx) or imp.layer_name(node, node.input[1])
-    o, c = w.shape[0], x[1].shape[1]
+    o = w.shape[0]
     t = imp.infer("conv2d", [x[1], TensorType("f32", tuple(w.shape))], attrs)
     fn = "conv_bn_relu" if relu else "conv_bn"
     shown = {kk: v for kk, v in attrs.items() if kk in ("stride", "padding") and v != OPS["conv2d"].attrs[kk]}
@@ -419,7 +420,6 @@ def _conv_bn(imp, node, x, w, attrs):
         imp.absorbed.add(k)
         imp.ops[n.op_type] += 1
     out = imp.bind(node, name, f"{fn}({x[0]}, {o}, {w.shape[2]}{attr_text(shown)})", t, nodes)
-    assert c == w.shape[1]
     for n in nodes[1:]:
         imp.values[n.output[0]] = out
     return out
@@ -435,7 +435,7 @@ def _gemm(imp, i, node, ins, a):
     if (w is not None and imp.only_use(node.input[1]) and not ta and alpha == 1.0 and beta == 1.0 and c is not None
             and imp.only_use(c_name) and c.size == (w.shape[0] if tb else w.shape[1])):
         return [_linear(imp, node, x, w.T if tb else w, c.reshape(-1), node.input[1], [node])]
-    wt = imp.operand(node.input[1], node)
+    wt = imp.operand(node.input[1], node, number=False)
     attrs = {k: v for k, v in (("ta", ta), ("tb", tb)) if v}
     t = imp.infer("matmul", [x[1], wt[1]], attrs)
     expr = f"matmul({x[0]}, {wt[0]}{attr_text(attrs)})"
@@ -460,7 +460,7 @@ def _linear(imp, node, x, w, b, wname, nodes) -> Tensor:
 
 
 def _matmul(imp, i, node, ins, a):
-    x = imp.operand(node.input[0], node)
+    x = imp.operand(node.input[0], node, number=False)
     w = imp.const(node.input[1])
     if isinstance(ins[0], (Tensor, Lazy)) and x[1].rank == 2 and w is not None and w.ndim == 2 and imp.only_use(node.input[1]):
         found = _bias_add(imp, i, node.output[0], (w.shape[1],))
@@ -472,7 +472,7 @@ def _matmul(imp, i, node, ins, a):
             imp.values[imp.model.graph.node[j].output[0]] = out
             imp.ops["Add"] += 1
             return [out]
-    y = imp.operand(node.input[1], node)
+    y = imp.operand(node.input[1], node, number=False)
     if x[1].rank < 2 or y[1].rank < 2:
         raise Unsupported("a product with a vector operand (dlc's matmul takes matrices)")
     return [imp.binary(node, "matmul", "@", x, y, name=imp.result_name(node))]
@@ -583,7 +583,7 @@ def _batch_norm(imp, i, node, ins, a):
             imp.store(f"{name}.{key}", v.reshape(c), kind)
         imp.prelude[fn] += 1
         return [imp.bind(node, name, f"{fn}({x[0]}{attr_text(attrs)})", x[1])]
-    ops = [imp.operand(n, node) for n in names[:2]]
+    ops = [imp.operand(n, node, number=False) for n in names[:2]]
     for n, s in zip(names[2:], stats[2:]):
         if s is None:
             raise Unsupported("its running statistics are computed at run time")
@@ -611,8 +611,8 @@ def _layer_norm(imp, i, node, ins, a):
         imp.store(f"{name}.beta", np.broadcast_to(bias, shape))
         imp.prelude["layernorm"] += 1
         return [imp.bind(node, name, f"layernorm({x[0]}{attr_text(attrs)})", x[1])]
-    g = imp.operand(node.input[1], node)
-    b = imp.operand(bname, node) if bname else (imp.declare(imp.fresh(f"{node.output[0]}_beta"), bias).name,
+    g = imp.operand(node.input[1], node, number=False)
+    b = imp.operand(bname, node, number=False) if bname else (imp.declare(imp.fresh(f"{node.output[0]}_beta"), bias).name,
                                                TensorType("f32", tuple(shape)))
     attrs = dict(attrs, axis=axis) if axis != x[1].rank - 1 else attrs
     return [imp.call(node, "layer_norm", [x, g, b], attrs, name=imp.result_name(node))]
@@ -703,7 +703,7 @@ def _transpose(imp, i, node, ins, a):
 
 
 def _concat(imp, i, node, ins, a):
-    xs = [imp.operand(n, node) for n in node.input if n]
+    xs = [imp.operand(n, node, number=False) for n in node.input if n]
     rank = max(t.rank for _, t in xs)
     return [imp.call(node, "concat", xs, {"axis": int(a["axis"]) % rank}, name=imp.result_name(node))]
 
@@ -731,7 +731,7 @@ def _clip(imp, i, node, ins, a):
             v = imp.const(n) if n else None
             if n and v is None:
                 raise Unsupported("its bounds are computed at run time")
-            bounds.append(None if v is None else float(v))
+            bounds.append(None if v is None else float(v.reshape(-1)[0]))
         lo, hi = bounds
     expr, t = x[0], x[1]
     if hi is not None and np.isfinite(hi):
@@ -786,7 +786,7 @@ def _shape(imp, i, node, ins, a):
 def _reduce(op):
     def rule(imp, i, node, ins, a):
         x = _tensor(imp, ins[0])
-        axes = _axes_of([ins[0]] + ins[1:], a)
+        axes = _axes_of(ins, a)
         keep = bool(a.get("keepdims", 1))
         if axes is None or axes == []:
             if a.get("noop_with_empty_axes", 0):

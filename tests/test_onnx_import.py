@@ -171,6 +171,23 @@ def test_matmul_add_broadcast_and_arithmetic(tmp_path):
     assert "y = h4 / 2.0" in text  # a scalar constant is a number in the .dln
 
 
+def test_single_valued_weights_stay_tensors_where_an_op_needs_one(tmp_path):
+    """A 1x1x1x1 kernel, a [1, 1] matrix, one-channel batch norm: params, not numbers (a number is
+    only an elementwise op's operand)."""
+    bn = {"g": rnd(1, seed=1) + 2, "b": rnd(1, seed=2), "m": rnd(1, seed=3), "v": np.array([1.5], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n2"]),  # shared: explicit
+             helper.make_node("Add", ["n", "n2"], ["s"]),
+             helper.make_node("Flatten", ["s"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "one"], ["y"])]
+    inits = dict(bn, k=rnd(1, 1, 1, 1, seed=4), w=rnd(49, 1, seed=5), one=np.array([[0.7]], np.float32),
+                 shape=np.array([-1, 1], np.int64))
+    agree(make(nodes, {"x": (2, 1, 7, 7)}, inits), {"x": rnd(2, 1, 7, 7)}, tmp_path)
+
+
 def test_batched_matmul_of_two_inputs(tmp_path):
     m = make([helper.make_node("MatMul", ["a", "b"], ["y"])], {"a": (2, 3, 4), "b": (2, 4, 5)})
     agree(m, {"a": rnd(2, 3, 4), "b": rnd(2, 4, 5, seed=1)}, tmp_path)
