@@ -676,3 +676,16 @@ def test_more_errors_each_said(case, tmp_path):
         m = make([helper.make_node("BatchNormalization", ["x", *stats], ["y"], name="bn", spatial=0)], X4, stats,
                  opset=7)
         refused(tmp_path, m, 'BatchNormalization "bn"', "spatial = 0")
+
+
+def test_without_the_onnx_package_the_error_says_how_to_install_it(tmp_path):
+    """A fake `onnx` first on the path that fails to import, as a missing package does."""
+    import os
+    (tmp_path / "fake" / "onnx").mkdir(parents=True)
+    (tmp_path / "fake" / "onnx" / "__init__.py").write_text("raise ImportError('No module named onnx')\n")
+    m = make([helper.make_node("Relu", ["x"], ["y"])], X2)
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    path = os.pathsep.join([str(tmp_path / "fake")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    r = dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dln", env={"PYTHONPATH": path}, rc=2)
+    assert "dlc import needs the onnx package" in r.stderr and "pip install 'dlc[onnx]'" in r.stderr
+    assert not (tmp_path / "m.dln").exists()
