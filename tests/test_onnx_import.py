@@ -527,7 +527,27 @@ def torch_nets(torch):
             y, _ = self.rnn(x.reshape(x.shape[0], 16, -1))
             return self.fc(y[:, -1])
 
-    return {"resnet_like": ResNetLike, "alexnet_like": AlexNetLike, "lstm_classifier": LSTMClassifier}
+    class Mixed(nn.Module):
+        """ReLU6 and Hardtanh (Clip), a depthwise convolution, an average pool in ceil mode without
+        the padding, LayerNorm, GELU (Erf's formula before opset 20, Gelu since), two outputs."""
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.ln = nn.LayerNorm(8)
+            self.fc = nn.Linear(8, 6)
+
+        def forward(self, x):
+            f = nn.functional
+            h = f.relu6(self.c(x))
+            h = f.hardtanh(self.dw(h), -0.5, 0.5) + h
+            h = f.avg_pool2d(h, 2, ceil_mode=True, count_include_pad=False)
+            h = f.gelu(self.ln(f.adaptive_avg_pool2d(h, 1).flatten(1)))
+            h = torch.sigmoid(self.fc(f.dropout(h, 0.3, training=False)))
+            return torch.softmax(h * 2 - 1, dim=-1), f.leaky_relu(h, 0.1).pow(2)
+
+    return {"resnet_like": ResNetLike, "alexnet_like": AlexNetLike, "lstm_classifier": LSTMClassifier,
+            "mixed": Mixed}
 
 
 @pytest.mark.parametrize("net", ["resnet_like", "alexnet_like", "lstm_classifier"])
@@ -556,6 +576,26 @@ def test_a_pytorch_export(net, tmp_path):
     # `dlc check` counts the framework's parameters (an LSTM's two bias vectors are one in dlc)
     count = sum(p.numel() for n, p in model.named_parameters() if "bias_hh" not in n)
     assert f"{count:,}" in dlc_cli("check", tmp_path / f"{net}.dln", rc=0).stdout, r.stdout
+
+
+@pytest.mark.parametrize("opset", [11, 20])
+def test_a_pytorch_export_of_many_small_ops_at_an_old_and_a_new_opset(opset, tmp_path):
+    torch = import_torch()
+    torch.manual_seed(0)
+    model = torch_nets(torch)["mixed"]().eval()
+    x = torch.randn(3, 3, 16, 16)
+    path = tmp_path / "mixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["p", "q"],
+                          opset_version=opset, dynamic_axes={"x": {0: "batch"}})
+    m, text, _ = imported(onnx.load(str(path)), tmp_path)
+    with torch.no_grad():
+        want = [t.numpy() for t in model(x)]
+    got = m.forward(x=x.numpy())
+    close(got["p"], want[0], "p")
+    close(got["q"], want[1], "q")
+    assert ("gelu(" in text) == (opset >= 20)  # before opset 20 GELU arrives as its Erf formula
 
 
 # -- errors: exit 2, one line, nothing written ------------------------------------------------------
