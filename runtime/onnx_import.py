@@ -282,8 +282,12 @@ class _Importer:
         (self.params if kind == "param" else self.buffers).append(name)
 
     # -- bindings -------------------------------------------------------------------------------
-    def bind(self, node, name: str, expr: str, t: TensorType, nodes=None) -> Tensor:
+    def bind(self, node, name: str, expr: str, t: TensorType, nodes=None, span: int = 0) -> Tensor:
+        """`name = expr` with the comment naming the ONNX node(s) it came from (`span`: the count of a
+        chain of nodes of which `nodes` are the first and the last)."""
         what = " + ".join(f'{n.op_type} "{n.name or n.output[0]}"' for n in (nodes or [node]))
+        if span:
+            what = what.replace(" + ", " ... ") + f" ({span} nodes)"
         self.lines.append(f"    {f'{name} = {expr}':<{COMMENT_COLUMN}}  # onnx: {what}")
         return Tensor(name, t)
 

@@ -629,6 +629,77 @@ def _lrn(imp, i, node, ins, a):
     return [imp.bind(node, imp.result_name(node), f"lrn({x[0]}{attr_text(attrs)})", x[1])]
 
 
+# The prelude's lrn as dlc export writes it: x * x, reshaped to [N, 1, C, H*W], averaged over `size`
+# channels (padding counted), reshaped back, then x * exp(-beta * log(k + alpha * avg)). Found from
+# its first node, each node the only reader of the one before, and written back as one `lrn` line.
+_LRN_CHAIN = ("Reshape", "AveragePool", "Reshape", "Mul", "Add", "Log", "Mul", "Exp", "Mul")
+
+
+def _scalar(imp, node, value_name):
+    """The single value of the constant operand of `node` other than `value_name`, or None."""
+    others = [n for n in node.input if n != value_name]
+    c = imp.const(others[0]) if len(others) == 1 else None
+    return float(c.reshape(-1)[0]) if c is not None and c.dtype != object and c.size == 1 else None
+
+
+def _lrn_pattern(imp, node, x: Tensor, x_onnx: str):
+    """(size, alpha, beta, k, the chain's nodes) where `node` (x * x) starts the prelude's lrn."""
+    chain, out = [], node.output[0]
+    for want in _LRN_CHAIN:
+        nxt = _next_any(imp, out)
+        if nxt is None or nxt[1].op_type != want:
+            return None
+        chain.append(nxt)
+        out = nxt[1].output[0]
+    (_, r1), (_, pool), (_, r2), (_, m1), (_, add), (_, log), (_, m2), (_, exp), (_, last) = chain
+    if sorted(last.input) != sorted([x_onnx, exp.output[0]]):
+        return None
+    n_, c, h, w = x.type.shape
+    a = imp.attributes(pool)
+    size = list(a.get("kernel_shape", [0]))[0]
+    if (list(a.get("kernel_shape", [])) != [size, 1] or list(a.get("strides", [1, 1])) != [1, 1] or size % 2 == 0
+            or list(a.get("pads", [])) != [(size - 1) // 2, 0, (size - 1) // 2, 0] or not a.get("count_include_pad", 0)
+            or a.get("ceil_mode", 0)):
+        return None
+    for rs, want in ((r1, [n_, 1, c, h * w]), (r2, [n_, c, h, w])):
+        target = imp.const(rs.input[1])
+        src = [n_, c, h, w] if rs is r1 else [n_, 1, c, h * w]
+        if target is None or _reshape_spec(src, target, imp.attributes(rs)) not in (want, [-1] + want[1:]):
+            return None
+    alpha, k, minus_beta = (_scalar(imp, m1, r2.output[0]), _scalar(imp, add, m1.output[0]),
+                            _scalar(imp, m2, log.output[0]))
+    if None in (alpha, k, minus_beta):
+        return None
+    return size, alpha, -minus_beta, k, chain
+
+
+def _next_any(imp, out: str):
+    """The node that alone reads `out`: (index, node), else None."""
+    users = imp.consumers.get(out, [])
+    return (users[0], imp.model.graph.node[users[0]]) if len(users) == 1 and users[0] >= 0 else None
+
+
+def _mul(imp, i, node, ins, a):
+    """Mul; x * x that starts the prelude's lrn (as dlc export writes it) becomes that one line."""
+    if len(node.input) == 2 and node.input[0] == node.input[1] and isinstance(ins[0], (Tensor, Lazy)):
+        x = Tensor(*_tensor(imp, ins[0]))
+        found = _lrn_pattern(imp, node, x, node.input[0]) if x.type.rank == 4 and all(
+            isinstance(d, int) for d in x.type.shape[1:]) else None
+        if found:
+            size, alpha, beta, k, chain = found
+            for j, n in chain:
+                imp.absorbed.add(j)
+                imp.ops[n.op_type] += 1
+            last = chain[-1][1]
+            attrs = {"size": size, "alpha": alpha, "beta": beta, "k": k}
+            imp.prelude["lrn"] += 1
+            out = imp.bind(node, imp.out_names.get(last.output[0]) or imp.fresh(last.output[0]),
+                           f"lrn({x.name}{attr_text(attrs)})", x.type, [node, last], span=len(chain) + 1)
+            imp.values[last.output[0]] = out
+            return [None]
+    return _binary("mul", "*")(imp, i, node, ins, a)
+
+
 def _softmax(op):
     def rule(imp, i, node, ins, a):
         x = _tensor(imp, ins[0])
@@ -665,7 +736,11 @@ def _reshape(imp, i, node, ins, a):
     shape = ins[1] if len(ins) > 1 else _sym(a["shape"])
     if isinstance(shape, (Tensor, Lazy)):
         raise Unsupported("its shape is computed from data at run time")
-    have = x[1].shape
+    return [_reshaped(imp, node, x, _reshape_spec(x[1].shape, shape, a))]
+
+
+def _reshape_spec(have, shape: np.ndarray, a) -> list:
+    """Reshape's target as dlc writes it: ONNX's 0 (copy the dimension) resolved, a symbol kept."""
     spec = []
     for k, d in enumerate(shape.reshape(-1).tolist()):
         if d == 0 and not a.get("allowzero", 0):
@@ -674,7 +749,7 @@ def _reshape(imp, i, node, ins, a):
             spec.append(d if isinstance(d, str) else int(d))
     if BATCH in have and BATCH not in spec and -1 not in spec and spec and spec[0] == 1:
         spec[0] = BATCH  # a model exported at batch 1 wrote the batch as 1
-    return [_reshaped(imp, node, x, spec)]
+    return spec
 
 
 def _reshaped(imp, node, x, shape) -> Tensor:
@@ -932,7 +1007,7 @@ def _slice(imp, i, node, ins, a):
 
 
 RULES = {
-    "Add": _binary("add", "+"), "Sub": _binary("sub", "-"), "Mul": _binary("mul", "*"), "Div": _binary("div", "/"),
+    "Add": _binary("add", "+"), "Sub": _binary("sub", "-"), "Mul": _mul, "Div": _binary("div", "/"),
     "Pow": _binary("pow", None), "Max": _variadic("max", None), "Min": _variadic("min", None),
     "Sum": _variadic("add", "+"),
     "Greater": _binary("gt", ">"), "Less": _binary("lt", "<"), "GreaterOrEqual": _binary("ge", ">="),

@@ -291,6 +291,27 @@ def test_layer_normalization_and_lrn(tmp_path):
     agree(lrn, F4, tmp_path)
 
 
+@pytest.mark.parametrize("variant", ["lrn", "not_quite"])
+def test_the_ten_nodes_of_dlcs_lrn_become_one_line(variant, tmp_path):
+    """The chain `dlc export` writes for the prelude's lrn (size 3, alpha 0.01, beta 0.6, k 2) is one
+    `lrn` line; with count_include_pad = 0 it is another function, imported op by op."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("Reshape", ["sq", "s1"], ["r1"]),
+             helper.make_node("AveragePool", ["r1"], ["av"], kernel_shape=[3, 1], strides=[1, 1], pads=[1, 0, 1, 0],
+                              count_include_pad=int(variant == "lrn")),
+             helper.make_node("Reshape", ["av", "s2"], ["r2"]),
+             helper.make_node("Mul", ["alpha", "r2"], ["m1"]),
+             helper.make_node("Add", ["k", "m1"], ["ad"]),
+             helper.make_node("Log", ["ad"], ["lg"]),
+             helper.make_node("Mul", ["mbeta", "lg"], ["m2"]),
+             helper.make_node("Exp", ["m2"], ["ex"]),
+             helper.make_node("Mul", ["x", "ex"], ["y"])]
+    inits = {"s1": np.array([0, 1, 4, 49], np.int64), "s2": np.array([-1, 4, 7, 7], np.int64),
+             "alpha": np.array(0.01, np.float32), "k": np.array(2.0, np.float32), "mbeta": np.array(-0.6, np.float32)}
+    text = agree(make(nodes, X4, inits), F4, tmp_path)
+    assert ("y = lrn(x, size = 3, alpha = 0.01, beta = 0.6, k = 2.0)" in text) == (variant == "lrn"), text
+
+
 def test_concat_flatten_transpose_reshape(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("Concat", ["x", "r"], ["c"], axis=1),
@@ -425,7 +446,8 @@ def test_round_trip_of_an_example(name, tmp_path):
     assert sum(np.size(v) for v in back.params.values()) == sum(np.size(v) for v in src.params.values())
     text = (tmp_path / f"{name}.dln").read_text()
     layer = {"lenet": "c1 = conv(img, 16, 3, padding = 1)", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
-             "alexnet_small": "c2 = conv(p1, 64, 3, padding = 1, groups = 2)", "mlp": "h = relu(h_add)",
+             "alexnet_small": "p1_lrn = lrn(c1_1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
+             "mlp": "h = relu(h_add)",
              "inception": "conv("}[name]
     assert layer in text, text
 
