@@ -44,7 +44,7 @@ from .onnx_import_ops import BATCH, RULES, SYMBOLIC, Lazy, Tensor, Unsupported, 
 OPSETS = (7, 21)     # the default-domain opsets read (as issue 21 asks; older ones changed Reshape, ...)
 COMMENT_COLUMN = 44  # where the `# onnx: ...` comments of the bindings start
 KEYWORDS = {"model", "def", "input", "param", "buffer", "output", "minimize", "with", "freeze", "train",
-            "return", "true", "false"}
+            "return", "true", "false", "scan"}  # the keywords, and scan (a call the front end treats apart)
 
 
 def require_onnx():
@@ -266,8 +266,16 @@ class _Importer:
             self.as_param[name] = self.declare(pname, v, "param", comment=f"onnx: {name}" if pname != name else "")
         return self.as_param[name]
 
-    def declare(self, name: str, v: np.ndarray, kind: str = "param", comment: str = "") -> Tensor:
+    def finite(self, name: str, v) -> np.ndarray:
+        """A weight as float32; NaN or infinity in it is an error naming it (no weights file of dlc
+        may hold one: `--load` refuses them)."""
         a = np.asarray(v, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise file_error(self.path, f"the weight '{name}' holds NaN or infinity (a damaged or untrained file?)")
+        return a
+
+    def declare(self, name: str, v: np.ndarray, kind: str = "param", comment: str = "") -> Tensor:
+        a = self.finite(name, v)
         t = TensorType("f32", tuple(int(d) for d in a.shape))
         init = " = he" if kind == "param" and a.ndim >= 2 else ""
         line = f"    {kind:<6} {name} : {t}{init}"
@@ -278,7 +286,7 @@ class _Importer:
 
     def store(self, name: str, v: np.ndarray, kind: str = "param") -> None:
         """Weights of a prelude call (`conv1.w`), which the call itself declares."""
-        self.weights[name] = np.asarray(v, dtype=np.float32)
+        self.weights[name] = self.finite(name, v)
         (self.params if kind == "param" else self.buffers).append(name)
 
     # -- bindings -------------------------------------------------------------------------------

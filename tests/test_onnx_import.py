@@ -751,3 +751,36 @@ def test_without_the_onnx_package_the_error_says_how_to_install_it(tmp_path):
     r = dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dln", env={"PYTHONPATH": path}, rc=2)
     assert "dlc import needs the onnx package" in r.stderr and "pip install 'dlc[onnx]'" in r.stderr
     assert not (tmp_path / "m.dln").exists()
+
+
+def test_cut_or_scrambled_files_give_an_error_or_a_model_never_a_crash(tmp_path):
+    """Fuzz: 40 prefixes and 40 copies with a few bytes changed of an exported lenet; each import is a
+    DlcError naming the file or a model that compiles (a change inside the weights' data), never
+    another exception. A weight that became NaN or infinite is refused by name."""
+    src = dlc.compile(EXAMPLES / "lenet.dln", backend="interp")
+    src.export_onnx(tmp_path / "lenet.onnx")
+    data = (tmp_path / "lenet.onnx").read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.onnx"
+    errors = 0
+    for k in range(80):
+        if k < 40:
+            blob = data[:int(rng.integers(1, len(data)))]
+        else:
+            b = bytearray(data)
+            for _ in range(int(rng.integers(1, 6))):
+                b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+            blob = bytes(b)
+        path.write_bytes(blob)
+        try:
+            dlc.import_onnx(path)
+        except dlc.DlcError as e:
+            assert str(path) in str(e)
+            errors += 1
+    assert errors >= 40  # every cut at least
+    m = onnx.load(str(tmp_path / "lenet.onnx"))
+    w = next(t for t in m.graph.initializer if t.name == "c1.w")
+    arr = numpy_helper.to_array(w).copy()
+    arr[0, 0, 0, 0] = np.inf
+    w.CopyFrom(numpy_helper.from_array(arr, "c1.w"))
+    refused(tmp_path, m, "the weight 'c1.w' holds NaN or infinity")
