@@ -988,7 +988,6 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
                       (ATOL, RTOL), b.rewrite)
 
 
-
 # -- ONNX import (`dlc import`) -------------------------------------------------------------------
 def _imported(path, weights_name=None):
     """The importer's result (runtime/onnx_import.py) for the ONNX file `path`, its `.dln` text

@@ -284,12 +284,12 @@ def cmd_export(args) -> int:
     return 0
 
 
-
 # -- import -----------------------------------------------------------------------------------
 def cmd_import(args) -> int:
     for line in api.write_import(args.file, args.output, args.weights):
         print(line)
     return 0
+
 
 # -- diff -------------------------------------------------------------------------------------
 def cmd_diff(args) -> int:
