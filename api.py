@@ -1063,6 +1063,72 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
                       (ATOL, RTOL), b.rewrite)
 
 
+# -- ONNX import (`dlc import`) -------------------------------------------------------------------
+def _imported(path, weights_name=None):
+    """The importer's result (runtime/onnx_import.py) for the ONNX file `path`, its `.dln` text
+    compiled by the front end and its weights checked against the params and buffers it declares:
+    a failure there is a bug of the importer, said as one."""
+    from .dsl.frontend import prelude
+    from .runtime.onnx_import import import_model
+    imp = import_model(path, reserved=set(prelude()) | set(OPS), weights_name=weights_name)
+    try:
+        g = lower(imp.text, f"{Path(path).stem}.dln", None)
+    except DlcError as e:
+        raise DlcError(f"dlc import made a model that does not compile (a bug in dlc import; please report it "
+                       f"with the .onnx file): {e}")
+    want = {n: g.type(n).shape for n in g.params + g.buffers}
+    have = {n: tuple(a.shape) for n, a in imp.weights.items()}
+    if want != have:
+        raise DlcError(f"dlc import made weights that do not fit its model (a bug in dlc import): "
+                       f"{sorted(set(want.items()) ^ set(have.items()))[:3]}")
+    return imp
+
+
+def import_onnx(path) -> tuple[str, dict]:
+    """(`.dln` text, weights) of the ONNX model in `path`: the weights (params and model buffers,
+    name -> float32 array) are what `Model.load` and `dlc run --load` read. Needs the onnx package.
+    Anything the file holds that dlc cannot express is a DlcError listing it (docs/import.md)."""
+    imp = _imported(path)
+    return imp.text, dict(imp.weights)
+
+
+def write_import(path, output, weights=None) -> list[str]:
+    """`dlc import`: write the `.dln` of the ONNX model `path` to `output` (a `.dln` name) and its
+    weights to `weights` (default: `output` with `.npz`), both atomically, and nothing at all when
+    anything is wrong; returns the lines that say what was written."""
+    out = Path(output)
+    if out.suffix.lower() != ".dln":
+        raise DlcError(f"{arg('output')}: {output}: the model is written to a file ending in .dln, not "
+                       f"{repr(out.suffix) if out.suffix else 'a name without one'}")
+    wpath = Path(weights) if weights is not None else out.with_suffix(".npz")
+    if wpath.suffix.lower() != ".npz":
+        raise DlcError(f"{arg('weights')}: {wpath}: weights are written to a file ending in .npz")
+    for p in (out, wpath):
+        check_output(p)
+    imp = _imported(path, wpath.name)
+    existed = wpath.exists()
+    save_weights(wpath, imp.weights, parents=True)
+    try:
+        atomic_write(out, lambda f: f.write(imp.text.encode()), parents=True)
+    except BaseException:
+        if not existed and wpath.exists():
+            wpath.unlink()
+        raise
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(imp.ops.items(), key=lambda kv: (-kv[1], kv[0])))
+    folded = sum(imp.folded.values())
+    lines = [f"wrote {out}: model {imp.model}, inputs "
+             + ", ".join(f"{k}" + (f" (ONNX '{v}')" if k != v else "") for k, v in imp.inputs.items())
+             + "; outputs " + ", ".join(f"{k}" + (f" (ONNX '{v}')" if k != v else "") for k, v in imp.outputs.items()),
+             f"wrote {wpath}: {imp.param_count:,} weights in {len(imp.params)} params"
+             + (f" and {len(imp.buffers)} model buffers" if imp.buffers else ""),
+             f"ONNX nodes translated: {sum(imp.ops.values())} ({ops})"
+             + (f"; folded at import time: {folded} ({', '.join(f'{k} {v}' for k, v in sorted(imp.folded.items()))})"
+                if folded else "")]
+    if imp.prelude:
+        lines.append("prelude layers used: " + ", ".join(f"{k} {v}" for k, v in sorted(imp.prelude.items())))
+    return lines
+
+
 # the public names: the API itself, and what the `dlc` command takes from the stages through it
 __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "RunSettings", "DiffResult", "Dataset",
            "DataOptions", "DlcError", "__version__", "argument_names", "arg", "check_settings", "resolve",
@@ -1072,3 +1138,4 @@ __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "Run
            "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",
            "partial_report", "check_output", "atomic_write", "write_json", "write_plot", "write_predictions",
            "require_matplotlib", "require_onnx", "fmt_value"]
+__all__ += ["import_onnx", "write_import"]  # dlc import (docs/import.md)

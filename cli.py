@@ -1,4 +1,4 @@
-"""The `dlc` command: check, compile, run, eval, export, diff, bench, sample.
+"""The `dlc` command: check, compile, run, eval, export, import, diff, bench, sample.
 
 It parses the arguments, calls the API (`dlc.api`, the one front door) and prints; it imports no
 stage of the compiler. Every mistake in the user's input ends in a located one-line error on
@@ -295,6 +295,13 @@ def cmd_sample(args) -> int:
     return 0
 
 
+# -- import -----------------------------------------------------------------------------------
+def cmd_import(args) -> int:
+    for line in api.write_import(args.file, args.output, args.weights):
+        print(line)
+    return 0
+
+
 # -- diff -------------------------------------------------------------------------------------
 def cmd_diff(args) -> int:
     d = api.diff(args.file, args.backends, batch=args.batch, seed=args.seed, data=args.data, options=_options(args))
@@ -516,6 +523,18 @@ def parser() -> argparse.ArgumentParser:
     _backend(p)
     _opt_level(p)
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("import", help="read an ONNX model: write it as a .dln and its weights as an .npz",
+                       description="Translate an ONNX model (opsets 7 to 21) into a readable .dln, one line per "
+                       "ONNX node with a comment naming it, and its weights into an .npz that --load reads. "
+                       "Constant shape arithmetic is folded; an op dlc cannot express is an error listing every "
+                       "such op, and nothing is written. Needs the onnx package: pip install 'dlc[onnx]'. "
+                       "See docs/import.md.")
+    p.add_argument("file", metavar="MODEL.onnx", help="the ONNX model to read")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.dln", help="the .dln file to write")
+    p.add_argument("--weights", metavar="W.npz", help="where the weights go (default: MODEL.npz beside the .dln)")
+    p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
+    p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("diff", help="one training step on several backends; max abs/rel error per tensor",
                        description="One training step (training mode, the same dropout masks everywhere) on "
