@@ -13,6 +13,7 @@ expression. This module is the walk; the rooms it draws on:
     products.py   matmul and the convolutions (implicit GEMMs); tiles.py: tile and split-K
     pooling.py    pool, pool_grad
     updates.py    assign, commits, multi-tensor optimizer updates
+    host.py       ops computed on the host between kernels (the all-reduce): a plan step, no kernel
     memory.py     plan step after emission: temps share buffers by liveness
     shared.py     static shared memory of each kernel; plan.py: the plan's types
 
@@ -36,6 +37,7 @@ from ..ir.graph import Graph
 from ..ir.ops import INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
 from .concat import plan_concats
 from .core import PLAIN, Emission, Epilogue, Generator
+from .host import emit_host
 from .layout import emit_alias, emit_broadcast, emit_concat, emit_pad, emit_slice, emit_transpose
 from .memory import plan_memory
 from .plan import Module
@@ -172,4 +174,5 @@ EMITTERS = {
     "dropout": emit_dropout,
     "mode_select": emit_mode_select,
     "assign": emit_assign,
+    "host": emit_host,
 }

@@ -531,3 +531,4 @@ from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: register
 from . import ops_norm  # noqa: E402,F401  (batch normalization)
 from . import ops_math  # noqa: E402,F401  (erf, gelu, softplus, pow, max/min, comparisons, where, bce_logits,
                         # layer_norm)
+from . import ops_comm  # noqa: E402,F401  (data parallelism: batch_share, allreduce)
