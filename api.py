@@ -41,7 +41,8 @@ from .ir.verify import verify
 from .passes.fusion import report as fusion_report
 from .passes.manager import LEVELS, PASS_NAMES, run_pipeline
 from .runtime.backends import BACKENDS, make_backend, option_problem, resolve
-from .runtime.collectives import launched_ranks, world
+from .runtime.collectives import INSTALL as MPI_INSTALL
+from .runtime.collectives import launched_ranks, require_mpi, run_ranks, started, world
 from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
 from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, load_data
 from .runtime.diff import ATOL, RTOL, compared, random_nodes, synth_feeds
@@ -1068,4 +1069,6 @@ __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "Run
            "EMITS", "OPT_LEVELS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
            "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",
            "partial_report", "check_output", "atomic_write", "write_json", "write_plot", "write_predictions",
-           "require_matplotlib", "require_onnx", "fmt_value"]
+           "require_matplotlib", "require_onnx", "fmt_value",
+           # data parallelism (runtime/collectives.py): the launcher, the MPI check, this process's world
+           "run_ranks", "require_mpi", "launched_ranks", "started", "MPI_INSTALL"]

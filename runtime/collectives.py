@@ -117,14 +117,19 @@ class Communicator:
         lo = self.rank * q + min(self.rank, r)
         return lo, lo + q + (self.rank < r)
 
-    def abort(self, code: int) -> None:
-        """End every rank of the run now (MPI_Abort): after an error on one rank, so that none waits."""
+    def abort(self, code: int, message: str = "") -> None:
+        """Say `message` on stderr and end every rank of the run now (MPI_Abort): after an error on
+        one rank, so that none waits for it."""
         sys.stdout.flush()
         sys.stderr.flush()
+        if message:
+            os.write(2, (message.rstrip("\n") + "\n").encode())  # one write: whole, before the end
         self._comm.Abort(code)
+        os._exit(code)  # MPICH's MPI_Abort may return to the caller while the launcher ends the job
 
 
 _WORLD: Communicator | None = None
+PIDS_VAR = "DLC_RANK_PIDS"  # set by `run_ranks`: a folder where each rank leaves its process id
 
 
 def world() -> Communicator:
@@ -133,4 +138,51 @@ def world() -> Communicator:
     if _WORLD is None:
         mpi = require_mpi()
         _WORLD = Communicator(mpi, mpi.COMM_WORLD)
+        if os.environ.get(PIDS_VAR):  # so that `run_ranks` can name a rank that is lost
+            try:
+                Path(os.environ[PIDS_VAR], str(os.getpid())).write_text(str(_WORLD.rank))
+            except OSError:
+                pass
     return _WORLD
+
+
+def started() -> Communicator | None:
+    """The world communicator if this process has started MPI, else None."""
+    return _WORLD
+
+
+def run_ranks(ranks: int, argv: list[str]) -> int:
+    """`dlc run --ranks K`: start K processes of `dlc` with `argv` under mpiexec on this machine and
+    wait for them; returns the launcher's exit status. The launcher's own lines pass through; when
+    it reports a process that ended badly, the line after them names that process's rank."""
+    import re
+    import subprocess
+    import tempfile
+    import threading
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "dlc.cli", *argv]
+    with tempfile.TemporaryDirectory(prefix="dlc-ranks-") as pids:
+        sys.stdout.flush()
+        proc = subprocess.Popen(cmd, env=dict(os.environ, **{PIDS_VAR: pids}), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        lost: list[str] = []
+
+        def relay(src, dst):  # line by line, as it comes; the launcher's report of a lost process noted
+            for line in src:
+                dst.write(line)
+                dst.flush()
+                found = re.search(r"\bPID (\d+) RUNNING AT", line)
+                if found:
+                    lost.append(found.group(1))
+        threads = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout), daemon=True),
+                   threading.Thread(target=relay, args=(proc.stderr, sys.stderr), daemon=True)]
+        for t in threads:
+            t.start()
+        rc = proc.wait()
+        for t in threads:
+            t.join(timeout=5)
+        for pid in lost:
+            f = Path(pids, pid)
+            rank = f.read_text() if f.exists() else "?"
+            print(f"dlc: rank {rank} of {ranks} (process {pid}) was lost, exit status {rc}; mpiexec ended the "
+                  f"other ranks", file=sys.stderr, flush=True)
+    return rc

@@ -291,8 +291,7 @@ def agree(model, comm, digest: str, settings: dict) -> None:
 
 def fatal(comm, e: DlcError) -> None:
     """An error on one rank of a data-parallel run: said on stderr with the rank, then every rank ends."""
-    print(f"rank {comm.rank} of {comm.size}: {e}", file=sys.stderr, flush=True)
-    comm.abort(2)
+    comm.abort(2, f"rank {comm.rank} of {comm.size}: {e}")
 
 
 def _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, checkpoint, resume, test_split,
