@@ -500,6 +500,7 @@ class Model:
         self._backend = make_backend(backend, self.graph, float_dtype, cuda_graph=cuda_graph)
         self.comm = self._backend.comm = comm
         self.rank, self.ranks = (comm.rank, comm.size) if comm else (0, 1)
+        self.version = VERSION  # of the dlc that compiled it (ranks of one run must agree)
         self._backend.set_state(initial_state(self.graph, seed))
         m = self.graph.meta
         self.outputs = list(m.outputs)

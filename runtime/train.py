@@ -265,13 +265,12 @@ def agree(model, comm, digest: str, settings: dict) -> None:
     """Refuse, on every rank alike, a data-parallel run whose ranks differ in what must be the same:
     one allgather of hashes, the first difference named (DlcError with `everywhere` set)."""
     from ..ir.text import print_ir
-    from ..version import VERSION
     ir = "\n".join(line.split("  @ ")[0] for line in print_ir(model.graph).splitlines())  # without paths
     state = hashlib.sha256()
     for k, v in sorted(model.state.items()):
         state.update(k.encode() + np.ascontiguousarray(v).tobytes())
     facts = {  # what -> (what it is, the value compared)
-        "version": ("the dlc version", VERSION),
+        "version": ("the dlc version", getattr(model, "version", None)),
         "model": ("the compiled model (a hash of its IR: every rank must run the same .dln with the same flags)",
                   hashlib.sha256(ir.encode()).hexdigest()[:16]),
         "backend": ("the backend", f"{model.backend} {model.float_dtype}"),
