@@ -867,6 +867,10 @@ class Model:
         where = Path(folder)
         params, state, meta = load_checkpoint(where, self.graph)
         file = where / CHECKPOINT_FILE if where.is_dir() else where
+        if meta.get("ranks", 1) != self.ranks:  # the same steps, but the sums and dropout's draws change with K
+            raise file_error(file, f"the checkpoint was made by a run on {meta.get('ranks', 1)} rank(s), this one "
+                             f"has {self.ranks}: {arg('resume')} continues a run bit for bit only on as many ranks "
+                             f"as it had (start it again with {meta.get('ranks', 1)})")
         for key, given in (("seed", seed), ("batch", batch), ("val_split", val_split), ("test_split", test_split)):
             if given is not None and given != meta.get(key, 0.0):
                 raise DlcError(f"{arg(key)}: {given} differs from the checkpoint's {key} = {meta.get(key, 0.0)} "

@@ -405,7 +405,8 @@ def _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, check
         if checkpoint:
             meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
                     "val_split": val_split, "test_split": test_split, "examples": n, "data": digest,
-                    "rng": rng.bit_generator.state, "history": history, "backend": model.backend}
+                    "rng": rng.bit_generator.state, "history": history, "backend": model.backend,
+                    "ranks": comm.size if comm else 1}
             if early:
                 meta["early"] = early.meta()
             params, state = model.split_state()
