@@ -355,6 +355,9 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
+    if opts.data_parallel and backend == "cuda":
+        raise DlcError(f"{arg('backend')}: data-parallel training runs on interp and emu; on cuda (NCCL) it is "
+                       "not built yet")
     comm = world() if opts.data_parallel else None  # before compiling: a missing mpi4py is said first
     with compiling(_label(source)):
         b = build(source, opts)
