@@ -291,7 +291,8 @@ def cmd_eval(args) -> int:
     if args.metrics_json:
         _check_output("--metrics-json", args.metrics_json)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
-                        opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
+                        opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks,
+                        data_parallel=False)  # evaluation: nothing to all-reduce, even under mpiexec
     _show_rewrite(model.rewrite)
     s = model.settings(batch=args.batch)
     model.load(args.load)
@@ -313,7 +314,7 @@ def cmd_export(args) -> int:
     _check_output("-o", args.output)
     api.check_onnx_name(args.output)
     model = api.compile(args.file, lr=args.lr, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
-                        insert_bottlenecks=args.insert_bottlenecks)
+                        insert_bottlenecks=args.insert_bottlenecks, data_parallel=False)
     _show_rewrite(model.rewrite)
     if args.load:
         model.load(args.load)
@@ -377,7 +378,7 @@ def cmd_bench(args) -> int:
         return _bench_child(args)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, cuda_graph=args.cuda_graph, freeze=args.freeze,
-                        insert_bottlenecks=args.insert_bottlenecks)
+                        insert_bottlenecks=args.insert_bottlenecks, data_parallel=False)
     _show_rewrite(model.rewrite)
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in api.THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"

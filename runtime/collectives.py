@@ -16,6 +16,7 @@ exchange is one MPI call.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -87,7 +88,7 @@ class Communicator:
         x = np.ascontiguousarray(x)
         out = np.empty_like(x)
         t0 = time.perf_counter()
-        self._comm.Allreduce(x, out, op=self._mpi.SUM)
+        self._call("an all-reduce", self._comm.Allreduce, x, out, op=self._mpi.SUM)
         self.seconds += time.perf_counter() - t0
         self.bytes += x.nbytes
         return out
@@ -101,13 +102,24 @@ class Communicator:
         out = {}
         for k in sorted(arrays):
             a = np.ascontiguousarray(arrays[k])
-            self._comm.Bcast(a, root=0)
+            self._call("a broadcast", self._comm.Bcast, a, root=0)
             out[k] = a
         return out
 
     def allgather(self, value) -> list:
         """Every rank's `value` (a small picklable object), in rank order."""
-        return self._comm.allgather(value)
+        return self._call("an allgather", self._comm.allgather, value)
+
+    def _call(self, what: str, fn, *args, **kw):
+        """An MPI call; its failure (MPI_COMM_WORLD returns errors: `world`) a DlcError naming the
+        rank MPI says it lost contact with, where it says."""
+        try:
+            return fn(*args, **kw)
+        except self._mpi.Exception as e:
+            text = str(e)
+            lost = re.search(r"(?:with|from|to) rank (\d+)", text)
+            who = f"rank {lost.group(1)} was lost" if lost else "another rank was lost or failed"
+            raise DlcError(f"data parallel: {what} failed: {who} (MPI: {text.splitlines()[0] if text else e})")
 
     def bounds(self, batch: int) -> tuple[int, int]:
         """This rank's contiguous share [lo, hi) of a batch of `batch` examples: the first
@@ -137,6 +149,7 @@ def world() -> Communicator:
     global _WORLD
     if _WORLD is None:
         mpi = require_mpi()
+        mpi.COMM_WORLD.Set_errhandler(mpi.ERRORS_RETURN)  # a lost rank: an error here, said by dlc
         _WORLD = Communicator(mpi, mpi.COMM_WORLD)
         if os.environ.get(PIDS_VAR):  # so that `run_ranks` can name a rank that is lost
             try:
@@ -155,7 +168,6 @@ def run_ranks(ranks: int, argv: list[str]) -> int:
     """`dlc run --ranks K`: start K processes of `dlc` with `argv` under mpiexec on this machine and
     wait for them; returns the launcher's exit status. The launcher's own lines pass through; when
     it reports a process that ended badly, the line after them names that process's rank."""
-    import re
     import subprocess
     import tempfile
     import threading

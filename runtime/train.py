@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import sys
 import time
 
@@ -251,7 +250,7 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
     if comm is not None:
         try:
             return _train(model, feeds, n, epochs, batch, val_split, seed, progress and comm.rank == 0,
-                          out if comm.rank == 0 else open(os.devnull, "w"), checkpoint if comm.rank == 0 else None,
+                          out if comm.rank == 0 else _Quiet(), checkpoint if comm.rank == 0 else None,
                           resume, test_split, patience, monitor, comm)
         except DlcError as e:
             if comm.size > 1 and not getattr(e, "everywhere", False):
@@ -286,6 +285,16 @@ def agree(model, comm, digest: str, settings: dict) -> None:
                              f"{ranks[0].get(k)} on rank 0")
                 e.everywhere = True  # every rank found it: none waits for another
                 raise e
+
+
+class _Quiet:
+    """Where the lines of a rank other than 0 go: nowhere."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def fatal(comm, e: DlcError) -> None:
@@ -385,7 +394,7 @@ def _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, check
         if comm is not None:
             total, right = comm.sum([total, right])  # every rank's share of the epoch
             if g.buffers:  # running statistics: rank 0's on every rank, before anything evaluates
-                model.set_state(comm.broadcast({k: model.state[k] for k in g.buffers}))
+                model.set_state(comm.broadcast(model.buffers))
         rec = {"epoch": epoch, "loss": total / n_tr}
         if rule:
             rec["accuracy"] = right / n_tr
