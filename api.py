@@ -352,6 +352,8 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
         raise _problem("seed", setting_problem("seed", seed), seed)
     dtype = _float_dtype(float_dtype)
     _switch("cuda_graph", cuda_graph)
+    if data_parallel and backend == "auto":
+        backend = "interp"  # data parallel runs on interp and emu until cuda's NCCL path is built
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")

@@ -209,6 +209,9 @@ def _run_ranks(args) -> int:
                        f"launcher: give the rank count to the launcher or to --ranks, not both")
     api.require_mpi()
     _check_run_flags(args)
+    if api.resolve(args.backend, "--backend") == "cuda" and args.backend != "auto":
+        raise DlcError("--backend cuda: data-parallel training runs on interp and emu; on cuda (NCCL) it is not "
+                       "built yet")
     api.build(args.file, _options(args))
     return api.run_ranks(args.ranks, _without_ranks(args.argv))
 
@@ -218,6 +221,8 @@ def cmd_run(args) -> int:
         return _run_ranks(args)
     _check_run_flags(args)
     backend = api.resolve(args.backend, "--backend")
+    if api.launched_ranks() > 1 and args.backend == "auto":
+        backend = "interp"  # data parallel runs on interp and emu (cuda's NCCL path is not built)
     model = api.compile(args.file, lr=args.lr, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
                         insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze)
     if model.rank != 0:  # a rank of a data-parallel run: rank 0 alone prints and writes files
@@ -249,6 +254,8 @@ def _run(args, model, backend) -> int:
                                        val_split=args.val_split, test_split=args.test_split)
         notes.append(note)
     how = f" (auto: {'a GPU is present' if backend == 'cuda' else 'no GPU found'})" if args.backend == "auto" else ""
+    if model.comm and args.backend == "auto":
+        how = " (auto: data parallel runs on interp)"
     ranks = f", data parallel over {model.ranks} ranks" if model.comm else ""
     print(f"model {model.name}: {data.n} examples from {data.what}, backend {model.backend}{how}{ranks}")
     for note in notes:

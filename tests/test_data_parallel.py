@@ -334,6 +334,8 @@ def test_ranks_flag_mistakes():
     assert "--ranks: must be at least 1, found 0" in r.stderr
     r = dlc_cli("run", MLP, "--ranks", "2", "--epochs", "-1", rc=2)  # said once, before any rank starts
     assert r.stderr.count("--epochs: must be >= 0") == 1
+    r = dlc_cli("run", MLP, "--ranks", "2", "--backend", "cuda", rc=2)
+    assert "--backend cuda: data-parallel training runs on interp and emu" in r.stderr
 
 
 def test_resume_needs_as_many_ranks(tmp_path):
