@@ -53,6 +53,8 @@ class Launch:
     consts: list = field(default_factory=list)  # ints passed after the symbols, as `int off<i>`:
                           # what would otherwise make kernels differ (a slice's offset per step)
     shared: int = 0       # static __shared__ bytes a block of the kernel uses (`shared_bytes`)
+    host: bool = False    # no kernel: the runner computes the node on the host (family `host`,
+                          # codegen/host.py); `kernel` is then host_<op>, compiled nowhere
 
 
 @dataclass
@@ -109,7 +111,9 @@ class Module:
         for phase in ("step", "commit"):
             lines.append(f"# {phase} launches")
             for l in self.launches:
-                if l.phase == phase:
+                if l.phase == phase and l.host:
+                    lines.append(f"host {l.op}({', '.join(l.args)})  # on the host, between kernels")
+                elif l.phase == phase:
                     grid = ", ".join(map(str, l.grid))
                     consts = [f"off{i}={v}" for i, v in enumerate(l.consts)]
                     lines.append(f"{l.kernel}<<<({grid}), ({', '.join(map(str, l.block))})>>>"
@@ -128,7 +132,7 @@ class Module:
             buf = self.buffers[b]
             return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
         moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in self.launches for i, a in enumerate(l.args))
-        return {"kernels": len(self.kernels), "launches": len(self.launches),
+        return {"kernels": len(self.kernels), "launches": sum(not l.host for l in self.launches),
                 "flops": sum(flops(self.graph, n, dims) for n in self.graph.nx),
                 "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers)}
 

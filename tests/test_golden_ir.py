@@ -23,6 +23,7 @@ from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
+from dlc.passes.data_parallel import data_parallel
 from dlc.passes.fusion import fuse
 from dlc.passes.inception import merge_1x1
 from dlc.passes.lower import lower_composites
@@ -43,6 +44,7 @@ PASSES = {
     "fuse": fuse,
     "inception": merge_1x1,
     "lower": lower_composites,
+    "data_parallel": lambda g: data_parallel(g, True)[0],  # the opt-in pass, turned on
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -379,7 +381,7 @@ def _snapshot(g: Graph):
 # lowered, the update its gradients)
 APPLIES = {"autodiff": ("lowered",), "optimizer_update": ("backward",),
            **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
-           "inception": ("forward",), "lower": ("forward",)}
+           "inception": ("forward",), "lower": ("forward",), "data_parallel": ("backward",)}
 ALL_PASSES = PASSES
 
 
