@@ -9,6 +9,9 @@ to the published figures, and what compiling them costs.
                                                  # PyTorch eager on the CPU (needs torch; minutes)
     python benchmarks/classic_nets.py --emu      # one training step at batch 1 on emu (the generated CUDA
                                                  # compiled for the CPU) against the interpreter (minutes)
+    python benchmarks/classic_nets.py --memory   # peak memory of a training step at batch 8: the plan's
+                                                 # buffers against what the interpreter and PyTorch CPU
+                                                 # take (each in a fresh process; minutes)
 
 Multiply-adds are those of the convolutions and fully connected layers (the registry's FLOP counts of
 the `conv` and `matmul` families, halved); "other" is every other forward FLOP (activations, LRN,
@@ -121,6 +124,54 @@ def step_times(name: str, batch: int = 8, repeat: int = 2) -> dict:
     return {"dlc": best(lambda: m.step(x=x, y=y)), "torch": best(torch_step)}
 
 
+def _rss() -> int:
+    """This process's resident bytes now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+
+
+def peak_child(engine: str, name: str, batch: int) -> None:
+    """In a fresh process: the high-water mark of resident memory over one SGD-with-momentum training
+    step (params, gradients, momenta, activations, temporaries, the allocator's slack), less what
+    the process held before the network was built; printed in bytes."""
+    import resource
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    rng = np.random.default_rng(0)
+    if engine == "torch":
+        import torch
+        import torch_models
+        torch.set_num_threads(2)
+        base = _rss()
+        net, size = torch_models.imagenet_net(name)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        x = torch.tensor(rng.normal(size=(batch, 3, size, size)).astype(np.float32))
+        y = torch.tensor(rng.integers(0, 1000, batch), dtype=torch.int64)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    else:
+        base = _rss()
+        m = dlc.compile(ROOT / "examples" / "imagenet" / f"{name}.dln", backend="interp", seed=0)
+        size = m.graph.type("x").shape[-1]
+        m.step(x=rng.normal(size=(batch, 3, size, size)).astype(np.float32),
+               y=rng.integers(0, 1000, batch).astype(np.int32))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+
+
+def peak_memory(name: str, batch: int = 8) -> dict:
+    """Peak bytes of a training step at `batch`: the -O2 plan's buffers (what the generated CUDA
+    allocates: params, optimizer state, inputs, temporaries), and the resident high-water mark of the
+    interpreter and of PyTorch eager on the CPU, each measured in a fresh process (peak_child)."""
+    import subprocess
+    out = {"plan": dlc.build(ROOT / "examples" / "imagenet" / f"{name}.dln", opt_level=2).stats(batch)["peak_bytes"]}
+    for engine in ("interp", "torch"):
+        r = subprocess.run([sys.executable, __file__, "--peak-child", engine, name, str(batch)],
+                           capture_output=True, text=True, check=True)
+        out[engine] = int(r.stdout.split()[-1])
+    return out
+
+
 def emu_agreement(name: str, level: int = 2) -> dict:
     """One training step at batch 1 from the same weights on the interpreter in float64 (the
     reference), the interpreter in float32 and emu (float32 kernels, -O`level`). For each float32
@@ -163,8 +214,14 @@ def main() -> int:
     ap.add_argument("--gemms", action="store_true", help="also count the GEMMs of a training step at -O1 and -O2")
     ap.add_argument("--step", action="store_true", help="also time a training step at batch 8 against PyTorch")
     ap.add_argument("--emu", action="store_true", help="also run a batch-1 training step on emu against the interpreter")
+    ap.add_argument("--memory", action="store_true", help="also: peak memory of a training step at batch 8 (plan, "
+                    "interpreter, PyTorch)")
+    ap.add_argument("--peak-child", nargs=3, metavar=("ENGINE", "NET", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--nets", default=",".join(NETS))
     a = ap.parse_args()
+    if a.peak_child:
+        peak_child(a.peak_child[0], a.peak_child[1], int(a.peak_child[2]))
+        return 0
     nets = [n for n in a.nets.split(",") if n]
     print(f"{'network':<10} {'params':>12} {'weights':>12} {'multiply-adds':>14} {'other FLOPs':>12}  published")
     for name in nets:
@@ -190,6 +247,13 @@ def main() -> int:
         for name in nets:
             r = step_times(name)
             print(f"{name:<10} {r['dlc']:>12.2f} {r['torch']:>15.2f} {r['dlc'] / r['torch']:>6.2f}", flush=True)
+    if a.memory:
+        print(f"\n{'network':<10} {'dlc plan GB':>11} {'interp GB':>10} {'PyTorch GB':>11} {'plan/PyTorch':>12}"
+              "   (a training step at batch 8, SGD with momentum; interp and PyTorch: resident peak)")
+        for name in nets:
+            r = peak_memory(name)
+            print(f"{name:<10} {r['plan'] / 1e9:>11.2f} {r['interp'] / 1e9:>10.2f} {r['torch'] / 1e9:>11.2f} "
+                  f"{r['plan'] / r['torch']:>12.2f}", flush=True)
     if a.emu:
         print(f"\n{'network':<10} {'run':<7} {'loss':>8} {'updates':>8} {'buffers':>8} {'seconds':>8}"
               "   (a training step at batch 1: relative errors against the interpreter in float64)")
