@@ -9,9 +9,17 @@ or None in a process of its own, where they are what one rank of one computes.
                     (1 without a communicator: one process holds the whole batch)
     allreduce(x)    the sum of x over all ranks, every rank getting the same value (x without a
                     communicator)
+    allreduce_start[bucket=i](x)
+                    starts the sum over all ranks of bucket i, a flat f32 vector of gradients, without
+                    waiting for it (MPI_Iallreduce on a copy of x); its value is x itself, this rank's
+                    contribution
+    allreduce_wait[bucket=i](s)
+                    waits for bucket i's sum and is that sum, the same on every rank; its operand is
+                    the bucket's start, which orders the two (s without a communicator)
 
-The data-parallel pass (passes/data_parallel.py) writes each trainable param's gradient g as
-allreduce(g * batch_share()): each rank's g is the gradient of the MEAN loss over its n_r
+The data-parallel pass (passes/data_parallel.py) writes each trainable param's gradient g as its
+part of allreduce_wait(allreduce_start(bucket * batch_share())), the bucket holding g and its
+neighbours in the backward order, flattened and concatenated: each rank's g is the gradient of the MEAN loss over its n_r
 examples, so the sum over ranks of (n_r / N) * g_r is the gradient of the mean over all N, the
 gradient one process computes on the whole batch, shares of unequal size included.
 
@@ -24,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DlcError
-from .registry import COMMUNICATES, op
+from .registry import COMMUNICATES, REQUIRED, op
 from .types import scalar
 
 
@@ -34,6 +42,16 @@ def _share(comm):
 
 def _allreduce(x, comm):
     return x if comm is None else comm.allreduce(x)
+
+
+def _start(x, bucket, comm):
+    if comm is not None:
+        comm.start(bucket, x)
+    return x
+
+
+def _wait(x, bucket, comm):
+    return x if comm is None else comm.wait(bucket)
 
 
 def _allreduce_rule(types, attrs):
@@ -48,3 +66,19 @@ op("batch_share", 0, lambda types, attrs: scalar(), _share, None, family="host",
    doc="this rank's fraction n_r / N of the step's global batch (1 in a process of its own)")
 op("allreduce", 1, _allreduce_rule, _allreduce, None, family="host", dsl=False, effects={COMMUNICATES},
    doc="the sum over all ranks of the run, the same on every rank (the value itself in a process of its own)")
+
+def _bucket_rule(types, attrs):
+    t = _allreduce_rule(types, attrs)
+    if t.rank != 1:
+        raise DlcError(f"a gradient bucket is a flat vector, found {t}")
+    if not isinstance(attrs["bucket"], int) or attrs["bucket"] < 0:
+        raise DlcError(f"bucket: expected a bucket number >= 0, found {attrs['bucket']!r}")
+    return t
+
+
+op("allreduce_start", 1, _bucket_rule, _start, None, family="host", dsl=False, effects={COMMUNICATES},
+   attrs={"bucket": REQUIRED},
+   doc="starts the sum over all ranks of a gradient bucket without waiting (its value: the operand)")
+op("allreduce_wait", 1, _bucket_rule, _wait, None, family="host", dsl=False, effects={COMMUNICATES},
+   attrs={"bucket": REQUIRED},
+   doc="waits for a started bucket's sum over all ranks and is that sum (the operand in a process of its own)")

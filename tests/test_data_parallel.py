@@ -93,24 +93,59 @@ def same_everywhere(states) -> None:
 
 # -- the pass and its ops, in one process -------------------------------------------------------------
 
-def test_pass_inserts_the_allreduce_between_gradients_and_update():
+def test_pass_inserts_bucketed_allreduces_between_gradients_and_update():
     b = dlc.build(MLP, data_parallel=True, check=True)
     text = b.ir("optimized")
     assert "%dp.share : f32[] = batch_share()" in text
-    for p in ("w1", "b1", "w2", "b2"):
-        assert f"%d.{p}.share : " in text and f"= mul(%d.{p}, %dp.share)" in text
-        assert f"%d.{p}.allreduce : " in text and f"= allreduce(%d.{p}.share)" in text
-        assert f"grad %{p} = %d.{p}.allreduce" in text
-    # the update reads the reduced gradient: the param's new value depends on the all-reduce
+    # 4 KiB buckets in backward order: b2, b1, w2 (5,672 bytes) close the first, w1 is the second
+    assert "%dp.bucket0 : f32[1418] = concat[axis=0](%d.b2, %d.b1, %d.w2.flat)" in text
+    assert "%dp.bucket0.start : f32[1418] = allreduce_start[bucket=0](%dp.bucket0.share)" in text
+    assert "%dp.bucket1.share : f32[8192] = mul(%d.w1.flat, %dp.share)" in text
+    assert "%dp.bucket1.wait : f32[8192] = allreduce_wait[bucket=1](%dp.bucket1.start)" in text
+    assert "%d.w2.part : f32[1280] = slice[axis=0, start=138, stop=1418](%dp.bucket0.wait)" in text
+    for p, grad in (("w1", "d.w1.allreduce"), ("b1", "d.b1.part"), ("w2", "d.w2.allreduce"), ("b2", "d.b2.part")):
+        assert f"grad %{p} = %{grad}" in text
+    # the update reads the reduced gradient: the param's new value depends on its bucket's wait
     g = b.graph
-    assert "d.w1.allreduce" in g.upstream(["w1.assign"])
+    assert "dp.bucket1.wait" in g.upstream(["w1.assign"]) and "dp.bucket0.wait" not in g.upstream(["w1.assign"])
+    # the plan order: bucket 0 starts before w1's gradient is computed (overlapping it); the waits
+    # come after the whole backward pass, and bucket 0's updates before bucket 1's wait
+    order = g.order()
+    at = order.index
+    assert at("dp.bucket0.start") < at("d.w1") < at("dp.bucket1.start") < at("dp.bucket0.wait")
+    assert at("dp.bucket0.wait") < at("w2.assign") < at("dp.bucket1.wait") < at("w1.assign")
     # the text parses back to the same graph, and the forward stage (inference, export) has no all-reduce
     from dlc.ir.text import parse_ir, print_ir
     assert print_ir(parse_ir(text)) == text
     assert "allreduce" not in b.ir("forward") and "allreduce" in b.ir("backward")
-    assert "4 gradients all-reduced" in b.parallel[0]
+    assert "4 gradients all-reduced per step in 2 buckets" in b.parallel[0]
     # without the option, nothing of it
     assert "allreduce" not in dlc.build(MLP).ir("optimized")
+
+
+def test_lenet_buckets_start_before_the_convolutions_backward():
+    """lenet: the dense layers' bucket starts before the gradient of the second convolution is
+    computed, so its all-reduce can overlap the convolutions' backward pass."""
+    g = dlc.build(LENET, data_parallel=True).graph
+    order = g.order()
+    assert "3 buckets" in dlc.build(LENET, data_parallel=True).parallel[0]
+    assert order.index("dp.bucket0.start") < order.index("d.c2.w") < order.index("dp.bucket1.start")
+    assert order.index("dp.bucket2.start") < order.index("dp.bucket0.wait")
+
+
+@pytest.mark.parametrize("size, buckets", [(1, 4), (4096, 2), (10 ** 9, 1)])
+def test_bucket_size_sets_the_buckets(size, buckets):
+    """A bucket closes once it holds at least `size` bytes: 1 byte gives one bucket per gradient,
+    a size beyond the model's 38,440 bytes one bucket."""
+    b = dlc.build(MLP, data_parallel=size)
+    assert f"in {buckets} bucket{'s' * (buckets > 1)}" in b.parallel[0]
+    assert b.ir("optimized").count("allreduce_start[") == buckets
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "big"])
+def test_bad_bucket_size_is_refused(bad):
+    with pytest.raises(dlc.DlcError, match="data_parallel: must be True, False or a gradient bucket size"):
+        dlc.build(MLP, data_parallel=bad)
 
 
 def test_compile_dump_shows_the_allreduce(tmp_path):
@@ -118,10 +153,12 @@ def test_compile_dump_shows_the_allreduce(tmp_path):
     dumps = sorted((tmp_path / "dumps").iterdir())
     names = [p.name for p in dumps]
     assert names[2:5] == ["02-autodiff.ir", "03-data-parallel.ir", "04-optimizer.ir"], names
-    assert "allreduce(%d.w1.share)" in dumps[3].read_text() and "allreduce" not in dumps[2].read_text()
+    assert "allreduce_start[bucket=0](%dp.bucket0.share)" in dumps[3].read_text()
+    assert "allreduce" not in dumps[2].read_text()
     plan = json.loads((tmp_path / "mlp.plan.json").read_text())
-    host = [l for l in plan["launches"] if l["host"]]
-    assert sorted(l["op"] for l in host) == ["allreduce"] * 4 + ["batch_share"]
+    host = [l["op"] for l in plan["launches"] if l["host"]]
+    # the plan order: share, then each bucket's start as its gradients are ready, the waits last
+    assert host == ["batch_share", "allreduce_start", "allreduce_start", "allreduce_wait", "allreduce_wait"]
 
 
 @pytest.mark.parametrize("backend, level", [("interp", 1), pytest.param("emu", 2, marks=needs_emu)])
