@@ -359,13 +359,10 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     dtype = _float_dtype(float_dtype)
     _switch("cuda_graph", cuda_graph)
     if data_parallel and backend == "auto":
-        backend = "interp"  # data parallel runs on interp and emu until cuda's NCCL path is built
+        backend = "interp"  # cuda's NCCL path (docs/runtime.md) is taken only when asked for by name
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
-    if opts.data_parallel and backend == "cuda":
-        raise DlcError(f"{arg('backend')}: data-parallel training runs on interp and emu; on cuda (NCCL) it is "
-                       "not built yet")
     comm = world() if opts.data_parallel else None  # before compiling: a missing mpi4py is said first
     with compiling(_label(source)):
         b = build(source, opts)

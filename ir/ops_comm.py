@@ -23,9 +23,12 @@ neighbours in the backward order, flattened and concatenated: each rank's g is t
 examples, so the sum over ranks of (n_r / N) * g_r is the gradient of the mean over all N, the
 gradient one process computes on the whole batch, shares of unequal size included.
 
-Neither has a kernel: they are family `host`, which the generated-code runners execute between
-kernels through the same NumPy reference (the operands brought to the host, the result sent
-back), and they have no derivative rule (the pass inserts them after autodiff).
+None has a kernel: they are family `host`, which the emu runner executes between kernels through
+the same NumPy reference (the operands brought to the host, the result sent back), and they have
+no derivative rule (the pass inserts them after autodiff). Each declares what it is on a GPU,
+`kernel={"device": ...}`, which the cuda backend does on its stream without the host (so a step
+still captures into one CUDA graph; runtime/cuda.py): "share" (a copy of this rank's share, set
+before the step), "copy" (its operand's value) or "sum" (NCCL's all-reduce of its operand).
 """
 from __future__ import annotations
 
@@ -62,9 +65,10 @@ def _allreduce_rule(types, attrs):
 
 
 op("batch_share", 0, lambda types, attrs: scalar(), _share, None, family="host", dsl=False,
-   effects={COMMUNICATES},
+   effects={COMMUNICATES}, kernel={"device": "share"},
    doc="this rank's fraction n_r / N of the step's global batch (1 in a process of its own)")
 op("allreduce", 1, _allreduce_rule, _allreduce, None, family="host", dsl=False, effects={COMMUNICATES},
+   kernel={"device": "sum"},
    doc="the sum over all ranks of the run, the same on every rank (the value itself in a process of its own)")
 
 def _bucket_rule(types, attrs):
@@ -77,8 +81,8 @@ def _bucket_rule(types, attrs):
 
 
 op("allreduce_start", 1, _bucket_rule, _start, None, family="host", dsl=False, effects={COMMUNICATES},
-   attrs={"bucket": REQUIRED},
+   attrs={"bucket": REQUIRED}, kernel={"device": "copy"},  # on a GPU NCCL sums at the wait, on the stream
    doc="starts the sum over all ranks of a gradient bucket without waiting (its value: the operand)")
 op("allreduce_wait", 1, _bucket_rule, _wait, None, family="host", dsl=False, effects={COMMUNICATES},
-   attrs={"bucket": REQUIRED},
+   attrs={"bucket": REQUIRED}, kernel={"device": "sum"},
    doc="waits for a started bucket's sum over all ranks and is that sum (the operand in a process of its own)")

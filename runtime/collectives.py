@@ -10,6 +10,10 @@ exchange is one MPI call.
     comm.wait(i)                  # bucket i's sum, once it has arrived (MPI_Wait)
     comm.bounds(B)                # this rank's contiguous share [lo, hi) of a batch of B examples
 
+On the cuda backend the gradients are summed by NCCL instead (`comm.nccl(cupy)`: one NCCL
+communicator over the same ranks, its unique id made by rank 0 and broadcast over MPI), one
+process per GPU (`comm.local_rank`: this rank's place among the ranks of its machine).
+
 `launched_ranks()` reads the rank count an MPI launcher announces to the processes it starts
 (without importing MPI), so that `mpiexec -n K dlc run ...` turns data parallelism on by itself.
 `mpiexec()` is the launcher that `dlc run --ranks K` starts: the one beside this Python (the
@@ -124,6 +128,23 @@ class Communicator:
         self._call("an all-reduce", req.Wait)
         self.seconds += time.perf_counter() - t0
         return recv
+
+    @property
+    def local_ranks(self) -> tuple[int, int]:
+        """(this rank's place among the ranks on its own machine, how many ranks that machine
+        runs): which GPU a rank takes, and whether there are enough."""
+        if not hasattr(self, "_local"):
+            node = self._call("a split", self._comm.Split_type, self._mpi.COMM_TYPE_SHARED)
+            self._local = (node.Get_rank(), node.Get_size())
+            node.Free()
+        return self._local
+
+    def nccl(self, cp):
+        """A NCCL communicator over the ranks of this run, on the current GPU (`cp` is CuPy):
+        rank 0 makes the unique id, MPI broadcasts it, every rank joins (ncclCommInitRank)."""
+        uid = cp.cuda.nccl.get_unique_id() if self.rank == 0 else None
+        uid = self._call("a broadcast", self._comm.bcast, uid, root=0)
+        return cp.cuda.nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def sum(self, values) -> list[float]:
         """Numbers summed over the ranks, in float64 (the loop's loss and accuracy counts)."""
