@@ -137,7 +137,8 @@ class CudaBackend(BufferState):
         if device == "share":
             self._copy(out, self._share)
         elif device == "copy" or self._nccl is None:  # a process of its own: the sum is the value itself
-            self._copy(out, args[0])
+            if out.data.ptr != args[0].data.ptr:  # (memory planning may give both one buffer)
+                self._copy(out, args[0])
         else:  # "sum": NCCL's all-reduce, in place of the host's MPI
             nccl = self.cp.cuda.nccl
             self._nccl.allReduce(args[0].data.ptr, out.data.ptr, args[0].size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,

@@ -22,6 +22,7 @@ import dlc
 from conftest import DIGITS, EXAMPLES, MLP, ROOT, dlc_cli, import_torch, need, needs_emu
 from dlc.runtime.backends import make_backend
 from dlc.runtime.cuda import cuda_available
+from fake_cupy import fake_cupy
 
 LENET = EXAMPLES / "lenet.dln"
 TIMEOUT = 120  # seconds for one MPI job: a hang fails the test instead of the suite
@@ -162,13 +163,18 @@ def test_compile_dump_shows_the_allreduce(tmp_path):
     assert host == ["batch_share", "allreduce_start", "allreduce_start", "allreduce_wait", "allreduce_wait"]
 
 
-@pytest.mark.parametrize("backend, level", [("interp", 1), pytest.param("emu", 2, marks=needs_emu)])
-def test_one_process_step_is_the_plain_step(backend, level):
-    """Without a communicator (a process of its own) batch_share is 1 and allreduce the identity: the
-    data-parallel step is the plain step, bit for bit, on interp and on emu at -O2 (the host steps
-    between fused kernels, with memory planning)."""
-    plain = dlc.compile(MLP, backend=backend, opt_level=level)
-    par = make_backend(backend, dlc.build(MLP, data_parallel=True, opt_level=level).graph)
+@pytest.mark.parametrize("backend, level", [("interp", 1), pytest.param("emu", 2, marks=needs_emu),
+                                            pytest.param("cuda", 2, marks=needs_emu)])
+def test_one_process_step_is_the_plain_step(backend, level, monkeypatch):
+    """Without a communicator (a process of its own) batch_share is 1 and a bucket's wait the
+    identity: the data-parallel step is the plain step, bit for bit, on interp and on emu at -O2
+    (the host steps between fused kernels, with memory planning), and on cuda in a CUDA graph, there
+    on the CuPy STAND-IN of tests/fake_cupy.py (no GPU: the device steps as copies on its stream)."""
+    if backend == "cuda":
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    options = dict(cuda_graph=True) if backend == "cuda" else {}
+    plain = dlc.compile(MLP, backend=backend, opt_level=level, **options)
+    par = make_backend(backend, dlc.build(MLP, data_parallel=True, opt_level=level).graph, **options)
     par.set_state(plain.state)
     d = np.load(DIGITS)
     x, y = d["x"][:48], d["y"][:48]
