@@ -128,11 +128,18 @@ def test_pass_inserts_bucketed_allreduces_between_gradients_and_update():
 def test_lenet_buckets_start_before_the_convolutions_backward():
     """lenet: the dense layers' bucket starts before the gradient of the second convolution is
     computed, so its all-reduce can overlap the convolutions' backward pass."""
-    g = dlc.build(LENET, data_parallel=True).graph
-    order = g.order()
-    assert "3 buckets" in dlc.build(LENET, data_parallel=True).parallel[0]
+    b = dlc.build(LENET, data_parallel=True, opt_level=2)
+    order = b.graph.order()
+    assert "3 buckets" in b.parallel[0]
     assert order.index("dp.bucket0.start") < order.index("d.c2.w") < order.index("dp.bucket1.start")
     assert order.index("dp.bucket2.start") < order.index("dp.bucket0.wait")
+    # the generated plan (emu, cuda) runs in that order, fused kernels and all: bucket 0's start
+    # before the convolutions' backward kernels, every wait after the last gradient's kernel
+    steps = [l for l in b.module().launches if l.phase == "step"]
+    at = {l.node: i for i, l in enumerate(steps)}
+    backward = [i for i, l in enumerate(steps) if not l.host and l.node.startswith("d.")]
+    assert at["dp.bucket0.start"] < at["d.c2.w"] < at["dp.bucket1.start"] < at["dp.bucket2.start"]
+    assert max(i for i in backward if not steps[i].node.endswith(".part")) < at["dp.bucket0.wait"]
 
 
 @pytest.mark.parametrize("size, buckets", [(1, 4), (4096, 2), (10 ** 9, 1)])
