@@ -516,3 +516,15 @@ def test_cuda_nccl_path_on_the_cupy_stand_in(tmp_path, k):
     same_everywhere(states)
     one = train(tmp_path, 0, dtype="float32", subset=100)[0][0]
     assert rel(states[0][0], one) < 1e-5
+
+
+def test_cuda_refuses_more_ranks_than_gpus(tmp_path):
+    """On the CuPy STAND-IN saying there is one GPU, two ranks on cuda stop at start, saying why."""
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "fake_cupy_path"), e["PYTHONPATH"]])
+    e["DLC_FAKE_GPUS"] = "1"
+    r = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "dlc.cli", "run", MLP, "--backend", "cuda",
+                        "--epochs", "1", "--no-progress"], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cuda: 2 ranks on this machine but 1 GPU: NCCL needs a GPU per rank" in r.stderr, r.stderr
