@@ -146,7 +146,8 @@ class Options:
     (also on with DLC_DEBUG). `dump_after`: a pass name or "all": the IR after it, in `Build.dumps`.
     `lr`: the optimizer's learning rate instead of the one the model gives (for sweeps; `--lr`).
     `data_parallel`: True inserts the data-parallel pass (gradients all-reduced over the ranks of
-    an MPI run before the update: passes/data_parallel.py); the IR needs no MPI to be built."""
+    an MPI run before the update, in buckets of 4 KiB: passes/data_parallel.py), an integer does
+    so with buckets of that many bytes; the IR needs no MPI to be built."""
     model: str | None = None
     opt_level: int = 1
     passes: list | str | None = None
@@ -155,7 +156,7 @@ class Options:
     check: bool = False
     dump_after: str | None = None
     lr: float | None = None
-    data_parallel: bool = False
+    data_parallel: bool | int = False
 
     def checked(self) -> "Options":
         """The options with every value checked (a DlcError names the argument at fault)."""
@@ -165,7 +166,9 @@ class Options:
         if not isinstance(lvl, (int, np.integer)) or isinstance(lvl, bool) or lvl not in OPT_LEVELS:
             raise _problem("opt_level", f"must be one of {', '.join(map(str, OPT_LEVELS))}", lvl)
         _switch("check", self.check)
-        _switch("data_parallel", self.data_parallel)
+        dp = self.data_parallel
+        if not (isinstance(dp, (bool, np.bool_)) or (isinstance(dp, (int, np.integer)) and dp >= 1)):
+            raise _problem("data_parallel", "must be True, False or a gradient bucket size in bytes (>= 1)", dp)
         r = self.insert_bottlenecks
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1):
             raise DlcError(f"{arg('insert_bottlenecks')}: the ratio must be between 0 and 1 (exclusive), found {r!r}")
@@ -304,8 +307,9 @@ def _build(g: Graph, file: str, opts: Options) -> Build:
         g.meta.optimizer = (name, {**settings, "lr": float(opts.lr)})
     level = debug_level()
     rewrites = {"insert_bottlenecks": opts.insert_bottlenecks} if opts.insert_bottlenecks is not None else {}
-    if opts.data_parallel:
-        rewrites["data_parallel"] = True
+    if opts.data_parallel:  # True, or a bucket size in bytes (passes/data_parallel.py)
+        dp = opts.data_parallel
+        rewrites["data_parallel"] = True if isinstance(dp, (bool, np.bool_)) else int(dp)
     res = run_pipeline(g, opts.opt_level, dump_after=opts.dump_after, check=opts.check or level >= 1,
                        passes=opts.passes, options=rewrites, trace=_trace if level else None)
     return Build(res, file)
@@ -330,7 +334,7 @@ def _freeze(g, names) -> None:
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False,
             insert_bottlenecks: float | None = None, freeze=None, passes=None, lr: float | None = None,
-            data_parallel: bool | None = None) -> "Model":
+            data_parallel: bool | int | None = None) -> "Model":
     """Compile a `.dln` file (a path), `.dln` text or a forward IR graph into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
@@ -341,7 +345,8 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     `data_parallel`: train data-parallel over the ranks of an MPI run (docs/runtime.md): the
     data-parallel pass, and the model talks to the other ranks through MPI (mpi4py: `pip install
     'dlc[mpi]'`); None (the default) turns it on when an MPI launcher started this process as one
-    of several ranks (`mpiexec -n K python ...`), False never.
+    of several ranks (`mpiexec -n K python ...`), False never; an integer is True with gradient
+    buckets of that many bytes (default 4096).
     Every mistake, in the source or in an argument, raises `DlcError`."""
     if not isinstance(source, (str, Path, Graph)):
         raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
@@ -354,13 +359,10 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     dtype = _float_dtype(float_dtype)
     _switch("cuda_graph", cuda_graph)
     if data_parallel and backend == "auto":
-        backend = "interp"  # data parallel runs on interp and emu until cuda's NCCL path is built
+        backend = "interp"  # cuda's NCCL path (docs/runtime.md) is taken only when asked for by name
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
-    if opts.data_parallel and backend == "cuda":
-        raise DlcError(f"{arg('backend')}: data-parallel training runs on interp and emu; on cuda (NCCL) it is "
-                       "not built yet")
     comm = world() if opts.data_parallel else None  # before compiling: a missing mpi4py is said first
     with compiling(_label(source)):
         b = build(source, opts)

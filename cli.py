@@ -209,9 +209,6 @@ def _run_ranks(args) -> int:
                        f"launcher: give the rank count to the launcher or to --ranks, not both")
     api.require_mpi()
     _check_run_flags(args)
-    if api.resolve(args.backend, "--backend") == "cuda" and args.backend != "auto":
-        raise DlcError("--backend cuda: data-parallel training runs on interp and emu; on cuda (NCCL) it is not "
-                       "built yet")
     api.build(args.file, _options(args))
     return api.run_ranks(args.ranks, _without_ranks(args.argv))
 
@@ -222,7 +219,7 @@ def cmd_run(args) -> int:
     _check_run_flags(args)
     backend = api.resolve(args.backend, "--backend")
     if api.launched_ranks() > 1 and args.backend == "auto":
-        backend = "interp"  # data parallel runs on interp and emu (cuda's NCCL path is not built)
+        backend = "interp"  # data parallel: cuda (NCCL) only when --backend cuda asks for it
     model = api.compile(args.file, lr=args.lr, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
                         insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze)
     if model.rank != 0:  # a rank of a data-parallel run: rank 0 alone prints and writes files

@@ -3,14 +3,18 @@ scaling), and how much of it is the all-reduce.
 
     python benchmarks/bench_dp.py                          # mlp and lenet, interp, K = 1 and 2
     python benchmarks/bench_dp.py --models mlp --ranks 1,2,4 --per-rank 64 --backend emu
+    python benchmarks/bench_dp.py --bucket 1000000000        # one bucket: started after the backward
 
 For each model and K, `mpiexec -n K` (from the mpich wheel: pip install 'dlc[mpi]') starts K
 processes of this script; each compiles the model data-parallel, warms up, then times `--steps`
 training steps of `--per-rank` random examples each (the global batch is K times that), with a
 barrier-free loop: every step ends in the all-reduces, so the ranks stay in step. Rank 0 reports
-the median step time of the slowest rank and that rank's median time inside MPI_Allreduce per
-step (the Communicator's own clock, so it includes waiting for the other ranks), and the bytes each rank sends per step (the
-gradients: every trainable param once, float32). K = 1 runs the same data-parallel step on one
+the median step time of the slowest rank and that rank's median time per step inside the
+all-reduce calls (MPI_Iallreduce to start a bucket, MPI_Wait for it: the Communicator's own
+clock, so it counts the time a step is held up waiting for the other ranks, not the time a
+bucket's sum spends moving while the backward pass goes on), and the bytes each rank sends per
+step (the gradients: every trainable param once, float32). `--bucket` sets the bucket size in
+bytes (passes/data_parallel.py; default 4096). K = 1 runs the same data-parallel step on one
 rank: its all-reduces are MPI calls on one process, the baseline measured in the same run.
 
     efficiency = step time at K = 1 / step time at K   (1.0: K ranks do K times the work in the same time)
@@ -39,7 +43,7 @@ def worker(args) -> None:
     import dlc
     from dlc.runtime.diff import synth_feeds
     m = dlc.compile(ROOT / "examples" / f"{args.model}.dln", backend=args.backend, opt_level=args.O,
-                    data_parallel=True)
+                    data_parallel=args.bucket or True)
     feeds = m.check_inputs(synth_feeds(m.graph, args.per_rank, seed=m.rank), m.roots("step"))
     share = 1.0 / m.ranks
     for _ in range(3):
@@ -68,6 +72,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps after 3 untimed (default 30)")
     ap.add_argument("--backend", default="interp", choices=("interp", "emu"))
     ap.add_argument("-O", type=int, default=1)
+    ap.add_argument("--bucket", type=int, default=0, help="gradient bucket size in bytes (default: the pass's, 4096)")
     ap.add_argument("--worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -79,6 +84,7 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     ranks = [int(k) for k in args.ranks.split(",")]
     print(f"data parallel, backend {args.backend} -O{args.O}, {args.per_rank} examples per rank per step, "
+          f"buckets of {args.bucket or 4096:,} bytes, "
           f"{args.steps} steps, 1 BLAS thread per rank, {os.cpu_count()} cores")
     print(f"{'model':<8} {'ranks':>5} {'global batch':>12} {'step ms':>9} {'allreduce ms':>12} {'share':>6} "
           f"{'bytes/step':>11} {'examples/s':>11} {'efficiency':>10}")
@@ -86,7 +92,8 @@ def main() -> int:
         base = None
         for k in ranks:
             cmd = [launcher, "-n", str(k), sys.executable, __file__, "--worker", model, "--per-rank",
-                   str(args.per_rank), "--steps", str(args.steps), "--backend", args.backend, "-O", str(args.O)]
+                   str(args.per_rank), "--steps", str(args.steps), "--backend", args.backend, "-O", str(args.O),
+                   "--bucket", str(args.bucket)]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 print(r.stdout + r.stderr, file=sys.stderr)

@@ -15,7 +15,8 @@
 #   env       30  versions, nvidia-smi, what CuPy, dlc and PyTorch see, compute-sanitizer
 #   tests     90  pytest tests/test_cuda.py: every test model and example against the interpreter
 #   diff      60  dlc diff --backends interp,cuda --batch 5 on every example (cuda diverges: again with emu)
-#   train     40  dlc run examples/mlp.dln on interp, cuda, cuda --cuda-graph: held-out accuracies
+#   train     40  dlc run examples/mlp.dln on interp, cuda, cuda --cuda-graph: held-out accuracies;
+#                 data parallel on cuda through NCCL (benchmarks/gpu_dp.py: K = 1 on a one-GPU machine)
 #   sanitize 100  compute-sanitizer memcheck 35 (batch 7), racecheck 40 (batch 3), synccheck 25 (batch 7)
 #                 on gpu_step.py, one step of every example, the smallest first
 #   kernels   30  the MLP's kernels: bandwidth and FLOP/s against a device copy and cuBLAS
@@ -557,6 +558,17 @@ EOF
     status train "accuracy cuda vs interp" "${verdict%% *}" "${verdict#* }"
     HEADLINE="${TRAIN_EPOCHS:-20} epoch(s): ${verdict#* }"
     echo "${verdict#* }" >> "$WORK/accuracy.txt"
+    # data parallel through NCCL (benchmarks/gpu_dp.py, issue 22): NCCL needs one GPU per rank, so a
+    # one-GPU machine runs K = 1 only (the whole NCCL path, nothing to sum but its own gradients)
+    if ! "$PY" -c "import mpi4py, cupy; cupy.cuda.nccl.get_unique_id" > /dev/null 2>&1; then
+        status train "mlp-nccl" skipped "needs mpi4py with an MPI (bash benchmarks/gpu_prepare.sh mpi4py mpich) and CuPy's NCCL"
+    else
+        GPUS=$("$PY" -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())" 2>/dev/null || echo 1)
+        K=$(( GPUS >= 2 ? 2 : 1 ))
+        MPIEXEC=$("$PY" -c "from dlc.runtime.collectives import mpiexec; print(mpiexec())" 2>/dev/null || echo mpiexec)
+        run "mlp-nccl-k$K" 60 "$MPIEXEC" -n "$K" "$PY" benchmarks/gpu_dp.py --epochs 1 \
+            && echo "nccl: $(grep -E '^(ok|FAILED) ' "$STEP_LOG" | tail -1)" | tee -a "$WORK/accuracy.txt"
+    fi
 fi
 
 # -- 2. memory safety: compute-sanitizer on one step of every example -----------------------------

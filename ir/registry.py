@@ -190,8 +190,9 @@ FAMILIES = {
     "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
                                                       # autodiff: no emitter, no derivative rule
     "assign": Family(),                               # the update of a stored value, committed after the step
-    "host": Family(),                                 # no kernel: the runner computes it on the host between
-                                                      # kernels, by its reference (allreduce: ir/ops_comm.py)
+    "host": Family(("device",)),                      # no kernel: the runner computes it on the host between
+                                                      # kernels, by its reference (allreduce: ir/ops_comm.py);
+                                                      # `device`: what the cuda backend does instead, on its stream
 }
 POINTWISE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.pointwise)
 EPILOGUE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.epilogue)

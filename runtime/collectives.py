@@ -6,7 +6,13 @@ exchange is one MPI call.
     comm.rank, comm.size
     comm.share = n_r / N          # this rank's fraction of the step's global batch (batch_share)
     comm.allreduce(array)         # the sum over ranks (MPI_Allreduce): allreduce's reference
+    comm.start(i, array)          # bucket i's sum started, not waited for (MPI_Iallreduce)
+    comm.wait(i)                  # bucket i's sum, once it has arrived (MPI_Wait)
     comm.bounds(B)                # this rank's contiguous share [lo, hi) of a batch of B examples
+
+On the cuda backend the gradients are summed by NCCL instead (`comm.nccl(cupy)`: one NCCL
+communicator over the same ranks, its unique id made by rank 0 and broadcast over MPI), one
+process per GPU (`comm.local_rank`: this rank's place among the ranks of its machine).
 
 `launched_ranks()` reads the rank count an MPI launcher announces to the processes it starts
 (without importing MPI), so that `mpiexec -n K dlc run ...` turns data parallelism on by itself.
@@ -75,13 +81,15 @@ def mpiexec() -> str:
 class Communicator:
     """This process's view of the run: its rank among `size`, its share of the current step's
     batch, and the collectives the runtime needs, each one MPI call. `seconds` and `bytes` count
-    the time spent in, and the bytes sent by, `allreduce` (for benchmarks)."""
+    the time spent in, and the bytes sent by, the gradient all-reduces (`allreduce`, and `start`
+    with `wait` for buckets: the time a step is held up by them, for benchmarks)."""
 
     def __init__(self, mpi, comm):
         self._mpi, self._comm = mpi, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.share = 1.0 / self.size
         self.seconds, self.bytes = 0.0, 0
+        self._started: dict = {}  # bucket -> (request, send buffer, receive buffer), until waited for
 
     def allreduce(self, x: np.ndarray) -> np.ndarray:
         """The elementwise sum of `x` over all ranks (MPI_Allreduce with MPI_SUM), in x's dtype."""
@@ -92,6 +100,51 @@ class Communicator:
         self.seconds += time.perf_counter() - t0
         self.bytes += x.nbytes
         return out
+
+    def start(self, bucket: int, x: np.ndarray) -> None:
+        """Start the sum over the ranks of bucket `bucket` (MPI_Iallreduce on a copy of `x`, so the
+        caller may reuse its buffer) and return without waiting; `wait(bucket)` hands back the sum.
+        Every rank starts the buckets in the same order (the plan's), as MPI requires of collectives.
+        The requests started before are tested, which lets MPI move them on (MPICH progresses a
+        non-blocking collective only inside MPI calls)."""
+        t0 = time.perf_counter()
+        if bucket in self._started:  # a step that failed between start and wait: finish that one first
+            self.wait(bucket)
+        send = np.array(x, order="C", copy=True)
+        recv = np.empty_like(send)
+        req = self._call("an all-reduce", self._comm.Iallreduce, send, recv, op=self._mpi.SUM)
+        for other, _, _ in self._started.values():
+            self._call("an all-reduce", other.Test)
+        self._started[bucket] = (req, send, recv)
+        self.seconds += time.perf_counter() - t0
+        self.bytes += send.nbytes
+
+    def wait(self, bucket: int) -> np.ndarray:
+        """The sum over the ranks that `start(bucket)` began, once it has arrived (MPI_Wait)."""
+        if bucket not in self._started:
+            raise DlcError(f"data parallel: bucket {bucket}'s all-reduce was never started")
+        req, _, recv = self._started.pop(bucket)
+        t0 = time.perf_counter()
+        self._call("an all-reduce", req.Wait)
+        self.seconds += time.perf_counter() - t0
+        return recv
+
+    @property
+    def local_ranks(self) -> tuple[int, int]:
+        """(this rank's place among the ranks on its own machine, how many ranks that machine
+        runs): which GPU a rank takes, and whether there are enough."""
+        if not hasattr(self, "_local"):
+            node = self._call("a split", self._comm.Split_type, self._mpi.COMM_TYPE_SHARED)
+            self._local = (node.Get_rank(), node.Get_size())
+            node.Free()
+        return self._local
+
+    def nccl(self, cp):
+        """A NCCL communicator over the ranks of this run, on the current GPU (`cp` is CuPy):
+        rank 0 makes the unique id, MPI broadcasts it, every rank joins (ncclCommInitRank)."""
+        uid = cp.cuda.nccl.get_unique_id() if self.rank == 0 else None
+        uid = self._call("a broadcast", self._comm.bcast, uid, root=0)
+        return cp.cuda.nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def sum(self, values) -> list[float]:
         """Numbers summed over the ranks, in float64 (the loop's loss and accuracy counts)."""

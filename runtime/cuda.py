@@ -13,6 +13,13 @@
   work proportional to the data.
 - `cuda_graph=True` captures that whole sequence once per (roots, commit, batch size) as a CUDA
   graph and replays it; feeds are copied into the same input buffers before each replay.
+- Data parallel (one process per GPU, under an MPI launcher): the GPU is the rank's place among
+  its machine's ranks, and the ops that communicate run on the stream, never on the host, as
+  their registry entries say (`kernel["device"]`, ir/ops_comm.py): batch_share is a copy of a
+  device scalar set before each step, a bucket's start a copy of its operand, and its wait NCCL's
+  all-reduce (`cupy.cuda.nccl`, the NCCL id broadcast over MPI) on the same stream, so a whole
+  step, all-reduces included, still captures into one CUDA graph. On one stream the all-reduce
+  does not overlap the backward pass: that would take a second stream joined by events.
 - Launch failures raise at the launch; faults inside a kernel surface at the end-of-step
   synchronisation (set `DLC_CUDA_SYNC=1` to synchronise after every launch and name the kernel).
 """
@@ -24,6 +31,8 @@ import numpy as np
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
+from ..ir.ops import COMMUNICATES, OPS
+from .collectives import started
 from .runner import BufferState
 
 
@@ -58,6 +67,14 @@ class CudaBackend(BufferState):
         self._prepare(graph, float_dtype, cuda_available)
         import cupy as cp
         self.cp = cp
+        self._communicates = bool(graph.with_effect(COMMUNICATES))
+        comm = started() if self._communicates else None
+        if comm is not None:  # a data-parallel rank (every rank builds it): its own GPU, chosen before anything is
+            gpus, (local, here) = cp.cuda.runtime.getDeviceCount(), comm.local_ranks  # allocated, kept by the process
+            if here > gpus:
+                raise DlcError(f"cuda: {here} ranks on this machine but {gpus} GPU{'s' * (gpus != 1)}: NCCL needs a "
+                               f"GPU per rank (start at most {gpus} ranks per machine, or use --backend emu)")
+            cp.cuda.Device(local % gpus).use()
         self.cuda_graph = cuda_graph
         self.sync_each_launch = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
         try:
@@ -70,6 +87,16 @@ class CudaBackend(BufferState):
         self._graphs: dict = {}
         self._slots: dict = {}  # (shape, dtype) -> device buffers free for staging fetched values
         self._start()
+        self._share, self._share_value = self._alloc([], np.float32), None  # batch_share's value, set per step
+        self._nccl = None
+        if self._communicates and comm is not None:
+            try:
+                self._nccl = comm.nccl(cp)
+            except DlcError:
+                raise
+            except Exception as e:
+                raise DlcError(f"cuda: NCCL could not start over the {comm.size} ranks ({e}): the NCCL library comes "
+                               "with CuPy's wheels (pip install nvidia-nccl-cu12, or -cu13)")
 
     # -- the runner's primitives (BufferState) -------------------------------------------------
     def _alloc(self, shape, dtype):
@@ -102,6 +129,21 @@ class CudaBackend(BufferState):
         rt = self.cp.cuda.runtime
         rt.memcpyAsync(dst.data.ptr, src.data.ptr, src.nbytes, rt.memcpyDeviceToDevice, self.stream.ptr)
 
+    def _host(self, l, env):
+        """An op that communicates, on the stream (its entry's `kernel["device"]`): nothing waits
+        for the device and nothing is captured that a CUDA graph could not replay."""
+        out, args = env[l.args[0]], [env[a] for a in l.args[1:]]
+        device = OPS[l.op].kernel["device"]
+        if device == "share":
+            self._copy(out, self._share)
+        elif device == "copy" or self._nccl is None:  # a process of its own: the sum is the value itself
+            if out.data.ptr != args[0].data.ptr:  # (memory planning may give both one buffer)
+                self._copy(out, args[0])
+        else:  # "sum": NCCL's all-reduce, in place of the host's MPI
+            nccl = self.cp.cuda.nccl
+            self._nccl.allReduce(args[0].data.ptr, out.data.ptr, args[0].size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
+                                 self.stream.ptr)
+
     def _finite(self, buf):
         return bool(self.cp.isfinite(buf).all())
 
@@ -125,6 +167,11 @@ class CudaBackend(BufferState):
     def _execute(self, prog) -> None:
         """The step's launches and copies; with `cuda_graph`, captured once per program and
         replayed as one graph launch (the feeds are in the same input buffers each time)."""
+        if self._communicates:  # this step's share of the batch, uploaded before the step when it changed
+            share = 1.0 if self.comm is None else float(self.comm.share)
+            if share != self._share_value:
+                self._upload(self._share, np.array(share, np.float32))
+                self._share_value = share
         try:
             with self.stream:
                 if self.cuda_graph and not self.check_numerics:

@@ -12,6 +12,7 @@ numbers it produces mean nothing.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import time
 import types
@@ -25,7 +26,7 @@ class _Array:
     def __init__(self, a):
         self.a = a
         self.data = types.SimpleNamespace(ptr=a.ctypes.data)
-        self.nbytes, self.dtype, self.shape = a.nbytes, a.dtype, a.shape
+        self.nbytes, self.dtype, self.shape, self.size = a.nbytes, a.dtype, a.shape, a.size
 
     def set(self, v, stream=None):
         assert v.shape == self.shape and v.dtype == self.dtype and v.flags.c_contiguous
@@ -111,6 +112,10 @@ def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
                 record_or_run(lambda: (keep, fn(shape, ptrs)))
             return launch
 
+    def use(i):
+        state["device"] = i  # what the backend chose, for tests
+    state["device"] = 0
+
     runtime = types.SimpleNamespace(
         CUDARuntimeError=RuntimeError, memcpyDeviceToDevice=3, getDeviceCount=lambda: devices,
         getDeviceProperties=lambda i: {"name": b"fake GPU"},
@@ -120,7 +125,43 @@ def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
         zeros=lambda shape, dtype: _Array(np.zeros(shape, dtype)),
         empty=lambda shape, dtype: _Array(np.empty(shape, dtype)),
         asnumpy=lambda a, stream=None: a.get(),
-        cuda=types.SimpleNamespace(Stream=Stream, runtime=runtime))
+        cuda=types.SimpleNamespace(Stream=Stream, runtime=runtime, nccl=_nccl(record_or_run),
+                                   Device=lambda i: types.SimpleNamespace(id=i, use=lambda: use(i))),
+        device_state=state)
+
+
+FAKE_NCCL_ID = ("a stand-in NCCL id",)
+
+
+def _nccl(record_or_run) -> types.SimpleNamespace:
+    """`cupy.cuda.nccl` as the cuda backend calls it: a communicator from the id rank 0 made, and
+    allReduce(send pointer, receive pointer, count, float32, sum, stream). NOT NCCL: the sum is
+    MPI's (mpi4py's Allreduce) between the processes of the run, on the host, run or captured as
+    a kernel would be. It checks the backend's calls (which buffers, how many values, that the id
+    came from rank 0, that the call is recorded in a CUDA-graph capture), nothing about NCCL."""
+    class NcclCommunicator:
+        def __init__(self, ndev, uid, rank):
+            from mpi4py import MPI
+            self.mpi, self.comm = MPI, MPI.COMM_WORLD
+            assert (ndev, rank) == (self.comm.Get_size(), self.comm.Get_rank()), (ndev, rank)
+            assert uid == FAKE_NCCL_ID, uid  # broadcast from rank 0
+            self.calls = []  # the count of every allReduce call (once per capture in a CUDA graph), in order
+            self.sums = 0    # how many sums ran (a replayed graph runs its captured ones again)
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            assert (dtype, op) == (NCCL_FLOAT32, NCCL_SUM) and count > 0
+            self.calls.append(count)
+
+            def run():
+                a = np.ctypeslib.as_array((ctypes.c_float * count).from_address(send)).copy()
+                b = np.ctypeslib.as_array((ctypes.c_float * count).from_address(recv))
+                self.comm.Allreduce(a, b, op=self.mpi.SUM)
+                self.sums += 1
+            record_or_run(run)
+
+    NCCL_FLOAT32, NCCL_SUM = 7, 0  # ncclFloat32, ncclSum
+    return types.SimpleNamespace(NCCL_FLOAT32=NCCL_FLOAT32, NCCL_SUM=NCCL_SUM, get_unique_id=lambda: FAKE_NCCL_ID,
+                                 NcclCommunicator=NcclCommunicator)
 
 
 class _Event:
@@ -138,7 +179,7 @@ def script_cupy() -> dict:
     """The stand-in extended with the calls benchmarks/bench_gpu.py and gpu_step.py make
     (events, allocators, device properties, `cupy.matmul`, `cupy.random`): the namespace of the
     `cupy` module in tests/fake_cupy_path/."""
-    f = fake_cupy()
+    f = fake_cupy(devices=int(os.environ.get("DLC_FAKE_GPUS", "1")))  # how many GPUs it says there are
     rt = f.cuda.runtime
     rt.deviceSynchronize = lambda: None
     rt.runtimeGetVersion = lambda: 0
@@ -158,10 +199,10 @@ def script_cupy() -> dict:
 
     return dict(
         __version__="fake (emulator)", uint32=np.uint32, float32=np.float32, int32=np.int32,
-        RawModule=f.RawModule, zeros=f.zeros, empty=f.empty, asnumpy=f.asnumpy, ones=ones, matmul=matmul,
+        device_state=f.device_state, RawModule=f.RawModule, zeros=f.zeros, empty=f.empty, asnumpy=f.asnumpy, ones=ones, matmul=matmul,
         random=types.SimpleNamespace(standard_normal=lambda shape, dtype=np.float32: _Array(
             np.random.default_rng(0).standard_normal(shape).astype(dtype))),
         cuda=types.SimpleNamespace(
-            Stream=f.cuda.Stream, runtime=rt, Event=_Event,
+            Stream=f.cuda.Stream, runtime=rt, Event=_Event, nccl=f.cuda.nccl, Device=f.cuda.Device,
             get_elapsed_time=lambda e0, e1: (e1.t - e0.t) * 1e3,
             set_allocator=lambda *a: None, set_pinned_memory_allocator=lambda *a: None))

@@ -21,6 +21,8 @@ import pytest
 import dlc
 from conftest import DIGITS, EXAMPLES, MLP, ROOT, dlc_cli, import_torch, need, needs_emu
 from dlc.runtime.backends import make_backend
+from dlc.runtime.cuda import cuda_available
+from fake_cupy import fake_cupy
 
 LENET = EXAMPLES / "lenet.dln"
 TIMEOUT = 120  # seconds for one MPI job: a hang fails the test instead of the suite
@@ -93,24 +95,66 @@ def same_everywhere(states) -> None:
 
 # -- the pass and its ops, in one process -------------------------------------------------------------
 
-def test_pass_inserts_the_allreduce_between_gradients_and_update():
+def test_pass_inserts_bucketed_allreduces_between_gradients_and_update():
     b = dlc.build(MLP, data_parallel=True, check=True)
     text = b.ir("optimized")
     assert "%dp.share : f32[] = batch_share()" in text
-    for p in ("w1", "b1", "w2", "b2"):
-        assert f"%d.{p}.share : " in text and f"= mul(%d.{p}, %dp.share)" in text
-        assert f"%d.{p}.allreduce : " in text and f"= allreduce(%d.{p}.share)" in text
-        assert f"grad %{p} = %d.{p}.allreduce" in text
-    # the update reads the reduced gradient: the param's new value depends on the all-reduce
+    # 4 KiB buckets in backward order: b2, b1, w2 (5,672 bytes) close the first, w1 is the second
+    assert "%dp.bucket0 : f32[1418] = concat[axis=0](%d.b2, %d.b1, %d.w2.flat)" in text
+    assert "%dp.bucket0.start : f32[1418] = allreduce_start[bucket=0](%dp.bucket0.share)" in text
+    assert "%dp.bucket1.share : f32[8192] = mul(%d.w1.flat, %dp.share)" in text
+    assert "%dp.bucket1.wait : f32[8192] = allreduce_wait[bucket=1](%dp.bucket1.start)" in text
+    assert "%d.w2.part : f32[1280] = slice[axis=0, start=138, stop=1418](%dp.bucket0.wait)" in text
+    for p, grad in (("w1", "d.w1.allreduce"), ("b1", "d.b1.part"), ("w2", "d.w2.allreduce"), ("b2", "d.b2.part")):
+        assert f"grad %{p} = %{grad}" in text
+    # the update reads the reduced gradient: the param's new value depends on its bucket's wait
     g = b.graph
-    assert "d.w1.allreduce" in g.upstream(["w1.assign"])
+    assert "dp.bucket1.wait" in g.upstream(["w1.assign"]) and "dp.bucket0.wait" not in g.upstream(["w1.assign"])
+    # the plan order: bucket 0 starts before w1's gradient is computed (overlapping it); the waits
+    # come after the whole backward pass, and bucket 0's updates before bucket 1's wait
+    order = g.order()
+    at = order.index
+    assert at("dp.bucket0.start") < at("d.w1") < at("dp.bucket1.start") < at("dp.bucket0.wait")
+    assert at("dp.bucket0.wait") < at("w2.assign") < at("dp.bucket1.wait") < at("w1.assign")
     # the text parses back to the same graph, and the forward stage (inference, export) has no all-reduce
     from dlc.ir.text import parse_ir, print_ir
     assert print_ir(parse_ir(text)) == text
     assert "allreduce" not in b.ir("forward") and "allreduce" in b.ir("backward")
-    assert "4 gradients all-reduced" in b.parallel[0]
+    assert "4 gradients all-reduced per step in 2 buckets" in b.parallel[0]
     # without the option, nothing of it
     assert "allreduce" not in dlc.build(MLP).ir("optimized")
+
+
+def test_lenet_buckets_start_before_the_convolutions_backward():
+    """lenet: the dense layers' bucket starts before the gradient of the second convolution is
+    computed, so its all-reduce can overlap the convolutions' backward pass."""
+    b = dlc.build(LENET, data_parallel=True, opt_level=2)
+    order = b.graph.order()
+    assert "3 buckets" in b.parallel[0]
+    assert order.index("dp.bucket0.start") < order.index("d.c2.w") < order.index("dp.bucket1.start")
+    assert order.index("dp.bucket2.start") < order.index("dp.bucket0.wait")
+    # the generated plan (emu, cuda) runs in that order, fused kernels and all: bucket 0's start
+    # before the convolutions' backward kernels, every wait after the last gradient's kernel
+    steps = [l for l in b.module().launches if l.phase == "step"]
+    at = {l.node: i for i, l in enumerate(steps)}
+    backward = [i for i, l in enumerate(steps) if not l.host and l.node.startswith("d.")]
+    assert at["dp.bucket0.start"] < at["d.c2.w"] < at["dp.bucket1.start"] < at["dp.bucket2.start"]
+    assert max(i for i in backward if not steps[i].node.endswith(".part")) < at["dp.bucket0.wait"]
+
+
+@pytest.mark.parametrize("size, buckets", [(1, 4), (4096, 2), (10 ** 9, 1)])
+def test_bucket_size_sets_the_buckets(size, buckets):
+    """A bucket closes once it holds at least `size` bytes: 1 byte gives one bucket per gradient,
+    a size beyond the model's 38,440 bytes one bucket."""
+    b = dlc.build(MLP, data_parallel=size)
+    assert f"in {buckets} bucket{'s' * (buckets > 1)}" in b.parallel[0]
+    assert b.ir("optimized").count("allreduce_start[") == buckets
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "big"])
+def test_bad_bucket_size_is_refused(bad):
+    with pytest.raises(dlc.DlcError, match="data_parallel: must be True, False or a gradient bucket size"):
+        dlc.build(MLP, data_parallel=bad)
 
 
 def test_compile_dump_shows_the_allreduce(tmp_path):
@@ -118,19 +162,26 @@ def test_compile_dump_shows_the_allreduce(tmp_path):
     dumps = sorted((tmp_path / "dumps").iterdir())
     names = [p.name for p in dumps]
     assert names[2:5] == ["02-autodiff.ir", "03-data-parallel.ir", "04-optimizer.ir"], names
-    assert "allreduce(%d.w1.share)" in dumps[3].read_text() and "allreduce" not in dumps[2].read_text()
+    assert "allreduce_start[bucket=0](%dp.bucket0.share)" in dumps[3].read_text()
+    assert "allreduce" not in dumps[2].read_text()
     plan = json.loads((tmp_path / "mlp.plan.json").read_text())
-    host = [l for l in plan["launches"] if l["host"]]
-    assert sorted(l["op"] for l in host) == ["allreduce"] * 4 + ["batch_share"]
+    host = [l["op"] for l in plan["launches"] if l["host"]]
+    # the plan order: share, then each bucket's start as its gradients are ready, the waits last
+    assert host == ["batch_share", "allreduce_start", "allreduce_start", "allreduce_wait", "allreduce_wait"]
 
 
-@pytest.mark.parametrize("backend, level", [("interp", 1), pytest.param("emu", 2, marks=needs_emu)])
-def test_one_process_step_is_the_plain_step(backend, level):
-    """Without a communicator (a process of its own) batch_share is 1 and allreduce the identity: the
-    data-parallel step is the plain step, bit for bit, on interp and on emu at -O2 (the host steps
-    between fused kernels, with memory planning)."""
-    plain = dlc.compile(MLP, backend=backend, opt_level=level)
-    par = make_backend(backend, dlc.build(MLP, data_parallel=True, opt_level=level).graph)
+@pytest.mark.parametrize("backend, level", [("interp", 1), pytest.param("emu", 2, marks=needs_emu),
+                                            pytest.param("cuda", 2, marks=needs_emu)])
+def test_one_process_step_is_the_plain_step(backend, level, monkeypatch):
+    """Without a communicator (a process of its own) batch_share is 1 and a bucket's wait the
+    identity: the data-parallel step is the plain step, bit for bit, on interp and on emu at -O2
+    (the host steps between fused kernels, with memory planning), and on cuda in a CUDA graph, there
+    on the CuPy STAND-IN of tests/fake_cupy.py (no GPU: the device steps as copies on its stream)."""
+    if backend == "cuda":
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    options = dict(cuda_graph=True) if backend == "cuda" else {}
+    plain = dlc.compile(MLP, backend=backend, opt_level=level, **options)
+    par = make_backend(backend, dlc.build(MLP, data_parallel=True, opt_level=level).graph, **options)
     par.set_state(plain.state)
     d = np.load(DIGITS)
     x, y = d["x"][:48], d["y"][:48]
@@ -334,8 +385,12 @@ def test_ranks_flag_mistakes():
     assert "--ranks: must be at least 1, found 0" in r.stderr
     r = dlc_cli("run", MLP, "--ranks", "2", "--epochs", "-1", rc=2)  # said once, before any rank starts
     assert r.stderr.count("--epochs: must be >= 0") == 1
-    r = dlc_cli("run", MLP, "--ranks", "2", "--backend", "cuda", rc=2)
-    assert "--backend cuda: data-parallel training runs on interp and emu" in r.stderr
+    # cuda is taken (NCCL) where CuPy and a GPU are; here, where they are not, the ranks say why and stop
+    r = dlc_cli("run", MLP, "--ranks", "2", "--backend", "cuda", "--epochs", "1", "--no-progress")
+    if not cuda_available()[0]:
+        assert r.returncode == 2 and "backend 'cuda' cannot run here" in r.stderr and "Traceback" not in r.stderr
+    else:  # NCCL needs a GPU per rank: a one-GPU machine refuses two ranks
+        assert r.returncode == 0 or "NCCL needs a GPU per rank" in r.stderr, r.stderr
 
 
 def test_resume_needs_as_many_ranks(tmp_path):
@@ -407,3 +462,69 @@ def test_batch_norm_per_rank_statistics(tmp_path):
     states = train(tmp_path, 2, src=src, subset=200)
     same_everywhere(states)  # the running statistics (n.mean, n.var) included
     assert "n.mean" in states[0][0] and np.abs(states[0][0]["n.mean"]).max() > 0
+
+
+# -- the cuda backend's NCCL path, on the CuPy STAND-IN (tests/fake_cupy.py) -----------------------------
+# NOT a GPU and NOT NCCL: the stand-in runs the generated kernels on the emulator and does NCCL's
+# allReduce with MPI between the processes. What it checks is the cuda backend's side: one GPU per
+# rank chosen, the NCCL id broadcast from rank 0, batch_share's device scalar, one allReduce per
+# bucket with the bucket's buffers and size, the whole step (all-reduces included) captured into one
+# CUDA graph and replayed. benchmarks/gpu_check.sh (section dp) runs the real thing on a GPU.
+
+CUDA_DRIVER = """
+import json, sys
+import numpy as np
+import cupy
+assert getattr(cupy, "IS_DLC_STAND_IN", False)  # the stand-in of tests/fake_cupy.py, not a real CuPy
+import dlc
+src, subset, out = sys.argv[1:4]
+m = dlc.compile(src, backend="cuda", cuda_graph=True, opt_level=2, data_parallel=True)
+data = m.read_data(str({digits!r}))
+data = dlc.api.Dataset({{k: v[:int(subset)] for k, v in data.feeds.items()}}, int(subset), "subset")
+metrics = m.fit(data, m.settings(epochs=1, batch=32, val_split=0.0), progress=False)
+np.savez(f"{{out}}.rank{{m.rank}}.npz", **m.state)
+b = m._backend
+json.dump({{"ranks": m.ranks, "loss": metrics["loss"], "calls": b._nccl.calls, "sums": b._nccl.sums,
+           "graphs": len(b._graphs),
+           "device": cupy.device_state["device"]}}, open(f"{{out}}.rank{{m.rank}}.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_cuda_nccl_path_on_the_cupy_stand_in(tmp_path, k):
+    """k ranks of the cuda backend (on the stand-in) train 100 examples (3 steps of 32, one of 4)
+    to what one interpreter process computes in float32: within 1e-5 relative (the emulated kernels
+    sum in another order than NumPy; 4 steps leave rounding near 1e-7); bit for bit the same on
+    every rank. k = 1 is what a one-GPU machine can run through the NCCL path. Each step all-reduces mlp's 2 buckets (1,418 and 8,192 values) through NCCL's calls."""
+    script = tmp_path / "cuda_driver.py"
+    script.write_text(CUDA_DRIVER.format(digits=str(DIGITS)))
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "fake_cupy_path"), e["PYTHONPATH"]])
+    e["DLC_FAKE_GPUS"] = str(k)  # the stand-in says there are k GPUs: one per rank
+    out = tmp_path / "cuda"
+    r = subprocess.run([mpiexec(), "-n", str(k), sys.executable, str(script), MLP, "100", out], cwd=ROOT, env=e,
+                       capture_output=True, text=True, timeout=4 * TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    states = []
+    for rank in range(k):
+        meta = json.loads(Path(f"{out}.rank{rank}.json").read_text())
+        assert meta["ranks"] == k and meta["device"] == rank  # rank r took GPU r
+        # two CUDA graphs (per-rank batches of 32/k and of 4/k), each capturing one allReduce per bucket,
+        # replayed 3 times and once: 8 sums, none outside a graph
+        assert meta["graphs"] == 2 and meta["calls"] == [1418, 8192] * 2 and meta["sums"] == 8, meta
+        states.append((dict(np.load(f"{out}.rank{rank}.npz")), {"loss": meta["loss"]}))
+    same_everywhere(states)
+    one = train(tmp_path, 0, dtype="float32", subset=100)[0][0]
+    assert rel(states[0][0], one) < 1e-5
+
+
+def test_cuda_refuses_more_ranks_than_gpus(tmp_path):
+    """On the CuPy STAND-IN saying there is one GPU, two ranks on cuda stop at start, saying why."""
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "fake_cupy_path"), e["PYTHONPATH"]])
+    e["DLC_FAKE_GPUS"] = "1"
+    r = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "dlc.cli", "run", MLP, "--backend", "cuda",
+                        "--epochs", "1", "--no-progress"], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cuda: 2 ranks on this machine but 1 GPU: NCCL needs a GPU per rank" in r.stderr, r.stderr
