@@ -492,6 +492,12 @@ class Model:
                               for n in fwd.order() if OPS[fwd.op(n)].train_check]
         self._needs: dict = {}
         self._views: dict = {}  # tuple of input names -> a graph view for check_feeds
+        # an evaluation run computes each output (and the loss) by the graph's evaluation form, when
+        # it has one (passes/evaluation.py): node -> its twin there
+        twin = {v: m.eval_outputs[k] for k, v in m.outputs.items() if k in m.eval_outputs}
+        if m.loss and m.eval_loss:
+            twin[m.loss] = m.eval_loss
+        self._eval_twin = twin
         self.seed, self.steps = seed, 0
         self.training = False
 
@@ -694,16 +700,24 @@ class Model:
         mode: {node: array} for the nodes in `fetch` (default: every root). `commit` applies the
         assignments at the end (a training step: the step count goes up). `wait=False` returns at
         once a pending result whose `result()` gives the dict (see `train_step`); `checked` skips
-        checking the arrays (a caller that checked them once)."""
+        checking the arrays (a caller that checked them once). In evaluation mode an output or the
+        loss is computed by the graph's evaluation form, when it has one (passes/evaluation.py);
+        the result is keyed by the nodes asked for."""
         training, commit, wait = _switch("training", training), _switch("commit", commit), _switch("wait", wait)
         roots = list(roots)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
         if training and self._train_checks:
             self._check_training_batch(feeds)
         rng = (self.seed, self.steps) if training else None
+        twin = None if training else self._eval_twin  # evaluation: the outputs' and loss's evaluation form
+        if twin:
+            asked = roots if fetch is None else list(fetch)
+            roots, fetch = [twin.get(r, r) for r in roots], [twin.get(r, r) for r in asked]
         res = self._backend.run(roots, feeds, commit=commit, training=training, rng=rng, fetch=fetch, defer=not wait)
         if commit:
             self.steps += 1
+        if twin:
+            res = _Renamed(res, dict(zip(asked, fetch))) if not wait else {a: res[f] for a, f in zip(asked, fetch)}
         return res
 
     def _check_training_batch(self, feeds: dict) -> None:
@@ -958,6 +972,17 @@ class PendingStep:
         res = self._fetched if isinstance(self._fetched, dict) else self._fetched.result()
         outs = {k: res[v] for k, v in m.outputs.items()} if self._outputs else None
         return float(res[m.loss]), outs
+
+
+class _Renamed:
+    """A deferred evaluation run's result, keyed by the nodes the caller asked for (`Model.run`)."""
+
+    def __init__(self, fetched, names: dict):
+        self._fetched, self._names = fetched, names
+
+    def result(self) -> dict:
+        res = self._fetched.result()
+        return {a: res[f] for a, f in self._names.items()}
 
 
 def _only_inputs(g, names):
