@@ -64,6 +64,7 @@ FLOAT_DTYPES = ("float32", "float64")
 OPT_LEVELS = LEVELS
 EMITS = ("ir", "dot", "cuda", "plan")   # what `dlc compile --emit` writes
 STATS_BATCH = 128  # what symbolic dimensions (the batch) are bound to in stats and the fusion report
+RUNS = ("step", "evaluation")  # the runs `Build.stats` counts
 
 # -- naming arguments in errors ----------------------------------------------------------------------
 _NAMES: contextvars.ContextVar[dict] = contextvars.ContextVar("dlc_argument_names", default={})
@@ -242,10 +243,19 @@ class Build:
         g = self.graph
         return sorted({d for n in g.inputs for d in g.type(n).shape if isinstance(d, str)})
 
-    def stats(self, batch: int = STATS_BATCH) -> dict:
-        """Kernels, launches, FLOPs, bytes moved and peak bytes of one run of the plan (a training
-        step, or inference), symbolic dimensions bound to `batch`."""
-        return self.module().stats({s: batch for s in self.symbols()})
+    def stats(self, batch: int = STATS_BATCH, run: str | None = None) -> dict:
+        """Kernels, launches, FLOPs, bytes moved and peak bytes of one run of the plan, symbolic
+        dimensions bound to `batch`. `run`: "step" (a training step), or "evaluation" (the outputs
+        and the loss in evaluation mode: by the evaluation form, when the graph has one, as
+        `Model` runs them); default: "step" for a model that trains, else "evaluation"."""
+        g = self.graph
+        run = run or ("step" if self.trains else "evaluation")
+        if run not in RUNS:
+            raise DlcError(f"run: expected one of {', '.join(RUNS)}, found {run!r}")
+        roots = None  # the whole plan but the evaluation form
+        if run == "evaluation":
+            roots = g.eval_roots() or list(g.meta.outputs.values()) + [g.meta.loss] * bool(g.meta.loss)
+        return self.module().stats({s: batch for s in self.symbols()}, roots)
 
     def explain_fusion(self, batch: int = STATS_BATCH) -> list[str]:
         """The fusion report (`--explain-fusion`): every group and every refused edge, with why."""

@@ -50,7 +50,7 @@ def plan_concats(g: Graph) -> Concats:
         return out
     member_of = {m: root for root, (_, members) in g.meta.groups.items() for m in members}
     m = g.meta
-    wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values())
+    wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values()) | set(g.eval_roots())
     for c in g.order():
         if OPS[g.op(c)].family != "concat" or c in member_of:
             continue
