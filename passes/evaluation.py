@@ -28,8 +28,8 @@ from ..ir.ops import OPS, TRAINING
 def evaluation_form(g: Graph) -> Graph:
     wanted = list(g.meta.outputs.values()) + ([g.meta.loss] if g.meta.loss else [])
     need = _evaluation_needs(g, wanted)
-    if not any(OPS[g.op(n)].has(TRAINING) for n in need):
-        return g   # the outputs are the same in both modes: nothing to specialise
+    if g.eval_roots() or not any(OPS[g.op(n)].has(TRAINING) for n in need):
+        return g   # made already, or the outputs are the same in both modes: nothing to specialise
     g = g.copy()
     m = g.meta
     copy_of: dict[str, str] = {}

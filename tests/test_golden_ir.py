@@ -23,6 +23,8 @@ from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
+from dlc.passes.evaluation import evaluation_form
+from dlc.passes.fold_bn import fold_batch_norm
 from dlc.passes.fusion import fuse
 from dlc.passes.inception import merge_1x1
 from dlc.passes.lower import lower_composites
@@ -43,6 +45,8 @@ PASSES = {
     "fuse": fuse,
     "inception": merge_1x1,
     "lower": lower_composites,
+    "evaluation": evaluation_form,
+    "fold_bn": fold_batch_norm,
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -379,7 +383,8 @@ def _snapshot(g: Graph):
 # lowered, the update its gradients)
 APPLIES = {"autodiff": ("lowered",), "optimizer_update": ("backward",),
            **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
-           "inception": ("forward",), "lower": ("forward",)}
+           "inception": ("forward",), "lower": ("forward",), "evaluation": ("train", "optimized"),
+           "fold_bn": ("optimized",)}
 ALL_PASSES = PASSES
 
 
