@@ -130,7 +130,7 @@ def cmd_compile(args) -> int:
               f"at {at}:")
         print(f"{'':<9} {'kernels':>7} {'launches':>8} {'MFLOP':>10} {'MB moved':>9} {'peak MB':>8}")
         if b.trains:  # and what an evaluation run (held-out scoring, forward, predict) costs
-            rows += [(f"{name} eval", x.stats(run="evaluation")) for name, x in (("-O0", base), (rows[1][0], b))]
+            rows += [(f"eval {name}", x.stats(run="evaluation")) for name, x in (("-O0", base), (rows[1][0], b))]
         for name, s in rows:
             print(f"{name:<9} {s['kernels']:>7} {s['launches']:>8} {s['flops'] / 1e6:>10.3f} "
                   f"{s['bytes_moved'] / 1e6:>9.3f} {s['peak_bytes'] / 1e6:>8.3f}")
