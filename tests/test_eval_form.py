@@ -38,9 +38,9 @@ BACKENDS = ["interp", pytest.param("emu", marks=needs_emu)]
 SMALL = """model cbn {
     input x : f32[N, 2, 6, 6]
     input y : i32[N]
-    c   = conv(x, 4, 3, padding = 1)           # a convolution with a bias, then batch norm
+    c   = conv(x, 4, 3, stride = 2, padding = 1, groups = 2)   # with a bias; strided, two groups
     n   = batchnorm2d(c)
-    f   = reshape(relu(n), [N, 144])
+    f   = reshape(relu(n), [N, 36])
     d   = dense(f, 5)                          # a matmul with a bias, then batch norm
     logits = batchnorm1d(d)
     loss = softmax_xent(logits, y)
@@ -103,7 +103,8 @@ def test_resnet_small_evaluation_matches_pytorch_eval(backend, level):
 
 def _torch_small(torch, state):
     nn = torch.nn
-    conv, bn2, fc, bn1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(144, 5), nn.BatchNorm1d(5)
+    conv, bn2, fc, bn1 = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.BatchNorm2d(4), nn.Linear(36, 5), \
+        nn.BatchNorm1d(5)
     net = nn.Sequential(conv, bn2, nn.ReLU(), nn.Flatten(), fc, bn1).double().eval()
     t = {k: torch.tensor(v, dtype=torch.float64) for k, v in state.items()}
     with torch.no_grad():
