@@ -189,7 +189,8 @@ FAMILIES = {
     "conv": Family(epilogue=True), "conv_grad_x": Family(epilogue=True), "conv_grad_w": Family(epilogue=True),
     "pool": Family(("template",)), "pool_grad": Family(("template",)),  # template: the .cu.j2
     "dropout": Family(flops=_per_output),
-    "mode_select": Family(),                          # if_training: one operand or the other, by the run's mode
+    "mode_select": Family(pointwise=True),            # if_training: one operand or the other, by the run's mode
+                                                      # word (a fused kernel loads it once per element)
     "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
                                                       # autodiff: no emitter, no derivative rule
     "assign": Family(),                               # the update of a stored value, committed after the step
