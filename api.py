@@ -50,6 +50,7 @@ from .runtime.feeds import check_feeds
 from .runtime.files import atomic_write, check_output, read_npz
 from .runtime.init import initial_state
 from .runtime.onnx_export import OPSET, export_onnx, require_onnx
+from .runtime.sample import check_sampling, sample_text, sampling_plan, vocabulary
 from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, holdout_indices,
                             per_example_problem, predict, setting_problem, with_context)
 from .runtime.train import train as _train_loop
@@ -823,23 +824,63 @@ class Model:
         """The data for the model's inputs, checked: `data` is a path (.npz, IDX, CSV) or
         "x=FILE,y=FILE" (default: the model's `train(data = ...)`, relative to the .dln file);
         the other arguments are the data flags of `dlc run` (runtime/datafiles.py DataOptions)."""
-        spec = data
-        if spec is None:
-            d = self.graph.meta.train.get("data")
-            if not d:
-                raise DlcError(f"no data: pass {arg('data')} FILE.npz (or give `train(data = \"...\")` in the model)")
-            folder = Path(self.path).parent if self.path else Path(".")
-            spec = folder / d
-            if not spec.exists():   # say where the path came from and what it is relative to
-                loc = self.graph.meta.train_loc
-                raise DlcError(f"train(data = \"{d}\"): no such file {spec} (a path in train(...) is relative "
-                               f"to the folder of the .dln file, {folder.resolve()})", loc,
-                               self.graph.sources.get(loc.file) if loc else None)
+        spec = data if data is not None else self._train_data(arg("data"))
         opts = DataOptions(labels=labels, normalize=normalize, label_column=label_column,
                            label_offset=label_offset, header=header)
         warnings = []
         feeds, n = load_data(spec, self.graph, opts, warn=warnings)
         return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec), warnings)
+
+    def _train_data(self, flag: str) -> Path:
+        """The model's `train(data = ...)` file, relative to the .dln file; `flag` names the
+        argument that would replace it, for the error when there is none."""
+        d = self.graph.meta.train.get("data")
+        if not d:
+            raise DlcError(f"no data: pass {flag} FILE.npz (or give `train(data = \"...\")` in the model)")
+        folder = Path(self.path).parent if self.path else Path(".")
+        spec = folder / d
+        if not spec.exists():   # say where the path came from and what it is relative to
+            loc = self.graph.meta.train_loc
+            raise DlcError(f"train(data = \"{d}\"): no such file {spec} (a path in train(...) is relative "
+                           f"to the folder of the .dln file, {folder.resolve()})", loc,
+                           self.graph.sources.get(loc.file) if loc else None)
+        return spec
+
+    def vocabulary(self, vocab=None) -> tuple[list[str], str]:
+        """(the characters, id i the i-th; where they came from) for sampling: `vocab` is an .npz
+        path holding an array `vocab`, or the characters themselves (a string or a list); default:
+        the `vocab` array of the model's `train(data = ...)` file."""
+        if vocab is None or isinstance(vocab, Path) or isinstance(vocab, str) and vocab.endswith(".npz"):
+            path = vocab if vocab is not None else self._train_data(arg("vocab"))
+            return vocabulary(read_npz(path), path), str(path)
+        chars = list(vocab) if isinstance(vocab, (str, list, tuple)) else None
+        if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars):
+            raise DlcError(f"{arg('vocab')}: expected an .npz file with an array 'vocab', or distinct single "
+                           f"characters, found {vocab!r}")
+        return chars, "the vocabulary given"
+
+    def sampling_plan(self, output: str | None = None) -> tuple[str, int, str]:
+        """(the input of character ids, the window length T, the output of scores) when the model can
+        be sampled (`sample`); else a `DlcError` that says why."""
+        return sampling_plan(self.graph, output)
+
+    def sample(self, prime: str, length: int = 200, temperature: float = 1.0, seed: int = 0, vocab=None,
+               output: str | None = None) -> str:
+        """`length` characters drawn from a character-level model after the text `prime`
+        (runtime/sample.py: the model, the window, the draw). `temperature` divides the scores
+        before the softmax (0: always the likeliest character); `seed` makes the draw
+        reproducible; `vocab` as `vocabulary` takes it; `output`: which output gives the scores
+        (default: the first). Runs in evaluation mode and changes nothing."""
+        x, steps, output = self.sampling_plan(output)
+        chars, where = self.vocabulary(vocab)
+        classes = self.graph.type(self.graph.meta.outputs[output]).shape[2]
+        if classes != len(chars):
+            raise DlcError(f"output '{output}' scores {classes} characters, but the vocabulary of {where} has "
+                           f"{len(chars)}")
+        ids = check_sampling(prime, length, temperature, seed, chars, where, arg)
+        node = self.graph.meta.outputs[output]
+        return sample_text(lambda a: self.run([node], {x: a})[node], ids, steps, int(length), float(temperature),
+                           int(seed), chars)
 
     def resume(self, folder, data: Dataset, settings: RunSettings, seed=None, batch=None,
                val_split=None, test_split=None) -> tuple[dict, RunSettings, str]:

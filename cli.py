@@ -1,4 +1,4 @@
-"""The `dlc` command: check, compile, run, eval, export, diff, bench.
+"""The `dlc` command: check, compile, run, eval, export, diff, bench, sample.
 
 It parses the arguments, calls the API (`dlc.api`, the one front door) and prints; it imports no
 stage of the compiler. Every mistake in the user's input ends in a located one-line error on
@@ -287,6 +287,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+# -- sample -----------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O)
+    model.sampling_plan(args.output)  # a model that cannot be sampled is said before its weights are read
+    model.load(args.load)
+    text = model.sample(args.prime, length=args.length, temperature=args.temperature, seed=args.seed,
+                        vocab=Path(args.vocab) if args.vocab else None, output=args.output)
+    print(args.prime + text)
+    return 0
+
+
 # -- diff -------------------------------------------------------------------------------------
 def cmd_diff(args) -> int:
     d = api.diff(args.file, args.backends, batch=args.batch, seed=args.seed, data=args.data, options=_options(args))
@@ -487,6 +498,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load", metavar="W.npz", help="the weights (default: the initial weights drawn from --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, without --load (default 0)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("sample", help="generate text from a trained character-level model",
+                       description="Continue the text --prime with --length characters drawn one at a time from "
+                       "the model's scores for the next character (a model with ids i32[N, T] in and scores "
+                       "f32[N, T, V] out, such as examples/charlm.dln), and print the prime and what was drawn. "
+                       "The vocabulary is the array 'vocab' of the model's train(data = ...) file, or of --vocab.")
+    _common(p)
+    p.add_argument("--load", metavar="W.npz", required=True, help="the trained weights (as run --save writes)")
+    p.add_argument("--prime", required=True, metavar="TEXT", help="the text to continue (characters of the "
+                   "vocabulary)")
+    p.add_argument("--length", type=int, default=200, help="characters to draw (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scores are divided by it before the softmax: "
+                   "below 1 plainer, above 1 wilder text; 0 always takes the likeliest character (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw: the same seed gives the same text "
+                   "(default 0)")
+    p.add_argument("--vocab", metavar="D.npz", help="the .npz whose array 'vocab' lists the characters, id i the "
+                   "i-th (default: the model's train(data = ...) file)")
+    p.add_argument("--output", metavar="NAME", help="the output that gives the scores (default: the first)")
+    _backend(p)
+    _opt_level(p)
+    p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("diff", help="one training step on several backends; max abs/rel error per tensor",
                        description="One training step (training mode, the same dropout masks everywhere) on "

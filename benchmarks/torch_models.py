@@ -25,6 +25,7 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | sine     | nn.RNN(1, 16, tanh) over 20 steps, last state, 16-1 | MSE | Adam lr 0.01, clipped to norm 1 |
 | adding_elman | nn.RNN(2, 32, tanh) over 40 steps, last state, 32-1 | MSE | Adam lr 0.003, clipped to norm 1 |
 | adding_lstm  | nn.LSTM(2, 32) over 40 steps, last state, 32-1 | MSE | Adam lr 0.003, clipped to norm 1 |
+| charlm   | nn.Embedding(28, 16), nn.LSTM(16, 64) over 16 steps, 64-28 at every step | cross-entropy over every step | Adam lr 0.01, clipped to norm 1 |
 
 Schedules (lr and momentum by step) are applied by `Scheduled` with dlc's formulas before each
 step; frozen params have `requires_grad=False`. Clipping (`clip = c`) is
@@ -48,8 +49,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EXAMPLES = ("mlp", "logreg", "xor", "deep_mlp", "lenet", "alexnet_small", "resnet_small", "inception", "transfer_base", "transfer_finetune",
-            "sine", "adding_elman", "adding_lstm")
+            "sine", "adding_elman", "adding_lstm", "charlm")
 REGRESSION = ("xor", "sine", "adding_elman", "adding_lstm")  # float targets and an MSE loss
+PER_STEP = ("charlm",)  # a class per step: scores [N, T, C], labels [N, T], the mean over every step
 
 
 class MLP(nn.Module):  # mlp.dln: params w1 b1 w2 b2
@@ -255,11 +257,35 @@ class Recurrent(nn.Module):
         return self.out(states[:, -1])
 
 
+class CharLM(nn.Module):
+    """charlm.dln: an embedding of the character ids (dlc's table is nn.Embedding's weight, no
+    transpose), an LSTM over the steps (as `Recurrent`: bias_hh fixed, holding the forget bias),
+    and one read-out applied at every step: scores [N, T, V]."""
+
+    def __init__(self, vocab: int = 28, dim: int = 16, n: int = 64, forget_bias: float = 1.0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.rnn = nn.LSTM(dim, n, batch_first=True)
+        self.out = nn.Linear(n, vocab)
+        self.dlc = {"e.table": "embed.weight", "h.wx": "rnn.weight_ih_l0", "h.b": "rnn.bias_ih_l0",
+                    "h.s.wh": "rnn.weight_hh_l0", "w": "out.weight", "b": "out.bias"}
+        self.decay = []
+        with torch.no_grad():
+            self.rnn.bias_hh_l0.zero_()
+            self.rnn.bias_hh_l0[n:2 * n] = forget_bias
+        self.rnn.bias_hh_l0.requires_grad_(False)
+
+    def forward(self, x):
+        states, _ = self.rnn(self.embed(x))
+        return self.out(states)
+
+
 MODELS = {"mlp": MLP, "logreg": LogReg, "xor": XOR, "deep_mlp": DeepMLP, "lenet": LeNet, "alexnet_small": AlexNetSmall,
           "resnet_small": ResNetSmall,
           "inception": InceptionNet, "transfer_base": lambda: Transfer("digits", False),
           "transfer_finetune": lambda: Transfer("head", True), "sine": lambda: Recurrent("elman", 1, 16),
-          "adding_elman": lambda: Recurrent("elman", 2, 32), "adding_lstm": lambda: Recurrent("lstm", 2, 32)}
+          "adding_elman": lambda: Recurrent("elman", 2, 32), "adding_lstm": lambda: Recurrent("lstm", 2, 32),
+          "charlm": CharLM}
 
 # -- the classic networks at full size (examples/imagenet/), written here from the papers -------------
 # No auxiliary classifiers; dropout as in dlc. tests/test_imagenet_nets.py checks their sizes and
@@ -417,6 +443,10 @@ def loss_fn(name: str, net: nn.Module):
     if name in REGRESSION:
         def f(x, y):
             return F.mse_loss(net(x), y)
+    elif name in PER_STEP:
+        def f(x, y):
+            scores = net(x)
+            return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1))
     elif c:
         def f(x, y):
             return F.cross_entropy(net(x), y) + c * sum(w.square().sum() for w in decay)
@@ -502,8 +532,9 @@ def _optimizer(net, name, s):
 
 
 def torch_batch(name: str, feeds: dict, device="cpu"):
-    """dlc feeds (x float32, y int32 labels or float32 targets) as PyTorch tensors."""
-    x = torch.as_tensor(np.asarray(feeds["x"], np.float32)).to(device)
+    """dlc feeds (x float32, or int32 ids: int64; y int32 labels or float32 targets) as PyTorch tensors."""
+    x = np.asarray(feeds["x"])
+    x = torch.as_tensor(x.astype(np.int64) if x.dtype.kind in "iu" else x.astype(np.float32)).to(device)
     y = torch.as_tensor(np.asarray(feeds["y"]))
     y = y.float() if name in REGRESSION else y.long()
     return x, y.to(device)

@@ -12,6 +12,7 @@ expression. This module is the walk; the rooms it draws on:
     reductions.py reduce, softmax, xent, xent_grad
     products.py   matmul and the convolutions (implicit GEMMs); tiles.py: tile and split-K
     pooling.py    pool, pool_grad
+    gather.py     gather (embedding), scatter_add (its adjoint, deterministic)
     updates.py    assign, commits, multi-tensor optimizer updates
     memory.py     plan step after emission: temps share buffers by liveness
     shared.py     static shared memory of each kernel; plan.py: the plan's types
@@ -36,6 +37,7 @@ from ..ir.graph import Graph
 from ..ir.ops import INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
 from .concat import plan_concats
 from .core import PLAIN, Emission, Epilogue, Generator
+from .gather import emit_gather, emit_scatter_add
 from .layout import emit_alias, emit_broadcast, emit_concat, emit_pad, emit_slice, emit_transpose
 from .memory import plan_memory
 from .plan import Module
@@ -170,6 +172,8 @@ EMITTERS = {
     "pool": emit_pool,
     "pool_grad": emit_pool_grad,
     "dropout": emit_dropout,
+    "gather": emit_gather,
+    "scatter_add": emit_scatter_add,
     "mode_select": emit_mode_select,
     "assign": emit_assign,
 }

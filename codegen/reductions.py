@@ -159,10 +159,10 @@ def emit_softmax(gen: Generator, n: str, em: Emission) -> None:
 def _xent_rows(gen: Generator, n: str):
     """What softmax_xent and its gradient share: the rows, and how a row's classes are split.
     Up to XENT_WARP_CLASSES classes a warp per row, XENT_ROWS_PER_BLOCK rows a block; more, a
-    block per row. Returns (rows dimension, template context, grid, block)."""
+    block per row. Returns (the rows' dimensions, template context, grid, block)."""
     g = gen.g
-    rows, classes = g.type(g.operands(n)[0]).shape
-    R, C = Size.of([rows]), Size.of([classes])
+    *rows, classes = g.type(g.operands(n)[0]).shape  # [N, C], or [N, T, C]: a row per position
+    R, C = Size.of(rows), Size.of([classes])
     warp = C.estimate() <= XENT_WARP_CLASSES
     ctx = dict(rows=R.c(), classes=C.c(), warp=warp, rows_per_block=XENT_ROWS_PER_BLOCK)
     if warp:
@@ -175,10 +175,10 @@ def emit_xent(gen: Generator, n: str, em: Emission) -> None:
     launches: stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2
     (one block) adds them as a tree of fixed shape and divides by the rows."""
     rows, ctx, grid, block = _xent_rows(gen, n)
-    ws = gen.workspace(n, "rows", [rows])
+    ws = gen.workspace(n, "rows", rows)
     gen.add(n, "xent.cu.j2", ctx, ws, gen.ins(n), grid, block, barriers=True,
             stem=f"{gen.g.op(n)}_{n}_rows", partial=True)
-    R = Size.of([rows])  # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
+    R = Size.of(rows)  # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
     threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
     gen.add(n, "xent_mean.cu.j2", dict(rows=R.c()), gen.temp(n), [ws], [1, 1, 1], [threads, 1, 1],
             barriers=True)

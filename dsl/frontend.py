@@ -372,8 +372,8 @@ class _Lowerer:
                         raise DlcError(f"{what}: {k} must be {type(default).__name__}, found {v!r}", given[k].loc)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                     raise DlcError(f"{what}: {k} must not be negative, found {v}", given[k].loc)
-                if k in _UNIT_RANGE and not 0 <= v < 1:
-                    raise DlcError(f"{what}: {k} must be in [0, 1), found {v}", given[k].loc)
+                if k in _UNIT_RANGE and (isinstance(v, (bool, str)) or not 0 <= v < 1):
+                    raise DlcError(f"{what}: {k} must be in [0, 1), found {_show(v)}", given[k].loc)
                 out[k] = float(v) if isinstance(default, float) or k == "weight_decay" else v
             elif default is REQUIRED:
                 raise DlcError(f"{what} needs the setting '{k}'", s.loc)

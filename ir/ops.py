@@ -16,14 +16,14 @@ from .errors import DlcError
 from .registry import (COMMUNICATES, OpDef, EFFECTS, EPILOGUE_FAMILIES, FAMILIES, HOLDS, INLINED_FAMILIES,
                        INPUT, MODEL, OPS, OPTIMIZER, PARAM, POINTWISE_FAMILIES, RANDOM, REQUIRED, STORED,
                        TRAINING, UPDATES_STATE, VARIADIC, Builder, NodeView, elementwise_ops, flops,
-                       infer_type, label_operands, op, out_of_range, view)
+                       infer_type, label_operands, op, out_of_range, range_error, view)
 from .types import TensorType, broadcast_shapes, normalize_axes, reshape_shape, scalar
 
 # the registry's names, so that `from dlc.ir.ops import OPS, RANDOM, ...` gives the populated table
 __all__ = ["OPS", "OpDef", "op", "REQUIRED", "VARIADIC", "FAMILIES", "POINTWISE_FAMILIES", "EPILOGUE_FAMILIES",
            "INLINED_FAMILIES", "EFFECTS", "TRAINING", "RANDOM", "UPDATES_STATE", "COMMUNICATES", "HOLDS", "STORED",
            "INPUT", "PARAM", "OPTIMIZER", "MODEL", "Builder", "NodeView", "view", "flops", "infer_type",
-           "elementwise_ops", "label_operands", "out_of_range"]
+           "elementwise_ops", "label_operands", "out_of_range", "range_error"]
 
 
 # -- shape rules ---------------------------------------------------------------------------
@@ -126,13 +126,16 @@ def _axis_rule(name):
 
 
 def _xent_check(logits, labels, name="softmax_xent"):
-    if not logits.is_float or logits.rank != 2:
-        raise DlcError(f"{name} expects logits f32[N, C], found {logits}")
-    if labels.dtype != "i32" or labels.rank != 1:
-        raise DlcError(f"{name} expects integer labels i32[N], found {labels}")
-    if labels.shape[0] != logits.shape[0]:
+    """logits f32[N, C] and labels i32[N], or one row of C per position: logits f32[N, T, C] (a
+    class per step of a sequence) with labels i32[N, T]."""
+    if not logits.is_float or logits.rank < 2:
+        raise DlcError(f"{name} expects logits f32[N, C] (or f32[N, T, C], a row per position), found {logits}")
+    if labels.dtype != "i32" or labels.rank != logits.rank - 1:
+        want = "i32[N]" if logits.rank == 2 else f"i32[{', '.join(map(str, logits.shape[:-1]))}]"
+        raise DlcError(f"{name} expects integer labels {want} for logits {logits}, found {labels}")
+    if labels.shape != logits.shape[:-1]:
         raise DlcError(f"shape mismatch in {name}: logits {logits} and labels {labels} "
-                       f"have different batch sizes")
+                       f"have different {'batch sizes' if logits.rank == 2 else 'leading dimensions'}")
 
 
 def _xent_rule(types, attrs):
@@ -195,18 +198,21 @@ def _rowmax(x):
 
 
 def _xent(logits, labels):
-    _check_labels(labels, logits.shape[1])
+    _check_labels(labels, logits.shape[-1])
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # a row per position
     z = logits - _rowmax(logits)
     lse = np.log(np.exp(z).sum(axis=1))              # log-sum-exp of each row, shifted by its max
     return (lse - z[np.arange(len(labels)), labels]).mean(dtype=logits.dtype)
 
 
 def _xent_grad(logits, labels, g):
+    shape = logits.shape
+    logits, labels = logits.reshape(-1, shape[-1]), labels.reshape(-1)
     p = np.exp(logits - _rowmax(logits))
     p /= p.sum(axis=1, keepdims=True)                 # softmax, in place
     p[np.arange(len(labels)), labels] -= 1
     p *= g / len(labels)
-    return p
+    return p.reshape(shape)
 
 
 def _axes(axis):
@@ -354,8 +360,13 @@ def _onnx_axis(op_type: str):
 
 
 def _onnx_xent(e, n, ins, a, out):
-    labels = e.node("Cast", [ins[1]], f"{n}.labels", to=e.INT64)
-    return e.node("SoftmaxCrossEntropyLoss", [ins[0], labels], n, out, reduction="mean")
+    logits, labels = ins
+    if e.type(e.operands(n)[0]).rank > 2:  # a row per position: SoftmaxCrossEntropyLoss wants classes on axis 1
+        logits = e.node("Reshape", [logits, e.ints([-1, e.type(e.operands(n)[0]).shape[-1]], f"{n}.rows")],
+                        f"{n}.logits")
+        labels = e.node("Reshape", [labels, e.ints([-1], f"{n}.flat")], f"{n}.flat_labels")
+    labels = e.node("Cast", [labels], f"{n}.labels", to=e.INT64)
+    return e.node("SoftmaxCrossEntropyLoss", [logits, labels], n, out, reduction="mean")
 
 
 def _onnx_mse(e, n, ins, a, out):
@@ -488,7 +499,7 @@ op("log_softmax", 1, _axis_rule("log_softmax"), _log_softmax, _log_softmax_vjp, 
 op("softmax_xent", 2, _xent_rule, _xent,
    lambda b, n, g: [lambda: b.softmax_xent_grad(n.args[0], n.args[1], g), None],
    family="xent", labels=1, onnx=_onnx_xent,   # SoftmaxCrossEntropyLoss, reduction mean
-   doc="mean over the batch of -log softmax(logits)[label]")
+   doc="mean over the batch (over every position of [N, T, C] logits) of -log softmax(logits)[label]")
 op("softmax_xent_grad", 3, _xent_grad_rule, _xent_grad, family="xent_grad", dsl=False, labels=1,
    doc="(softmax(logits) - onehot(labels)) * g / N")
 op("mse", 2, _mse_rule, lambda p, t: np.mean(np.square(p - t)), _mse_vjp, family="reduce",
@@ -540,3 +551,4 @@ from . import ops_nn  # noqa: E402,F401  (convolution, pooling, concat: register
 from . import ops_norm  # noqa: E402,F401  (batch normalization)
 from . import ops_math  # noqa: E402,F401  (erf, gelu, softplus, pow, max/min, comparisons, where, bce_logits,
                         # layer_norm)
+from . import ops_embed  # noqa: E402,F401  (token ids: embedding and its scatter-add adjoint)

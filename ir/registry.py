@@ -70,8 +70,12 @@ class OpDef:
     needs_dims: bool = False       # ref also gets `dims=` (bound symbolic dimensions)
     effects: frozenset = frozenset()  # of EFFECTS
     holds: str | None = None       # a source op: which of HOLDS its value is
-    labels: int | None = None      # the operand that holds class indices into the last axis of
-                                   # operand 0 (checked by every backend and the data loader)
+    labels: int | None = None      # the operand that holds indices into an axis of another operand:
+                                   # class labels into the last axis of operand 0 (softmax_xent),
+                                   # token ids into the rows of a table (embedding); every backend and
+                                   # the data loader check them (`label_operands`, `range_error`)
+    labels_operand: int = 0        # the operand whose axis `labels_axis` bounds the indices
+    labels_axis: int = -1          # -1: classes along the last axis; 0: rows of a table
     onnx: str | Callable | None = None  # ONNX: an operator type (same operands, no attributes) or
                                    # (emitter, node, input names, attrs, output name) -> output name
     train_check: Callable | None = None  # (operand shapes, dims bound to numbers, attrs) -> what is wrong
@@ -189,6 +193,10 @@ FAMILIES = {
     "conv": Family(epilogue=True), "conv_grad_x": Family(epilogue=True), "conv_grad_w": Family(epilogue=True),
     "pool": Family(("template",)), "pool_grad": Family(("template",)),  # template: the .cu.j2
     "dropout": Family(flops=_per_output),
+    "gather": Family(),                               # embedding: rows of a table picked by ids, one thread
+                                                      # per output element
+    "scatter_add": Family(),                          # embedding_grad: the adjoint's rows summed into the
+                                                      # table's, one thread per table element, ids in order
     "mode_select": Family(pointwise=True),            # if_training: one operand or the other, by the run's mode
                                                       # word (a fused kernel loads it once per element)
     "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
@@ -243,16 +251,30 @@ def infer_type(name: str, types: list[TensorType], attrs: dict) -> TensorType:
 # -- questions about a graph, answered from the entries (Graph.holding and Graph.with_effect too) ----
 
 def label_operands(graph) -> list[tuple[str, int | str, str]]:
-    """(labels node, class count, node reading them) for every operand declared to hold class
-    indices (`OpDef.labels`): the count is the last dimension of the node's operand 0."""
+    """(labels node, bound, node reading them) for every operand declared to hold indices
+    (`OpDef.labels`): the bound is the size of axis `labels_axis` of operand `labels_operand` (the
+    class count of softmax_xent's logits, the rows of embedding's table). Indices that reach the
+    op through reshapes (family `alias`: the same values in another shape) are named by the node
+    they were reshaped from, usually an input, so that the feeds can be checked."""
     out = []
     for k, d in OPS.items():
         if d.labels is None:
             continue
         for n in graph.nodes_of(k):
             args = graph.operands(n)
-            out.append((args[d.labels], graph.type(args[0]).shape[-1], n))
+            labels = args[d.labels]
+            while OPS[graph.op(labels)].family == "alias":
+                labels = graph.operands(labels)[0]
+            out.append((labels, graph.type(args[d.labels_operand]).shape[d.labels_axis], n))
     return out
+
+
+def range_error(op_name: str, bad: int, bound: int) -> str:
+    """What is wrong with an index `bad` outside 0..bound-1 read by op `op_name`, in its own words:
+    a class label, or a row of a table."""
+    if OPS[op_name].labels_axis == -1:
+        return f"label {bad} is out of range for {bound} classes"
+    return f"id {bad} is out of range for an embedding table of {bound} rows (ids are 0..{bound - 1})"
 
 
 def out_of_range(labels, classes: int):

@@ -98,7 +98,7 @@ class _ToItems(Transformer):
         return float(s) if any(c in s for c in ".eE") else int(s)
 
     def string(self, tok):
-        return json.loads(tok)
+        return _json_string(tok)
 
     def word(self, tok):
         return {"true": True, "false": False, "null": None}.get(str(tok), str(tok))
@@ -122,7 +122,16 @@ class _ToItems(Transformer):
         return TensorType(str(dtype), () if dims == (None,) else tuple(dims))
 
     def loc(self, f, line, col):
-        return Loc(json.loads(f) if f.type == "ESCAPED_STRING" else str(f), int(line), int(col))
+        return Loc(_json_string(f) if f.type == "ESCAPED_STRING" else str(f), int(line), int(col))
+
+
+def _json_string(tok) -> str:
+    """A quoted string of the IR text (JSON: no raw control characters inside)."""
+    try:
+        return json.loads(tok)
+    except ValueError:
+        raise DlcError(f"invalid string literal {json.dumps(str(tok))[1:-1]} (a JSON string: escapes "
+                       "\\\\ \\\" \\n \\t \\uXXXX, no raw control characters)")
 
 
 def _val(tok) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ir.errors import DlcError, Loc, file_error
 from ..ir.graph import Graph
-from ..ir.ops import label_operands, out_of_range
+from ..ir.ops import OPS, label_operands, out_of_range
 from ..ir.types import fmt_shape
 from .feeds import check_feeds
 from .files import read_npz
@@ -370,23 +370,27 @@ def _normalize(a: np.ndarray, how: str, src, n: str, path, text: bool = False, w
 
 
 def check_labels_in_range(g: Graph, feeds: dict, files: dict) -> None:
-    """Class labels against every op that reads them straight from an input as class indices
-    (softmax_xent): a label outside 0..C-1 is a data error, named at load time, not when the loss
-    first runs."""
-    for labels, classes, node in label_operands(g):
-        if labels not in g.inputs or labels not in feeds or not isinstance(classes, int):
+    """Class labels and token ids against every op that reads them from an input as indices
+    (softmax_xent's labels, embedding's ids): one outside its range is a data error, named at load
+    time, not when the op first runs."""
+    for labels, bound, node in label_operands(g):
+        if labels not in g.inputs or labels not in feeds or not isinstance(bound, int):
             continue
         y = feeds[labels]
-        bad = out_of_range(y, classes)
+        bad = out_of_range(y, bound)
         if bad is None:
             continue
-        logits = g.operands(node)[0]
+        first = g.operands(node)[OPS[g.op(node)].labels_operand]
         loc = g.loc(node)
+        where = f" at {loc}" if loc else ""
+        if OPS[g.op(node)].labels_axis != -1:
+            raise file_error(files.get(labels, "data"), f"ids '{labels}': {bad} is out of range for the {bound} "
+                             f"rows of {g.op(node)}'s table {g.type(first)}{where} (ids are 0..{bound - 1})")
         hint = ""
-        if y.min() == 1 and y.max() == classes:
-            hint = f"; the labels run 1..{classes}: --label-offset 1 makes them 0..{classes - 1}"
-        raise file_error(files.get(labels, "data"), f"labels '{labels}': {bad} is out of range for the {classes} "
-                         f"classes of {g.op(node)} (logits {g.type(logits)})" + (f" at {loc}" if loc else "") + hint)
+        if y.min() == 1 and y.max() == bound:
+            hint = f"; the labels run 1..{bound}: --label-offset 1 makes them 0..{bound - 1}"
+        raise file_error(files.get(labels, "data"), f"labels '{labels}': {bad} is out of range for the {bound} "
+                         f"classes of {g.op(node)} (logits {g.type(first)}){where}{hint}")
 
 
 class _OneInput:

@@ -13,7 +13,7 @@ from ..codegen.plan import RNG_BUFFER
 from ..codegen.sizes import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS, STORED, label_operands, out_of_range
+from ..ir.ops import OPS, STORED, label_operands, out_of_range, range_error
 from ..ir.types import NUMPY_DTYPE
 from .numerics import nonfinite, numerics_error
 
@@ -52,19 +52,20 @@ class Fetched:
 
 
 def check_labels(checks, feeds) -> None:
-    """Class labels must be in range: a kernel cannot raise, so the backends check first."""
-    for labels, classes, loc in checks:
+    """Class labels and token ids must be in range: a kernel cannot raise, so the backends check
+    first."""
+    for labels, bound, loc, op_name in checks:
         lab = feeds.get(labels)
-        bad = None if lab is None else out_of_range(lab, classes)
+        bad = None if lab is None else out_of_range(lab, bound)
         if bad is not None:
-            raise DlcError(f"label {bad} is out of range for {classes} classes", loc)
+            raise DlcError(range_error(op_name, bad, bound), loc)
 
 
 def label_checks(g: Graph) -> list:
-    """(labels input, class count, location) for every operand an op declares to hold class
-    indices (`OpDef.labels`) that is fed straight from an input."""
-    return [(labels, classes, g.loc(n)) for labels, classes, n in label_operands(g)
-            if isinstance(classes, int) and OPS[g.op(labels)].holds == "input"]
+    """(indices input, bound, location, op) for every operand an op declares to hold indices
+    (`OpDef.labels`: softmax_xent's labels, embedding's ids) that is fed from an input."""
+    return [(labels, bound, g.loc(n), g.op(n)) for labels, bound, n in label_operands(g)
+            if isinstance(bound, int) and OPS[g.op(labels)].holds == "input"]
 
 
 def mode_words(training: bool, rng) -> tuple[int, int, int]:

@@ -608,3 +608,16 @@ def test_a_dotted_name_that_names_no_param_suggests_the_params(tmp_path, extra, 
     f = tmp_path / "naming.dln"
     f.write_text(_NAMING.format(extra=extra))
     assert_user_error(dlc_cli("check", f), must=must, head=re.escape(f"{f}:1{1 + extra.startswith(chr(10))}:"))
+
+
+def test_a_string_where_a_fraction_belongs_is_a_located_error():
+    """train(val_split = "") (found by test_fuzz) is refused at the setting, not with a TypeError
+    from comparing a string with 0."""
+    text = 'model m {\n    input x : f32[N, 2]\n    output x\n    train(val_split = "")\n}\n'
+    try:
+        dlc.compile(text, backend="interp")
+    except dlc.DlcError as e:
+        assert 'train: val_split must be in [0, 1), found the string ""' in e.message
+        assert e.loc is not None and e.loc.line == 4
+    else:
+        raise AssertionError("a string val_split compiled")

@@ -176,6 +176,25 @@ model seq {
     minimize loss with adam(lr = 0.01, clip = 0.5)
 }
 """,
+    # token ids: embeddings of ids i32[N, T] and i32[N] (a batch repeats ids, so the scatter-add
+    # adjoint sums rows), an LSTM over the embedded sequence, a softmax_xent per position [N, T, C]
+    "tokens": """
+model tokens {
+    input  x : i32[N, 6]
+    input  y : i32[N, 6]
+    input  c : i32[N]
+    param  w : f32[5, 9] = xavier
+
+    e      = embed(x, 9, 3)                  # [N, 6, 3]
+    k      = embed(c, 4, 9)                  # [N, 9]
+    h      = lstm(e, 5)                      # [N, 6, 5]
+    logits = h @ w + reshape(k, [N, 1, 9])   # [N, 6, 9]
+    loss   = softmax_xent(logits, y)
+
+    output logits
+    minimize loss with adam(lr = 0.01)
+}
+""",
 }
 
 

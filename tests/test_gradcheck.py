@@ -340,6 +340,17 @@ CASES = {
                               lambda r: {"w": normal(r, 4, 5)},
                               lambda x, y, w: _xent(np.tanh(x @ w), y),
                               "", {"x": "f32[N, 4]", "y": "i32[N]"}),
+    # a label per position: logits [3, 4, 3], labels [3, 4], the mean over the 12 positions
+    "softmax_xent_per_position": ("loss = softmax_xent(x @ w, y)",
+                                  lambda r: {"x": f32(normal(r, 3, 4, 5)),
+                                             "y": r.integers(0, 3, (3, 4)).astype(np.int32)},
+                                  lambda r: {"w": normal(r, 5, 3)},
+                                  lambda x, y, w: _xent((x @ w).reshape(-1, 3), y.reshape(-1))),
+    # token ids: id 2 three times (the scatter-add sums its rows), row 5 never picked (gradient 0)
+    "embedding": ("loss = sum(tanh(embedding(w, y)) * c)",
+                  lambda r: {"y": np.array([[0, 2, 2, 4], [1, 2, 0, 3]], np.int32), "c": f32(normal(r, 2, 4, 3))},
+                  lambda r: {"w": normal(r, 6, 3)},
+                  lambda y, c, w: np.sum(np.tanh(w[y]) * c)),
     "softmax_xent_scaled_fanout": ("z = x @ w\n    loss = 0.5 * softmax_xent(z, y) + softmax_xent(z * 2, y) * 3",
                                    lambda r: {"x": f32(normal(r, 6, 4)), "y": labels(r, 6, 3)},
                                    lambda r: {"w": normal(r, 4, 3)},
@@ -704,9 +715,9 @@ def test_gradcheck_shipped_examples(path):
     for n in g.inputs:
         t = g.type(n)
         shape = tuple(3 if isinstance(d, str) else d for d in t.shape)
-        if t.dtype == "i32":
+        if t.dtype == "i32":  # class labels, or character ids (charlm: as many as the output's classes)
             classes = g.type(g.meta.outputs[next(iter(g.meta.outputs))]).shape[-1] if g.meta.outputs else 2
-            feeds[n] = labels(rng, shape[0], classes if isinstance(classes, int) else 2)
+            feeds[n] = rng.integers(0, classes if isinstance(classes, int) else 2, shape).astype(np.int32)
         else:
             feeds[n] = f32(rng.uniform(0, 1, shape))
     values = {k: np.array(v, np.float64) + 0.01 * rng.normal(size=np.shape(v)) for k, v in m.params.items()}

@@ -237,3 +237,13 @@ def test_the_c_philox_is_the_numpy_philox():
     for k in (philox.W0, philox.W1):
         assert f"0x{k:08X}u;" in PHILOX_C
     assert f"r < {philox.ROUNDS};" in PHILOX_C
+
+
+def test_a_raw_control_character_in_an_ir_string_is_a_located_error():
+    """A quoted attribute holding a raw control character (found by test_fuzz) is refused on its
+    line, as the .dln parser refuses one, not with a Lark VisitError."""
+    text = ('model m stage=forward\n%w : f32[3, 4] = param[init="uniform(-1\x01.0, 1.0)"]()  @ <string>:4:5\n'
+            'output w = %w\n')
+    with pytest.raises(DlcError, match="invalid string literal") as e:
+        parse_ir(text)
+    assert e.value.loc is not None and e.value.loc.line == 2
