@@ -88,11 +88,11 @@ class OpDef:
     affine: tuple | None = None    # per operand slot, how the op acts on that operand when the other is
                                    # a constant per channel: "add", "sub", "mul" or "div" (y = a s + t
                                    # composes with the op of that name), None where it is not affine
-                                   # in that slot: what the -O2 `fold` pass folds into a product
+                                   # in that slot: what the -O2 `fold-bn` pass folds into a product
     channel_weight: Callable | None = None  # a product linear in one operand per output channel:
                                    # (node view) -> (output channel axis, that operand's slot, its
                                    # channel axis), or None for a node it does not apply to; scaling
-                                   # the operand's slices scales the output's channels (the `fold` pass)
+                                   # the operand's slices scales the output's channels (`fold-bn`)
     lower: Callable | None = None  # a composite op (family "composite"): (graph, node) -> the node
                                    # that computes it from other ops (the `lower` pass, first in
                                    # every pipeline: autodiff, fusion and codegen never see the op)
