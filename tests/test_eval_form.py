@@ -11,6 +11,8 @@ the convolution or matmul before it (passes/fold_bn.py, -O2).
   and the same launch plan; training-mode `forward` still draws dropout masks;
 - an evaluation run launches no `if_training` kernel and fewer kernels than before (Build.stats,
   `dlc compile --stats`); NVRTC compiles the module with its evaluation kernels;
+- the cuda backend's bookkeeping (over tests/fake_cupy.py) runs training steps and evaluation runs
+  from one state, with and without captured graphs;
 - models without an op that depends on the mode keep their IR exactly;
 - bad IR: an evaluation form that reads the mode, or lacks an output, is refused by the verifier;
   an op with the TRAINING effect must declare its evaluation meaning.
@@ -277,3 +279,24 @@ def test_an_op_that_reads_the_mode_must_declare_its_evaluation_meaning():
     with pytest.raises(ValueError, match="eval_operand is for an op with the TRAINING effect"):
         op("test_pure_op", 1, lambda t, a: t[0], lambda x: x, eval_operand=0, c="a")
     assert "test_mode_op" not in OPS and "test_pure_op" not in OPS
+
+
+@needs_emu  # the CuPy stand-in of tests/fake_cupy.py runs kernels on the emulator
+@pytest.mark.parametrize("graphed", [False, True], ids=["launches", "cuda-graph"])
+def test_the_cuda_backend_runs_both_forms_from_one_state(monkeypatch, graphed):
+    """The cuda backend's bookkeeping (buffers, programs per set of roots, captured graphs) with a
+    training step and an evaluation run taking turns at -O2: each agrees with the interpreter
+    (float32 both; 1e-4 of the largest value), and the evaluation run sees the running statistics
+    the steps before it updated."""
+    import sys
+    from fake_cupy import fake_cupy
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    gpu = dlc.compile(RESNET, backend="cuda", opt_level=2, seed=4, cuda_graph=graphed)
+    ref = dlc.compile(RESNET, backend="interp", opt_level=2, seed=4)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        x, y = rng.uniform(0, 16, (8, 64)).astype(np.float32), rng.integers(0, 10, 8).astype(np.int32)
+        _close(gpu.step(x=x, y=y), np.float64(ref.step(x=x, y=y)), 1e-4, "loss")
+        _close(gpu.forward(x=x)["logits"], ref.forward(x=x)["logits"].astype(np.float64), 1e-4, "eval")
+    for k, v in ref.buffers.items():
+        _close(gpu.buffers[k], v.astype(np.float64), 1e-4, k)
