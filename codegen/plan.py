@@ -123,7 +123,9 @@ class Module:
         kernels (distinct ones that run), launches, FLOPs (the registry's counts over the nodes
         computed), bytes moved (an estimate: each buffer a launch touches once, twice when it reads
         and writes it in place) and peak bytes (every buffer allocated: params, state, inputs and
-        temps, less those that only launches of other runs touch)."""
+        temps, less those that only launches of other runs touch); `repeat_launches`: the launches
+        of the same run again while the state is unchanged (the backends keep the evaluation
+        form's values computed from stored values alone, `Graph.eval_constants`)."""
         from ..ir.ops import flops
         g = self.graph
         need = g.upstream(g.roots(evaluation=False) if roots is None else roots)
@@ -135,7 +137,9 @@ class Module:
             buf = self.buffers[b]
             return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
         moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
+        kept = g.eval_constants()
         return {"kernels": len({l.kernel for l in runs}), "launches": len(runs),
+                "repeat_launches": len([l for l in runs if l.node not in kept]),
                 "flops": sum(flops(g, n, dims) for n in need),
                 "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers if b not in others)}
 

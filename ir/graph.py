@@ -216,6 +216,17 @@ class Graph:
         m = self.meta
         return list(m.eval_outputs.values()) + ([m.eval_loss] if m.eval_loss else [])
 
+    def eval_constants(self) -> set[str]:
+        """Nodes that only the evaluation form needs and whose value depends on stored values and
+        constants alone (no input, no op with an effect): batch norm's folded weights, its scale
+        and shift per channel. Their values change only when stored values do, so a backend keeps
+        them from one evaluation run to the next until a step commits or `set_state` is called."""
+        if not self.eval_roots():
+            return set()
+        only = self.upstream(self.eval_roots()) - self.upstream(self.roots(evaluation=False))
+        varies = self.downstream(self.inputs + [n for n in self.nx if OPS[self.op(n)].effects])
+        return {n for n in only if n not in varies and OPS[self.op(n)].family != "source"}
+
     # -- editing (on a copy) ----------------------------------------------------------------
     def replace_uses(self, old: str, new: str, meta: bool = True) -> None:
         """Make every user of `old` (and, unless `meta` is False, every model-level reference) use

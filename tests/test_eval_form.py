@@ -300,3 +300,53 @@ def test_the_cuda_backend_runs_both_forms_from_one_state(monkeypatch, graphed):
         _close(gpu.forward(x=x)["logits"], ref.forward(x=x)["logits"].astype(np.float64), 1e-4, "eval")
     for k, v in ref.buffers.items():
         _close(gpu.buffers[k], v.astype(np.float64), 1e-4, k)
+
+
+# -- values computed from stored values alone are kept between evaluation runs ------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_folded_weights_are_computed_again_only_when_the_state_changes(backend, monkeypatch):
+    """The evaluation form's values computed from params and buffers alone (the scaled weights,
+    scale and shift) are kept from one evaluation run to the next: a second run launches only the
+    rest (Build.stats' repeat_launches), and a change of params (set_state) or a training step
+    (a commit) makes the next run compute them again, so its outputs are those of a model
+    compiled afresh with the new state (-O0: no evaluation form; 1e-4 of the largest output for
+    float32 emu, where the fold rounds the weights once more; 1e-10 on the float64 interpreter)."""
+    dtype = "float64" if backend == "interp" else "float32"
+    m = dlc.compile(RESNET, backend=backend, opt_level=2, seed=3, float_dtype=dtype)
+    s = m.build.stats(run="evaluation")
+    assert 0 < s["repeat_launches"] < s["launches"]
+    kept = m.graph.eval_constants()
+    assert {g for g in kept if g.endswith(".weight")} and not any(n in m.graph.upstream(m.graph.roots(False))
+                                                                  for n in kept)
+    launched = []
+    if backend == "emu":
+        engine = m.engine
+        real = engine._launch
+        monkeypatch.setattr(engine, "_launch", lambda bound: (launched.append(1), real(bound))[1])
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(0, 16, (8, 64)).astype(np.float32), rng.integers(0, 10, 8).astype(np.int32)
+
+    def fresh():
+        ref = dlc.compile(RESNET, backend="interp", opt_level=0, float_dtype="float64")
+        ref.set_state(m.state)
+        return ref.forward(x=x)["logits"]
+
+    def forward_launches():
+        before = len(launched)
+        out = m.forward(x=x)["logits"]
+        return out, len(launched) - before
+    out, n1 = forward_launches()
+    _close(out, fresh(), TOL[backend], "first run")
+    out2, n2 = forward_launches()
+    np.testing.assert_array_equal(out2, out)
+    m.params["stem.bn.gamma"] = m.params["stem.bn.gamma"] * 1.5     # set_state: the fold is stale
+    out3, n3 = forward_launches()
+    _close(out3, fresh(), TOL[backend], "after set_state")
+    assert not np.allclose(out3, out)
+    m.step(x=x, y=y)                                                 # a commit: stale again
+    out4, n4 = forward_launches()
+    _close(out4, fresh(), TOL[backend], "after a step")
+    if backend == "emu":   # every launch of the run, then only those that read the data (forward
+        # computes no loss: two launches fewer than the stats' run, which has it)
+        assert n1 - n2 == s["launches"] - s["repeat_launches"] == 24 and n1 == n3 == n4 == s["launches"] - 2
