@@ -33,7 +33,7 @@ from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
 from .ir.graph import Graph
 from .ir.progress import compiling, quiet, stage
-from .ir.ops import MODEL, OPS, OPTIMIZER, PARAM, STORED, UPDATES_STATE
+from .ir.ops import COMMUNICATES, MODEL, OPS, OPTIMIZER, PARAM, STORED, UPDATES_STATE
 from .ir.summary import layers as _layers
 from .ir.text import fmt_value, print_ir
 from .ir.types import fmt_shape
@@ -41,6 +41,8 @@ from .ir.verify import verify
 from .passes.fusion import report as fusion_report
 from .passes.manager import LEVELS, PASS_NAMES, run_pipeline
 from .runtime.backends import BACKENDS, make_backend, option_problem, resolve
+from .runtime.collectives import INSTALL as MPI_INSTALL
+from .runtime.collectives import launched_ranks, require_mpi, run_ranks, started, world
 from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
 from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, load_data
 from .runtime.diff import ATOL, RTOL, compared, random_nodes, synth_feeds
@@ -143,7 +145,9 @@ class Options:
     list, or "a,b"). `insert_bottlenecks`: a ratio R in (0, 1): CHANGES THE MODEL (1x1 reductions
     before wide convolutions, passes/bottleneck.py). `check`: the IR verifier after every pass
     (also on with DLC_DEBUG). `dump_after`: a pass name or "all": the IR after it, in `Build.dumps`.
-    `lr`: the optimizer's learning rate instead of the one the model gives (for sweeps; `--lr`)."""
+    `lr`: the optimizer's learning rate instead of the one the model gives (for sweeps; `--lr`).
+    `data_parallel`: True inserts the data-parallel pass (gradients all-reduced over the ranks of
+    an MPI run before the update: passes/data_parallel.py); the IR needs no MPI to be built."""
     model: str | None = None
     opt_level: int = 1
     passes: list | str | None = None
@@ -152,6 +156,7 @@ class Options:
     check: bool = False
     dump_after: str | None = None
     lr: float | None = None
+    data_parallel: bool = False
 
     def checked(self) -> "Options":
         """The options with every value checked (a DlcError names the argument at fault)."""
@@ -161,6 +166,7 @@ class Options:
         if not isinstance(lvl, (int, np.integer)) or isinstance(lvl, bool) or lvl not in OPT_LEVELS:
             raise _problem("opt_level", f"must be one of {', '.join(map(str, OPT_LEVELS))}", lvl)
         _switch("check", self.check)
+        _switch("data_parallel", self.data_parallel)
         r = self.insert_bottlenecks
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1):
             raise DlcError(f"{arg('insert_bottlenecks')}: the ratio must be between 0 and 1 (exclusive), found {r!r}")
@@ -191,6 +197,7 @@ class Build:
         self.records = result.records
         self.dumps = result.dumps
         self.rewrite = result.reports.get("bottleneck")
+        self.parallel = result.reports.get("data-parallel")  # the data-parallel pass's report, or None
         self.graph = result.stages["optimized"]
         self.forward = result.stages["forward"]
         self.file = file
@@ -307,6 +314,8 @@ def _build(g: Graph, file: str, opts: Options) -> Build:
         g.meta.optimizer = (name, {**settings, "lr": float(opts.lr)})
     level = debug_level()
     rewrites = {"insert_bottlenecks": opts.insert_bottlenecks} if opts.insert_bottlenecks is not None else {}
+    if opts.data_parallel:
+        rewrites["data_parallel"] = True
     res = run_pipeline(g, opts.opt_level, dump_after=opts.dump_after, check=opts.check or level >= 1,
                        passes=opts.passes, options=rewrites, trace=_trace if level else None)
     return Build(res, file)
@@ -330,7 +339,8 @@ def _freeze(g, names) -> None:
 
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False,
-            insert_bottlenecks: float | None = None, freeze=None, passes=None, lr: float | None = None) -> "Model":
+            insert_bottlenecks: float | None = None, freeze=None, passes=None, lr: float | None = None,
+            data_parallel: bool | None = None) -> "Model":
     """Compile a `.dln` file (a path), `.dln` text or a forward IR graph into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
@@ -338,24 +348,36 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     `float_dtype`: "float32" or "float64". `cuda_graph` (cuda backend only): replay each kind of
     step as one captured CUDA graph. `model`, `opt_level`, `check`, `insert_bottlenecks` (CHANGES
     THE MODEL; the report is `Model.rewrite`), `freeze`, `passes` and `lr` are as `Options` describes.
+    `data_parallel`: train data-parallel over the ranks of an MPI run (docs/runtime.md): the
+    data-parallel pass, and the model talks to the other ranks through MPI (mpi4py: `pip install
+    'dlc[mpi]'`); None (the default) turns it on when an MPI launcher started this process as one
+    of several ranks (`mpiexec -n K python ...`), False never.
     Every mistake, in the source or in an argument, raises `DlcError`."""
     if not isinstance(source, (str, Path, Graph)):
         raise DlcError(f"source: expected a .dln path or .dln text (or a forward IR graph), found {type(source).__name__}")
+    if data_parallel is None:
+        data_parallel = launched_ranks() > 1
     opts = Options(model=model, opt_level=opt_level, passes=passes, freeze=freeze,
-                   insert_bottlenecks=insert_bottlenecks, check=check, lr=lr).checked()
+                   insert_bottlenecks=insert_bottlenecks, check=check, lr=lr, data_parallel=data_parallel).checked()
     if seed is not None and setting_problem("seed", seed):
         raise _problem("seed", setting_problem("seed", seed), seed)
     dtype = _float_dtype(float_dtype)
     _switch("cuda_graph", cuda_graph)
+    if data_parallel and backend == "auto":
+        backend = "interp"  # data parallel runs on interp and emu until cuda's NCCL path is built
     backend = resolve(backend, arg("backend"))
     if cuda_graph and option_problem(backend, "cuda_graph"):
         raise DlcError(f"{arg('cuda_graph')}: {option_problem(backend, 'cuda_graph')}")
+    if opts.data_parallel and backend == "cuda":
+        raise DlcError(f"{arg('backend')}: data-parallel training runs on interp and emu; on cuda (NCCL) it is "
+                       "not built yet")
+    comm = world() if opts.data_parallel else None  # before compiling: a missing mpi4py is said first
     with compiling(_label(source)):
         b = build(source, opts)
         if seed is None:
             seed = _train_setting(b, "seed")
         stage(f"preparing the {backend} backend")
-        return Model(b, backend, int(seed), dtype, cuda_graph=bool(cuda_graph))
+        return Model(b, backend, int(seed), dtype, cuda_graph=bool(cuda_graph), comm=comm)
 
 
 def load(source, weights, **options) -> "Model":
@@ -478,9 +500,10 @@ class Model:
     optimizer), `graph` (the optimized IR graph), `stages` (stage name -> graph), `records`
     (per-pass timings), `build` (the `Build`), `seed`, `steps` (optimizer steps taken), `training`
     (the mode of `forward` and `evaluate`: False, evaluation, unless `train()` was called),
-    `params`, `state`."""
+    `params`, `state`; `comm` (the communicator of a data-parallel run, runtime/collectives.py,
+    else None), `rank` and `ranks` (0 and 1 in a process of its own)."""
 
-    def __init__(self, build: Build, backend: str, seed: int, float_dtype, cuda_graph: bool = False):
+    def __init__(self, build: Build, backend: str, seed: int, float_dtype, cuda_graph: bool = False, comm=None):
         self.build = build
         self.stages = build.stages
         self.records = build.records
@@ -491,6 +514,9 @@ class Model:
         self.path = None if build.file in ("<string>", "<graph>") else build.file
         self.float_dtype = np.dtype(float_dtype)
         self._backend = make_backend(backend, self.graph, float_dtype, cuda_graph=cuda_graph)
+        self.comm = self._backend.comm = comm
+        self.rank, self.ranks = (comm.rank, comm.size) if comm else (0, 1)
+        self.version = VERSION  # of the dlc that compiled it (ranks of one run must agree)
         self._backend.set_state(initial_state(self.graph, seed))
         m = self.graph.meta
         self.outputs = list(m.outputs)
@@ -706,20 +732,25 @@ class Model:
         raise DlcError(f"roots: expected one of {', '.join(ROOT_KINDS)}, found {kind!r}")
 
     def run(self, roots, inputs: dict, *, training: bool = False, commit: bool = False, fetch=None,
-            wait: bool = True, checked: bool = False):
+            wait: bool = True, checked: bool = False, share: float | None = None):
         """Run the nodes `roots` (see `roots(kind)`) on `inputs` (a dict) in training or evaluation
         mode: {node: array} for the nodes in `fetch` (default: every root). `commit` applies the
         assignments at the end (a training step: the step count goes up). `wait=False` returns at
         once a pending result whose `result()` gives the dict (see `train_step`); `checked` skips
         checking the arrays (a caller that checked them once). In evaluation mode an output or the
         loss is computed by the graph's evaluation form, when it has one (passes/evaluation.py);
-        the result is keyed by the nodes asked for."""
+        the result is keyed by the nodes asked for. In a data-parallel run `inputs` are
+        this rank's share of the batch, and `share` its fraction of the whole batch (default: its
+        example count over the sum of every rank's, which asks the other ranks once); dropout
+        draws from (seed, steps * ranks + rank), so no two ranks draw the same masks."""
         training, commit, wait = _switch("training", training), _switch("commit", commit), _switch("wait", wait)
         roots = list(roots)
         feeds = inputs if checked else self._feeds(inputs, self._need(roots))
         if training and self._train_checks:
             self._check_training_batch(feeds)
-        rng = (self.seed, self.steps) if training else None
+        rng = (self.seed, self.steps * self.ranks + self.rank) if training else None
+        if self.comm is not None:
+            self.comm.share = share if share is not None else self._share(feeds, roots)
         twin = None if training else self._eval_twin  # evaluation: the outputs' and loss's evaluation form
         if twin:
             asked = roots if fetch is None else list(fetch)
@@ -730,6 +761,18 @@ class Model:
         if twin:
             res = _Renamed(res, dict(zip(asked, fetch))) if not wait else {a: res[f] for a, f in zip(asked, fetch)}
         return res
+
+    def _share(self, feeds: dict, roots) -> float:
+        """This rank's fraction of a data-parallel step's batch, when the caller did not give it:
+        its example count over every rank's (one small all-reduce), for a run that communicates."""
+        comm, key = self.comm, ("communicates",) + tuple(roots)
+        if key not in self._needs:  # whether the run reaches an op that communicates (cached per roots)
+            self._needs[key] = bool(self.graph.upstream(roots) & set(self.graph.with_effect(COMMUNICATES)))
+        if not self._needs[key]:
+            return comm.share  # read by nothing
+        n = next((len(feeds[k]) for k in self._inputs if k in feeds and np.ndim(feeds[k])), 0)
+        total = comm.sum([n])[0]
+        return n / total if total else 1.0 / comm.size
 
     def _check_training_batch(self, feeds: dict) -> None:
         """What an op refuses to run in training on this batch (its registry `train_check`), as an
@@ -763,13 +806,15 @@ class Model:
         """One optimizer step on one batch; returns the loss before the update."""
         return self.train_step(inputs)[0]
 
-    def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False, wait: bool = True):
+    def train_step(self, inputs: dict, fetch_outputs: bool = False, checked: bool = False, wait: bool = True,
+                   share: float | None = None):
         """One optimizer step on `inputs` (a dict), in training mode: (loss, outputs or None).
         `fetch_outputs` also returns the outputs; `checked` skips checking the arrays (the training
         loop checked them). `wait=False` returns at once, without waiting for the device, a
         `PendingStep` whose `result()` gives (loss, outputs or None); the first `result()` brings
         down every pending step's values with one wait (the training loop reads them once per
-        logging interval)."""
+        logging interval). `share`: in a data-parallel run, this rank's fraction of the global
+        batch (see `run`)."""
         m = self.graph.meta
         roots = self.roots("step")
         _switch("wait", wait)
@@ -778,7 +823,7 @@ class Model:
         # computes the whole step; hands back only the loss (and the outputs asked for): params
         # and optimizer state stay where the backend keeps them until read (`params`, `save`)
         fetch = [m.loss] + ([v for v in m.outputs.values() if v != m.loss] if fetch_outputs else [])
-        res = self.run(roots, inputs, training=True, commit=True, fetch=fetch, wait=wait, checked=checked)
+        res = self.run(roots, inputs, training=True, commit=True, fetch=fetch, wait=wait, checked=checked, share=share)
         step = PendingStep(res, m, fetch_outputs)
         return step.result() if wait else step
 
@@ -892,6 +937,10 @@ class Model:
         where = Path(folder)
         params, state, meta = load_checkpoint(where, self.graph)
         file = where / CHECKPOINT_FILE if where.is_dir() else where
+        if meta.get("ranks", 1) != self.ranks:  # the same steps, but the sums and dropout's draws change with K
+            raise file_error(file, f"the checkpoint was made by a run on {meta.get('ranks', 1)} rank(s), this one "
+                             f"has {self.ranks}: {arg('resume')} continues a run bit for bit only on as many ranks "
+                             f"as it had (start it again with {meta.get('ranks', 1)})")
         for key, given in (("seed", seed), ("batch", batch), ("val_split", val_split), ("test_split", test_split)):
             if given is not None and given != meta.get(key, 0.0):
                 raise DlcError(f"{arg(key)}: {given} differs from the checkpoint's {key} = {meta.get(key, 0.0)} "
@@ -1098,6 +1147,72 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
                       (ATOL, RTOL), b.rewrite)
 
 
+# -- ONNX import (`dlc import`) -------------------------------------------------------------------
+def _imported(path, weights_name=None):
+    """The importer's result (runtime/onnx_import.py) for the ONNX file `path`, its `.dln` text
+    compiled by the front end and its weights checked against the params and buffers it declares:
+    a failure there is a bug of the importer, said as one."""
+    from .dsl.frontend import prelude
+    from .runtime.onnx_import import import_model
+    imp = import_model(path, reserved=set(prelude()) | set(OPS), weights_name=weights_name)
+    try:
+        g = lower(imp.text, f"{Path(path).stem}.dln", None)
+    except DlcError as e:
+        raise DlcError(f"dlc import made a model that does not compile (a bug in dlc import; please report it "
+                       f"with the .onnx file): {e}")
+    want = {n: g.type(n).shape for n in g.params + g.buffers}
+    have = {n: tuple(a.shape) for n, a in imp.weights.items()}
+    if want != have:
+        raise DlcError(f"dlc import made weights that do not fit its model (a bug in dlc import): "
+                       f"{sorted(set(want.items()) ^ set(have.items()))[:3]}")
+    return imp
+
+
+def import_onnx(path) -> tuple[str, dict]:
+    """(`.dln` text, weights) of the ONNX model in `path`: the weights (params and model buffers,
+    name -> float32 array) are what `Model.load` and `dlc run --load` read. Needs the onnx package.
+    Anything the file holds that dlc cannot express is a DlcError listing it (docs/import.md)."""
+    imp = _imported(path)
+    return imp.text, dict(imp.weights)
+
+
+def write_import(path, output, weights=None) -> list[str]:
+    """`dlc import`: write the `.dln` of the ONNX model `path` to `output` (a `.dln` name) and its
+    weights to `weights` (default: `output` with `.npz`), both atomically, and nothing at all when
+    anything is wrong; returns the lines that say what was written."""
+    out = Path(output)
+    if out.suffix.lower() != ".dln":
+        raise DlcError(f"{arg('output')}: {output}: the model is written to a file ending in .dln, not "
+                       f"{repr(out.suffix) if out.suffix else 'a name without one'}")
+    wpath = Path(weights) if weights is not None else out.with_suffix(".npz")
+    if wpath.suffix.lower() != ".npz":
+        raise DlcError(f"{arg('weights')}: {wpath}: weights are written to a file ending in .npz")
+    for p in (out, wpath):
+        check_output(p)
+    imp = _imported(path, wpath.name)
+    existed = wpath.exists()
+    save_weights(wpath, imp.weights, parents=True)
+    try:
+        atomic_write(out, lambda f: f.write(imp.text.encode()), parents=True)
+    except BaseException:
+        if not existed and wpath.exists():
+            wpath.unlink()
+        raise
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(imp.ops.items(), key=lambda kv: (-kv[1], kv[0])))
+    folded = sum(imp.folded.values())
+    lines = [f"wrote {out}: model {imp.model}, inputs "
+             + ", ".join(f"{k}" + (f" (ONNX '{v}')" if k != v else "") for k, v in imp.inputs.items())
+             + "; outputs " + ", ".join(f"{k}" + (f" (ONNX '{v}')" if k != v else "") for k, v in imp.outputs.items()),
+             f"wrote {wpath}: {imp.param_count:,} weights in {len(imp.params)} params"
+             + (f" and {len(imp.buffers)} model buffers" if imp.buffers else ""),
+             f"ONNX nodes translated: {sum(imp.ops.values())} ({ops})"
+             + (f"; folded at import time: {folded} ({', '.join(f'{k} {v}' for k, v in sorted(imp.folded.items()))})"
+                if folded else "")]
+    if imp.prelude:
+        lines.append("prelude layers used: " + ", ".join(f"{k} {v}" for k, v in sorted(imp.prelude.items())))
+    return lines
+
+
 # the public names: the API itself, and what the `dlc` command takes from the stages through it
 __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "RunSettings", "DiffResult", "Dataset",
            "DataOptions", "DlcError", "__version__", "argument_names", "arg", "check_settings", "resolve",
@@ -1106,4 +1221,7 @@ __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "Run
            "EMITS", "OPT_LEVELS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
            "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",
            "partial_report", "check_output", "atomic_write", "write_json", "write_plot", "write_predictions",
-           "require_matplotlib", "require_onnx", "fmt_value"]
+           "require_matplotlib", "require_onnx", "fmt_value",
+           # data parallelism (runtime/collectives.py): the launcher, the MPI check, this process's world
+           "run_ranks", "require_mpi", "launched_ranks", "started", "MPI_INSTALL"]
+__all__ += ["import_onnx", "write_import"]  # dlc import (docs/import.md)

@@ -1,4 +1,4 @@
-"""The `dlc` command: check, compile, run, eval, export, diff, bench, sample.
+"""The `dlc` command: check, compile, run, eval, export, import, diff, bench, sample.
 
 It parses the arguments, calls the API (`dlc.api`, the one front door) and prints; it imports no
 stage of the compiler. Every mistake in the user's input ends in a located one-line error on
@@ -37,7 +37,7 @@ def _options(args, **over) -> api.Options:
     kw = dict(model=args.model, opt_level=getattr(args, "O", 1), passes=getattr(args, "passes", None),
               freeze=getattr(args, "freeze", None), insert_bottlenecks=getattr(args, "insert_bottlenecks", None),
               check=getattr(args, "verify_each", False), dump_after=getattr(args, "dump_ir_after", None),
-              lr=getattr(args, "lr", None))
+              lr=getattr(args, "lr", None), data_parallel=getattr(args, "data_parallel", False))
     return api.Options(**{**kw, **over})
 
 
@@ -156,10 +156,10 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="CSV: whether the first line names the columns (default auto: when a field is not a number)")
 
 
-def _read_data(args, model):
+def _read_data(args, model, warn: bool = True):
     data = model.read_data(args.data, labels=args.labels, normalize=args.normalize, label_column=args.label_column,
                            label_offset=args.label_offset, header=args.header)
-    for w in data.warnings:
+    for w in data.warnings if warn else []:
         print(f"warning: {w}", file=sys.stderr)
     return data
 
@@ -189,11 +189,53 @@ def _check_run_flags(args) -> None:
         _check_output("--checkpoint", Path(args.checkpoint) / api.CHECKPOINT_FILE)
 
 
+def _without_ranks(argv: list[str]) -> list[str]:
+    """The command line less its --ranks flag (what each rank of `--ranks K` runs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--ranks":
+            skip = True
+        elif not a.startswith("--ranks="):
+            out.append(a)
+    return out
+
+
+def _run_ranks(args) -> int:
+    """`dlc run --ranks K`: mistakes in the flags and the model are said once, here; then mpiexec
+    starts K ranks of the same command on this machine (docs/runtime.md)."""
+    if args.ranks < 1:
+        raise DlcError(f"--ranks: must be at least 1, found {args.ranks}")
+    if api.launched_ranks() > 1:
+        raise DlcError(f"--ranks: this process is already one of {api.launched_ranks()} ranks started by an MPI "
+                       f"launcher: give the rank count to the launcher or to --ranks, not both")
+    api.require_mpi()
+    _check_run_flags(args)
+    if api.resolve(args.backend, "--backend") == "cuda" and args.backend != "auto":
+        raise DlcError("--backend cuda: data-parallel training runs on interp and emu; on cuda (NCCL) it is not "
+                       "built yet")
+    api.build(args.file, _options(args))
+    return api.run_ranks(args.ranks, _without_ranks(args.argv))
+
+
 def cmd_run(args) -> int:
+    if args.ranks is not None:
+        return _run_ranks(args)
     _check_run_flags(args)
     backend = api.resolve(args.backend, "--backend")
+    if api.launched_ranks() > 1 and args.backend == "auto":
+        backend = "interp"  # data parallel runs on interp and emu (cuda's NCCL path is not built)
     model = api.compile(args.file, lr=args.lr, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
                         insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze)
+    if model.rank != 0:  # a rank of a data-parallel run: rank 0 alone prints and writes files
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            return _run(args, model, backend)
+    return _run(args, model, backend)
+
+
+def _run(args, model, backend) -> int:
+    lead = model.rank == 0  # writes the files (every rank of a data-parallel run computes the same)
     _show_rewrite(model.rewrite)
     if args.predict and model.prediction_problem():
         raise DlcError(f"--predict: {model.prediction_problem()}")
@@ -202,7 +244,7 @@ def cmd_run(args) -> int:
     if args.plot and not (model.trainable and s.epochs > 0):
         raise DlcError("--plot: nothing to plot: it draws the training epochs, and this run trains none "
                        + ("(--epochs 0)" if model.trainable else f"(model {model.name} minimises nothing)"))
-    data = _read_data(args, model)
+    data = _read_data(args, model, warn=lead)
     notes, resume = [], None
     if args.freeze:
         notes.append(f"frozen (no gradient, no update): {', '.join(model.graph.meta.frozen)}")
@@ -215,7 +257,10 @@ def cmd_run(args) -> int:
                                        val_split=args.val_split, test_split=args.test_split)
         notes.append(note)
     how = f" (auto: {'a GPU is present' if backend == 'cuda' else 'no GPU found'})" if args.backend == "auto" else ""
-    print(f"model {model.name}: {data.n} examples from {data.what}, backend {model.backend}{how}")
+    if model.comm and args.backend == "auto":
+        how = " (auto: data parallel runs on interp)"
+    ranks = f", data parallel over {model.ranks} ranks" if model.comm else ""
+    print(f"model {model.name}: {data.n} examples from {data.what}, backend {model.backend}{how}{ranks}")
     for note in notes:
         print(note)
     model.check_numerics = bool(args.check_numerics)
@@ -236,15 +281,15 @@ def cmd_run(args) -> int:
         what = "accuracy" if "test_accuracy" in metrics else "loss"
         print(f"test {what} {metrics['test_' + what]:.4f} on {metrics['test_examples']} examples "
               f"(held out from training and validation)")
-    if args.predict:
+    if args.predict and lead:
         api.write_predictions(args.predict, model.predict(data, s.batch), model.accuracy_rule(data))
         print(f"wrote predictions for {data.n} examples to {args.predict}")
-    if args.save:
+    if args.save and lead:
         model.save(args.save, state=True)
         print(f"saved weights to {args.save}" + (" (with the optimizer state)" if model.graph.optimizer_state else ""))
-    if args.metrics_json:
+    if args.metrics_json and lead:
         api.write_json(args.metrics_json, metrics)
-    if args.plot:
+    if args.plot and lead:
         api.write_plot(args.plot, metrics["history"], f"model {model.name}")
         print(f"wrote the training curves to {args.plot}")
     return 0
@@ -256,7 +301,8 @@ def cmd_eval(args) -> int:
     if args.metrics_json:
         _check_output("--metrics-json", args.metrics_json)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
-                        opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks)
+                        opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks,
+                        data_parallel=False)  # evaluation: nothing to all-reduce, even under mpiexec
     _show_rewrite(model.rewrite)
     s = model.settings(batch=args.batch)
     model.load(args.load)
@@ -278,7 +324,7 @@ def cmd_export(args) -> int:
     _check_output("-o", args.output)
     api.check_onnx_name(args.output)
     model = api.compile(args.file, lr=args.lr, backend="interp", model=args.model, seed=args.seed, freeze=args.freeze,
-                        insert_bottlenecks=args.insert_bottlenecks)
+                        insert_bottlenecks=args.insert_bottlenecks, data_parallel=False)
     _show_rewrite(model.rewrite)
     if args.load:
         model.load(args.load)
@@ -295,6 +341,13 @@ def cmd_sample(args) -> int:
     text = model.sample(args.prime, length=args.length, temperature=args.temperature, seed=args.seed,
                         vocab=Path(args.vocab) if args.vocab else None, output=args.output)
     print(args.prime + text)
+    return 0
+
+
+# -- import -----------------------------------------------------------------------------------
+def cmd_import(args) -> int:
+    for line in api.write_import(args.file, args.output, args.weights):
+        print(line)
     return 0
 
 
@@ -353,7 +406,7 @@ def cmd_bench(args) -> int:
         return _bench_child(args)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, cuda_graph=args.cuda_graph, freeze=args.freeze,
-                        insert_bottlenecks=args.insert_bottlenecks)
+                        insert_bottlenecks=args.insert_bottlenecks, data_parallel=False)
     _show_rewrite(model.rewrite)
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in api.THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
@@ -434,6 +487,8 @@ def parser() -> argparse.ArgumentParser:
                    help="print every fusion group, fused or not, with the rule or the check that failed")
     p.add_argument("--stats", action="store_true", help="print pass times, and kernels, launches, FLOPs, "
                    f"bytes moved and peak memory of one step at -O0 and at this level (batch {api.STATS_BATCH})")
+    p.add_argument("--data-parallel", action="store_true", dest="data_parallel",
+                   help="the step of a data-parallel run: gradients all-reduced over the ranks before the update")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("run", help="train (if the model minimises something) or run inference")
@@ -471,6 +526,9 @@ def parser() -> argparse.ArgumentParser:
                    "(needs matplotlib: pip install 'dlc[plot]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (training) and no compile progress")
     p.add_argument("--cuda-graph", action="store_true", help="cuda: capture the step once, replay it as a CUDA graph")
+    p.add_argument("--ranks", type=int, metavar="K", help="train data-parallel on K processes of this machine, "
+                   "started with mpiexec (needs MPI: pip install 'dlc[mpi]'); --batch stays the global batch. "
+                   "`mpiexec -n K dlc run ...` does the same with any MPI launcher")
     _opt_level(p)
     p.set_defaults(fn=cmd_run)
 
@@ -520,6 +578,18 @@ def parser() -> argparse.ArgumentParser:
     _opt_level(p)
     p.set_defaults(fn=cmd_sample)
 
+    p = sub.add_parser("import", help="read an ONNX model: write it as a .dln and its weights as an .npz",
+                       description="Translate an ONNX model (opsets 7 to 21) into a readable .dln, one line per "
+                       "ONNX node with a comment naming it, and its weights into an .npz that --load reads. "
+                       "Constant shape arithmetic is folded; an op dlc cannot express is an error listing every "
+                       "such op, and nothing is written. Needs the onnx package: pip install 'dlc[onnx]'. "
+                       "See docs/import.md.")
+    p.add_argument("file", metavar="MODEL.onnx", help="the ONNX model to read")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.dln", help="the .dln file to write")
+    p.add_argument("--weights", metavar="W.npz", help="where the weights go (default: MODEL.npz beside the .dln)")
+    p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
+    p.set_defaults(fn=cmd_import)
+
     p = sub.add_parser("diff", help="one training step on several backends; max abs/rel error per tensor",
                        description="One training step (training mode, the same dropout masks everywhere) on "
                        "each backend from the same weights and batch; max abs/rel error per tensor against interp. "
@@ -555,14 +625,16 @@ FLAG_OF = {"opt_level": "-O", "dump_after": "--dump-ir-after", "check": "--verif
 
 def _flag_names(args) -> dict:
     """API argument -> the flag of this command that gives it, for errors (`epochs` -> `--epochs`)."""
-    names = {k: _flag(k) for k in vars(args) if k not in ("fn", "command", "file")}
+    names = {k: _flag(k) for k in vars(args) if k not in ("fn", "command", "file", "argv")}
     names.update(FLAG_OF)
     return names
 
 
 def main(argv=None) -> int:
     ap = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = ap.parse_known_args(argv)
+    args.argv = argv  # as given: what each rank of `run --ranks K` runs
     if not getattr(args, "command", None):
         ap.print_help()
         return 2
@@ -576,6 +648,13 @@ def main(argv=None) -> int:
     except DlcError as e:
         if debug:
             raise
+        world = api.started()
+        if world is not None and world.size > 1:  # one rank of a data-parallel run
+            if getattr(e, "everywhere", False):  # every rank found it: rank 0 says it, all end
+                if world.rank == 0:
+                    print(str(e), file=sys.stderr)
+                return 2
+            world.abort(2, f"rank {world.rank} of {world.size}: {e}")  # the others would wait for this one
         print(str(e), file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early

@@ -14,6 +14,7 @@ expression. This module is the walk; the rooms it draws on:
     pooling.py    pool, pool_grad
     gather.py     gather (embedding), scatter_add (its adjoint, deterministic)
     updates.py    assign, commits, multi-tensor optimizer updates
+    host.py       ops computed on the host between kernels (the all-reduce): a plan step, no kernel
     memory.py     plan step after emission: temps share buffers by liveness
     shared.py     static shared memory of each kernel; plan.py: the plan's types
 
@@ -38,6 +39,7 @@ from ..ir.ops import INLINED_FAMILIES, OPS, POINTWISE_FAMILIES
 from .concat import plan_concats
 from .core import PLAIN, Emission, Epilogue, Generator
 from .gather import emit_gather, emit_scatter_add
+from .host import emit_host
 from .layout import emit_alias, emit_broadcast, emit_concat, emit_pad, emit_slice, emit_transpose
 from .memory import plan_memory
 from .plan import Module
@@ -176,4 +178,5 @@ EMITTERS = {
     "scatter_add": emit_scatter_add,
     "mode_select": emit_mode_select,
     "assign": emit_assign,
+    "host": emit_host,
 }

@@ -53,6 +53,8 @@ class Launch:
     consts: list = field(default_factory=list)  # ints passed after the symbols, as `int off<i>`:
                           # what would otherwise make kernels differ (a slice's offset per step)
     shared: int = 0       # static __shared__ bytes a block of the kernel uses (`shared_bytes`)
+    host: bool = False    # no kernel: the runner computes the node on the host (family `host`,
+                          # codegen/host.py); `kernel` is then host_<op>, compiled nowhere
 
 
 @dataclass
@@ -109,7 +111,9 @@ class Module:
         for phase in ("step", "commit"):
             lines.append(f"# {phase} launches")
             for l in self.launches:
-                if l.phase == phase:
+                if l.phase == phase and l.host:
+                    lines.append(f"host {l.op}({', '.join(l.args)})  # on the host, between kernels")
+                elif l.phase == phase:
                     grid = ", ".join(map(str, l.grid))
                     consts = [f"off{i}={v}" for i, v in enumerate(l.consts)]
                     lines.append(f"{l.kernel}<<<({grid}), ({', '.join(map(str, l.block))})>>>"
@@ -138,8 +142,8 @@ class Module:
             return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
         moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
         kept = g.eval_constants()
-        return {"kernels": len({l.kernel for l in runs}), "launches": len(runs),
-                "repeat_launches": len([l for l in runs if l.node not in kept]),
+        return {"kernels": len({l.kernel for l in runs if not l.host}), "launches": sum(not l.host for l in runs),
+                "repeat_launches": sum(not l.host and l.node not in kept for l in runs),
                 "flops": sum(flops(g, n, dims) for n in need),
                 "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers if b not in others)}
 

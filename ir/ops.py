@@ -552,3 +552,4 @@ from . import ops_norm  # noqa: E402,F401  (batch normalization)
 from . import ops_math  # noqa: E402,F401  (erf, gelu, softplus, pow, max/min, comparisons, where, bce_logits,
                         # layer_norm)
 from . import ops_embed  # noqa: E402,F401  (token ids: embedding and its scatter-add adjoint)
+from . import ops_comm  # noqa: E402,F401  (data parallelism: batch_share, allreduce)

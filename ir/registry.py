@@ -37,7 +37,8 @@ RANDOM = "random"              # draws random numbers (in training): the referen
 UPDATES_STATE = "updates_state"  # writes a param, optimizer state or model buffer at the end of the
                                # step (assign): a root of every training step, never removed or merged
 COMMUNICATES = "communicates"  # exchanges values with other processes (an all-reduce): never removed,
-                               # merged or folded
+                               # merged or folded; the reference gets `comm=` (the run's communicator,
+                               # or None in a process of its own: ir/ops_comm.py)
 EFFECTS = (TRAINING, RANDOM, UPDATES_STATE, COMMUNICATES)
 
 # -- what a source op holds (`OpDef.holds`) ----------------------------------------------------------
@@ -202,6 +203,8 @@ FAMILIES = {
     "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
                                                       # autodiff: no emitter, no derivative rule
     "assign": Family(),                               # the update of a stored value, committed after the step
+    "host": Family(),                                 # no kernel: the runner computes it on the host between
+                                                      # kernels, by its reference (allreduce: ir/ops_comm.py)
 }
 POINTWISE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.pointwise)
 EPILOGUE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.epilogue)

@@ -7,8 +7,10 @@
          planning in codegen
 
 An opt-in pass runs at every level, only when its option is given (`options={name: value}`), and
-is called with that value: `insert_bottlenecks` (a ratio) CHANGES THE MODEL. Such a pass returns
-(graph, report lines); the report is `Result.reports[name]`.
+is called with that value, at its place in the list: `insert_bottlenecks` (a ratio) CHANGES THE
+MODEL, before everything; `data_parallel` (True) sums the gradients over the ranks of an MPI run,
+between autodiff and the optimizer. Such a pass returns (graph, report lines); the report is
+`Result.reports[name]`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..ir.text import print_ir
 from ..ir.verify import verify
 from .autodiff import autodiff
 from .bottleneck import bottleneck_pass
+from .data_parallel import data_parallel
 from .canonicalize import constant_fold, cse, dce, fold_transpose
 from .evaluation import evaluation_form
 from .fold_bn import fold_batch_norm
@@ -48,6 +51,7 @@ PIPELINE = [
     Pass("inception", merge_1x1, 2),         # sibling 1x1 convolutions: one wider one (forward, so training too)
     Pass("lower", lower_composites, 0),      # composite ops (batch_norm) written in other ops
     Pass("autodiff", autodiff, 0),           # gradients of the loss w.r.t. every trainable param
+    Pass("data-parallel", data_parallel, OPT_IN, "data_parallel"),  # gradients summed over the ranks (MPI)
     Pass("optimizer", optimizer_update, 0),  # the update step, with its state, as IR ops
     Pass("fold-transpose", fold_transpose, 1),  # transposes become matmul operand flags
     Pass("constant-fold", constant_fold, 1),    # scalar arithmetic on constants, static sizes
@@ -60,7 +64,8 @@ PIPELINE = [
 PASS_NAMES = [p.name for p in PIPELINE if p.level != OPT_IN]   # what --passes and --dump-ir-after name
 OPTIONS = [p.option for p in PIPELINE if p.level == OPT_IN]
 LEVELS = sorted({p.level for p in PIPELINE if p.level != OPT_IN} | {0})
-STAGE_AFTER = {"autodiff": "backward", "optimizer": "train"}  # stages recorded besides forward and optimized
+# stages recorded besides forward and optimized (backward: the gradients the optimizer reads)
+STAGE_AFTER = {"autodiff": "backward", "data-parallel": "backward", "optimizer": "train"}
 
 
 @dataclass
@@ -79,17 +84,18 @@ class Result:
 
 
 def select(opt_level: int = 1, passes: list[str] | None = None, options: dict | None = None) -> list[Pass]:
-    """The passes to run: the opt-in passes whose option is given, then the passes of `opt_level`,
-    or, given `passes`, autodiff and the optimizer (they define the training step) with the named
-    passes in that order (a named rewrite of the forward graph, such as `inception`, runs before
-    autodiff)."""
+    """The passes to run: the passes of `opt_level`, or, given `passes`, autodiff and the optimizer
+    (they define the training step) with the named passes in that order (a named rewrite of the
+    forward graph, such as `inception`, runs before autodiff); and among them, at their place
+    (after the level-0 pass that precedes them in PIPELINE, or first), the opt-in passes whose
+    option is given."""
     options = options or {}
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise DlcError(f"unknown pipeline option '{unknown[0]}' (options: {', '.join(OPTIONS)})")
     opted = [p for p in PIPELINE if p.level == OPT_IN and options.get(p.option) is not None]
     if passes is None:
-        return opted + [p for p in PIPELINE if p.level != OPT_IN and p.level <= opt_level]
+        return [p for p in PIPELINE if p in opted or (p.level != OPT_IN and p.level <= opt_level)]
     table = {p.name: p for p in PIPELINE if p.level != OPT_IN}
     for name in passes:
         if name not in table:
@@ -97,7 +103,14 @@ def select(opt_level: int = 1, passes: list[str] | None = None, options: dict | 
     required = [p.name for p in PIPELINE if p.level == 0]
     before = PASS_NAMES[:PASS_NAMES.index(required[0])]  # rewrites of the forward graph go first
     chosen = [n for n in passes if n in before] + required + [n for n in passes if n not in required + before]
-    return opted + [table[name] for name in chosen]
+    out = [table[name] for name in chosen]
+    for p in opted:  # after the required pass before it in PIPELINE (autodiff), or at the front
+        before = [q.name for q in PIPELINE[:PIPELINE.index(p)] if q.level == 0]
+        i = [q.name for q in out].index(before[-1]) + 1 if before else 0
+        while i < len(out) and out[i].level == OPT_IN:  # after those placed there already
+            i += 1
+        out.insert(i, p)
+    return out
 
 
 def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, check: bool = False,
@@ -111,6 +124,7 @@ def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, ch
     res = Result()
     chosen = select(opt_level, passes, options)
     res.stages["forward"] = g
+    derived = False  # autodiff has run: an opt-in pass after it no longer rewrites the model as written
     if dump_after:
         res.dumps.append(("00-input.ir", print_ir(g)))
     for i, p in enumerate(chosen, 1):
@@ -118,10 +132,12 @@ def run_pipeline(g: Graph, opt_level: int = 1, dump_after: str | None = None, ch
         t0 = time.perf_counter()
         if p.level == OPT_IN:
             g, res.reports[p.name] = p.fn(g, options[p.option])
-            res.stages["forward"] = g  # the model as rewritten: what inference, export and check see
+            if not derived:
+                res.stages["forward"] = g  # the model as rewritten: what inference, export and check see
         else:
             g = p.fn(g)
         res.records.append(PassRecord(p.name, time.perf_counter() - t0, len(g)))
+        derived = derived or p.name == "autodiff"
         if check:
             verify(g)
         if p.name in STAGE_AFTER:

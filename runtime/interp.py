@@ -6,9 +6,12 @@ Running a program is then one Python call per node. Assignments (the optimizer u
 buffers) are applied after the whole program has run, so every read in a step sees the old values.
 
 A run is in training or evaluation mode (`training=`): an op that declares the TRAINING effect
-gets the mode, one that declares RANDOM gets `rng=(seed, step)` (ir/registry.py). The evaluation
-form's values computed from stored values alone (`Graph.eval_constants`: batch norm folded into
-the weights) are kept from one run to the next until a commit or `set_state` changes the state.
+gets the mode, one that declares RANDOM gets `rng=(seed, step)`, one that declares COMMUNICATES
+gets the run's communicator `comm` (None in a process of its own; runtime/collectives.py), and
+its value, which comes from outside the graph, is cast to the interpreter's float type. The
+evaluation form's values computed from stored values alone (`Graph.eval_constants`: batch norm
+folded into the weights) are kept from one run to the next until a commit or `set_state` changes
+the state.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS, RANDOM, STORED, TRAINING, UPDATES_STATE
+from ..ir.ops import COMMUNICATES, OPS, RANDOM, STORED, TRAINING, UPDATES_STATE
 from .numerics import nonfinite, numerics_error
 from .runner import Fetched, bind_dims, input_shapes
 
@@ -24,6 +27,7 @@ from .runner import Fetched, bind_dims, input_shapes
 class Interpreter:
     name = "interp"
     check_numerics = False  # stop at the first node whose value is NaN or infinite
+    comm = None             # the run's communicator (runtime/collectives.py), for ops that communicate
 
     @staticmethod
     def keeps(n: str) -> bool:
@@ -76,6 +80,8 @@ class Interpreter:
                     attrs["training"] = None  # filled in per run
                 if d.has(RANDOM):
                     attrs["rng"] = None       # filled in per run
+                if d.has(COMMUNICATES):
+                    attrs["comm"] = None      # filled in per run
                 steps.append((n, d.ref, args, attrs))
         return steps, assigns
 
@@ -107,8 +113,12 @@ class Interpreter:
                 attrs = dict(attrs, training=training)
             if "rng" in attrs:
                 attrs = dict(attrs, rng=rng)
+            if "comm" in attrs:
+                attrs = dict(attrs, comm=self.comm)
             try:
                 env[n] = fn(*[env[a] for a in args], **attrs)
+                if "comm" in attrs:  # a value from the other ranks: in the interpreter's float type
+                    env[n] = np.asarray(env[n], self.dtype)
             except DlcError as e:
                 raise e.located(self.graph.loc(n), self.graph.sources.get(getattr(self.graph.loc(n), "file", ""), None))
             if self.check_numerics:  # in execution order: the first one found produced it

@@ -13,7 +13,7 @@ from ..codegen.plan import RNG_BUFFER
 from ..codegen.sizes import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
-from ..ir.ops import OPS, STORED, label_operands, out_of_range, range_error
+from ..ir.ops import COMMUNICATES, OPS, STORED, label_operands, out_of_range, range_error
 from ..ir.types import NUMPY_DTYPE
 from .numerics import nonfinite, numerics_error
 
@@ -95,6 +95,7 @@ class BufferState:
     `_collect` (a fetched value on its way out, then on the host), `_wait` (for the device)."""
 
     waits = False  # whether `_wait` waits for a device (counted as a host sync)
+    comm = None    # the run's communicator (runtime/collectives.py), handed to ops that communicate
 
     def _start(self) -> None:
         """Allocate the params, state and dropout key; after `_prepare` and the backend's setup."""
@@ -222,8 +223,23 @@ class BufferState:
                 self._launch(bound)
                 if check:
                     self._check_launch(l, env)
+            elif kind == "host":
+                self._host(*what)
             else:
                 self._copy(*what)
+
+    def _host(self, l, env) -> None:
+        """A plan step with no kernel (family `host`, codegen/host.py): the node's reference on the
+        host, its operands brought down (after the kernels before it) and its value sent back
+        into its buffer; an op that communicates gets the run's communicator."""
+        d = OPS[l.op]
+        args = [self._download(env[b]) for b in l.args[1:]]
+        self._wait()
+        attrs = dict(self.graph.attrs(l.node))
+        if d.has(COMMUNICATES):
+            attrs["comm"] = self.comm
+        out = env[l.args[0]]
+        self._upload(out, np.asarray(d.ref(*args, **attrs), dtype=out.dtype).reshape(out.shape))
 
     def _resolve(self) -> None:
         """Every deferred run's values to the host, with one wait for the device."""
@@ -272,8 +288,8 @@ class BufferState:
         g, values = self.graph, self.module.node_buffer
         step, commits, prep = [], [], []
         for l, grid, ints in self._launches(g.upstream(roots), env, dims):
-            part = commits if l.phase == "commit" else prep if l.node in self._constants else step
-            part.append(("launch", self._bind(l, grid, ints, env), l))
+            bound = ("host", l, env) if l.host else ("launch", self._bind(l, grid, ints, env), l)
+            (commits if l.phase == "commit" else prep if l.node in self._constants else step).append(bound)
         # a reshape (or an assign) shares its operand's buffer; its output has its own shape
         outs = {r: self._alloc(g.type(r).concrete(dims), env[values[r]].dtype) for r in fetch}
         late = self.module.after_commit  # values the in-place update writes: copied after it

@@ -10,6 +10,15 @@ cuda backend the steps in between run without the host waiting for the device.
 
 NumPy's floating-point warnings (overflow, invalid value) are silenced while training and
 evaluating: a loss that stops being finite ends training with one clear error instead.
+
+Data parallel (a model with a communicator, `model.comm`: docs/runtime.md): every rank draws the
+same shuffled order and takes its contiguous share of each global batch (`Communicator.bounds`),
+with its fraction of the batch as the step's `share`; a rank whose share is empty (a batch of
+fewer examples than ranks) runs the step on the batch's first example with share 0, so it adds
+nothing and waits for no one. The loss and accuracy are summed over the ranks once per epoch; the
+model buffers (running statistics) are rank 0's from the end of each epoch on, before anything
+evaluates; only rank 0 prints, shows progress and writes checkpoints. An error on one rank ends
+every rank (MPI_Abort), naming the rank.
 """
 from __future__ import annotations
 
@@ -225,7 +234,8 @@ class EarlyStopping:
 def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float, seed: int,
           progress: bool = True, out=None, checkpoint=None, resume: dict | None = None, test_split: float = 0.0,
           patience: int = 0, monitor: str = MONITORS[0]) -> dict:
-    """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics.
+    """Train `model` on `feeds` (checked arrays, `n` examples); returns the metrics. A model with a
+    communicator trains data-parallel (this module's doc).
 
     `test_split`: a fraction held out from training and validation (`split_indices`), scored once
     at the end (`test_loss`, `test_accuracy`, `test_examples`). `patience` > 0: early stopping
@@ -235,8 +245,66 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
     stopping's (runtime/weights.py `save_checkpoint`). `resume`: the metadata of such a checkpoint
     whose params and state the model already holds: training goes on from its epoch, bit for bit
     as if it had never stopped."""
-    from .weights import save_checkpoint
     out = out or sys.stdout  # looked up now: a caller (or a test) may have replaced it
+    comm = getattr(model, "comm", None)
+    if comm is not None:
+        try:
+            return _train(model, feeds, n, epochs, batch, val_split, seed, progress and comm.rank == 0,
+                          out if comm.rank == 0 else _Quiet(), checkpoint if comm.rank == 0 else None,
+                          resume, test_split, patience, monitor, comm)
+        except DlcError as e:
+            if comm.size > 1 and not getattr(e, "everywhere", False):
+                fatal(comm, e)  # the other ranks would wait for this one in the next all-reduce
+            raise
+    return _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, checkpoint, resume, test_split,
+                  patience, monitor, None)
+
+
+def agree(model, comm, digest: str, settings: dict) -> None:
+    """Refuse, on every rank alike, a data-parallel run whose ranks differ in what must be the same:
+    one allgather of hashes, the first difference named (DlcError with `everywhere` set)."""
+    from ..ir.text import print_ir
+    ir = "\n".join(line.split("  @ ")[0] for line in print_ir(model.graph).splitlines())  # without paths
+    state = hashlib.sha256()
+    for k, v in sorted(model.state.items()):
+        state.update(k.encode() + np.ascontiguousarray(v).tobytes())
+    facts = {  # what -> (what it is, the value compared)
+        "version": ("the dlc version", getattr(model, "version", None)),
+        "model": ("the compiled model (a hash of its IR: every rank must run the same .dln with the same flags)",
+                  hashlib.sha256(ir.encode()).hexdigest()[:16]),
+        "backend": ("the backend", f"{model.backend} {model.float_dtype}"),
+        "weights": ("the weights it starts from (--seed, --load, --resume)", state.hexdigest()[:16]),
+        "data": ("the data (--data and its options)", digest),
+        "settings": ("the run settings", ", ".join(f"{k} {v}" for k, v in settings.items())),
+    }
+    ranks = comm.allgather({k: v for k, (_, v) in facts.items()})
+    for r, theirs in enumerate(ranks):
+        for k, (what, mine) in facts.items():
+            if theirs.get(k) != ranks[0].get(k):
+                e = DlcError(f"data parallel: rank {r} differs from rank 0 in {what}: {theirs.get(k)} on rank {r}, "
+                             f"{ranks[0].get(k)} on rank 0")
+                e.everywhere = True  # every rank found it: none waits for another
+                raise e
+
+
+class _Quiet:
+    """Where the lines of a rank other than 0 go: nowhere."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def fatal(comm, e: DlcError) -> None:
+    """An error on one rank of a data-parallel run: said on stderr with the rank, then every rank ends."""
+    comm.abort(2, f"rank {comm.rank} of {comm.size}: {e}")
+
+
+def _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, checkpoint, resume, test_split,
+           patience, monitor, comm) -> dict:
+    from .weights import save_checkpoint
     g = model.graph
     rule = accuracy_rule(g, feeds)
     if val_split > 0 or test_split > 0:
@@ -255,7 +323,10 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
     rng = np.random.default_rng(seed + 1)  # the shuffling: the loop's only randomness (dropout is keyed by steps)
     history = []
     first = 1
-    digest = data_digest(feeds) if checkpoint or resume else None
+    digest = data_digest(feeds) if checkpoint or resume or comm else None
+    if comm is not None:
+        agree(model, comm, digest, dict(epochs=epochs, batch=batch, val_split=val_split, seed=seed,
+                                         test_split=test_split, patience=patience, monitor=monitor))
     if resume:
         rng.bit_generator.state = resume["rng"]
         history = list(resume["history"])
@@ -297,24 +368,33 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
                                    f"(a learning rate too large, or an op outside its domain such as the log of 0: "
                                    f"--check-numerics names the first op and .dln line that made NaN or infinity)")
                 total += loss * count
-                if rule:
+                if labels is not None:
                     right += correct(rule, outs, labels)
             if pending:
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             pending.clear()
         for s in bar:
             idx = order[s * batch:(s + 1) * batch]
+            share, count = None, len(idx)
+            if comm is not None:  # this rank's share of the global batch
+                lo, hi = comm.bounds(len(idx))
+                share, count = (hi - lo) / len(idx), hi - lo
+                idx = idx[lo:hi] if hi > lo else idx[:1]  # none of its own: one example, weighted 0
             part = {k: v[idx] for k, v in tr.items()}
             try:
-                step = model.train_step(part, fetch_outputs=rule is not None, checked=True, wait=False)
+                step = model.train_step(part, fetch_outputs=rule is not None, checked=True, wait=False, share=share)
             except DlcError as e:
                 bar.close()
                 raise with_context(e, f"in epoch {epoch}, step {s + 1}")
-            pending.append((s, step, {rule[1]: part[rule[1]]} if rule else None, len(idx)))
+            pending.append((s, step, {rule[1]: part[rule[1]]} if rule and count else None, count))
             if len(pending) >= SYNC_EVERY:
                 drain()
         drain()
         bar.close()
+        if comm is not None:
+            total, right = comm.sum([total, right])  # every rank's share of the epoch
+            if g.buffers:  # running statistics: rank 0's on every rank, before anything evaluates
+                model.set_state(comm.broadcast(model.buffers))
         rec = {"epoch": epoch, "loss": total / n_tr}
         if rule:
             rec["accuracy"] = right / n_tr
@@ -334,7 +414,8 @@ def train(model, feeds: dict, n: int, epochs: int, batch: int, val_split: float,
         if checkpoint:
             meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
                     "val_split": val_split, "test_split": test_split, "examples": n, "data": digest,
-                    "rng": rng.bit_generator.state, "history": history, "backend": model.backend}
+                    "rng": rng.bit_generator.state, "history": history, "backend": model.backend,
+                    "ranks": comm.size if comm else 1}
             if early:
                 meta["early"] = early.meta()
             params, state = model.split_state()

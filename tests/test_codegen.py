@@ -204,7 +204,11 @@ def compile_graph(name):
 
 @pytest.fixture(scope="module")
 def modules():
-    return {name: generate(compile_graph(name)) for name in MODELS}
+    mods = {name: generate(compile_graph(name)) for name in MODELS}
+    # data parallelism's ops (family host: plan steps computed on the host, no kernel), in a
+    # data-parallel step: built without MPI, the IR needs none (tests/test_data_parallel.py runs it)
+    mods["mm, data parallel"] = generate(dlc.build(MODELS["mm"], data_parallel=True).graph)
+    return mods
 
 
 def test_the_models_use_every_op(modules):

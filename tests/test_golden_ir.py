@@ -23,6 +23,7 @@ from dlc.ir.types import TensorType
 from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
+from dlc.passes.data_parallel import data_parallel
 from dlc.passes.evaluation import evaluation_form
 from dlc.passes.fold_bn import fold_batch_norm
 from dlc.passes.fusion import fuse
@@ -47,6 +48,7 @@ PASSES = {
     "lower": lower_composites,
     "evaluation": evaluation_form,
     "fold_bn": fold_batch_norm,
+    "data_parallel": lambda g: data_parallel(g, True)[0],  # the opt-in pass, turned on
 }
 
 # Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure,
@@ -384,7 +386,7 @@ def _snapshot(g: Graph):
 APPLIES = {"autodiff": ("lowered",), "optimizer_update": ("backward",),
            **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
            "inception": ("forward",), "lower": ("forward",), "evaluation": ("train", "optimized"),
-           "fold_bn": ("optimized",)}
+           "fold_bn": ("optimized",), "data_parallel": ("backward",)}
 ALL_PASSES = PASSES
 
 
