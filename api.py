@@ -67,6 +67,7 @@ FLOAT_DTYPES = ("float32", "float64")
 OPT_LEVELS = LEVELS
 EMITS = ("ir", "dot", "cuda", "plan")   # what `dlc compile --emit` writes
 STATS_BATCH = 128  # what symbolic dimensions (the batch) are bound to in stats and the fusion report
+RUNS = ("step", "evaluation")  # the runs `Build.stats` counts
 
 # -- naming arguments in errors ----------------------------------------------------------------------
 _NAMES: contextvars.ContextVar[dict] = contextvars.ContextVar("dlc_argument_names", default={})
@@ -253,10 +254,19 @@ class Build:
         g = self.graph
         return sorted({d for n in g.inputs for d in g.type(n).shape if isinstance(d, str)})
 
-    def stats(self, batch: int = STATS_BATCH) -> dict:
-        """Kernels, launches, FLOPs, bytes moved and peak bytes of one run of the plan (a training
-        step, or inference), symbolic dimensions bound to `batch`."""
-        return self.module().stats({s: batch for s in self.symbols()})
+    def stats(self, batch: int = STATS_BATCH, run: str | None = None) -> dict:
+        """Kernels, launches, FLOPs, bytes moved and peak bytes of one run of the plan, symbolic
+        dimensions bound to `batch`. `run`: "step" (a training step), or "evaluation" (the outputs
+        and the loss in evaluation mode: by the evaluation form, when the graph has one, as
+        `Model` runs them); default: "step" for a model that trains, else "evaluation"."""
+        g = self.graph
+        run = run or ("step" if self.trains else "evaluation")
+        if run not in RUNS:
+            raise DlcError(f"run: expected one of {', '.join(RUNS)}, found {run!r}")
+        roots = None  # the whole plan but the evaluation form
+        if run == "evaluation":
+            roots = g.eval_roots() or list(g.meta.outputs.values()) + [g.meta.loss] * bool(g.meta.loss)
+        return self.module().stats({s: batch for s in self.symbols()}, roots)
 
     def explain_fusion(self, batch: int = STATS_BATCH) -> list[str]:
         """The fusion report (`--explain-fusion`): every group and every refused edge, with why."""
@@ -521,6 +531,12 @@ class Model:
                               for n in fwd.order() if OPS[fwd.op(n)].train_check]
         self._needs: dict = {}
         self._views: dict = {}  # tuple of input names -> a graph view for check_feeds
+        # an evaluation run computes each output (and the loss) by the graph's evaluation form, when
+        # it has one (passes/evaluation.py): node -> its twin there
+        twin = {v: m.eval_outputs[k] for k, v in m.outputs.items() if k in m.eval_outputs}
+        if m.loss and m.eval_loss:
+            twin[m.loss] = m.eval_loss
+        self._eval_twin = twin
         self.seed, self.steps = seed, 0
         self.training = False
 
@@ -723,7 +739,9 @@ class Model:
         mode: {node: array} for the nodes in `fetch` (default: every root). `commit` applies the
         assignments at the end (a training step: the step count goes up). `wait=False` returns at
         once a pending result whose `result()` gives the dict (see `train_step`); `checked` skips
-        checking the arrays (a caller that checked them once). In a data-parallel run `inputs` are
+        checking the arrays (a caller that checked them once). In evaluation mode an output or the
+        loss is computed by the graph's evaluation form, when it has one (passes/evaluation.py);
+        the result is keyed by the nodes asked for. In a data-parallel run `inputs` are
         this rank's share of the batch, and `share` its fraction of the whole batch (default: its
         example count over the sum of every rank's, which asks the other ranks once); dropout
         draws from (seed, steps * ranks + rank), so no two ranks draw the same masks."""
@@ -735,9 +753,15 @@ class Model:
         rng = (self.seed, self.steps * self.ranks + self.rank) if training else None
         if self.comm is not None:
             self.comm.share = share if share is not None else self._share(feeds, roots)
+        twin = None if training else self._eval_twin  # evaluation: the outputs' and loss's evaluation form
+        if twin:
+            asked = roots if fetch is None else list(fetch)
+            roots, fetch = [twin.get(r, r) for r in roots], [twin.get(r, r) for r in asked]
         res = self._backend.run(roots, feeds, commit=commit, training=training, rng=rng, fetch=fetch, defer=not wait)
         if commit:
             self.steps += 1
+        if twin:
+            res = _Renamed(res, dict(zip(asked, fetch))) if not wait else {a: res[f] for a, f in zip(asked, fetch)}
         return res
 
     def _share(self, feeds: dict, roots) -> float:
@@ -1050,6 +1074,17 @@ class PendingStep:
         res = self._fetched if isinstance(self._fetched, dict) else self._fetched.result()
         outs = {k: res[v] for k, v in m.outputs.items()} if self._outputs else None
         return float(res[m.loss]), outs
+
+
+class _Renamed:
+    """A deferred evaluation run's result, keyed by the nodes the caller asked for (`Model.run`)."""
+
+    def __init__(self, fetched, names: dict):
+        self._fetched, self._names = fetched, names
+
+    def result(self) -> dict:
+        res = self._fetched.result()
+        return {a: res[f] for a, f in self._names.items()}
 
 
 def _only_inputs(g, names):

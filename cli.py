@@ -126,8 +126,11 @@ def cmd_compile(args) -> int:
         base = api.build(args.file, _options(args, opt_level=0, passes=None, dump_after=None))
         rows = [("-O0", base.stats()), ("--passes" if args.passes else f"-O{args.O}", b.stats())]
         at = ", ".join(f"{k}={api.STATS_BATCH}" for k in b.symbols()) or "static sizes"
-        print(f"per run of the plan ({'a training step' if b.trains else 'inference'}), at {at}:")
+        print(f"per run of the plan ({'a training step; eval: an evaluation run' if b.trains else 'inference'}), "
+              f"at {at}:")
         print(f"{'':<9} {'kernels':>7} {'launches':>8} {'MFLOP':>10} {'MB moved':>9} {'peak MB':>8}")
+        if b.trains:  # and what an evaluation run (held-out scoring, forward, predict) costs
+            rows += [(f"eval {name}", x.stats(run="evaluation")) for name, x in (("-O0", base), (rows[1][0], b))]
         for name, s in rows:
             print(f"{name:<9} {s['kernels']:>7} {s['launches']:>8} {s['flops'] / 1e6:>10.3f} "
                   f"{s['bytes_moved'] / 1e6:>9.3f} {s['peak_bytes'] / 1e6:>8.3f}")

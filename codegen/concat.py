@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
-from ..ir.ops import EPILOGUE_FAMILIES, OPS
+from ..ir.ops import EPILOGUE_FAMILIES, OPS, POINTWISE_FAMILIES
 from ..ir.types import normalize_axes
 from .sizes import Size
 
@@ -50,7 +50,7 @@ def plan_concats(g: Graph) -> Concats:
         return out
     member_of = {m: root for root, (_, members) in g.meta.groups.items() for m in members}
     m = g.meta
-    wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values())
+    wanted = set(m.outputs.values()) | {m.loss} | set(m.grads.values()) | set(g.eval_roots())
     for c in g.order():
         if OPS[g.op(c)].family != "concat" or c in member_of:
             continue
@@ -71,11 +71,14 @@ def plan_concats(g: Graph) -> Concats:
 
 def _redirectable(g: Graph, v: str, c: str, member_of: dict, wanted: set) -> bool:
     """A part can be stored into the concat when its kernel's store can be redirected and
-    every other reader is a fusion group, which loads it from its slice (`pointwise_body`).
-    Not: a value the model hands out, an optimizer update's output, a part used twice."""
+    every other reader is a pointwise member of a fusion group, which loads it from its slice
+    (`pointwise_body`); a group's product (a convolution with an epilogue) reads its operands
+    from their own buffers. Not: a value the model hands out, an optimizer update's output, a
+    part used twice."""
     others = [u for u in g.users(v) if u != c]
     if v in wanted or g.meta.groups.get(member_of.get(v), ("",))[0] == "update" or list(
-            g.operands(c)).count(v) != 1 or any(u not in member_of or u == v for u in others):
+            g.operands(c)).count(v) != 1 or any(u not in member_of or u == v or OPS[g.op(u)].family
+                                                not in POINTWISE_FAMILIES for u in others):
         return False
     if member_of.get(v) == v:  # a group's root: its kernel is pointwise.cu.j2 or a product's
         return True

@@ -15,16 +15,19 @@ from .sizes import Size
 def plan_memory(mod: Module) -> dict[str, str]:
     """Reuse temp buffers by liveness. A temp lives from the launch that writes it first to the
     last launch that reads it (step and commit phases in their order); values the model hands
-    out (outputs, loss, gradients, assigned values) and the dropout key live throughout. Walking
-    the launches in order, a temp takes a free slot of the same dtype and size (symbols included,
-    so one plan serves every batch size) whose last occupant's life ended at an earlier launch, so
-    no kernel reads and writes one buffer; otherwise it opens a new slot. Slots are named @s0,
-    @s1, ... and take the shape of their first occupant. Rewrites the module's buffers, launch
+    out (outputs, loss, gradients, assigned values, the evaluation form's outputs and loss), the
+    evaluation form's values computed from stored values alone (`Graph.eval_constants`, kept
+    between runs) and the dropout key live throughout. Walking the launches in order, a temp takes a free slot of
+    the same dtype and size (symbols included, so one plan serves every batch size) whose last
+    occupant's life ended at an earlier launch, so no kernel reads and writes one buffer;
+    otherwise it opens a new slot. Slots are named @s0, @s1, ... and take the shape of their
+    first occupant. Rewrites the module's buffers, launch
     arguments and value table in place; returns the temps it moved, each with its slot."""
     g = mod.graph
     m = g.meta
-    wanted = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads.values())
+    wanted = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads.values()) + g.eval_roots()
     wanted += [n for n in g.nx if OPS[g.op(n)].family == "assign"]
+    wanted += g.eval_constants()  # kept from one evaluation run to the next (runtime/runner.py)
     keep = {mod.node_buffer[n] for n in wanted if n in mod.node_buffer}
     first, last = {}, {}
     for i, l in enumerate(mod.launches):

@@ -121,20 +121,31 @@ class Module:
                                  + (f"  # {l.shared} B static shared" if l.shared else ""))
         return "\n".join(lines) + "\n"
 
-    def stats(self, dims: dict) -> dict:
-        """Per run of the whole plan (a training step, commits included), symbols bound by `dims`:
-        kernels in the module, launches, FLOPs (the registry's counts over every node), bytes
-        moved (an estimate: each buffer a launch touches once, twice when it reads and writes it
-        in place) and peak bytes (every buffer allocated: params, state, inputs and temps)."""
+    def stats(self, dims: dict, roots=None) -> dict:
+        """Per run of the plan that computes `roots` (default: the whole plan but the evaluation
+        form, i.e. a training step, commits included, or an inference), symbols bound by `dims`:
+        kernels (distinct ones that run), launches, FLOPs (the registry's counts over the nodes
+        computed), bytes moved (an estimate: each buffer a launch touches once, twice when it reads
+        and writes it in place) and peak bytes (every buffer allocated: params, state, inputs and
+        temps, less those that only launches of other runs touch); `repeat_launches`: the launches
+        of the same run again while the state is unchanged (the backends keep the evaluation
+        form's values computed from stored values alone, `Graph.eval_constants`)."""
         from ..ir.ops import flops
+        g = self.graph
+        need = g.upstream(g.roots(evaluation=False) if roots is None else roots)
+        runs = [l for l in self.launches if l.node in need]
+        others = {a for l in self.launches if l.node not in need for a in l.args}
+        others -= {a for l in runs for a in l.args}
 
         def nbytes(b):
             buf = self.buffers[b]
             return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
-        moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in self.launches for i, a in enumerate(l.args))
-        return {"kernels": len(self.kernels), "launches": sum(not l.host for l in self.launches),
-                "flops": sum(flops(self.graph, n, dims) for n in self.graph.nx),
-                "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers)}
+        moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
+        kept = g.eval_constants()
+        return {"kernels": len({l.kernel for l in runs if not l.host}), "launches": sum(not l.host for l in runs),
+                "repeat_launches": sum(not l.host and l.node not in kept for l in runs),
+                "flops": sum(flops(g, n, dims) for n in need),
+                "bytes_moved": moved, "peak_bytes": sum(nbytes(b) for b in self.buffers if b not in others)}
 
     def emu_source(self) -> str:
         """The module plus host launch functions, for the host C++ compiler (see cuda_emu.h)."""

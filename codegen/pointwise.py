@@ -108,6 +108,13 @@ def pointwise_body(gen: Generator, members, root, index: str, slot0: int, known:
             continue
         args = g.operands(m)[:1] if d.family == "broadcast" else g.operands(m)
         vals = [expr[a] if a in inside else outside(a) for a in args]
+        if d.family == "mode_select":  # if_training: the run's mode word, rng[2], picks an operand
+            var = f"{prefix}x{len(bufs)}"
+            loads.append((var, slot0 + len(bufs), "2"))
+            bufs += gen.mode(m)
+            lets.append((f"{prefix}t{k}", f"({var} != 0.0f ? {vals[0]} : {vals[1]})"))
+            expr[m] = f"{prefix}t{k}"
+            continue
         lets.append((f"{prefix}t{k}", _ewise(c_expr(g, m), *vals) if d.family == "elementwise" else vals[0]))
         expr[m] = f"{prefix}t{k}"
     return dict(bufs=bufs, loads=loads, lets=lets, expr=expr[root], dims=sorted(dims), vars=expr)

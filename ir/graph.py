@@ -35,6 +35,9 @@ class Meta:
     train: dict = field(default_factory=dict)      # training defaults from the .dln (data, epochs, ...)
     train_loc: object = None                       # where `train(...)` is written (a Loc), for its errors
     groups: dict = field(default_factory=dict)     # fusion (-O2): root node -> (rule, member nodes in order)
+    eval_outputs: dict = field(default_factory=dict)  # the evaluation form (passes/evaluation.py): output
+                                                   # name -> node computing it in an evaluation run
+    eval_loss: str | None = None                   # the loss in an evaluation run (with eval_outputs)
     calls: dict = field(default_factory=dict)      # prefix of a function call written in the model's file
                                                    # -> where (a Loc): errors about a node a prelude
                                                    # function made point at the user's call
@@ -200,12 +203,29 @@ class Graph:
         lines = self.sources[loc.file].split("\n")  # as the parser counts lines
         return lines[loc.line - 1].strip() if 1 <= loc.line <= len(lines) else None
 
-    def roots(self) -> list[str]:
+    def roots(self, evaluation: bool = True) -> list[str]:
         """Nodes whose values are wanted: outputs, loss, gradients, and every node with an effect
-        beyond its value (the assignments that update state, communication)."""
+        beyond its value (the assignments that update state, communication); and the evaluation
+        form's outputs and loss, unless `evaluation` is False (what the rest of the plan computes)."""
         m = self.meta
         want = list(m.outputs.values()) + ([m.loss] if m.loss else []) + list(m.grads.values())
-        return want + self.with_effect(UPDATES_STATE, COMMUNICATES)
+        return want + self.with_effect(UPDATES_STATE, COMMUNICATES) + (self.eval_roots() if evaluation else [])
+
+    def eval_roots(self) -> list[str]:
+        """The evaluation form's outputs and loss (passes/evaluation.py); none when it has none."""
+        m = self.meta
+        return list(m.eval_outputs.values()) + ([m.eval_loss] if m.eval_loss else [])
+
+    def eval_constants(self) -> set[str]:
+        """Nodes that only the evaluation form needs and whose value depends on stored values and
+        constants alone (no input, no op with an effect): batch norm's folded weights, its scale
+        and shift per channel. Their values change only when stored values do, so a backend keeps
+        them from one evaluation run to the next until a step commits or `set_state` is called."""
+        if not self.eval_roots():
+            return set()
+        only = self.upstream(self.eval_roots()) - self.upstream(self.roots(evaluation=False))
+        varies = self.downstream(self.inputs + [n for n in self.nx if OPS[self.op(n)].effects])
+        return {n for n in only if n not in varies and OPS[self.op(n)].family != "source"}
 
     # -- editing (on a copy) ----------------------------------------------------------------
     def replace_uses(self, old: str, new: str, meta: bool = True) -> None:
@@ -225,6 +245,8 @@ class Graph:
         m.outputs = {k: mapping.get(v, v) for k, v in m.outputs.items()}
         m.grads = {k: mapping.get(v, v) for k, v in m.grads.items()}
         m.loss = mapping.get(m.loss, m.loss)
+        m.eval_outputs = {k: mapping.get(v, v) for k, v in m.eval_outputs.items()}
+        m.eval_loss = mapping.get(m.eval_loss, m.eval_loss)
 
     def rename(self, old: str, new: str) -> None:
         """Give node `old` the unused name `new`, keeping its data and edges (model-level references

@@ -388,13 +388,13 @@ op("const", 0, lambda t, a: scalar(), lambda value: np.asarray(value, "float32")
    attrs={"value": REQUIRED}, dsl=False, doc="a scalar constant")
 
 # elementwise, binary (NumPy broadcasting)
-op("add", 2, _broadcast("add"), np.add, lambda b, n, g: [lambda: g, lambda: g], c="a + b", onnx="Add")
-op("sub", 2, _broadcast("sub"), np.subtract, lambda b, n, g: [lambda: g, lambda: b.neg(g)], c="a - b", onnx="Sub")
+op("add", 2, _broadcast("add"), np.add, lambda b, n, g: [lambda: g, lambda: g], c="a + b", onnx="Add", affine=("add", "add"))
+op("sub", 2, _broadcast("sub"), np.subtract, lambda b, n, g: [lambda: g, lambda: b.neg(g)], c="a - b", onnx="Sub", affine=("sub", None))
 op("mul", 2, _broadcast("mul"), np.multiply,
-   lambda b, n, g: [lambda: b.mul(g, n.args[1]), lambda: b.mul(g, n.args[0])], c="a * b", onnx="Mul")
+   lambda b, n, g: [lambda: b.mul(g, n.args[1]), lambda: b.mul(g, n.args[0])], c="a * b", onnx="Mul", affine=("mul", "mul"))
 op("div", 2, _broadcast("div"), np.divide,
    lambda b, n, g: [lambda: b.div(g, n.args[1]), lambda: b.neg(b.div(b.mul(g, n.out), n.args[1]))],
-   c="a / b", onnx="Div")
+   c="a / b", onnx="Div", affine=("div", None))
 # derivative helpers: (adjoint, forward value) -> adjoint of the input
 op("relu_grad", 2, _broadcast("relu_grad"), _relu_grad, c="b > 0.0f ? a : 0.0f", dsl=False)
 op("sigmoid_grad", 2, _broadcast("sigmoid_grad"), lambda g, y: g * y * (1 - y),
@@ -451,7 +451,16 @@ op("elu", 1, _unary_float("elu"), _elu, _elu_vjp, c="a > 0.0f ? a : alpha * expm
    doc="x where x > 0, else alpha * (exp(x) - 1) (PyTorch's ELU, ONNX's Elu; alpha 1 by default)")
 
 # linear algebra and layout
-op("matmul", 2, _matmul_rule, _matmul, _matmul_vjp,
+def _matmul_channels(n):
+    """Column j of the product is operand 1's column j (its row j, read transposed) times operand
+    0: when operand 1 is one matrix (shared by a batch), scaling it per column scales the output
+    per column, the last axis."""
+    if n.types[1].rank != 2:
+        return None
+    return n.type.rank - 1, 1, 0 if n.attrs["tb"] else 1
+
+
+op("matmul", 2, _matmul_rule, _matmul, _matmul_vjp, channel_weight=_matmul_channels,
    family="matmul", attrs={"ta": False, "tb": False}, flops=lambda n, size: 2 * size(n.type) * size(
        n.types[0].with_shape([n.types[0].shape[-2 if n.attrs["ta"] else -1]])), onnx=_onnx_matmul,
    doc="matrix product (or a batch of them), operands optionally transposed")
@@ -529,7 +538,7 @@ def _dropout(x, p, salt, training, rng):
 
 
 op("dropout", 1, _dropout_rule, _dropout, lambda b, n, g: [lambda: b.dropout(g, **n.attrs)],
-   family="dropout", attrs={"p": REQUIRED, "salt": 0}, effects={TRAINING, RANDOM},
+   family="dropout", attrs={"p": REQUIRED, "salt": 0}, effects={TRAINING, RANDOM}, eval_operand=0,
    onnx="Identity",   # the exported graph is the evaluation graph: dropout is the identity
    doc="training: x * mask / (1 - p), mask ~ Bernoulli(1 - p) from Philox; evaluation: x")
 

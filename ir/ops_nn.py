@@ -170,6 +170,7 @@ def _onnx_conv(e, n, ins, a, out):
 
 
 op("conv2d", 2, _conv_rule, _conv_x_w, _conv_vjp, family="conv", attrs=dict(_CONV_ATTRS), flops=_conv_flops(None, 1),
+   channel_weight=lambda n: (1, 1, 0),   # output channel o is kernel row o (any groups) over the input
    onnx=_onnx_conv, doc="2-D convolution (cross-correlation), NCHW input, [O, C / groups, kh, kw] kernel")
 op("conv2d_grad_x", 3, lambda t, a: t[2], _conv_grad_x_g, family="conv_grad_x", attrs=dict(_CONV_ATTRS),
    dsl=False, flops=_conv_flops(0, 1), doc="adjoint of conv2d w.r.t. its input: (g, kernel, input for the shape)")

@@ -37,6 +37,7 @@ def _if_training_rule(types, attrs):
 # running ones). Gradients are taken in training runs only, so the adjoint goes to operand 0.
 op("if_training", 2, _if_training_rule, lambda a, b, training: a if training else b,
    lambda b, n, g: [lambda: g, None], family="mode_select", effects={TRAINING}, dsl=False,
+   eval_operand=1,
    onnx=lambda e, n, ins, a, out: e.node("Identity", [ins[1]], n, out),  # the exported graph evaluates
    doc="training: operand 0; evaluation: operand 1")
 

@@ -82,6 +82,18 @@ class OpDef:
     train_check: Callable | None = None  # (operand shapes, dims bound to numbers, attrs) -> what is wrong
                                    # with running it in training on such a batch (a str), or None:
                                    # checked before every training run (batch norm: one value per channel)
+    eval_operand: int | None = None  # an op with the TRAINING effect: the operand whose value it takes in
+                                   # an evaluation run (dropout: 0, the identity; if_training: 1, the
+                                   # running statistics). The `evaluation` pass specialises the
+                                   # evaluation form with it (a composite op is lowered before)
+    affine: tuple | None = None    # per operand slot, how the op acts on that operand when the other is
+                                   # a constant per channel: "add", "sub", "mul" or "div" (y = a s + t
+                                   # composes with the op of that name), None where it is not affine
+                                   # in that slot: what the -O2 `fold-bn` pass folds into a product
+    channel_weight: Callable | None = None  # a product linear in one operand per output channel:
+                                   # (node view) -> (output channel axis, that operand's slot, its
+                                   # channel axis), or None for a node it does not apply to; scaling
+                                   # the operand's slices scales the output's channels (`fold-bn`)
     lower: Callable | None = None  # a composite op (family "composite"): (graph, node) -> the node
                                    # that computes it from other ops (the `lower` pass, first in
                                    # every pipeline: autodiff, fusion and codegen never see the op)
@@ -186,7 +198,8 @@ FAMILIES = {
                                                       # per output element
     "scatter_add": Family(),                          # embedding_grad: the adjoint's rows summed into the
                                                       # table's, one thread per table element, ids in order
-    "mode_select": Family(),                          # if_training: one operand or the other, by the run's mode
+    "mode_select": Family(pointwise=True),            # if_training: one operand or the other, by the run's mode
+                                                      # word (a fused kernel loads it once per element)
     "composite": Family(flops=_per_output),           # written in other ops by its `lower` rule before
                                                       # autodiff: no emitter, no derivative rule
     "assign": Family(),                               # the update of a stored value, committed after the step
@@ -216,6 +229,10 @@ def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
         raise ValueError(f"op {name}: a source declares what it holds ({', '.join(HOLDS)}), no other op does")
     if (d.family == "composite") != (d.lower is not None):
         raise ValueError(f"op {name}: a composite op declares `lower` (how other ops compute it), no other op does")
+    if d.has(TRAINING) and d.family != "composite" and d.eval_operand is None:
+        raise ValueError(f"op {name}: an op with the TRAINING effect declares eval_operand (its value in evaluation)")
+    if d.eval_operand is not None and not (d.has(TRAINING) and 0 <= d.eval_operand < max(d.arity, 1)):
+        raise ValueError(f"op {name}: eval_operand is for an op with the TRAINING effect, and names one of its operands")
     if d.has(RANDOM) and "salt" not in d.attrs:
         raise ValueError(f"op {name}: a random op needs a 'salt' attribute (its own stream of numbers)")
     OPS[name] = d

@@ -6,6 +6,7 @@
     %h.matmul : f32[N, 128] = matmul[ta=false, tb=false](%x, %w1)  @ mlp.dln:11:14
     output logits = %logits
     loss %loss
+    eval output logits = %eval.logits   # the evaluation form, when the model has one
     group %h[rule=elementwise] = %h.add, %h   # -O2: nodes that one kernel computes
 
 One node per line in a stable topological order; `parse(print(g))` rebuilds the same graph
@@ -70,6 +71,10 @@ def print_ir(g: Graph) -> str:
         lines.append(f"output {name} = %{v}")
     if m.loss:
         lines.append(f"loss %{m.loss}")
+    for name, v in m.eval_outputs.items():
+        lines.append(f"eval output {name} = %{v}")
+    if m.eval_loss:
+        lines.append(f"eval loss %{m.eval_loss}")
     for p, v in m.grads.items():
         lines.append(f"grad %{p} = %{v}")
     if m.optimizer:
@@ -172,6 +177,10 @@ def parse_ir(text: str, file: str = "<ir>") -> Graph:
                 g.meta.outputs[str(c[0])] = _ref(g, c[1])
             elif it.data == "loss":
                 g.meta.loss = _ref(g, c[0])
+            elif it.data == "eval_output":
+                g.meta.eval_outputs[str(c[0])] = _ref(g, c[1])
+            elif it.data == "eval_loss":
+                g.meta.eval_loss = _ref(g, c[0])
             elif it.data == "grad":
                 g.meta.grads[_ref(g, c[0])] = _ref(g, c[1])
             elif it.data == "optimizer":

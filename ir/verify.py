@@ -5,12 +5,13 @@ import networkx as nx
 
 from .errors import DlcError
 from .graph import Graph
-from .ops import OPS, PARAM, STORED, infer_type
+from .ops import OPS, PARAM, STORED, TRAINING, UPDATES_STATE, infer_type
 
 
 def verify(g: Graph) -> Graph:
     """Check acyclicity, arity, types against the op rules, one assign per target, and
-    model-level references."""
+    model-level references (an evaluation form gives every output and reads no op that depends
+    on the mode)."""
     if not nx.is_directed_acyclic_graph(g.nx):
         cycle = " -> ".join(f"%{u}" for u, *_ in nx.find_cycle(g.nx))
         raise DlcError(f"IR is not acyclic: {cycle}")
@@ -40,9 +41,17 @@ def verify(g: Graph) -> Graph:
             assigned[args[0]] = n
     m = g.meta
     refs = list(m.outputs.values()) + [m.loss] * bool(m.loss) + list(m.grads) + list(m.grads.values())
-    for r in refs + list(m.frozen):
+    for r in refs + list(m.frozen) + g.eval_roots():
         if r not in g:
             raise DlcError(f"model refers to %{r}, which is not in the graph")
+    if m.eval_outputs or m.eval_loss:  # the evaluation form: one output per output, nothing that reads the mode
+        if set(m.eval_outputs) != set(m.outputs) or bool(m.eval_loss) != bool(m.loss):
+            raise DlcError("the evaluation form must give every output (and the loss, when there is one), "
+                           f"found eval outputs {sorted(m.eval_outputs)} for outputs {sorted(m.outputs)}")
+        for n in g.upstream(g.eval_roots()):
+            if OPS[g.op(n)].effects & {TRAINING, UPDATES_STATE}:
+                raise DlcError(f"the evaluation form reads %{n}, a {g.op(n)}, whose value depends on the "
+                               f"mode or which updates state", g.loc(n))
     seen: dict[str, str] = {}
     for root, (rule, members) in m.groups.items():  # fusion groups (-O2)
         if not members or members[-1] != root:

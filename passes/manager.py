@@ -1,9 +1,10 @@
 """The pass manager: a list of named passes, optimisation levels, opt-in rewrites, IR dumps and timing.
 
     -O0  autodiff, optimizer            (the graph as derived, nothing simplified)
-    -O1  + transpose folding, constant folding, CSE, DCE      (the default)
-    -O2  + merged sibling 1x1 convolutions (before autodiff), fusion: groups of nodes computed
-         by one kernel each, memory planning in codegen
+    -O1  + transpose folding, constant folding, CSE, DCE, the evaluation form  (the default)
+    -O2  + merged sibling 1x1 convolutions (before autodiff), batch norm folded into the product
+         before it (evaluation form), fusion: groups of nodes computed by one kernel each, memory
+         planning in codegen
 
 An opt-in pass runs at every level, only when its option is given (`options={name: value}`), and
 is called with that value, at its place in the list: `insert_bottlenecks` (a ratio) CHANGES THE
@@ -26,6 +27,8 @@ from .autodiff import autodiff
 from .bottleneck import bottleneck_pass
 from .data_parallel import data_parallel
 from .canonicalize import constant_fold, cse, dce, fold_transpose
+from .evaluation import evaluation_form
+from .fold_bn import fold_batch_norm
 from .fusion import fuse
 from .inception import merge_1x1
 from .lower import lower_composites
@@ -54,6 +57,8 @@ PIPELINE = [
     Pass("constant-fold", constant_fold, 1),    # scalar arithmetic on constants, static sizes
     Pass("cse", cse, 1),                     # one node per distinct computation
     Pass("dce", dce, 1),                     # drop what nothing needs
+    Pass("evaluation", evaluation_form, 1),  # outputs and loss as evaluation computes them (dropout off, ...)
+    Pass("fold-bn", fold_batch_norm, 2),     # evaluation form: batch norm folded into the conv's weights
     Pass("fuse", fuse, 2),                   # pointwise chains become one kernel each (last: it only annotates)
 ]
 PASS_NAMES = [p.name for p in PIPELINE if p.level != OPT_IN]   # what --passes and --dump-ir-after name

@@ -8,7 +8,10 @@ buffers) are applied after the whole program has run, so every read in a step se
 A run is in training or evaluation mode (`training=`): an op that declares the TRAINING effect
 gets the mode, one that declares RANDOM gets `rng=(seed, step)`, one that declares COMMUNICATES
 gets the run's communicator `comm` (None in a process of its own; runtime/collectives.py), and
-its value, which comes from outside the graph, is cast to the interpreter's float type.
+its value, which comes from outside the graph, is cast to the interpreter's float type. The
+evaluation form's values computed from stored values alone (`Graph.eval_constants`: batch norm
+folded into the weights) are kept from one run to the next until a commit or `set_state` changes
+the state.
 """
 from __future__ import annotations
 
@@ -37,9 +40,15 @@ class Interpreter:
         self.values: dict[str, np.ndarray] = {}  # params and state, by node name
         self._programs: dict = {}
         self._input_shapes = None  # [(input, declared shape)], for binding symbolic dims
+        # the evaluation form's values computed from stored values alone (batch norm folded into
+        # the weights), kept with the state's version (commits and set_state change it)
+        self._constants = graph.eval_constants()
+        self._kept: dict[str, tuple] = {}
+        self._version = 0
 
     # -- state ------------------------------------------------------------------------------
     def set_state(self, values: dict[str, np.ndarray]) -> None:
+        self._version += 1  # values computed from the state are stale
         for k, v in values.items():
             self.values[k] = np.array(v, dtype=self.dtype)
 
@@ -91,6 +100,11 @@ class Interpreter:
         for k, v in feeds.items():
             env[k] = v if v.dtype.kind != "f" or v.dtype == self.dtype else v.astype(self.dtype)
         for n, fn, args, attrs in steps:
+            if n in self._constants:
+                kept = self._kept.get(n)
+                if kept is not None and kept[0] == self._version:
+                    env[n] = kept[1]
+                    continue
             if "dims" in attrs:
                 if dims is None:
                     dims = self._dims(feeds)  # once per run, when a step first needs them
@@ -114,10 +128,13 @@ class Interpreter:
                         if OPS[self.graph.op(a)].holds in STORED and nonfinite(env[a]):
                             raise numerics_error(self.graph, n, nonfinite(env[a]), env[a], source=a)
                     raise numerics_error(self.graph, n, what, env[n])
+            if n in self._constants:
+                self._kept[n] = (self._version, env[n])
         out = {r: env[r] for r in (roots if fetch is None else fetch)}
         if commit:
             for target, value, n in assigns:
                 self.values[target] = np.asarray(env[value], self.dtype)
+            self._version += 1
         return Fetched(values=out) if defer else out
 
     def _dims(self, feeds) -> dict[str, int]:

@@ -85,7 +85,10 @@ class BufferState:
     A run binds the plan's launches to those buffers once per (roots, commit, fetch, batch
     size) (`_program`): the step's launches, copies of the fetched values into output buffers,
     then the commits. What a step computes (`roots`) and what it hands back (`fetch`) are
-    separate lists: params and state stay where the backend keeps them until read.
+    separate lists: params and state stay where the backend keeps them until read. An evaluation
+    run's launches of values computed from stored values alone (`Graph.eval_constants`: batch
+    norm folded into the weights) are a separate list, run only when the state has changed since
+    this program last ran them (a commit or `set_state` counts as a change).
 
     A backend supplies the primitives: `_alloc`, `_upload`, `_download`, `_bind` (a launch's
     arguments in its own form), `_launch`, `_copy` (buffer to buffer), `_finite`, `_stage` and
@@ -107,6 +110,11 @@ class BufferState:
         self._needs: dict = {}
         self._pending: list[Fetched] = []
         self._labels = label_checks(self.graph)
+        # the evaluation form's values computed from stored values alone (batch norm folded into
+        # the weights): launched by an evaluation run only when the state changed since that run
+        # last computed them (`_version` counts changes: commits and set_state)
+        self._constants = self.graph.eval_constants()
+        self._version = 0
         # what runs ask of the host, counted: waits for the device, bytes down, key uploads
         self.counters = {"runs": 0, "syncs": 0, "d2h_bytes": 0, "h2d_copies": 0}
 
@@ -179,6 +187,7 @@ class BufferState:
         check_labels(self._labels, feeds)
         self._check_roots(roots, commit)
         prog = self._program(roots, dims, env, commit, fetch)
+        prep = prog["prep"]
         for name, v in feeds.items():
             if name in env:
                 buf = env[name]
@@ -191,7 +200,12 @@ class BufferState:
             self._upload(self._rng, np.array(words, np.uint32))
             self._rng_words = words
             self.counters["h2d_copies"] += 1
+        if prep["ops"] and prep["at"] != self._version:  # the weights changed: fold them again
+            self._execute(prep)
+            prep["at"] = self._version
         self._execute(prog)
+        if commit:
+            self._version += 1
         self.counters["runs"] += 1
         out = Fetched(self, staged={r: self._stage(prog["outs"][r]) for r in fetch})
         self._pending.append(out)
@@ -272,17 +286,18 @@ class BufferState:
         if prog is not None:
             return prog
         g, values = self.graph, self.module.node_buffer
-        step, commits = [], []
+        step, commits, prep = [], [], []
         for l, grid, ints in self._launches(g.upstream(roots), env, dims):
             bound = ("host", l, env) if l.host else ("launch", self._bind(l, grid, ints, env), l)
-            (commits if l.phase == "commit" else step).append(bound)
+            (commits if l.phase == "commit" else prep if l.node in self._constants else step).append(bound)
         # a reshape (or an assign) shares its operand's buffer; its output has its own shape
         outs = {r: self._alloc(g.type(r).concrete(dims), env[values[r]].dtype) for r in fetch}
         late = self.module.after_commit  # values the in-place update writes: copied after it
         ops = step + [("copy", outs[r], env[values[r]]) for r in fetch if r not in late]
         if commit:
             ops += commits + [("copy", outs[r], env[values[r]]) for r in fetch if r in late]
-        prog = self._programs[key] = {"key": key, "ops": ops, "outs": outs, "env": env}
+        prog = self._programs[key] = {"key": key, "ops": ops, "outs": outs, "env": env,
+                                      "prep": {"key": key + ("prep",), "ops": prep, "env": env, "at": None}}
         return prog
 
     def _check_launch(self, l, env) -> None:
@@ -324,6 +339,7 @@ class BufferState:
                 raise DlcError(f"%{r} is written in place by the optimizer update: it exists only after a commit")
 
     def set_state(self, values: dict[str, np.ndarray]) -> None:
+        self._version += 1  # values computed from the state are stale
         for k, v in values.items():
             if k in self._persistent:
                 buf = self._persistent[k]

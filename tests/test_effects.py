@@ -191,7 +191,7 @@ def train_only_double():
     """A test op that doubles its operand in training and passes it through in evaluation: it
     declares TRAINING but draws no random numbers (as batch norm will)."""
     op("t_train_double", 1, _unary_float("t_train_double"), lambda x, training: x * 2 if training else x,
-       lambda b, n, g: [lambda: g], c="a", effects={TRAINING})
+       lambda b, n, g: [lambda: g], c="a", effects={TRAINING}, eval_operand=0)
     yield
     del OPS["t_train_double"]
 

@@ -24,6 +24,8 @@ from dlc.ir.verify import verify
 from dlc.passes.autodiff import autodiff
 from dlc.passes.canonicalize import constant_fold, cse, dce, fold_transpose
 from dlc.passes.data_parallel import data_parallel
+from dlc.passes.evaluation import evaluation_form
+from dlc.passes.fold_bn import fold_batch_norm
 from dlc.passes.fusion import fuse
 from dlc.passes.inception import merge_1x1
 from dlc.passes.lower import lower_composites
@@ -44,6 +46,8 @@ PASSES = {
     "fuse": fuse,
     "inception": merge_1x1,
     "lower": lower_composites,
+    "evaluation": evaluation_form,
+    "fold_bn": fold_batch_norm,
     "data_parallel": lambda g: data_parallel(g, True)[0],  # the opt-in pass, turned on
 }
 
@@ -381,7 +385,8 @@ def _snapshot(g: Graph):
 # lowered, the update its gradients)
 APPLIES = {"autodiff": ("lowered",), "optimizer_update": ("backward",),
            **{k: STAGES for k in ("fold_transpose", "constant_fold", "cse", "dce", "fuse")},
-           "inception": ("forward",), "lower": ("forward",), "data_parallel": ("backward",)}
+           "inception": ("forward",), "lower": ("forward",), "evaluation": ("train", "optimized"),
+           "fold_bn": ("optimized",), "data_parallel": ("backward",)}
 ALL_PASSES = PASSES
 
 
