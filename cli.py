@@ -343,7 +343,7 @@ def cmd_sample(args) -> int:
 
 # -- import -----------------------------------------------------------------------------------
 def cmd_import(args) -> int:
-    for line in api.write_import(args.file, args.output, args.weights):
+    for line in api.write_import(args.file, args.output, args.weights, train=args.train):
         print(line)
     return 0
 
@@ -584,6 +584,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="MODEL.onnx", help="the ONNX model to read")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.dln", help="the .dln file to write")
     p.add_argument("--weights", metavar="W.npz", help="where the weights go (default: MODEL.npz beside the .dln)")
+    p.add_argument("--train", action="store_true", help="also write labels (input y), a softmax cross-entropy loss "
+                   "of the model's one output and an optimizer, to evaluate or fine-tune it")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
     p.set_defaults(fn=cmd_import)
 

@@ -169,8 +169,9 @@ _UNKNOWN = object()  # the value of an unsupported node's output: its readers ar
 
 
 class _Importer:
-    def __init__(self, onnx, model, path, reserved=(), weights_name=None):
+    def __init__(self, onnx, model, path, reserved=(), weights_name=None, train=False):
         self.onnx, self.model, self.path, self.weights_name = onnx, model, Path(path), weights_name
+        self.train = train
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise file_error(self.path, f"uses opset {self.opset} of the default ONNX domain; dlc imports opsets "
@@ -354,7 +355,7 @@ class _Importer:
             raise file_error(self.path, f"cannot import: {total} node{'s' * (total != 1)} of "
                                         f"{len(items)} op type{'s' * (len(items) != 1)} that dlc cannot "
                                         f"express: {listed}; nothing was written")
-        outputs, out_lines = {}, []
+        outputs, out_lines, out_types = {}, [], {}
         for o in g.output:
             v = self.values.get(o.name)
             name = self.out_names[o.name]
@@ -369,6 +370,7 @@ class _Importer:
                 self.lines.append(f"    {f'{name} = {v.name} * 1.0':<{COMMENT_COLUMN}}  # onnx: graph output {o.name}")
             outputs[name] = o.name
             out_lines.append(name)
+            out_types[name] = (v.type, next((n.op_type for n in g.node if o.name in n.output), None))
         producer = " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)
         head = [f"# Imported from {self.path.name} by `dlc import` (ONNX opset {self.opset}"
                 + (f", made by {producer}" if producer else "") + ").",
@@ -376,11 +378,37 @@ class _Importer:
                  "# Its weights are in the .npz dlc import wrote with it (`--load`); ")
                 + f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
                 f"model {model_name} {{"]
+        tail = self.training_lines(out_lines, out_types, in_lines) if self.train else []
         body = in_lines + ([""] + self.decls if self.decls else []) + [""] + self.lines + [""]
         body.append(f"    output {', '.join(out_lines)}")
+        body += tail
         text = "\n".join(head + body + ["}", ""])
         return Imported(text, self.weights, model_name, self.params, self.buffers, inputs, outputs, self.ops,
                         self.folded, self.prelude)
+
+    def training_lines(self, out_lines: list, out_types: dict, in_lines: list) -> list:
+        """`--train`: the labels input (appended to `in_lines`), a softmax cross-entropy of the one
+        output and an optimizer, so that the imported classifier can be evaluated and fine-tuned."""
+        if len(out_lines) != 1:
+            raise file_error(self.path, f"--train: the model has {len(out_lines)} outputs "
+                                        f"({', '.join(out_lines)}); --train adds a classifier's loss to a "
+                                        "model with one output, its logits")
+        out = out_lines[0]
+        t, op = out_types[out]
+        if len(t.shape) != 2 or t.shape[0] != BATCH or not isinstance(t.shape[1], int) \
+                or t.shape[1] < 2:
+            raise file_error(self.path, f"--train: the output {out} is {t}; --train adds a classifier's loss, "
+                                        f"which reads logits f32[{BATCH}, C] of C >= 2 classes")
+        if op in ("Softmax", "LogSoftmax"):
+            raise file_error(self.path, f"--train: the output {out} is ONNX's {op}, not logits; "
+                                        "--train adds softmax_xent, which takes the scores before the softmax "
+                                        "(import a model that ends at its last layer, or add the loss by hand)")
+        labels, loss = self.fresh("y"), self.fresh("loss")
+        in_lines.append(f"    {f'input  {labels} : i32[{BATCH}]':<{COMMENT_COLUMN}}  "
+                        f"# added by --train: class numbers, 0 to the last layer's size - 1")
+        return [f"    {f'{loss} = softmax_xent({out}, {labels})':<{COMMENT_COLUMN}}  # added by --train",
+                f"    {'minimize ' + loss + ' with adam(lr = 0.001)':<{COMMENT_COLUMN}}  "
+                f"# added by --train (`--lr` overrides)"]
 
     def array(self, t) -> np.ndarray:
         try:
@@ -494,10 +522,10 @@ class _Importer:
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def import_model(path, reserved=(), weights_name: str | None = None) -> Imported:
+def import_model(path, reserved=(), weights_name: str | None = None, train: bool = False) -> Imported:
     """Read, check and translate the ONNX model in `path` (see the module doc). `reserved`: names
     the `.dln` may not bind (the prelude's functions, the ops); `weights_name`: the weights file the
     header comment names."""
     onnx = require_onnx()
     model = read_model(path)
-    return _Importer(onnx, model, path, reserved, weights_name).run()
+    return _Importer(onnx, model, path, reserved, weights_name, train).run()
