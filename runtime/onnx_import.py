@@ -167,6 +167,95 @@ def _reads(graph) -> list[str]:
 
 _UNKNOWN = object()  # the value of an unsupported node's output: its readers are skipped, not refused
 
+MERGED_WIDTH = 60    # the longest `name = expr` that merging single-reader values writes
+
+
+@dataclass
+class _Binding:
+    """One line of the model's body: `name = expr  # onnx: what + what ...` (`what`: (the order of
+    the ONNX node(s) it names, their text)); `scopes`: of the ONNX
+    nodes it came from (`_scope`); `fixed`: never merged."""
+    name: str
+    expr: str
+    what: list
+    scopes: frozenset
+    fixed: bool = False
+
+    def line(self) -> str:
+        return f"    {f'{self.name} = {self.expr}':<{COMMENT_COLUMN}}  # onnx: {' + '.join(w for _, w in self.what)}"
+
+
+def _scope(node_name: str) -> str:
+    """The part of an ONNX node's name that names the source line or module it came from: `h` of
+    `h.matmul` and of `h` (`dlc export` names the nodes of binding `h` so), `/fc1` of
+    `/fc1/MatMul` (PyTorch's module paths)."""
+    cut = max(node_name.rfind("."), node_name.rfind("/"))
+    return node_name[:cut] if cut >= 0 else node_name
+
+
+def _names(expr: str):
+    """The Python AST of a .dln expression (its operators have Python's precedence: comparisons, then
+    + -, then * / @, then unary minus), or None where it is not one."""
+    import ast
+    try:
+        return ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return None
+
+
+def _elementwise_only(tree) -> bool:
+    """Whether an expression is operators and calls of elementwise registry ops only: no prelude
+    layer (it names its params after the binding) and no reshaping, pooling or convolution."""
+    import ast
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            f = n.func.id if isinstance(n.func, ast.Name) else None
+            if f not in OPS or OPS[f].family != "elementwise":
+                return False
+        elif isinstance(n, ast.Attribute):
+            return False  # a prelude layer's param (`h.w`)
+    return True
+
+
+def merge_chains(lines: list, outputs: set) -> list:
+    """Write a value read by exactly one later binding into that binding's expression, as its
+    author wrote it (`h = relu(x @ w1 + b1)` for the three ONNX nodes `h.matmul`, `h.add`, `h`, not
+    three lines), where both came from one source line or module (the same `_scope`: `h`, and
+    never `h` into `logits`), the value is operators and elementwise ops only, and the merged line
+    stays short (`MERGED_WIDTH`); the comment lists every ONNX node merged, in order. Parentheses
+    are kept only where the precedence needs them."""
+    import ast
+    lines = list(lines)
+    merged = True
+    while merged:
+        merged = False
+        for i, b in enumerate(lines):
+            if b.fixed or b.name in outputs:
+                continue
+            tree = _names(b.expr)
+            if tree is None or not _elementwise_only(tree):
+                continue
+            word = re.compile(rf"(?<![\w.]){re.escape(b.name)}(?![\w.])")
+            users = [j for j in range(i + 1, len(lines)) if word.search(lines[j].expr)]
+            if len(users) != 1 or lines[users[0]].fixed or len(b.scopes) != 1 or lines[users[0]].scopes != b.scopes:
+                continue
+            user = lines[users[0]]
+            user_tree = _names(user.expr)
+            if user_tree is None or len(word.findall(user.expr)) != 1 or \
+                    sum(isinstance(n, ast.Name) and n.id == b.name for n in ast.walk(user_tree)) != 1:
+                continue  # read twice, or as something else than a value (a setting's name)
+            bare = word.sub(lambda _: b.expr, user.expr)
+            wrapped = word.sub(lambda _: f"({b.expr})", user.expr)
+            t_bare, t_wrapped = _names(bare), _names(wrapped)
+            expr = bare if t_bare is not None and ast.dump(t_bare) == ast.dump(t_wrapped) else wrapped
+            if len(f"{user.name} = {expr}") > MERGED_WIDTH:
+                continue
+            lines[users[0]] = _Binding(user.name, expr, sorted(b.what + user.what), user.scopes)
+            del lines[i]
+            merged = True
+            break
+    return lines
+
 
 class _Importer:
     def __init__(self, onnx, model, path, reserved=(), weights_name=None, train=False):
@@ -181,7 +270,7 @@ class _Importer:
         self.values: dict = {}          # ONNX value name -> Tensor, Lazy, np.ndarray (known when importing)
                                         # or _UNKNOWN (made by an unsupported node)
         self.decls: list[str] = []      # param and buffer lines
-        self.lines: list[str] = []      # bindings
+        self.lines: list = []           # the bindings (_Binding), in order
         self.weights: dict = {}
         self.params: list[str] = []
         self.buffers: list[str] = []
@@ -297,7 +386,8 @@ class _Importer:
         what = " + ".join(f'{n.op_type} "{n.name or n.output[0]}"' for n in (nodes or [node]))
         if span:
             what = what.replace(" + ", " ... ") + f" ({span} nodes)"
-        self.lines.append(f"    {f'{name} = {expr}':<{COMMENT_COLUMN}}  # onnx: {what}")
+        scopes = frozenset(_scope(n.name or n.output[0]) for n in (nodes or [node]))
+        self.lines.append(_Binding(name, expr, [(len(self.lines), what)], scopes))
         return Tensor(name, t)
 
     def call(self, node, op: str, operands: list, attrs: dict | None = None, name: str | None = None,
@@ -367,7 +457,9 @@ class _Importer:
             if v.name != name:  # an input or a param as an output: a binding of its own
                 if name in self.weights or name in inputs:
                     name = self.fresh(o.name + "_out")
-                self.lines.append(f"    {f'{name} = {v.name} * 1.0':<{COMMENT_COLUMN}}  # onnx: graph output {o.name}")
+                self.lines.append(_Binding(name, f"{v.name} * 1.0", [(len(self.lines), f"graph output {o.name}")],
+                                           frozenset(),
+                                           fixed=True))
             outputs[name] = o.name
             out_lines.append(name)
             out_types[name] = (v.type, next((n.op_type for n in g.node if o.name in n.output), None))
@@ -379,7 +471,8 @@ class _Importer:
                 + f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
                 f"model {model_name} {{"]
         tail = self.training_lines(out_lines, out_types, in_lines) if self.train else []
-        body = in_lines + ([""] + self.decls if self.decls else []) + [""] + self.lines + [""]
+        bindings = [b.line() for b in merge_chains(self.lines, set(out_lines))]
+        body = in_lines + ([""] + self.decls if self.decls else []) + [""] + bindings + [""]
         body.append(f"    output {', '.join(out_lines)}")
         body += tail
         text = "\n".join(head + body + ["}", ""])

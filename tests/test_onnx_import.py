@@ -447,7 +447,7 @@ def test_round_trip_of_an_example(name, tmp_path):
     text = (tmp_path / f"{name}.dln").read_text()
     layer = {"lenet": "c1 = conv(img, 16, 3, padding = 1)", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
              "alexnet_small": "p1_lrn = lrn(c1_1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
-             "mlp": "h = relu(h_add)",
+             "mlp": "h = relu(x @ w1 + b1)",  # the nodes of one .dln line merge back into one binding
              "inception": "conv("}[name]
     assert layer in text, text
 

@@ -1,0 +1,93 @@
+"""The `.dln` that `dlc import` writes reads like the source: a round trip (`dlc export`, then `dlc
+import`) of the plain examples gives back the original bindings up to names, and the ONNX nodes of
+one source line (or one module) are merged back into one binding whose comment lists them all
+(runtime/onnx_import.py, `merge_chains`), parenthesised where precedence needs it.
+
+Tolerance of the onnxruntime comparison: as in tests/test_onnx_import.py (`close`): the imported
+model on the interpreter in float64 against onnxruntime in float32 on the same float32 input,
+within 1e-4 relative; float32's rounding over these few elementwise ops is about 1e-7.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import dlc
+from conftest import EXAMPLES, dlc_cli
+from test_onnx_import import F2, X2, agree, helper, make, rnd
+
+KEYWORDS = ("input", "param", "buffer", "output", "minimize", "freeze", "train", "model", "}")
+
+
+def shape_of(path) -> tuple[list, list, list]:
+    """(f32 inputs, params as (name, type), bindings as (name, expression)) of a one-model .dln, the
+    loss and its labels left out, every declared name renamed to v0, v1, ... in order of first
+    appearance and all spaces removed: what two files share when they are the same up to names."""
+    text = re.sub(r"#.*", "", path.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    loss = next((m.group(1) for ln in lines for m in [re.match(r"minimize\s+(\w+)", ln)] if m), None)
+    inputs = [m.groups() for ln in lines for m in [re.match(r"input\s+(\w+)\s*:\s*(f32\S*.*)", ln)] if m]
+    params = [m.groups() for ln in lines for m in [re.match(r"param\s+(\w+)\s*:\s*([^=]+)", ln)] if m]
+    binds = [m.groups() for ln in lines for m in [re.match(r"(\w+)\s*=\s*(.+)", ln)]
+             if m and not ln.startswith(KEYWORDS) and m.group(1) != loss]
+    names = {}
+    for n in [i[0] for i in inputs] + [p[0] for p in params] + [b[0] for b in binds]:
+        names.setdefault(n, f"v{len(names)}")
+
+    def canon(s):
+        return re.sub(r"\s+", "", re.sub(r"(?<![\w.])\w+(?![\w(])", lambda m: names.get(m.group(0), m.group(0)), s))
+    return ([(canon(a), canon(b)) for a, b in inputs], [(canon(a), canon(b)) for a, b in params],
+            [(canon(a), canon(b)) for a, b in binds])
+
+
+@pytest.mark.parametrize("name", ["mlp", "logreg"])
+def test_plain_examples_come_back_as_written(name, tmp_path, onnx_runtime):
+    src = EXAMPLES / f"{name}.dln"
+    dlc_cli("export", src, "-o", tmp_path / f"{name}.onnx", rc=0)
+    dlc_cli("import", tmp_path / f"{name}.onnx", "-o", tmp_path / f"{name}.dln", rc=0)
+    back = tmp_path / f"{name}.dln"
+    assert shape_of(back) == shape_of(src), back.read_text()
+    # and every ONNX node is still named in a comment: `h = relu(x @ w1 + b1)` lists three
+    text = back.read_text()
+    if name == "mlp":
+        assert 'h = relu(x @ w1 + b1)                         # onnx: MatMul "h.matmul" + Add "h.add" + Relu "h"' \
+            in text, text
+    assert 'logits = ' in text and 'MatMul "logits.matmul" + Add "logits"' in text, text
+
+
+def test_nodes_of_one_module_merge_with_the_parentheses_precedence_needs(tmp_path, onnx_runtime):
+    """Six elementwise nodes of one PyTorch-style module path merge into one binding; ((x - c) * (x + c))
+    needs both pairs of parentheses; onnxruntime agrees."""
+    nodes = [helper.make_node("Sub", ["x", "c"], ["a"], name="/blk/Sub"),
+             helper.make_node("Add", ["x", "c"], ["b"], name="/blk/Add"),
+             helper.make_node("Mul", ["a", "b"], ["p"], name="/blk/Mul"),
+             helper.make_node("Neg", ["p"], ["q"], name="/blk/Neg"),
+             helper.make_node("Relu", ["q"], ["r"], name="/blk/Relu"),
+             helper.make_node("Div", ["r", "c"], ["y"], name="/out/Div")]
+    text = agree(make(nodes, X2, {"c": rnd(6, seed=3)}), F2, tmp_path)
+    assert re.search(r"\n    r = relu\(neg\(\(x - c\) \* \(x \+ c\)\)\) +# onnx: Sub \"/blk/Sub\" \+ Add \"/blk/Add\" \+ "
+                     r"Mul \"/blk/Mul\" \+ Neg \"/blk/Neg\" \+ Relu \"/blk/Relu\"\n", text), text
+    assert re.search(r"\n    y = r / c +# onnx: Div \"/out/Div\"\n", text), text  # another module: its own line
+
+
+def test_a_value_read_twice_or_from_another_scope_keeps_its_line(tmp_path, onnx_runtime):
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"], name="blk.add"),
+             helper.make_node("Mul", ["a", "a"], ["s"], name="blk.sq"),
+             helper.make_node("Sigmoid", ["s"], ["y"], name="other")]
+    text = agree(make(nodes, X2, {"c": rnd(6, seed=4)}), F2, tmp_path)
+    assert re.search(r"\n    a = x \+ c +# onnx: Add \"blk.add\"\n", text), text  # read twice by the square
+    assert re.search(r"\n    y = sigmoid\(s\) +# onnx: Sigmoid \"other\"\n", text), text
+
+
+def test_merged_text_computes_what_the_original_does(tmp_path, onnx_runtime):
+    """The round-tripped mlp with the original's weights: the same logits (float64 interpreter on both,
+    the same arithmetic in the same order: equal to 1e-12)."""
+    src = dlc.compile(EXAMPLES / "mlp.dln", backend="interp", seed=3)
+    np.savez(tmp_path / "w.npz", **src.params)
+    dlc_cli("export", EXAMPLES / "mlp.dln", "--load", tmp_path / "w.npz", "-o", tmp_path / "m.onnx", rc=0)
+    dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dln", rc=0)
+    back = dlc.load(tmp_path / "m.dln", tmp_path / "m.npz", backend="interp")
+    x = np.random.default_rng(0).normal(size=(7, 64)).astype(np.float32)
+    np.testing.assert_allclose(back.forward(x=x)["logits"], src.forward(x=x)["logits"], rtol=1e-12, atol=0)
