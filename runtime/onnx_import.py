@@ -173,12 +173,12 @@ MERGED_WIDTH = 60    # the longest `name = expr` that merging single-reader valu
 @dataclass
 class _Binding:
     """One line of the model's body: `name = expr  # onnx: what + what ...` (`what`: (the order of
-    the ONNX node(s) it names, their text)); `scopes`: of the ONNX
-    nodes it came from (`_scope`); `fixed`: never merged."""
+    the ONNX node(s) it names, their text)); `nodes`: the names of the ONNX nodes it came from;
+    `fixed`: never merged."""
     name: str
     expr: str
     what: list
-    scopes: frozenset
+    nodes: tuple
     fixed: bool = False
 
     def line(self) -> str:
@@ -191,6 +191,15 @@ def _scope(node_name: str) -> str:
     `/fc1/MatMul` (PyTorch's module paths)."""
     cut = max(node_name.rfind("."), node_name.rfind("/"))
     return node_name[:cut] if cut >= 0 else node_name
+
+
+def _source(nodes) -> str | None:
+    """The one source line or module that all these ONNX nodes came from, or None: a name S such
+    that each node is S or in S's scope (`h.matmul`, `h.add` and `h` are binding `h`'s)."""
+    for s in [_scope(n) for n in nodes] + list(nodes):
+        if all(n == s or _scope(n) == s for n in nodes):
+            return s
+    return None
 
 
 def _names(expr: str):
@@ -217,13 +226,23 @@ def _elementwise_only(tree) -> bool:
     return True
 
 
+def _is_layer(tree) -> bool:
+    """Whether an expression is one call of a prelude layer (`linear(x, 64)`, `conv(x, 16, 3)`):
+    a function that is not a registry op, its operands names and numbers."""
+    import ast
+    body = tree.body
+    return isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id not in OPS
+
+
 def merge_chains(lines: list, outputs: set) -> list:
     """Write a value read by exactly one later binding into that binding's expression, as its
     author wrote it (`h = relu(x @ w1 + b1)` for the three ONNX nodes `h.matmul`, `h.add`, `h`, not
-    three lines), where both came from one source line or module (the same `_scope`: `h`, and
-    never `h` into `logits`), the value is operators and elementwise ops only, and the merged line
+    three lines), where both came from one source line or module (`_source`: `h`, and never `h`
+    into `logits`), the value is operators and elementwise ops only, and the merged line
     stays short (`MERGED_WIDTH`); the comment lists every ONNX node merged, in order. Parentheses
-    are kept only where the precedence needs them."""
+    are kept only where the precedence needs them. A prelude layer merges into its activation the
+    same way (`h1 = relu(linear(x, 64))` for `h1.matmul`, `h1.dense`, `h1`), the merged binding
+    keeping the layer's name, which names its params."""
     import ast
     lines = list(lines)
     merged = True
@@ -233,24 +252,37 @@ def merge_chains(lines: list, outputs: set) -> list:
             if b.fixed or b.name in outputs:
                 continue
             tree = _names(b.expr)
-            if tree is None or not _elementwise_only(tree):
+            if tree is None:
+                continue
+            layer = _is_layer(tree)
+            if not layer and not _elementwise_only(tree):
                 continue
             word = re.compile(rf"(?<![\w.]){re.escape(b.name)}(?![\w.])")
             users = [j for j in range(i + 1, len(lines)) if word.search(lines[j].expr)]
-            if len(users) != 1 or lines[users[0]].fixed or len(b.scopes) != 1 or lines[users[0]].scopes != b.scopes:
+            if len(users) != 1 or lines[users[0]].fixed or _source(b.nodes) is None or \
+                    _source(b.nodes + lines[users[0]].nodes) != _source(b.nodes):
                 continue
             user = lines[users[0]]
             user_tree = _names(user.expr)
             if user_tree is None or len(word.findall(user.expr)) != 1 or \
                     sum(isinstance(n, ast.Name) and n.id == b.name for n in ast.walk(user_tree)) != 1:
                 continue  # read twice, or as something else than a value (a setting's name)
+            if layer and (user.name in outputs or not _elementwise_only(user_tree)):
+                continue  # a layer takes in only its activation, and keeps its own name (its params')
             bare = word.sub(lambda _: b.expr, user.expr)
             wrapped = word.sub(lambda _: f"({b.expr})", user.expr)
             t_bare, t_wrapped = _names(bare), _names(wrapped)
             expr = bare if t_bare is not None and ast.dump(t_bare) == ast.dump(t_wrapped) else wrapped
             if len(f"{user.name} = {expr}") > MERGED_WIDTH:
                 continue
-            lines[users[0]] = _Binding(user.name, expr, sorted(b.what + user.what), user.scopes)
+            if layer:  # `h = linear(x, 64)` and `h_1 = relu(h)`: `h = relu(linear(x, 64))`, and h for h_1 after
+                if len(f"{b.name} = {expr}") > MERGED_WIDTH:
+                    continue
+                other = re.compile(rf"(?<![\w.]){re.escape(user.name)}(?![\w.])")
+                for k in range(users[0] + 1, len(lines)):
+                    lines[k].expr = other.sub(b.name, lines[k].expr)
+            lines[users[0]] = _Binding(b.name if layer else user.name, expr, sorted(b.what + user.what),
+                                       b.nodes + user.nodes)
             del lines[i]
             merged = True
             break
@@ -386,8 +418,8 @@ class _Importer:
         what = " + ".join(f'{n.op_type} "{n.name or n.output[0]}"' for n in (nodes or [node]))
         if span:
             what = what.replace(" + ", " ... ") + f" ({span} nodes)"
-        scopes = frozenset(_scope(n.name or n.output[0]) for n in (nodes or [node]))
-        self.lines.append(_Binding(name, expr, [(len(self.lines), what)], scopes))
+        names = tuple(n.name or n.output[0] for n in (nodes or [node]))
+        self.lines.append(_Binding(name, expr, [(len(self.lines), what)], names))
         return Tensor(name, t)
 
     def call(self, node, op: str, operands: list, attrs: dict | None = None, name: str | None = None,
@@ -458,7 +490,7 @@ class _Importer:
                 if name in self.weights or name in inputs:
                     name = self.fresh(o.name + "_out")
                 self.lines.append(_Binding(name, f"{v.name} * 1.0", [(len(self.lines), f"graph output {o.name}")],
-                                           frozenset(),
+                                           (),
                                            fixed=True))
             outputs[name] = o.name
             out_lines.append(name)

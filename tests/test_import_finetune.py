@@ -34,7 +34,8 @@ def test_finetune_an_imported_network_on_new_classes(tmp_path, onnx_runtime):
     assert "minimize loss with adam(lr = 0.001)" in text
 
     # the one-line edit: the last layer's 5 classes become 10
-    edited = text.replace("digits = linear(h2_1, 5) ", "digits = linear(h2_1, 10)")
+    assert "    h1 = relu(linear(x, 64))" in text and "    h2 = relu(linear(h1, 64))" in text, text
+    edited = text.replace("digits = linear(h2, 5) ", "digits = linear(h2, 10)")
     changed = [(a, b) for a, b in zip(text.splitlines(), edited.splitlines()) if a != b]
     assert len(changed) == 1 and len(text.splitlines()) == len(edited.splitlines()), changed
     tuned.write_text(edited)

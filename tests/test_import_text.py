@@ -26,7 +26,12 @@ def shape_of(path) -> tuple[list, list, list]:
     loss and its labels left out, every declared name renamed to v0, v1, ... in order of first
     appearance and all spaces removed: what two files share when they are the same up to names."""
     text = re.sub(r"#.*", "", path.read_text())
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = []
+    for ln in (ln.strip() for ln in text.splitlines() if ln.strip()):
+        if lines and lines[-1].count("(") > lines[-1].count(")"):
+            lines[-1] += " " + ln  # a statement continued on the next line
+        else:
+            lines.append(ln)
     loss = next((m.group(1) for ln in lines for m in [re.match(r"minimize\s+(\w+)", ln)] if m), None)
     inputs = [m.groups() for ln in lines for m in [re.match(r"input\s+(\w+)\s*:\s*(f32\S*.*)", ln)] if m]
     params = [m.groups() for ln in lines for m in [re.match(r"param\s+(\w+)\s*:\s*([^=]+)", ln)] if m]
@@ -55,6 +60,22 @@ def test_plain_examples_come_back_as_written(name, tmp_path, onnx_runtime):
         assert 'h = relu(x @ w1 + b1)                         # onnx: MatMul "h.matmul" + Add "h.add" + Relu "h"' \
             in text, text
     assert 'logits = ' in text and 'MatMul "logits.matmul" + Add "logits"' in text, text
+
+
+def test_a_layer_and_its_activation_come_back_as_one_line_named_after_the_layer(tmp_path, onnx_runtime):
+    """transfer_base: `h1 = relu(dense(x, 64))` exports as MatMul "h1.matmul", Add "h1.dense" and Relu
+    "h1" and comes back as `h1 = relu(linear(x, 64))` (linear and dense differ in their initialiser
+    only), its weights still h1.w and h1.b; the file is the original up to names."""
+    src = EXAMPLES / "transfer_base.dln"
+    dlc_cli("export", src, "-o", tmp_path / "t.onnx", rc=0)
+    dlc_cli("import", tmp_path / "t.onnx", "-o", tmp_path / "t.dln", rc=0)
+    text = (tmp_path / "t.dln").read_text()
+    assert 'h1 = relu(linear(x, 64))                      # onnx: MatMul "h1.matmul" + Add "h1.dense" + Relu "h1"' \
+        in text, text
+    assert sorted(np.load(tmp_path / "t.npz")) == ["digits.b", "digits.w", "h1.b", "h1.w", "h2.b", "h2.w"]
+    original = tmp_path / "original.dln"
+    original.write_text(src.read_text().replace("dense(", "linear("))
+    assert shape_of(tmp_path / "t.dln") == shape_of(original), text
 
 
 def test_nodes_of_one_module_merge_with_the_parentheses_precedence_needs(tmp_path, onnx_runtime):

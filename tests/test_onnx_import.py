@@ -445,8 +445,8 @@ def test_round_trip_of_an_example(name, tmp_path):
     # the same number of learned weights; the prelude's layers come back as such
     assert sum(np.size(v) for v in back.params.values()) == sum(np.size(v) for v in src.params.values())
     text = (tmp_path / f"{name}.dln").read_text()
-    layer = {"lenet": "c1 = conv(img, 16, 3, padding = 1)", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
-             "alexnet_small": "p1_lrn = lrn(c1_1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
+    layer = {"lenet": "c1 = relu(conv(img, 16, 3, padding = 1))", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
+             "alexnet_small": "p1_lrn = lrn(c1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
              "mlp": "h = relu(x @ w1 + b1)",  # the nodes of one .dln line merge back into one binding
              "inception": "conv("}[name]
     assert layer in text, text
