@@ -577,7 +577,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="read an ONNX model: write it as a .dln and its weights as an .npz",
                        description="Translate an ONNX model (opsets 7 to 21) into a readable .dln, one line per "
-                       "ONNX node with a comment naming it, and its weights into an .npz that --load reads. "
+                       "ONNX node (or per source line) with a comment naming the nodes, and its weights into an .npz that --load reads. "
                        "Constant shape arithmetic is folded; an op dlc cannot express is an error listing every "
                        "such op, and nothing is written. Needs the onnx package: pip install 'dlc[onnx]'. "
                        "See docs/import.md.")

@@ -18,7 +18,9 @@ what `onnx.checker` refuses: each a `DlcError` naming the file), and walks its n
   the binding calls the prelude function, named after the layer (the initializer `conv1.weight`
   names the binding `conv1`), and its weights are stored under the prelude's names (`conv1.w`,
   `conv1.b`); otherwise each initializer is a `param` (or, for running statistics, a `buffer`)
-  named after the ONNX name, sanitised.
+  named after the ONNX name, sanitised. Then `merge_chains` writes a value read once into its
+  reader where both came from one source line or module (`h = relu(x @ w1 + b1)` for the nodes
+  `h.matmul`, `h.add`, `h`), the comment listing every node.
 - **Refusal.** A node that no entry translates is collected, not raised at once: the error lists
   every unsupported op type with its count and its first node's name, and nothing is written.
 

@@ -5,7 +5,8 @@ one source line (or one module) are merged back into one binding whose comment l
 
 Tolerance of the onnxruntime comparison: as in tests/test_onnx_import.py (`close`): the imported
 model on the interpreter in float64 against onnxruntime in float32 on the same float32 input,
-within 1e-4 relative; float32's rounding over these few elementwise ops is about 1e-7.
+within 1e-4 relative (emu: float32 on both sides); float32's rounding over these few elementwise
+ops is about 1e-7.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import dlc
-from conftest import EXAMPLES, dlc_cli
+from conftest import EXAMPLES, dlc_cli, needs_emu
 from test_onnx_import import F2, X2, agree, helper, make, rnd
 
 KEYWORDS = ("input", "param", "buffer", "output", "minimize", "freeze", "train", "model", "}")
@@ -78,19 +79,29 @@ def test_a_layer_and_its_activation_come_back_as_one_line_named_after_the_layer(
     assert shape_of(tmp_path / "t.dln") == shape_of(original), text
 
 
+def merged_module():
+    return [helper.make_node("Sub", ["x", "c"], ["a"], name="/blk/Sub"),
+            helper.make_node("Add", ["x", "c"], ["b"], name="/blk/Add"),
+            helper.make_node("Mul", ["a", "b"], ["p"], name="/blk/Mul"),
+            helper.make_node("Neg", ["p"], ["q"], name="/blk/Neg"),
+            helper.make_node("Relu", ["q"], ["r"], name="/blk/Relu"),
+            helper.make_node("Div", ["r", "c"], ["y"], name="/out/Div")]
+
+
 def test_nodes_of_one_module_merge_with_the_parentheses_precedence_needs(tmp_path, onnx_runtime):
-    """Six elementwise nodes of one PyTorch-style module path merge into one binding; ((x - c) * (x + c))
+    """Five elementwise nodes of one PyTorch-style module path merge into one binding; ((x - c) * (x + c))
     needs both pairs of parentheses; onnxruntime agrees."""
-    nodes = [helper.make_node("Sub", ["x", "c"], ["a"], name="/blk/Sub"),
-             helper.make_node("Add", ["x", "c"], ["b"], name="/blk/Add"),
-             helper.make_node("Mul", ["a", "b"], ["p"], name="/blk/Mul"),
-             helper.make_node("Neg", ["p"], ["q"], name="/blk/Neg"),
-             helper.make_node("Relu", ["q"], ["r"], name="/blk/Relu"),
-             helper.make_node("Div", ["r", "c"], ["y"], name="/out/Div")]
-    text = agree(make(nodes, X2, {"c": rnd(6, seed=3)}), F2, tmp_path)
+    text = agree(make(merged_module(), X2, {"c": rnd(6, seed=3)}), F2, tmp_path)
     assert re.search(r"\n    r = relu\(neg\(\(x - c\) \* \(x \+ c\)\)\) +# onnx: Sub \"/blk/Sub\" \+ Add \"/blk/Add\" \+ "
                      r"Mul \"/blk/Mul\" \+ Neg \"/blk/Neg\" \+ Relu \"/blk/Relu\"\n", text), text
     assert re.search(r"\n    y = r / c +# onnx: Div \"/out/Div\"\n", text), text  # another module: its own line
+
+
+@needs_emu
+def test_merged_module_on_emu(tmp_path, onnx_runtime):
+    """The merged binding through the generated CUDA (emu, float32) against onnxruntime."""
+    text = agree(make(merged_module(), X2, {"c": rnd(6, seed=3)}), F2, tmp_path, backend="emu")
+    assert "r = relu(neg((x - c) * (x + c)))" in text
 
 
 def test_a_value_read_twice_or_from_another_scope_keeps_its_line(tmp_path, onnx_runtime):
