@@ -485,6 +485,17 @@ def test_the_imported_file_runs_through_the_commands(tmp_path):
     assert (tmp_path / "tuned.npz").is_file()
 
 
+@pytest.mark.parametrize("keep", [0, 1])
+def test_reduce_over_every_axis_when_no_axes_are_given(keep, tmp_path):
+    """ReduceSum at opset 13 and later without its axes input (and ReduceMean without the attribute)
+    reduces every axis."""
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=keep, name="all_sum"),
+             helper.make_node("ReduceMean", ["x"], ["m"], keepdims=keep, name="all_mean"),
+             helper.make_node("Add", ["s", "m"], ["y"])]
+    text = agree(make(nodes, X2, opset=17), F2, tmp_path)
+    assert "s = sum(x" in text and "axis" not in text
+
+
 # -- recurrent layers -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 @pytest.mark.parametrize("outputs", [("y",), ("y", "y_h")])
