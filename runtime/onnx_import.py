@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import networkx as nx
@@ -170,6 +170,7 @@ def _reads(graph) -> list[str]:
 _UNKNOWN = object()  # the value of an unsupported node's output: its readers are skipped, not refused
 
 MERGED_WIDTH = 60    # the longest `name = expr` that merging single-reader values writes
+_WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?![\w.])")  # a name in an expression (not `h` of `h.w`)
 
 
 @dataclass
@@ -191,6 +192,7 @@ def _scope(node_name: str) -> str:
     """The part of an ONNX node's name that names the source line or module it came from: `h` of
     `h.matmul` and of `h` (`dlc export` names the nodes of binding `h` so), `/fc1` of
     `/fc1/MatMul` (PyTorch's module paths)."""
+    node_name = re.sub(r"\.[0-9]+$", "", node_name)  # `h.mul.1`: dlc export's second Mul of binding h
     cut = max(node_name.rfind("."), node_name.rfind("/"))
     return node_name[:cut] if cut >= 0 else node_name
 
@@ -247,48 +249,49 @@ def merge_chains(lines: list, outputs: set) -> list:
     keeping the layer's name, which names its params."""
     import ast
     lines = list(lines)
-    merged = True
-    while merged:
-        merged = False
-        for i, b in enumerate(lines):
-            if b.fixed or b.name in outputs:
-                continue
-            tree = _names(b.expr)
-            if tree is None:
-                continue
-            layer = _is_layer(tree)
-            if not layer and not _elementwise_only(tree):
-                continue
-            word = re.compile(rf"(?<![\w.]){re.escape(b.name)}(?![\w.])")
-            users = [j for j in range(i + 1, len(lines)) if word.search(lines[j].expr)]
-            if len(users) != 1 or lines[users[0]].fixed or _source(b.nodes) is None or \
-                    _source(b.nodes + lines[users[0]].nodes) != _source(b.nodes):
-                continue
-            user = lines[users[0]]
-            user_tree = _names(user.expr)
-            if user_tree is None or len(word.findall(user.expr)) != 1 or \
-                    sum(isinstance(n, ast.Name) and n.id == b.name for n in ast.walk(user_tree)) != 1:
-                continue  # read twice, or as something else than a value (a setting's name)
-            if layer and (user.name in outputs or not _elementwise_only(user_tree)):
-                continue  # a layer takes in only its activation, and keeps its own name (its params')
-            bare = word.sub(lambda _: b.expr, user.expr)
-            wrapped = word.sub(lambda _: f"({b.expr})", user.expr)
-            t_bare, t_wrapped = _names(bare), _names(wrapped)
-            expr = bare if t_bare is not None and ast.dump(t_bare) == ast.dump(t_wrapped) else wrapped
-            if len(f"{user.name} = {expr}") > MERGED_WIDTH:
-                continue
-            if layer:  # `h = linear(x, 64)` and `h_1 = relu(h)`: `h = relu(linear(x, 64))`, and h for h_1 after
-                if len(f"{b.name} = {expr}") > MERGED_WIDTH:
-                    continue
-                other = re.compile(rf"(?<![\w.]){re.escape(user.name)}(?![\w.])")
-                for k in range(users[0] + 1, len(lines)):
-                    lines[k].expr = other.sub(b.name, lines[k].expr)
-            lines[users[0]] = _Binding(b.name if layer else user.name, expr, sorted(b.what + user.what),
-                                       b.nodes + user.nodes)
-            del lines[i]
-            merged = True
-            break
-    return lines
+    readers: dict = {}  # name -> the indices of the lines whose expression reads it
+    for j, b in enumerate(lines):
+        for w in set(_WORD.findall(b.expr)):
+            readers.setdefault(w, set()).add(j)
+    for i, b in enumerate(lines):  # one pass: a merge only moves a value forward, into a later line
+        if b.fixed or b.name in outputs or len(readers.get(b.name, ())) != 1:
+            continue
+        j = next(iter(readers[b.name]))
+        user = lines[j]
+        if j <= i or user.fixed or _source(b.nodes) is None or _source(b.nodes + user.nodes) != _source(b.nodes):
+            continue
+        tree = _names(b.expr)
+        if tree is None:
+            continue
+        layer = _is_layer(tree)
+        if not layer and not _elementwise_only(tree):
+            continue
+        word = re.compile(rf"(?<![\w.]){re.escape(b.name)}(?![\w.])")
+        user_tree = _names(user.expr)
+        if user_tree is None or len(word.findall(user.expr)) != 1 or \
+                sum(isinstance(n, ast.Name) and n.id == b.name for n in ast.walk(user_tree)) != 1:
+            continue  # read twice, or as something else than a value (a setting's name)
+        if layer and (user.name in outputs or not _elementwise_only(user_tree)):
+            continue  # a layer takes in only its activation, and keeps its own name (its params')
+        bare = word.sub(lambda _: b.expr, user.expr)
+        wrapped = word.sub(lambda _: f"({b.expr})", user.expr)
+        t_bare, t_wrapped = _names(bare), _names(wrapped)
+        expr = bare if t_bare is not None and ast.dump(t_bare) == ast.dump(t_wrapped) else wrapped
+        name = b.name if layer else user.name  # a layer keeps its name: `h = relu(linear(x, 64))`
+        if len(f"{name} = {expr}") > MERGED_WIDTH:
+            continue
+        lines[j] = _Binding(name, expr, sorted(b.what + user.what), b.nodes + user.nodes)
+        lines[i] = None
+        for w in set(_WORD.findall(b.expr)):
+            readers[w].discard(i)
+            readers[w].add(j)
+        del readers[b.name]
+        if layer:  # the activation's readers now read the layer's name
+            other = re.compile(rf"(?<![\w.]){re.escape(user.name)}(?![\w.])")
+            for k in readers.get(user.name, ()):
+                lines[k] = replace(lines[k], expr=other.sub(name, lines[k].expr))
+            readers[name] = readers.pop(user.name, set())
+    return [b for b in lines if b is not None]
 
 
 class _Importer:
