@@ -1150,13 +1150,13 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
 
 
 # -- ONNX import (`dlc import`) -------------------------------------------------------------------
-def _imported(path, weights_name=None):
+def _imported(path, weights_name=None, train=False):
     """The importer's result (runtime/onnx_import.py) for the ONNX file `path`, its `.dln` text
     compiled by the front end and its weights checked against the params and buffers it declares:
     a failure there is a bug of the importer, said as one."""
     from .dsl.frontend import prelude
     from .runtime.onnx_import import import_model
-    imp = import_model(path, reserved=set(prelude()) | set(OPS), weights_name=weights_name)
+    imp = import_model(path, reserved=set(prelude()) | set(OPS), weights_name=weights_name, train=train)
     try:
         g = lower(imp.text, f"{Path(path).stem}.dln", None)
     except DlcError as e:
@@ -1170,15 +1170,16 @@ def _imported(path, weights_name=None):
     return imp
 
 
-def import_onnx(path) -> tuple[str, dict]:
+def import_onnx(path, train: bool = False) -> tuple[str, dict]:
     """(`.dln` text, weights) of the ONNX model in `path`: the weights (params and model buffers,
     name -> float32 array) are what `Model.load` and `dlc run --load` read. Needs the onnx package.
-    Anything the file holds that dlc cannot express is a DlcError listing it (docs/import.md)."""
-    imp = _imported(path)
+    Anything the file holds that dlc cannot express is a DlcError listing it (docs/import.md).
+    `train`: add a labels input, a softmax cross-entropy loss and an optimizer (`dlc import --train`)."""
+    imp = _imported(path, train=train)
     return imp.text, dict(imp.weights)
 
 
-def write_import(path, output, weights=None) -> list[str]:
+def write_import(path, output, weights=None, train: bool = False) -> list[str]:
     """`dlc import`: write the `.dln` of the ONNX model `path` to `output` (a `.dln` name) and its
     weights to `weights` (default: `output` with `.npz`), both atomically, and nothing at all when
     anything is wrong; returns the lines that say what was written."""
@@ -1191,7 +1192,7 @@ def write_import(path, output, weights=None) -> list[str]:
         raise DlcError(f"{arg('weights')}: {wpath}: weights are written to a file ending in .npz")
     for p in (out, wpath):
         check_output(p)
-    imp = _imported(path, wpath.name)
+    imp = _imported(path, wpath.name, train)
     existed = wpath.exists()
     save_weights(wpath, imp.weights, parents=True)
     try:

@@ -343,7 +343,7 @@ def cmd_sample(args) -> int:
 
 # -- import -----------------------------------------------------------------------------------
 def cmd_import(args) -> int:
-    for line in api.write_import(args.file, args.output, args.weights):
+    for line in api.write_import(args.file, args.output, args.weights, train=args.train):
         print(line)
     return 0
 
@@ -577,13 +577,15 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="read an ONNX model: write it as a .dln and its weights as an .npz",
                        description="Translate an ONNX model (opsets 7 to 21) into a readable .dln, one line per "
-                       "ONNX node with a comment naming it, and its weights into an .npz that --load reads. "
+                       "ONNX node (or per source line) with a comment naming the nodes, and its weights into an .npz that --load reads. "
                        "Constant shape arithmetic is folded; an op dlc cannot express is an error listing every "
                        "such op, and nothing is written. Needs the onnx package: pip install 'dlc[onnx]'. "
                        "See docs/import.md.")
     p.add_argument("file", metavar="MODEL.onnx", help="the ONNX model to read")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.dln", help="the .dln file to write")
     p.add_argument("--weights", metavar="W.npz", help="where the weights go (default: MODEL.npz beside the .dln)")
+    p.add_argument("--train", action="store_true", help="also write labels (input y), a softmax cross-entropy loss "
+                   "of the model's one output and an optimizer, to evaluate or fine-tune it")
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
     p.set_defaults(fn=cmd_import)
 

@@ -18,7 +18,9 @@ what `onnx.checker` refuses: each a `DlcError` naming the file), and walks its n
   the binding calls the prelude function, named after the layer (the initializer `conv1.weight`
   names the binding `conv1`), and its weights are stored under the prelude's names (`conv1.w`,
   `conv1.b`); otherwise each initializer is a `param` (or, for running statistics, a `buffer`)
-  named after the ONNX name, sanitised.
+  named after the ONNX name, sanitised. Then `merge_chains` writes a value read once into its
+  reader where both came from one source line or module (`h = relu(x @ w1 + b1)` for the nodes
+  `h.matmul`, `h.add`, `h`), the comment listing every node.
 - **Refusal.** A node that no entry translates is collected, not raised at once: the error lists
   every unsupported op type with its count and its first node's name, and nothing is written.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import networkx as nx
@@ -167,10 +169,135 @@ def _reads(graph) -> list[str]:
 
 _UNKNOWN = object()  # the value of an unsupported node's output: its readers are skipped, not refused
 
+MERGED_WIDTH = 60    # the longest `name = expr` that merging single-reader values writes
+_WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?![\w.])")  # a name in an expression (not `h` of `h.w`)
+
+
+@dataclass
+class _Binding:
+    """One line of the model's body: `name = expr  # onnx: what + what ...` (`what`: (the order of
+    the ONNX node(s) it names, their text)); `nodes`: the names of the ONNX nodes it came from;
+    `fixed`: never merged."""
+    name: str
+    expr: str
+    what: list
+    nodes: tuple
+    fixed: bool = False
+
+    def line(self) -> str:
+        return f"    {f'{self.name} = {self.expr}':<{COMMENT_COLUMN}}  # onnx: {' + '.join(w for _, w in self.what)}"
+
+
+def _scope(node_name: str) -> str:
+    """The part of an ONNX node's name that names the source line or module it came from: `h` of
+    `h.matmul` and of `h` (`dlc export` names the nodes of binding `h` so), `/fc1` of
+    `/fc1/MatMul` (PyTorch's module paths)."""
+    node_name = re.sub(r"\.[0-9]+$", "", node_name)  # `h.mul.1`: dlc export's second Mul of binding h
+    cut = max(node_name.rfind("."), node_name.rfind("/"))
+    return node_name[:cut] if cut >= 0 else node_name
+
+
+def _source(nodes) -> str | None:
+    """The one source line or module that all these ONNX nodes came from, or None: a name S such
+    that each node is S or in S's scope (`h.matmul`, `h.add` and `h` are binding `h`'s)."""
+    for s in [_scope(n) for n in nodes] + list(nodes):
+        if all(n == s or _scope(n) == s for n in nodes):
+            return s
+    return None
+
+
+def _names(expr: str):
+    """The Python AST of a .dln expression (its operators have Python's precedence: comparisons, then
+    + -, then * / @, then unary minus), or None where it is not one."""
+    import ast
+    try:
+        return ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return None
+
+
+def _elementwise_only(tree) -> bool:
+    """Whether an expression is operators and calls of elementwise registry ops only: no prelude
+    layer (it names its params after the binding) and no reshaping, pooling or convolution."""
+    import ast
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            f = n.func.id if isinstance(n.func, ast.Name) else None
+            if f not in OPS or OPS[f].family != "elementwise":
+                return False
+        elif isinstance(n, ast.Attribute):
+            return False  # a prelude layer's param (`h.w`)
+    return True
+
+
+def _is_layer(tree) -> bool:
+    """Whether an expression is one call of a prelude layer (`linear(x, 64)`, `conv(x, 16, 3)`):
+    a function that is not a registry op, its operands names and numbers."""
+    import ast
+    body = tree.body
+    return isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id not in OPS
+
+
+def merge_chains(lines: list, outputs: set) -> list:
+    """Write a value read by exactly one later binding into that binding's expression, as its
+    author wrote it (`h = relu(x @ w1 + b1)` for the three ONNX nodes `h.matmul`, `h.add`, `h`, not
+    three lines), where both came from one source line or module (`_source`: `h`, and never `h`
+    into `logits`), the value is operators and elementwise ops only, and the merged line
+    stays short (`MERGED_WIDTH`); the comment lists every ONNX node merged, in order. Parentheses
+    are kept only where the precedence needs them. A prelude layer merges into its activation the
+    same way (`h1 = relu(linear(x, 64))` for `h1.matmul`, `h1.dense`, `h1`), the merged binding
+    keeping the layer's name, which names its params."""
+    import ast
+    lines = list(lines)
+    readers: dict = {}  # name -> the indices of the lines whose expression reads it
+    for j, b in enumerate(lines):
+        for w in set(_WORD.findall(b.expr)):
+            readers.setdefault(w, set()).add(j)
+    for i, b in enumerate(lines):  # one pass: a merge only moves a value forward, into a later line
+        if b.fixed or b.name in outputs or len(readers.get(b.name, ())) != 1:
+            continue
+        j = next(iter(readers[b.name]))
+        user = lines[j]
+        if j <= i or user.fixed or _source(b.nodes) is None or _source(b.nodes + user.nodes) != _source(b.nodes):
+            continue
+        tree = _names(b.expr)
+        if tree is None:
+            continue
+        layer = _is_layer(tree)
+        if not layer and not _elementwise_only(tree):
+            continue
+        word = re.compile(rf"(?<![\w.]){re.escape(b.name)}(?![\w.])")
+        user_tree = _names(user.expr)
+        if user_tree is None or len(word.findall(user.expr)) != 1 or \
+                sum(isinstance(n, ast.Name) and n.id == b.name for n in ast.walk(user_tree)) != 1:
+            continue  # read twice, or as something else than a value (a setting's name)
+        if layer and (user.name in outputs or not _elementwise_only(user_tree)):
+            continue  # a layer takes in only its activation, and keeps its own name (its params')
+        bare = word.sub(lambda _: b.expr, user.expr)
+        wrapped = word.sub(lambda _: f"({b.expr})", user.expr)
+        t_bare, t_wrapped = _names(bare), _names(wrapped)
+        expr = bare if t_bare is not None and ast.dump(t_bare) == ast.dump(t_wrapped) else wrapped
+        name = b.name if layer else user.name  # a layer keeps its name: `h = relu(linear(x, 64))`
+        if len(f"{name} = {expr}") > MERGED_WIDTH:
+            continue
+        lines[j] = _Binding(name, expr, sorted(b.what + user.what), b.nodes + user.nodes)
+        lines[i] = None
+        for w in set(_WORD.findall(b.expr)):
+            readers[w].discard(i)
+            readers[w].add(j)
+        del readers[b.name]
+        if layer:  # the activation's readers now read the layer's name
+            other = re.compile(rf"(?<![\w.]){re.escape(user.name)}(?![\w.])")
+            for k in readers.get(user.name, ()):
+                lines[k] = replace(lines[k], expr=other.sub(name, lines[k].expr))
+            readers[name] = readers.pop(user.name, set())
+    return [b for b in lines if b is not None]
+
 
 class _Importer:
-    def __init__(self, onnx, model, path, reserved=(), weights_name=None):
+    def __init__(self, onnx, model, path, reserved=(), weights_name=None, train=False):
         self.onnx, self.model, self.path, self.weights_name = onnx, model, Path(path), weights_name
+        self.train = train
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise file_error(self.path, f"uses opset {self.opset} of the default ONNX domain; dlc imports opsets "
@@ -180,7 +307,7 @@ class _Importer:
         self.values: dict = {}          # ONNX value name -> Tensor, Lazy, np.ndarray (known when importing)
                                         # or _UNKNOWN (made by an unsupported node)
         self.decls: list[str] = []      # param and buffer lines
-        self.lines: list[str] = []      # bindings
+        self.lines: list = []           # the bindings (_Binding), in order
         self.weights: dict = {}
         self.params: list[str] = []
         self.buffers: list[str] = []
@@ -296,7 +423,8 @@ class _Importer:
         what = " + ".join(f'{n.op_type} "{n.name or n.output[0]}"' for n in (nodes or [node]))
         if span:
             what = what.replace(" + ", " ... ") + f" ({span} nodes)"
-        self.lines.append(f"    {f'{name} = {expr}':<{COMMENT_COLUMN}}  # onnx: {what}")
+        names = tuple(n.name or n.output[0] for n in (nodes or [node]))
+        self.lines.append(_Binding(name, expr, [(len(self.lines), what)], names))
         return Tensor(name, t)
 
     def call(self, node, op: str, operands: list, attrs: dict | None = None, name: str | None = None,
@@ -354,7 +482,7 @@ class _Importer:
             raise file_error(self.path, f"cannot import: {total} node{'s' * (total != 1)} of "
                                         f"{len(items)} op type{'s' * (len(items) != 1)} that dlc cannot "
                                         f"express: {listed}; nothing was written")
-        outputs, out_lines = {}, []
+        outputs, out_lines, out_types = {}, [], {}
         for o in g.output:
             v = self.values.get(o.name)
             name = self.out_names[o.name]
@@ -366,9 +494,12 @@ class _Importer:
             if v.name != name:  # an input or a param as an output: a binding of its own
                 if name in self.weights or name in inputs:
                     name = self.fresh(o.name + "_out")
-                self.lines.append(f"    {f'{name} = {v.name} * 1.0':<{COMMENT_COLUMN}}  # onnx: graph output {o.name}")
+                self.lines.append(_Binding(name, f"{v.name} * 1.0", [(len(self.lines), f"graph output {o.name}")],
+                                           (),
+                                           fixed=True))
             outputs[name] = o.name
             out_lines.append(name)
+            out_types[name] = (v.type, next((n.op_type for n in g.node if o.name in n.output), None))
         producer = " ".join(x for x in (self.model.producer_name, self.model.producer_version) if x)
         head = [f"# Imported from {self.path.name} by `dlc import` (ONNX opset {self.opset}"
                 + (f", made by {producer}" if producer else "") + ").",
@@ -376,11 +507,38 @@ class _Importer:
                  "# Its weights are in the .npz dlc import wrote with it (`--load`); ")
                 + f"{sum(self.folded.values())} ONNX nodes were folded at import time.",
                 f"model {model_name} {{"]
-        body = in_lines + ([""] + self.decls if self.decls else []) + [""] + self.lines + [""]
+        tail = self.training_lines(out_lines, out_types, in_lines) if self.train else []
+        bindings = [b.line() for b in merge_chains(self.lines, set(out_lines))]
+        body = in_lines + ([""] + self.decls if self.decls else []) + [""] + bindings + [""]
         body.append(f"    output {', '.join(out_lines)}")
+        body += tail
         text = "\n".join(head + body + ["}", ""])
         return Imported(text, self.weights, model_name, self.params, self.buffers, inputs, outputs, self.ops,
                         self.folded, self.prelude)
+
+    def training_lines(self, out_lines: list, out_types: dict, in_lines: list) -> list:
+        """`--train`: the labels input (appended to `in_lines`), a softmax cross-entropy of the one
+        output and an optimizer, so that the imported classifier can be evaluated and fine-tuned."""
+        if len(out_lines) != 1:
+            raise file_error(self.path, f"--train: the model has {len(out_lines)} outputs "
+                                        f"({', '.join(out_lines)}); --train adds a classifier's loss to a "
+                                        "model with one output, its logits")
+        out = out_lines[0]
+        t, op = out_types[out]
+        if len(t.shape) != 2 or t.shape[0] != BATCH or not isinstance(t.shape[1], int) \
+                or t.shape[1] < 2:
+            raise file_error(self.path, f"--train: the output {out} is {t}; --train adds a classifier's loss, "
+                                        f"which reads logits f32[{BATCH}, C] of C >= 2 classes")
+        if op in ("Softmax", "LogSoftmax"):
+            raise file_error(self.path, f"--train: the output {out} is ONNX's {op}, not logits; "
+                                        "--train adds softmax_xent, which takes the scores before the softmax "
+                                        "(import a model that ends at its last layer, or add the loss by hand)")
+        labels, loss = self.fresh("y"), self.fresh("loss")
+        in_lines.append(f"    {f'input  {labels} : i32[{BATCH}]':<{COMMENT_COLUMN}}  "
+                        f"# added by --train: class numbers, 0 to the last layer's size - 1")
+        return [f"    {f'{loss} = softmax_xent({out}, {labels})':<{COMMENT_COLUMN}}  # added by --train",
+                f"    {'minimize ' + loss + ' with adam(lr = 0.001)':<{COMMENT_COLUMN}}  "
+                f"# added by --train (`--lr` overrides)"]
 
     def array(self, t) -> np.ndarray:
         try:
@@ -494,10 +652,10 @@ class _Importer:
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
-def import_model(path, reserved=(), weights_name: str | None = None) -> Imported:
+def import_model(path, reserved=(), weights_name: str | None = None, train: bool = False) -> Imported:
     """Read, check and translate the ONNX model in `path` (see the module doc). `reserved`: names
     the `.dln` may not bind (the prelude's functions, the ops); `weights_name`: the weights file the
     header comment names."""
     onnx = require_onnx()
     model = read_model(path)
-    return _Importer(onnx, model, path, reserved, weights_name).run()
+    return _Importer(onnx, model, path, reserved, weights_name, train).run()

@@ -867,7 +867,7 @@ def _reduce(op):
             if a.get("noop_with_empty_axes", 0):
                 return _identity(imp, i, node, ins, a)
             axes = None
-        attrs = {"axis": axes if axes is None or len(axes) > 1 else axes[0]}
+        attrs = {} if axes is None else {"axis": axes if len(axes) > 1 else axes[0]}  # none: every axis
         if keep:
             attrs["keepdims"] = True
         return [imp.call(node, op, [x], attrs, name=imp.result_name(node))]

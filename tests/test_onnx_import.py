@@ -445,9 +445,9 @@ def test_round_trip_of_an_example(name, tmp_path):
     # the same number of learned weights; the prelude's layers come back as such
     assert sum(np.size(v) for v in back.params.values()) == sum(np.size(v) for v in src.params.values())
     text = (tmp_path / f"{name}.dln").read_text()
-    layer = {"lenet": "c1 = conv(img, 16, 3, padding = 1)", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
-             "alexnet_small": "p1_lrn = lrn(c1_1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
-             "mlp": "h = relu(h_add)",
+    layer = {"lenet": "c1 = relu(conv(img, 16, 3, padding = 1))", "resnet_small": "stem = conv_bn_relu(img, 16, 3, padding = 1)",
+             "alexnet_small": "p1_lrn = lrn(c1, size = 5, alpha = 1e-04, beta = 0.75, k = 1.0)",
+             "mlp": "h = relu(x @ w1 + b1)",  # the nodes of one .dln line merge back into one binding
              "inception": "conv("}[name]
     assert layer in text, text
 
@@ -483,6 +483,17 @@ def test_the_imported_file_runs_through_the_commands(tmp_path):
     dlc_cli("run", net, "--load", tmp_path / "w" / "net.npz", "--data", digits_part, "--epochs", "1",
             "--no-progress", "--backend", "interp", "--save", tmp_path / "tuned.npz", rc=0)
     assert (tmp_path / "tuned.npz").is_file()
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_reduce_over_every_axis_when_no_axes_are_given(keep, tmp_path):
+    """ReduceSum at opset 13 and later without its axes input (and ReduceMean without the attribute)
+    reduces every axis."""
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=keep, name="all_sum"),
+             helper.make_node("ReduceMean", ["x"], ["m"], keepdims=keep, name="all_mean"),
+             helper.make_node("Add", ["s", "m"], ["y"])]
+    text = agree(make(nodes, X2, opset=17), F2, tmp_path)
+    assert "s = sum(x" in text and "axis" not in text
 
 
 # -- recurrent layers -------------------------------------------------------------------------------
