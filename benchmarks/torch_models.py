@@ -371,9 +371,34 @@ def _resnet(kind, stages):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1000))
 
 
+class _Fire(nn.Module):
+    """SqueezeNet's fire module: a 1x1 squeeze to s channels, then 1x1 and 3x3 expands concatenated."""
+
+    def __init__(self, c, s, e1, e3):
+        super().__init__()
+        self.squeeze = _conv_relu(c, s, 1)
+        self.e1, self.e3 = _conv_relu(s, e1, 1), _conv_relu(s, e3, 3, padding=1)
+
+    def forward(self, x):
+        x = self.squeeze(x)
+        return torch.cat([self.e1(x), self.e3(x)], 1)
+
+
+def _squeezenet():
+    """SqueezeNet 1.1 (Iandola et al., 2016; the 1.1 layout of its reference repository): 1,235,496
+    params, a 1x1 convolution as the classifier and a global average pool instead of dense layers."""
+    pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.Sequential(
+        _conv_relu(3, 64, 3, stride=2), pool, _Fire(64, 16, 64, 64), _Fire(128, 16, 64, 64), pool,
+        _Fire(128, 32, 128, 128), _Fire(256, 32, 128, 128), pool, _Fire(256, 48, 192, 192),
+        _Fire(384, 48, 192, 192), _Fire(384, 64, 256, 256), _Fire(512, 64, 256, 256), nn.Dropout(0.5),
+        _conv_relu(512, 1000, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 IMAGENET = {"alexnet": (_alexnet, 227), "vgg16": (_vgg16, 224), "googlenet": (_googlenet, 224),
             "resnet18": (lambda: _resnet("basic", [2, 2, 2, 2]), 224),
-            "resnet50": (lambda: _resnet("bottleneck", [3, 4, 6, 3]), 224)}
+            "resnet50": (lambda: _resnet("bottleneck", [3, 4, 6, 3]), 224),
+            "squeezenet": (_squeezenet, 224)}  # no .dln of its own: tests/test_import_classic_nets.py imports it
 
 
 def imagenet_net(name: str):

@@ -120,7 +120,7 @@ def emit_group(gen: Generator, root: str) -> None:
     if rule == "reduce":  # pointwise producers computed inside the reduction's loop
         red = root
         inputs = [a for a in g.operands(red) if a in members]
-        prologue = {a: _within(g, a, set(members)) for a in inputs}
+        prologue = {a: _within(g, a, members) for a in inputs}
         EMITTERS[OPS[g.op(red)].family](gen, red, Emission(prologue=prologue, comment=comment, stem=stem))
         return
     if rule == "epilogue":
@@ -137,16 +137,19 @@ def emit_group(gen: Generator, root: str) -> None:
               lets=body["lets"], extra_dims=body["dims"], comment=comment)
 
 
-def _within(g: Graph, a: str, members: set) -> list[str]:
-    """`a` and the members of a group it depends on through members only, in graph order: the
-    producers a folded reduction computes for its operand `a` (a walk bounded by the group)."""
+def _within(g: Graph, a: str, members: list) -> list[str]:
+    """`a` and the members of a group it depends on through members only, in the group's order (the
+    graph's: passes/fusion.py sorts members so; a node's seq is not, as lowering re-creates a node
+    under its old name after its users): the producers a folded reduction computes for its operand
+    `a` (a walk bounded by the group)."""
+    inside = set(members)
     seen, todo = {a}, [a]
     while todo:
         for u in g.operands(todo.pop()):
-            if u in members and u not in seen:
+            if u in inside and u not in seen:
                 seen.add(u)
                 todo.append(u)
-    return sorted(seen, key=lambda n: g.nx.nodes[n]["seq"])
+    return [m for m in members if m in seen]
 
 
 # One emitter per kernel family (the registry's `family`; what each needs from an op is declared

@@ -94,8 +94,8 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
         for m in members:
             group_of[m] = root
         groups[root] = (rule, sorted(members, key=pos.get))
-    _fold_into_reductions(g, groups, group_of, wanted)
-    _merge_updates(g, groups, group_of)
+    _fold_into_reductions(g, groups, group_of, wanted, pos)
+    _merge_updates(g, groups, group_of, pos)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
         for m in members:
@@ -107,7 +107,7 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
     return dict(sorted(groups.items(), key=lambda kv: pos[kv[0]])), refusals
 
 
-def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set) -> None:
+def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict) -> None:
     """Reductions with their producers (rule `reduce`): a reduction (`sum`, `mean`, `l1`, `l2`,
     `mse`) whose operand is a pointwise group's root, used by the reduction alone and not wanted
     outside, computes that group inside its loop, element by element: the operand never touches
@@ -120,13 +120,14 @@ def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set) -
         if not folded:
             continue
         members = [m for a in folded for m in groups.pop(a)[1]] + [r]
-        members.sort(key=lambda n: g.nx.nodes[n]["seq"])
+        members.sort(key=pos.get)  # the graph's order: a node's seq is not (lowering re-creates a node
+                                   # under its old name after its users)
         groups[r] = ("reduce", members)
         for m in members:
             group_of[m] = r
 
 
-def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
+def _merge_updates(g: Graph, groups: dict, group_of: dict, pos: dict) -> None:
     """Optimizer updates (rule `update`): the pointwise groups that compute the new values of one
     param and its state (velocity, moments) merge into one group with an output per assign. Its
     kernel runs after the step and writes each output straight into its target, in place: no
@@ -151,7 +152,7 @@ def _merge_updates(g: Graph, groups: dict, group_of: dict) -> None:
             if len(readers) != 1 or None in readers:
                 continue
             (other,) = readers
-            both = sorted(set(members) | set(groups[other][1]), key=lambda n: g.nx.nodes[n]["seq"])
+            both = sorted(set(members) | set(groups[other][1]), key=pos.get)
             if groups[other][0] != "elementwise" or g.type(other).shape != g.type(root).shape or not is_update(both):
                 continue
             del groups[root]
