@@ -548,10 +548,12 @@ class _Importer:
 
     def input_type(self, vi) -> TensorType:
         tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or tt.elem_type != self.onnx.TensorProto.FLOAT:
+        ints = (self.onnx.TensorProto.INT32, self.onnx.TensorProto.INT64)  # token ids, as i32
+        if not vi.type.HasField("tensor_type") or tt.elem_type not in (self.onnx.TensorProto.FLOAT, *ints):
             kind = (self.onnx.helper.tensor_dtype_to_string(tt.elem_type).removeprefix("TensorProto.")
                     if vi.type.HasField("tensor_type") else "not a tensor")
-            raise file_error(self.path, f"input '{vi.name}' is {kind}; dlc imports float32 inputs only")
+            raise file_error(self.path, f"input '{vi.name}' is {kind}; dlc imports float32 inputs, and int32 or "
+                                        f"int64 ones as i32 (ids)")
         if not tt.HasField("shape"):
             raise file_error(self.path, f"input '{vi.name}' has no shape; dlc needs every size but the batch's")
         dims = []
@@ -564,7 +566,7 @@ class _Importer:
                 raise file_error(self.path, f"input '{vi.name}': dimension {k} is "
                                             f"{repr(d.dim_param) if d.dim_param else 'unknown'}; dlc needs a known "
                                             "size for every dimension but the first (the batch)")
-        return TensorType("f32", tuple(dims))
+        return TensorType("i32" if tt.elem_type in ints else "f32", tuple(dims))
 
     def node(self, i: int, node) -> None:
         ins = [self.values.get(x) if x else None for x in node.input]

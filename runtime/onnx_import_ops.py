@@ -822,6 +822,9 @@ def _where(imp, i, node, ins, a):
 
 
 def _cast(imp, i, node, ins, a):
+    ints = (imp.onnx.TensorProto.INT32, imp.onnx.TensorProto.INT64)
+    if a.get("to") in ints and isinstance(ins[0], (Tensor, Lazy)) and _tensor(imp, ins[0])[1].dtype == "i32":
+        return _identity(imp, i, node, ins, a)  # ids stay i32 (an exporter casts them to int64 for Gather)
     if a.get("to") not in (imp.onnx.TensorProto.FLOAT, imp.onnx.TensorProto.BOOL):
         to = imp.onnx.helper.tensor_dtype_to_string(a.get("to")).removeprefix("TensorProto.")
         raise Unsupported(f"a cast to {to} (dlc computes in float32)")
@@ -951,9 +954,15 @@ def _recurrent(kind: str):
 
 
 def _gather(imp, i, node, ins, a):
-    """Gather of a tensor at constant indices along an axis: the prelude's `last` for the last step
-    of a sequence, else slices (joined where several)."""
+    """Gather of a weight table's rows at ids the model is given: `embedding`; of a tensor at
+    constant indices along an axis: the prelude's `last` for the last step of a sequence, else
+    slices (joined where several)."""
     v, idx = ins
+    if isinstance(idx, (Tensor, Lazy)) and isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype.kind == "f" \
+            and int(a.get("axis", 0)) % 2 == 0 and _tensor(imp, idx)[1].dtype == "i32":
+        # rows of a weight table picked by ids the model is given: an embedding (nn.Embedding's export)
+        table = imp.param_of(node.input[0], v.astype(np.float32))
+        return [imp.call(node, "embedding", [(table.name, table.type), _tensor(imp, idx)], name=imp.result_name(node))]
     if not isinstance(idx, np.ndarray) or idx.dtype == object:
         raise Unsupported("its indices are computed at run time")
     x = _tensor(imp, v)

@@ -3,7 +3,8 @@ GoogLeNet, VGG-16, ResNet-18 and SqueezeNet 1.1 (benchmarks/torch_models.py, ran
 random running statistics), exported by PyTorch's TorchScript exporter (`dynamo=False`, opset 17,
 a symbolic batch, batch norm kept as BatchNormalization: TrainingMode.PRESERVE on a module in
 evaluation mode), then imported and run by dlc's interpreter against onnxruntime on the same file
-and input. An LSTM classifier is covered in tests/test_onnx_import.py.
+and input; and a character-level language model (nn.Embedding, nn.LSTM). An LSTM classifier is
+covered in tests/test_onnx_import.py.
 
 Tolerance: relative 1e-4 of the logits' largest magnitude, on the interpreter in float32. Both
 sides sum the same products in float32 in different orders; over a VGG-16 (15.5G multiply-adds,
@@ -73,3 +74,26 @@ def test_an_imported_classic_network_on_emu_agrees_with_onnxruntime(name, tmp_pa
     ref = onnx_runtime[1].InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     err = np.abs(ours - ref).max() / np.abs(ref).max()
     assert err < 1e-4, f"{name} on emu: relative error {err:.2e}"
+
+
+def test_an_embedding_and_lstm_language_model_exported_by_pytorch(tmp_path, onnx_runtime):
+    """PyTorch's nn.Embedding arrives as a Gather of its weight at int64 ids, which `dlc import` reads
+    as dlc's `embedding` with the ids an i32 input (the character model of examples/charlm.dln, as
+    benchmarks/torch_models.py's CharLM twin defines it: embedding, LSTM, a read-out per step)."""
+    torch, tm = import_torch_models()
+    torch.manual_seed(0)
+    net = tm.CharLM().eval()
+    f = tmp_path / "charlm.onnx"
+    ids = torch.zeros(1, 16, dtype=torch.int64)
+    torch.onnx.export(net, (ids,), str(f), dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    text, weights = dlc.import_onnx(f)
+    assert "embedding(" in text and "input  x : i32[N, 16]" in text, text
+    m = dlc.compile(text, backend="interp")
+    m.set_state(weights)
+    assert sum(m.graph.type(p).numel() for p in m.graph.params) == \
+        sum(p.numel() for p in net.parameters()) - 4 * 64  # the LSTM's two bias vectors become one (docs/import.md)
+    x = np.random.default_rng(3).integers(0, 28, (3, 16))
+    ours = m.forward(x=x.astype(np.int32))["logits"]
+    ref = onnx_runtime[1].InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
