@@ -44,7 +44,7 @@ from .runtime.backends import BACKENDS, make_backend, option_problem, resolve
 from .runtime.collectives import INSTALL as MPI_INSTALL
 from .runtime.collectives import launched_ranks, require_mpi, run_ranks, started, world
 from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
-from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, load_data
+from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, data_targets, load_data
 from .runtime.diff import ATOL, RTOL, compared, random_nodes, synth_feeds
 from .runtime.diff import diff as _diff
 from .runtime.evaluate import evaluate_classes, report_lines
@@ -876,7 +876,9 @@ class Model:
                            label_offset=label_offset, header=header)
         warnings = []
         feeds, n = load_data(spec, self.graph, opts, warn=warnings)
-        return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec), warnings)
+        # a model with no labels input (an imported classifier) is scored against the file's own y
+        targets = data_targets(spec, labels, n) if accuracy_rule(self.graph) is None else None
+        return Dataset(feeds, n, f"{spec} and {labels}" if labels else str(spec), warnings, targets)
 
     def _train_data(self, flag: str) -> Path:
         """The model's `train(data = ...)` file, relative to the .dln file; `flag` names the
@@ -1019,7 +1021,7 @@ class Model:
     def evaluate_classes(self, data: Dataset, batch: int) -> dict:
         """`dlc eval`'s metrics over all of `data` in evaluation mode: loss, accuracy, per-class
         precision, recall and F1, the confusion matrix (`report_lines(metrics)` prints them)."""
-        return self._in_eval(lambda: evaluate_classes(self, data.feeds, batch))
+        return self._in_eval(lambda: evaluate_classes(self, data.feeds, batch, data.targets))
 
     def prediction_problem(self) -> str | None:
         """Why `predict` cannot give one row per example, or None."""

@@ -408,6 +408,8 @@ class Dataset:
     n: int
     what: str
     warnings: list = field(default_factory=list)  # lines `dlc` prints as `warning: ...` (load_data's warn)
+    targets: object = None  # class labels for a model that declares no labels input (an imported
+                            # classifier): the data file's `y`, for `dlc eval` (data_targets)
 
 
 def load_data(path, g: Graph, options: DataOptions | None = None, warn: list | None = None) -> tuple[dict, int]:
@@ -482,3 +484,22 @@ def load_data(path, g: Graph, options: DataOptions | None = None, warn: list | N
         raise file_error(path, "holds no examples")
     check_labels_in_range(g, feeds, files)
     return feeds, n
+
+
+def data_targets(path, labels, n: int):
+    """The class labels a data file holds besides what a model reads: the integer array `y` of an
+    .npz with one entry per example, or the `--labels` file; None if there is none. `dlc eval` scores
+    a model that declares no labels input (an imported classifier) against them."""
+    try:
+        if labels is None and data_format(path) == "npz":
+            with np.load(path) as z:
+                y = z["y"] if "y" in z.files else None
+        elif labels is not None and data_format(labels) == "idx":
+            y = read_idx(labels)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - the file was read once already; anything odd: no targets
+        return None
+    if y is None or y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
+        return None
+    return y.astype(np.int64)

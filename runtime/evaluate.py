@@ -19,17 +19,25 @@ def _ratio(a: int, b: int):
 
 
 @np.errstate(all="ignore")
-def evaluate_classes(model, feeds: dict, batch: int) -> dict:
+def evaluate_classes(model, feeds: dict, batch: int, targets=None) -> dict:
     """Metrics over every example of `feeds` (checked arrays), `batch` examples per forward pass,
     in inference mode, changing nothing: `examples`, `loss` (when the model has one), and for a
     model with labels `accuracy`, `classes`, `per_class` (class, precision, recall, f1, support;
     precision or recall is None where its denominator is 0), `macro` (the means over the classes
-    where each is defined) and `confusion` (a list of rows, one per true class)."""
+    where each is defined) and `confusion` (a list of rows, one per true class). `targets`: class
+    labels from the data file for a model that declares no labels input (an imported classifier,
+    datafiles.data_targets), compared with its first output when that is [N, C]."""
     g = model.graph
     rule = accuracy_rule(g, feeds)
+    if rule is None and targets is not None and g.meta.outputs:
+        out_name, out = next(iter(g.meta.outputs.items()))
+        if g.type(out).rank == 2:
+            rule = (out_name, "y (the data file's)", "argmax")
+            feeds = {**feeds, rule[1]: targets}  # sliced below with the inputs; never fed to the model
     if rule is None and not g.meta.loss:
         raise DlcError(f"model {g.meta.name} has neither a loss nor labels to evaluate against (integer labels "
-                       "i32[N] for an [N, C] output, or 0/1 targets for a single-unit output)")
+                       "i32[N] for an [N, C] output, or 0/1 targets for a single-unit output; for a model "
+                       "without a labels input, such as an imported one, an integer array y in the .npz)")
     n = len(next(iter(feeds.values())))
     total = 0.0
     counts = None
@@ -37,7 +45,7 @@ def evaluate_classes(model, feeds: dict, batch: int) -> dict:
     for i in range(0, n, batch):
         part = {k: v[i:i + batch] for k, v in feeds.items()}
         size = len(next(iter(part.values())))
-        loss, outs = model.evaluate(part, checked=True)
+        loss, outs = model.evaluate({k: v for k, v in part.items() if k in g.inputs}, checked=True)
         total += (loss or 0.0) * size
         if rule is None:
             continue

@@ -12,6 +12,7 @@ rounding over the longest sums here (a few hundred terms) is about 1e-6 relative
 """
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -824,3 +825,24 @@ def test_cut_or_scrambled_files_give_an_error_or_a_model_never_a_crash(tmp_path)
     arr[0, 0, 0, 0] = np.inf
     w.CopyFrom(numpy_helper.from_array(arr, "c1.w"))
     refused(tmp_path, m, "the weight 'c1.w' holds NaN or infinity")
+
+
+def test_dlc_eval_scores_a_plain_import_against_the_data_files_labels(tmp_path):
+    """The issue: `dlc eval` works on the imported file directly. An imported classifier has no
+    labels input, so eval compares its [N, C] output with the .npz's integer `y`; the metrics are
+    those of the original model (with its own labels input) on the same weights."""
+    dlc_cli("run", EXAMPLES / "mlp.dln", "--epochs", "1", "--no-progress", "--save", tmp_path / "w.npz", rc=0)
+    dlc_cli("export", EXAMPLES / "mlp.dln", "--load", tmp_path / "w.npz", "-o", tmp_path / "m.onnx", rc=0)
+    dlc_cli("import", tmp_path / "m.onnx", "-o", tmp_path / "m.dln", rc=0)
+    digits = EXAMPLES / "data" / "digits.npz"
+    dlc_cli("eval", EXAMPLES / "mlp.dln", "--load", tmp_path / "w.npz", "--data", digits,
+            "--metrics-json", tmp_path / "a.json", rc=0)
+    r = dlc_cli("eval", tmp_path / "m.dln", "--load", tmp_path / "m.npz", "--data", digits,
+                "--metrics-json", tmp_path / "b.json", rc=0)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert b["accuracy"] == a["accuracy"] > 0.5 and b["confusion"] == a["confusion"], r.stdout
+    assert "loss" not in b  # no loss in an inference model: accuracy only
+    # a file without labels still gets the located refusal, naming the way out
+    np.savez(tmp_path / "x_only.npz", x=np.load(digits)["x"])
+    r = dlc_cli("eval", tmp_path / "m.dln", "--load", tmp_path / "m.npz", "--data", tmp_path / "x_only.npz", rc=2)
+    assert "an integer array y in the .npz" in r.stderr
