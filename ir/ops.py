@@ -17,6 +17,7 @@ from .registry import (COMMUNICATES, OpDef, EFFECTS, EPILOGUE_FAMILIES, FAMILIES
                        INPUT, MODEL, OPS, OPTIMIZER, PARAM, POINTWISE_FAMILIES, RANDOM, REQUIRED, STORED,
                        TRAINING, UPDATES_STATE, VARIADIC, Builder, NodeView, elementwise_ops, flops,
                        infer_type, label_operands, op, out_of_range, range_error, view)
+from .registry import broadcast_f32 as _broadcast, f32_operands as _floats, unary_f32 as _unary_float
 from .types import TensorType, broadcast_shapes, normalize_axes, reshape_shape, scalar
 
 # the registry's names, so that `from dlc.ir.ops import OPS, RANDOM, ...` gives the populated table
@@ -27,27 +28,6 @@ __all__ = ["OPS", "OpDef", "op", "REQUIRED", "VARIADIC", "FAMILIES", "POINTWISE_
 
 
 # -- shape rules ---------------------------------------------------------------------------
-
-def _floats(name, types):
-    for t in types:
-        if not t.is_float:
-            raise DlcError(f"{name}() expects f32 operands, found {t}")
-
-
-def _unary_float(name):
-    def rule(types, attrs):
-        _floats(name, types)
-        return types[0]
-    return rule
-
-
-def _broadcast(name):
-    def rule(types, attrs):
-        _floats(name, types)
-        return TensorType("f32", broadcast_shapes(types[0].shape, types[1].shape,
-                                                  f"{name} of {types[0]} and {types[1]}"))
-    return rule
-
 
 def _reduce_rule(name):
     def rule(types, attrs):

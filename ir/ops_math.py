@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from .errors import DlcError
-from .registry import op
+from .registry import broadcast_f32 as _binary, f32_operands as _floats, op, unary_f32 as _unary
 from .types import TensorType, broadcast_shapes, scalar
 
 SQRT1_2 = math.sqrt(0.5)              # 1 / sqrt(2)
@@ -48,28 +48,6 @@ GELU_CUBIC = 0.044715                 # the cubic term of the tanh approximation
 
 
 # -- shape rules -----------------------------------------------------------------------------------
-
-def _floats(name, types, shown=None):
-    for t in types:
-        if not t.is_float:
-            raise DlcError(f"{shown or name + '()'} expects f32 operands, found {t}")
-
-
-def _unary(name):
-    def rule(types, attrs):
-        _floats(name, types)
-        return types[0]
-    return rule
-
-
-def _binary(name, shown=None):
-    """Broadcasting f32 operands; `shown` names the op in messages (a comparison: its operator)."""
-    def rule(types, attrs):
-        _floats(name, types, shown)
-        return TensorType("f32", broadcast_shapes(types[0].shape, types[1].shape,
-                                                  f"{name} of {types[0]} and {types[1]}"))
-    return rule
-
 
 def _gelu_rule(types, attrs):
     _floats("gelu", types)

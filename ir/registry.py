@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DlcError
-from .types import MAX_ELEMENTS, TensorType
+from .types import MAX_ELEMENTS, TensorType, broadcast_shapes
 
 REQUIRED = object()  # marks an attribute without a default
 VARIADIC = -1        # an arity: one or more operands
@@ -237,6 +237,31 @@ def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
         raise ValueError(f"op {name}: a random op needs a 'salt' attribute (its own stream of numbers)")
     OPS[name] = d
     return d
+
+
+# -- shape rules shared by the op modules (ops.py, ops_math.py) ------------------------------------
+def f32_operands(name: str, types, shown: str | None = None) -> None:
+    """Every operand f32, or an error naming the op (`shown`: how, when not `name()`)."""
+    for t in types:
+        if not t.is_float:
+            raise DlcError(f"{shown or name + '()'} expects f32 operands, found {t}")
+
+
+def unary_f32(name: str):
+    """The shape rule of an elementwise op of one f32 operand: its type."""
+    def rule(types, attrs):
+        f32_operands(name, types)
+        return types[0]
+    return rule
+
+
+def broadcast_f32(name: str, shown: str | None = None):
+    """The shape rule of an elementwise op of two f32 operands: NumPy broadcasting."""
+    def rule(types, attrs):
+        f32_operands(name, types, shown)
+        return TensorType("f32", broadcast_shapes(types[0].shape, types[1].shape,
+                                                  f"{name} of {types[0]} and {types[1]}"))
+    return rule
 
 
 def infer_type(name: str, types: list[TensorType], attrs: dict) -> TensorType:
