@@ -250,20 +250,25 @@ np.savez(f"{sys.argv[3]}.rank{m.rank}.npz", **grads, **{"param." + k: v for k, v
 """
 
 
+def _two_rank_grads(torch, model, tmp_path):
+    """GRADS on two ranks (shares of 5 and 3 of the first 8 digits): rank 0's saved values (equal to
+    rank 1's, asserted), and those 8 examples as float64 and int64 tensors."""
+    script = tmp_path / "grads.py"
+    script.write_text(GRADS)
+    r = run_ranks(2, script, model, DIGITS, tmp_path / "g")
+    assert r.returncode == 0, r.stdout + r.stderr
+    g0, g1 = (dict(np.load(tmp_path / f"g.rank{k}.npz")) for k in (0, 1))
+    assert all(np.array_equal(g0[k], g1[k]) for k in g0)
+    d = np.load(DIGITS)
+    return g0, torch.tensor(d["x"][:8].astype(np.float64)), torch.tensor(d["y"][:8].astype(np.int64))
+
+
 def test_share_weighted_gradient_is_pytorchs_global_gradient(tmp_path):
     """`Model.grad` on two ranks holding 5 and 3 examples returns, on both, the gradient PyTorch
     computes for the mean loss over all 8 (the shares weighted 5/8 and 3/8). float64 both sides:
     within 1e-10 relative."""
     torch = import_torch()
-    script = tmp_path / "grads.py"
-    script.write_text(GRADS)
-    r = run_ranks(2, script, MLP, DIGITS, tmp_path / "g")
-    assert r.returncode == 0, r.stdout + r.stderr
-    g0, g1 = (dict(np.load(tmp_path / f"g.rank{k}.npz")) for k in (0, 1))
-    assert all(np.array_equal(g0[k], g1[k]) for k in g0)
-    d = np.load(DIGITS)
-    x = torch.tensor(d["x"][:8].astype(np.float64))
-    y = torch.tensor(d["y"][:8].astype(np.int64))
+    g0, x, y = _two_rank_grads(torch, MLP, tmp_path)
     p = {k: torch.tensor(g0["param." + k], requires_grad=True) for k in ("w1", "b1", "w2", "b2")}
     logits = torch.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
     loss = torch.nn.functional.cross_entropy(logits, y) + 1e-4 * ((p["w1"] ** 2).sum() + (p["w2"] ** 2).sum())
@@ -435,15 +440,7 @@ def test_batch_norm_per_rank_statistics(tmp_path):
     torch = import_torch()
     src = tmp_path / "bn.dln"
     src.write_text(BN)
-    script = tmp_path / "grads.py"
-    script.write_text(GRADS)
-    r = run_ranks(2, script, src, DIGITS, tmp_path / "g")
-    assert r.returncode == 0, r.stdout + r.stderr
-    g0, g1 = (dict(np.load(tmp_path / f"g.rank{k}.npz")) for k in (0, 1))
-    assert all(np.array_equal(g0[k], g1[k]) for k in g0)
-    d = np.load(DIGITS)
-    x = torch.tensor(d["x"][:8].astype(np.float64))
-    y = torch.tensor(d["y"][:8].astype(np.int64))
+    g0, x, y = _two_rank_grads(torch, src, tmp_path)
     names = ("w1", "b1", "w2", "b2", "n.gamma", "n.beta")
     total = {k: 0.0 for k in names}
     for part, weight in ((slice(0, 5), 5 / 8), (slice(5, 8), 3 / 8)):
