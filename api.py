@@ -32,6 +32,7 @@ from .dsl.frontend import lower
 from .ir.dot import to_dot
 from .ir.errors import DlcError, file_error
 from .ir.graph import Graph
+from .ir.precision import PRECISIONS
 from .ir.progress import compiling, quiet, stage
 from .ir.ops import COMMUNICATES, MODEL, OPS, OPTIMIZER, PARAM, STORED, UPDATES_STATE
 from .ir.summary import layers as _layers
@@ -148,7 +149,9 @@ class Options:
     `lr`: the optimizer's learning rate instead of the one the model gives (for sweeps; `--lr`).
     `data_parallel`: True inserts the data-parallel pass (gradients all-reduced over the ranks of
     an MPI run before the update, in buckets of 4 KiB: passes/data_parallel.py), an integer does
-    so with buckets of that many bytes; the IR needs no MPI to be built."""
+    so with buckets of that many bytes; the IR needs no MPI to be built. `precision`: "fp32" (the
+    default), "tf32" or "bf16": the operands of matrix products and convolutions as the tensor
+    cores take them (ir/precision.py; `Graph.meta.precision`)."""
     model: str | None = None
     opt_level: int = 1
     passes: list | str | None = None
@@ -158,6 +161,7 @@ class Options:
     dump_after: str | None = None
     lr: float | None = None
     data_parallel: bool | int = False
+    precision: str = "fp32"
 
     def checked(self) -> "Options":
         """The options with every value checked (a DlcError names the argument at fault)."""
@@ -170,6 +174,8 @@ class Options:
         dp = self.data_parallel
         if not (isinstance(dp, (bool, np.bool_)) or (isinstance(dp, (int, np.integer)) and dp >= 1)):
             raise _problem("data_parallel", "must be True, False or a gradient bucket size in bytes (>= 1)", dp)
+        if self.precision not in PRECISIONS:
+            raise _problem("precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         r = self.insert_bottlenecks
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1):
             raise DlcError(f"{arg('insert_bottlenecks')}: the ratio must be between 0 and 1 (exclusive), found {r!r}")
@@ -315,6 +321,7 @@ def _build(g: Graph, file: str, opts: Options) -> Build:
             raise DlcError(f"{arg('lr')}: model {g.meta.name} minimises nothing, so it has no learning rate")
         name, settings = g.meta.optimizer
         g.meta.optimizer = (name, {**settings, "lr": float(opts.lr)})
+    g.meta.precision = opts.precision
     level = debug_level()
     rewrites = {"insert_bottlenecks": opts.insert_bottlenecks} if opts.insert_bottlenecks is not None else {}
     if opts.data_parallel:  # True, or a bucket size in bytes (passes/data_parallel.py)

@@ -38,6 +38,7 @@ class Meta:
     eval_outputs: dict = field(default_factory=dict)  # the evaluation form (passes/evaluation.py): output
                                                    # name -> node computing it in an evaluation run
     eval_loss: str | None = None                   # the loss in an evaluation run (with eval_outputs)
+    precision: str = "fp32"                        # of matrix products: fp32, tf32 or bf16 (ir/precision.py)
     calls: dict = field(default_factory=dict)      # prefix of a function call written in the model's file
                                                    # -> where (a Loc): errors about a node a prelude
                                                    # function made point at the user's call

@@ -172,6 +172,8 @@ class Family:
     epilogue: bool = False         # a product whose kernel ends in a store hook (store.cu.j2): a
                                    # fusion group may run on its accumulator before the store
     inlined: bool = False          # a scalar known at compile time: a fused kernel writes it as a literal
+    product: bool = False          # a matrix product (or an implicit-GEMM convolution): its first two
+                                   # operands are rounded to the graph's precision (ir/precision.py)
 
 
 FAMILIES = {
@@ -184,14 +186,15 @@ FAMILIES = {
     "softmax": Family(("out",), _per_input),          # out: C over x, the row max m and s = sum(exp(x - m))
     "xent": Family(flops=_per_input),                 # mean over rows of a fused log-softmax + pick
     "xent_grad": Family(flops=_per_input),            # softmax minus one-hot, scaled, one block per row
-    "matmul": Family(epilogue=True),                  # the tiled product; FLOPs declared by the op
+    "matmul": Family(epilogue=True, product=True),    # the tiled product; FLOPs declared by the op
     "transpose": Family(),                            # gathers: copies with an index map
     "broadcast": Family(pointwise=True),
     "slice": Family(pointwise=True),                  # gathers its operand: a load in a fused kernel
     "pad": Family(),                                  # zeros around the operand along one axis
     "concat": Family(),
     "alias": Family(),                                # reshape: the same buffer under another shape
-    "conv": Family(epilogue=True), "conv_grad_x": Family(epilogue=True), "conv_grad_w": Family(epilogue=True),
+    "conv": Family(epilogue=True, product=True), "conv_grad_x": Family(epilogue=True, product=True),
+    "conv_grad_w": Family(epilogue=True, product=True),
     "pool": Family(("template",)), "pool_grad": Family(("template",)),  # template: the .cu.j2
     "dropout": Family(flops=_per_output),
     "gather": Family(),                               # embedding: rows of a table picked by ids, one thread
@@ -210,6 +213,7 @@ FAMILIES = {
 POINTWISE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.pointwise)
 EPILOGUE_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.epilogue)
 INLINED_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.inlined)
+PRODUCT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.product)
 
 
 def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:

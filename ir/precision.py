@@ -1,0 +1,67 @@
+"""Precision of the matrix products (`--precision`, `Options.precision`, `Graph.meta.precision`).
+
+    fp32  every product on the CUDA cores in fp32 (the default; today's code)
+    tf32  matrix products and convolutions take TF32 operands (fp32 with a 10-bit mantissa,
+          rounded to nearest, ties away from zero, as `cvt.rna.tf32.f32` rounds) and accumulate
+          in fp32 on the tensor cores; everything else fp32
+    bf16  products take BF16 operands (8-bit mantissa, rounded to nearest even, as
+          `cvt.rn.bf16.f32` rounds) and accumulate in fp32
+
+The functions here round NumPy arrays exactly as the hardware rounds an fp32 value, so that the
+interpreter computes what the tensor cores compute, up to the order of the fp32 accumulation.
+A float64 array is rounded from its own value (the interpreter's float64 mode) to the same
+number of mantissa bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MANTISSA_BITS = {"fp32": 23, "tf32": 10, "bf16": 7}   # explicit mantissa bits of an operand
+
+
+def _round_bits(x: np.ndarray, keep: int, ties_even: bool) -> np.ndarray:
+    """x (float32 or float64) with its mantissa rounded to `keep` explicit bits. Infinities and
+    NaNs pass through; a value that rounds past the largest finite one becomes infinite, as in
+    the hardware conversion."""
+    x = np.asarray(x)
+    if x.dtype == np.float32:
+        ui, total = np.uint32, 23
+    elif x.dtype == np.float64:
+        ui, total = np.uint64, 52
+    else:
+        raise TypeError(f"expected a float32 or float64 array, found {x.dtype}")
+    drop = total - keep
+    if drop <= 0:
+        return x.copy()
+    bits = x.view(ui)
+    one = ui(1)
+    half = ui(1) << ui(drop - 1)
+    if ties_even:  # add half an ulp minus one, plus the lowest kept bit: ties go to the even neighbour
+        bias = (half - one) + ((bits >> ui(drop)) & one)
+    else:          # ties away from zero: add half an ulp to the magnitude
+        bias = np.full_like(bits, half)
+    mask = ~((one << ui(drop)) - one)
+    rounded = ((bits + bias) & mask).view(x.dtype)   # sign-magnitude: the carry rounds |x| up
+    return np.where(np.isfinite(x), rounded, x)
+
+
+def round_tf32(x: np.ndarray) -> np.ndarray:
+    """x rounded to TF32 (10 mantissa bits, nearest, ties away from zero: cvt.rna.tf32.f32)."""
+    return _round_bits(x, 10, ties_even=False)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to BF16 (7 mantissa bits, nearest, ties to even: cvt.rn.bf16.f32)."""
+    return _round_bits(x, 7, ties_even=True)
+
+
+def round_operand(x: np.ndarray, precision: str) -> np.ndarray:
+    """A matrix product's operand as the tensor cores read it at `precision`."""
+    if precision == "fp32":
+        return x
+    if precision == "tf32":
+        return round_tf32(x)
+    if precision == "bf16":
+        return round_bf16(x)
+    raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
