@@ -351,14 +351,15 @@ def _freeze(g, names) -> None:
 def compile(source, backend: str = "auto", model: str | None = None, opt_level: int = 1, seed: int | None = None,
             float_dtype="float32", check: bool = False, cuda_graph: bool = False,
             insert_bottlenecks: float | None = None, freeze=None, passes=None, lr: float | None = None,
-            data_parallel: bool | int | None = None) -> "Model":
+            data_parallel: bool | int | None = None, precision: str = "fp32") -> "Model":
     """Compile a `.dln` file (a path), `.dln` text or a forward IR graph into a runnable `Model`.
 
     `backend`: "auto" (cuda where a GPU is present, else interp), "interp", "emu" or "cuda".
     `seed`: initial weights (an integer >= 0; default: the model's `train(seed = ...)`, else 0).
     `float_dtype`: "float32" or "float64". `cuda_graph` (cuda backend only): replay each kind of
     step as one captured CUDA graph. `model`, `opt_level`, `check`, `insert_bottlenecks` (CHANGES
-    THE MODEL; the report is `Model.rewrite`), `freeze`, `passes` and `lr` are as `Options` describes.
+    THE MODEL; the report is `Model.rewrite`), `freeze`, `passes`, `lr` and `precision` are as
+    `Options` describes.
     `data_parallel`: train data-parallel over the ranks of an MPI run (docs/runtime.md): the
     data-parallel pass, and the model talks to the other ranks through MPI (mpi4py: `pip install
     'dlc[mpi]'`); None (the default) turns it on when an MPI launcher started this process as one
@@ -370,7 +371,8 @@ def compile(source, backend: str = "auto", model: str | None = None, opt_level: 
     if data_parallel is None:
         data_parallel = launched_ranks() > 1
     opts = Options(model=model, opt_level=opt_level, passes=passes, freeze=freeze,
-                   insert_bottlenecks=insert_bottlenecks, check=check, lr=lr, data_parallel=data_parallel).checked()
+                   insert_bottlenecks=insert_bottlenecks, check=check, lr=lr, data_parallel=data_parallel,
+                   precision=precision).checked()
     if seed is not None and setting_problem("seed", seed):
         raise _problem("seed", setting_problem("seed", seed), seed)
     dtype = _float_dtype(float_dtype)
