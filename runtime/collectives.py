@@ -189,6 +189,7 @@ class Communicator:
         sys.stderr.flush()
         if message:
             os.write(2, (message.rstrip("\n") + "\n").encode())  # one write: whole, before the end
+            time.sleep(0.3)  # the launcher relays it before MPI_Abort has it end the processes (seen lost once)
         self._comm.Abort(code)
         os._exit(code)  # MPICH's MPI_Abort may return to the caller while the launcher ends the job
 

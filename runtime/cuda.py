@@ -141,8 +141,11 @@ class CudaBackend(BufferState):
                 self._copy(out, args[0])
         else:  # "sum": NCCL's all-reduce, in place of the host's MPI
             nccl = self.cp.cuda.nccl
-            self._nccl.allReduce(args[0].data.ptr, out.data.ptr, args[0].size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
-                                 self.stream.ptr)
+            try:
+                self._nccl.allReduce(args[0].data.ptr, out.data.ptr, args[0].size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
+                                     self.stream.ptr)
+            except Exception as e:  # cupy.cuda.nccl.NcclError: a lost peer, a broken transport, ...
+                raise DlcError(f"cuda: NCCL's all-reduce of {l.args[1]} ({args[0].size} values) failed: {e}")
 
     def _finite(self, buf):
         return bool(self.cp.isfinite(buf).all())

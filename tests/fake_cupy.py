@@ -145,11 +145,15 @@ def _nccl(record_or_run) -> types.SimpleNamespace:
             self.mpi, self.comm = MPI, MPI.COMM_WORLD
             assert (ndev, rank) == (self.comm.Get_size(), self.comm.Get_rank()), (ndev, rank)
             assert uid == FAKE_NCCL_ID, uid  # broadcast from rank 0
+            if os.environ.get("DLC_FAKE_NCCL_FAIL") == "init":  # as a missing libnccl or a bad id fails
+                raise RuntimeError("NCCL_ERROR_SYSTEM_ERROR: stand-in failure at ncclCommInitRank")
             self.calls = []  # the count of every allReduce call (once per capture in a CUDA graph), in order
             self.sums = 0    # how many sums ran (a replayed graph runs its captured ones again)
 
         def allReduce(self, send, recv, count, dtype, op, stream):
             assert (dtype, op) == (NCCL_FLOAT32, NCCL_SUM) and count > 0
+            if os.environ.get("DLC_FAKE_NCCL_FAIL") == "allreduce":  # as a lost peer fails a collective
+                raise RuntimeError("NCCL_ERROR_REMOTE_ERROR: stand-in failure at ncclAllReduce")
             self.calls.append(count)
 
             def run():

@@ -525,3 +525,23 @@ def test_cuda_refuses_more_ranks_than_gpus(tmp_path):
                        timeout=TIMEOUT)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "cuda: 2 ranks on this machine but 1 GPU: NCCL needs a GPU per rank" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("where, says", [
+    ("init", "cuda: NCCL could not start over the 2 ranks (NCCL_ERROR_SYSTEM_ERROR"),
+    ("allreduce", "cuda: NCCL's all-reduce of "),
+])
+def test_cuda_nccl_failures_end_every_rank_with_one_line(tmp_path, where, says):
+    """On the CuPy STAND-IN (two fake GPUs), NCCL failing where the real library can fail (joining
+    the communicator; a collective, as when a peer is lost) ends both ranks non-zero, with the
+    located one-line error and no traceback, and writes no weights."""
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "fake_cupy_path"), e["PYTHONPATH"]])
+    e["DLC_FAKE_GPUS"], e["DLC_FAKE_NCCL_FAIL"] = "2", where
+    save = tmp_path / "w.npz"
+    r = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "dlc.cli", "run", MLP, "--backend", "cuda",
+                        "--epochs", "1", "--no-progress", "--save", str(save)], cwd=ROOT, env=e,
+                       capture_output=True, text=True, timeout=4 * TIMEOUT)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert says in r.stderr, r.stderr
+    assert not save.exists()
