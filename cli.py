@@ -415,9 +415,9 @@ def cmd_bench(args) -> int:
     _show_rewrite(model.rewrite)
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in api.THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
-    print(f"model {model.name}, backend {model.backend}, precision {args.precision}, batch {args.batch}, "
-          f"{args.iters} iterations after warm-up, "
-          f"threads: {threads}")
+    prec = f", precision {args.precision}" if args.precision != "fp32" else ""
+    print(f"model {model.name}, backend {model.backend}{prec}, batch {args.batch}, {args.iters} iterations after "
+          f"warm-up, threads: {threads}")
     print(f"{'phase':<18} {'min ms':>10} {'median ms':>10} {'p10 ms':>10} {'p90 ms':>10} {'p90/p10':>8}")
     warnings = []
     for name, st, host in api.bench(model, args.batch, args.iters):

@@ -354,3 +354,10 @@ def test_eval_at_bf16_scores_the_fp32_weights(tmp_path):
         dlc_cli("eval", LOGREG, "--backend", "interp", "--load", w, "--precision", p, "--metrics-json", mj, rc=0)
         out[p] = json.loads(mj.read_text())["accuracy"]
     assert abs(out["bf16"] - out["fp32"]) <= 0.005, out
+
+
+def test_bench_says_the_precision_and_passes_it_to_its_child():
+    """`dlc bench` times in a child process (one BLAS thread): the flag must reach it."""
+    r = dlc_cli("bench", LOGREG, "--backend", "interp", "--iters", "2", "--batch", "4", "--precision", "tf32", rc=0,
+                env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None, "MKL_NUM_THREADS": None})
+    assert r.stdout.splitlines()[0].startswith("model logreg, backend interp, precision tf32, batch 4"), r.stdout
