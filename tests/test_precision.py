@@ -19,7 +19,7 @@ from dlc.ir.precision import round_bf16, round_operand, round_tf32
 from dlc.ir.registry import PRODUCT_FAMILIES
 from dlc.ir.text import parse_ir, print_ir
 from dlc.runtime.diff import synth_feeds
-from conftest import EXAMPLES, LOGREG, ROOT, dlc_cli, import_torch, import_torch_models
+from conftest import EXAMPLES, LOGREG, MLP, ROOT, dlc_cli, import_torch, import_torch_models
 
 # -- the roundings, exactly ----------------------------------------------------------------------
 F32 = dict(emin=-125, emax=128)     # frexp exponents: smallest normal 2^-126 = 0.5 * 2^-125; overflow at 2^128
@@ -326,7 +326,7 @@ def test_bf16_gradients_match_pytorch_autocast(name):
 
 
 # -- accuracy ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["logreg", "mlp"])
+@pytest.mark.parametrize("name", ["logreg", "mlp", "lenet"])   # the quick ones: lenet's three runs take ~10 s
 def test_examples_train_at_lower_precision_within_half_a_point(name):
     """Issue 24: each example trains at tf32 and bf16 to within 0.5 points of its fp32 held-out
     accuracy (interp; the whole table: benchmarks/precision_accuracy.py, docs/precision.md)."""
@@ -361,3 +361,14 @@ def test_bench_says_the_precision_and_passes_it_to_its_child():
     r = dlc_cli("bench", LOGREG, "--backend", "interp", "--iters", "2", "--batch", "4", "--precision", "tf32", rc=0,
                 env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None, "MKL_NUM_THREADS": None})
     assert r.stdout.splitlines()[0].startswith("model logreg, backend interp, precision tf32, batch 4"), r.stdout
+
+
+def test_load_takes_the_precision_and_weights_are_the_same_at_every_precision(tmp_path):
+    m = dlc.compile(MLP, backend="interp", seed=5)
+    m.save(tmp_path / "w.npz")
+    b = dlc.load(MLP, tmp_path / "w.npz", backend="interp", precision="bf16")
+    assert b.graph.meta.precision == "bf16"
+    w1 = np.asarray(m.params["w1"])
+    assert not np.array_equal(round_bf16(w1), w1)   # the weights hold more than BF16's bits ...
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(b.params[k], v, err_msg=k)   # ... and load unrounded: fp32 master weights
