@@ -46,7 +46,7 @@ from .runtime.collectives import INSTALL as MPI_INSTALL
 from .runtime.collectives import launched_ranks, require_mpi, run_ranks, started, world
 from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
 from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, data_targets, load_data
-from .runtime.diff import TOLERANCES, compared, random_nodes, synth_feeds
+from .runtime.diff import ATOL, FLIP, FLIP_SHARE, RTOL, compared, random_nodes, synth_feeds
 from .runtime.diff import diff as _diff
 from .runtime.evaluate import evaluate_classes, report_lines
 from .runtime.feeds import check_feeds
@@ -1121,7 +1121,8 @@ class DiffResult:
     """One training step on each backend against interp (runtime/diff.py): `results` (backend ->
     ("skipped", why) or (rows, first diverging node)), `done` and `skipped` backends, the `graph`,
     the `batch` size, `rng` (seed, step) of the training mode, `random` (the model draws random
-    numbers), `tolerance` (atol, rtol), `rewrite` (the bottleneck report, or None)."""
+    numbers), `tolerance` (atol, rtol), `rewrite` (the bottleneck report, or None), `flips` (at
+    tf32 and bf16: (ulp, share), the rounding flips forgiven; None at fp32)."""
     graph: object
     results: dict
     done: list
@@ -1131,6 +1132,8 @@ class DiffResult:
     random: bool
     tolerance: tuple
     rewrite: list | None = None   # the bottleneck rewrite's report, when it was asked for
+    flips: tuple | None = None    # tf32, bf16: (ulp, share): that share of a tensor's elements (at
+                                  # least one) may be off by one ulp of the format (runtime/diff.py)
 
     @property
     def agree(self) -> bool:
@@ -1161,7 +1164,8 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
     results = _diff(g, names, initial_state(g, seed), feeds, rng=rng)
     done, skipped = compared(results)
     return DiffResult(g, results, done, skipped, len(next(iter(feeds.values()))), rng, bool(random_nodes(g)),
-                      TOLERANCES[g.meta.precision], b.rewrite)
+                      (ATOL, RTOL), b.rewrite,
+                      (FLIP[g.meta.precision], FLIP_SHARE[g.meta.precision]) if g.meta.precision != "fp32" else None)
 
 
 # -- ONNX import (`dlc import`) -------------------------------------------------------------------

@@ -363,6 +363,10 @@ def cmd_diff(args) -> int:
     prec = f", precision {g.meta.precision}" if g.meta.precision != "fp32" else ""
     print(f"model {g.meta.name}: one step at batch {d.batch}{prec}, tolerance |err| <= {atol:g} + {rtol:g}*|ref| "
           "against interp")
+    if d.flips:
+        ulp, share = d.flips
+        print(f"{g.meta.precision}: rounding flips forgiven in up to {share:g} of a tensor's elements (at least one), "
+              f"each within {ulp:g} of the element's or the tensor's largest magnitude")
     if d.random:
         print(f"training mode: dropout draws its masks from seed {d.rng[0]}, step {d.rng[1]} on every backend")
     for name, r in d.results.items():
