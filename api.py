@@ -46,7 +46,7 @@ from .runtime.collectives import INSTALL as MPI_INSTALL
 from .runtime.collectives import launched_ranks, require_mpi, run_ranks, started, world
 from .runtime.bench import SPREAD_LIMIT, THREAD_VARS, bench, unreliable
 from .runtime.datafiles import CSV_HEADER, NORMALIZE, DataOptions, Dataset, data_targets, load_data
-from .runtime.diff import ATOL, RTOL, compared, random_nodes, synth_feeds
+from .runtime.diff import ATOL, FLIP, FLIP_SHARE, RTOL, compared, random_nodes, synth_feeds
 from .runtime.diff import diff as _diff
 from .runtime.evaluate import evaluate_classes, report_lines
 from .runtime.feeds import check_feeds
@@ -946,7 +946,9 @@ class Model:
         and returns (its metadata for `fit`, the settings it ran with, a line to print). `seed`,
         `batch`, `val_split` and `test_split` are what the caller asked for, if anything: each must
         agree with the checkpoint's; the data must be the checkpoint's. Early stopping goes on from
-        the checkpoint's best epoch and count of epochs without improvement."""
+        the checkpoint's best epoch and count of epochs without improvement. The precision may
+        differ from the checkpoint's (params and state are fp32 at every precision): the run goes on
+        at this model's, and the note says so (no longer bit for bit what the first run would have done)."""
         where = Path(folder)
         params, state, meta = load_checkpoint(where, self.graph)
         file = where / CHECKPOINT_FILE if where.is_dir() else where
@@ -970,7 +972,9 @@ class Model:
         settings = replace(settings, seed=meta["seed"], batch=meta["batch"], val_split=meta["val_split"],
                            test_split=meta.get("test_split", 0.0))
         stopped = (meta.get("early") or {}).get("stopped")
+        was, now = meta.get("precision", "fp32"), self.graph.meta.precision  # state is fp32 at every precision
         note = (f"resumed from {file}: epoch {meta['epoch']} done, {meta['steps']} steps"
+                + (f"; it trained at precision {was}, this run goes on at {now}" if was != now else "")
                 + (f"; that run stopped early at epoch {stopped}" if stopped and settings.patience else
                    "" if meta["epoch"] < settings.epochs else
                    f"; nothing left to train up to epoch {settings.epochs} (raise {arg('epochs')})"))
@@ -1117,7 +1121,8 @@ class DiffResult:
     """One training step on each backend against interp (runtime/diff.py): `results` (backend ->
     ("skipped", why) or (rows, first diverging node)), `done` and `skipped` backends, the `graph`,
     the `batch` size, `rng` (seed, step) of the training mode, `random` (the model draws random
-    numbers), `tolerance` (atol, rtol), `rewrite` (the bottleneck report, or None)."""
+    numbers), `tolerance` (atol, rtol), `rewrite` (the bottleneck report, or None), `flips` (at
+    tf32 and bf16: (ulp, share), the rounding flips forgiven; None at fp32)."""
     graph: object
     results: dict
     done: list
@@ -1127,6 +1132,8 @@ class DiffResult:
     random: bool
     tolerance: tuple
     rewrite: list | None = None   # the bottleneck rewrite's report, when it was asked for
+    flips: tuple | None = None    # tf32, bf16: (ulp, share): that share of a tensor's elements (at
+                                  # least one) may be off by one ulp of the format (runtime/diff.py)
 
     @property
     def agree(self) -> bool:
@@ -1157,7 +1164,8 @@ def diff(source, backends=("interp", "emu", "cuda"), batch: int = 16, seed: int 
     results = _diff(g, names, initial_state(g, seed), feeds, rng=rng)
     done, skipped = compared(results)
     return DiffResult(g, results, done, skipped, len(next(iter(feeds.values()))), rng, bool(random_nodes(g)),
-                      (ATOL, RTOL), b.rewrite)
+                      (ATOL, RTOL), b.rewrite,
+                      (FLIP[g.meta.precision], FLIP_SHARE[g.meta.precision]) if g.meta.precision != "fp32" else None)
 
 
 # -- ONNX import (`dlc import`) -------------------------------------------------------------------
@@ -1232,7 +1240,7 @@ __all__ = ["compile", "load", "build", "diff", "Options", "Build", "Model", "Run
            "DataOptions", "DlcError", "__version__", "argument_names", "arg", "check_settings", "resolve",
            "read_source", "debug_level", "quiet",
            # for the command line: constants and writers of the runtime, reached through this door
-           "EMITS", "OPT_LEVELS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
+           "EMITS", "OPT_LEVELS", "PRECISIONS", "STATS_BATCH", "NORMALIZE", "CSV_HEADER", "PREDICT_FORMATS", "CHECKPOINT_FILE",
            "OPSET", "SPREAD_LIMIT", "THREAD_VARS", "SYNC_EVERY", "bench", "unreliable", "report_lines",
            "partial_report", "check_output", "atomic_write", "write_json", "write_plot", "write_predictions",
            "require_matplotlib", "require_onnx", "fmt_value",

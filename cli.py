@@ -37,7 +37,8 @@ def _options(args, **over) -> api.Options:
     kw = dict(model=args.model, opt_level=getattr(args, "O", 1), passes=getattr(args, "passes", None),
               freeze=getattr(args, "freeze", None), insert_bottlenecks=getattr(args, "insert_bottlenecks", None),
               check=getattr(args, "verify_each", False), dump_after=getattr(args, "dump_ir_after", None),
-              lr=getattr(args, "lr", None), data_parallel=getattr(args, "data_parallel", False))
+              lr=getattr(args, "lr", None), data_parallel=getattr(args, "data_parallel", False),
+              precision=getattr(args, "precision", "fp32"))
     return api.Options(**{**kw, **over})
 
 
@@ -53,6 +54,7 @@ def cmd_check(args) -> int:
     g = b.forward
     m = g.meta
     print(f"model {m.name}: ok")
+    print(f"precision: {m.precision}")
     print("inputs:")
     for n in g.inputs:
         print(f"  {n:<16} {g.type(n)}")
@@ -224,7 +226,8 @@ def cmd_run(args) -> int:
     if api.launched_ranks() > 1 and args.backend == "auto":
         backend = "interp"  # data parallel: cuda (NCCL) only when --backend cuda asks for it
     model = api.compile(args.file, lr=args.lr, backend=backend, model=args.model, opt_level=args.O, seed=args.seed,
-                        insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze)
+                        insert_bottlenecks=args.insert_bottlenecks, cuda_graph=args.cuda_graph, freeze=args.freeze,
+                        precision=args.precision)
     if model.rank != 0:  # a rank of a data-parallel run: rank 0 alone prints and writes files
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             return _run(args, model, backend)
@@ -257,6 +260,8 @@ def _run(args, model, backend) -> int:
     if model.comm and args.backend == "auto":
         how = " (auto: data parallel runs on interp)"
     ranks = f", data parallel over {model.ranks} ranks" if model.comm else ""
+    prec = model.graph.meta.precision
+    ranks += f", precision {prec}" if prec != "fp32" else ""
     print(f"model {model.name}: {data.n} examples from {data.what}, backend {model.backend}{how}{ranks}")
     for note in notes:
         print(note)
@@ -299,7 +304,7 @@ def cmd_eval(args) -> int:
         _check_output("--metrics-json", args.metrics_json)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, freeze=args.freeze, insert_bottlenecks=args.insert_bottlenecks,
-                        data_parallel=False)  # evaluation: nothing to all-reduce, even under mpiexec
+                        precision=args.precision, data_parallel=False)  # evaluation: nothing to all-reduce, even under mpiexec
     _show_rewrite(model.rewrite)
     s = model.settings(batch=args.batch)
     model.load(args.load)
@@ -332,7 +337,8 @@ def cmd_export(args) -> int:
 
 # -- sample -----------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O)
+    model = api.compile(args.file, backend=api.resolve(args.backend, "--backend"), model=args.model, opt_level=args.O,
+                        precision=args.precision)
     model.sampling_plan(args.output)  # a model that cannot be sampled is said before its weights are read
     model.load(args.load)
     text = model.sample(args.prime, length=args.length, temperature=args.temperature, seed=args.seed,
@@ -354,7 +360,13 @@ def cmd_diff(args) -> int:
     _show_rewrite(d.rewrite)
     g = d.graph
     atol, rtol = d.tolerance
-    print(f"model {g.meta.name}: one step at batch {d.batch}, tolerance |err| <= {atol:g} + {rtol:g}*|ref| against interp")
+    prec = f", precision {g.meta.precision}" if g.meta.precision != "fp32" else ""
+    print(f"model {g.meta.name}: one step at batch {d.batch}{prec}, tolerance |err| <= {atol:g} + {rtol:g}*|ref| "
+          "against interp")
+    if d.flips:
+        ulp, share = d.flips
+        print(f"{g.meta.precision}: rounding flips forgiven in up to {share:g} of a tensor's elements (at least one), "
+              f"each within {ulp:g} of the element's or the tensor's largest magnitude")
     if d.random:
         print(f"training mode: dropout draws its masks from seed {d.rng[0]}, step {d.rng[1]} on every backend")
     for name, r in d.results.items():
@@ -386,7 +398,7 @@ def _bench_child(args) -> int:
     """`dlc bench` again in a child process whose BLAS and OpenMP use `--threads` threads: in this
     process NumPy's BLAS has loaded already and keeps the thread count it started with."""
     argv = ["bench", args.file, "--backend", args.backend, "--batch", str(args.batch), "--iters",
-            str(args.iters), "--threads", str(args.threads), "-O", str(args.O)]
+            str(args.iters), "--threads", str(args.threads), "-O", str(args.O), "--precision", args.precision]
     argv += (["--model", args.model] if args.model else []) + (["--cuda-graph"] if args.cuda_graph else []) \
         + (["--freeze", args.freeze] if args.freeze else []) + (["--debug"] if args.debug else []) \
         + ([f"--insert-bottlenecks={args.insert_bottlenecks}"] if args.insert_bottlenecks is not None else [])
@@ -403,12 +415,13 @@ def cmd_bench(args) -> int:
         return _bench_child(args)
     model = api.compile(args.file, lr=args.lr, backend=api.resolve(args.backend, "--backend"), model=args.model,
                         opt_level=args.O, cuda_graph=args.cuda_graph, freeze=args.freeze,
-                        insert_bottlenecks=args.insert_bottlenecks, data_parallel=False)
+                        insert_bottlenecks=args.insert_bottlenecks, precision=args.precision, data_parallel=False)
     _show_rewrite(model.rewrite)
     threads = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in api.THREAD_VARS[:3])  # as this process has them
     threads = f"{args.threads} ({threads})" if args.threads else f"the libraries' defaults ({threads})"
-    print(f"model {model.name}, backend {model.backend}, batch {args.batch}, {args.iters} iterations after warm-up, "
-          f"threads: {threads}")
+    prec = f", precision {args.precision}" if args.precision != "fp32" else ""
+    print(f"model {model.name}, backend {model.backend}{prec}, batch {args.batch}, {args.iters} iterations after "
+          f"warm-up, threads: {threads}")
     print(f"{'phase':<18} {'min ms':>10} {'median ms':>10} {'p10 ms':>10} {'p90 ms':>10} {'p90/p10':>8}")
     warnings = []
     for name, st, host in api.bench(model, args.batch, args.iters):
@@ -443,8 +456,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show a Python traceback on errors")
 
 
-def _opt_level(p: argparse.ArgumentParser) -> None:
+def _build_flags(p: argparse.ArgumentParser) -> None:
+    """How the model is built: the optimisation level and the precision of its matrix products."""
     p.add_argument("-O", type=int, default=1, choices=api.OPT_LEVELS, help="optimisation level (default 1)")
+    p.add_argument("--precision", default="fp32", choices=api.PRECISIONS,
+                   help="matrix products and convolutions: fp32 (default), tf32 (TF32 operands, fp32 "
+                        "accumulation) or bf16 (BF16 operands and product results, fp32 accumulation; "
+                        "everything else fp32); docs/precision.md")
 
 
 def _backend(p: argparse.ArgumentParser) -> None:
@@ -468,6 +486,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="parse and type-check; print inputs, params (with counts) and outputs")
     _common(p)
+    p.add_argument("--precision", default="fp32", choices=api.PRECISIONS,
+                   help="the precision of the matrix products to report (default fp32; docs/precision.md)")
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("compile", help="run the pipeline and write artefacts (IR, DOT, CUDA, launch plan)")
@@ -475,7 +495,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--emit", default="ir", help=f"comma-separated artefacts: {','.join(api.EMITS)} (default: ir)")
     p.add_argument("--dump-ir-after", metavar="PASS", help="also write the IR after PASS (or all) to OUTPUT/dumps/")
-    _opt_level(p)
+    _build_flags(p)
     p.add_argument("--passes", metavar="A,B,C", help="after autodiff and the optimizer, run these passes in "
                    "this order instead of an -O level")
     p.add_argument("--time-passes", action="store_true", help="print each pass's time and node count")
@@ -526,7 +546,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, metavar="K", help="train data-parallel on K processes of this machine, "
                    "started with mpiexec (needs MPI: pip install 'dlc[mpi]'); --batch stays the global batch. "
                    "`mpiexec -n K dlc run ...` does the same with any MPI launcher")
-    _opt_level(p)
+    _build_flags(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate weights on data: loss, accuracy, per-class precision/recall, "
@@ -541,7 +561,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="examples per forward pass (default: model's train(batch=...), else 32)")
     p.add_argument("--metrics-json", metavar="M.json", help="write the metrics, per-class figures and confusion "
                    "matrix as JSON")
-    _opt_level(p)
+    _build_flags(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("export", help="write the evaluation graph as an ONNX model",
@@ -572,7 +592,7 @@ def parser() -> argparse.ArgumentParser:
                    "i-th (default: the model's train(data = ...) file)")
     p.add_argument("--output", metavar="NAME", help="the output that gives the scores (default: the first)")
     _backend(p)
-    _opt_level(p)
+    _build_flags(p)
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("import", help="read an ONNX model: write it as a .dln and its weights as an .npz",
@@ -599,7 +619,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="take the batch from this .npz (default: random data)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--seed", type=int, default=0)
-    _opt_level(p)
+    _build_flags(p)
     p.set_defaults(fn=cmd_diff)
 
     p = sub.add_parser("bench", help="time forward, forward+backward and the whole training step",
@@ -613,7 +633,7 @@ def parser() -> argparse.ArgumentParser:
                    help="BLAS/OpenMP threads (default 1: steady figures on a shared machine; 0: the libraries' "
                         "defaults); sets OMP/OPENBLAS/MKL_NUM_THREADS and times in a child process")
     p.add_argument("--cuda-graph", action="store_true", help="cuda: replay each phase as a captured CUDA graph")
-    _opt_level(p)
+    _build_flags(p)
     p.set_defaults(fn=cmd_bench)
     return ap
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gpu.py deps    --wheels DIR --site DIR        # install what is missing, offline
     python benchmarks/bench_gpu.py env     [--json F]                     # versions, GPU, driver
-    python benchmarks/bench_gpu.py step    --impl IMPL --example E --batch B [--json F] [--warm-only]
+    python benchmarks/bench_gpu.py step    --impl IMPL --example E --batch B [--precision P] [--json F] [--warm-only]
     python benchmarks/bench_gpu.py kernels [--example mlp] [--batch 1024 32768] [--json F]
     python benchmarks/bench_gpu.py summary --work DIR [--out FILE]        # the tables, from DIR's files
 
@@ -22,8 +22,12 @@ with CUDA events recorded on the stream the step runs on:
               synchronisation in between: dlc's bound launches (or the captured graph) replayed;
               PyTorch's step without `.item()`. When the host keeps ahead of the device this is
               the device's time per step; when it does not, the host's launch rate
-TF32 is off on both sides (torch.backends.*.allow_tf32 = False, precision "highest",
-CUPY_TF32=0); dlc's own kernels are plain fp32 FMA code anyway.
+At --precision fp32 (the default) TF32 is off on both sides (torch.backends.*.allow_tf32 = False,
+precision "highest", CUPY_TF32=0; dlc's fp32 kernels are plain fp32 FMA code). At tf32 dlc
+compiles with precision="tf32" and PyTorch runs with torch.backends.cuda.matmul.allow_tf32 and
+torch.backends.cudnn.allow_tf32 on (matmul precision "high"); at bf16 dlc compiles with
+precision="bf16" and PyTorch's loss runs under torch.autocast(dtype=torch.bfloat16): the same
+arithmetic on both sides (docs/precision.md). The record says which ("precision").
 
 `deps` (standard library only: it runs before anything else can be imported) makes `import dlc`
 work on a bare GPU machine without network: every module dlc and its tests need that this python
@@ -68,6 +72,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 IMPLS = ("dlc", "dlc-graph", "eager", "compile", "compile-ro")
+PRECISIONS = ("fp32", "tf32", "bf16")   # --precision (dlc.ir.precision.PRECISIONS; not imported: deps runs first)
+PRECISION_IMPLS = ("dlc-graph", "eager")  # the columns of the precision table
 TORCH_IMPLS = ("eager", "compile", "compile-ro")
 
 
@@ -337,7 +343,7 @@ def _dlc_setup(args):
     import dlc
     from dlc.runtime.diff import synth_feeds
     model = dlc.compile(ROOT / "examples" / f"{args.example}.dln", backend="cuda",
-                        cuda_graph=args.impl == "dlc-graph")
+                        cuda_graph=args.impl == "dlc-graph", precision=args.precision)
     b = model.engine
     feeds = synth_feeds(model.graph, args.batch, seed=0)
     cp = b.cp
@@ -376,9 +382,10 @@ def _torch_setup(args):
     import dlc
     import torch_models as tm
     from dlc.runtime.diff import synth_feeds
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    tf32 = args.precision == "tf32"   # TF32 tensor cores for fp32 matmuls and convolutions, or not
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     dev_ = torch.device(args.device)
     if dev_.type == "cpu":  # a dry run: one thread, so that a busy small machine does not spin
         torch.set_num_threads(1)
@@ -386,8 +393,15 @@ def _torch_setup(args):
     net = tm.build(args.example).to(dev_)
     tm.load_dlc_params(net, m.params)
     f = tm.loss_fn(args.example, net)
+    if args.precision == "bf16":  # mixed precision as autocast does it: what dlc's bf16 computes
+        fp32_loss = f
+
+        def f(x, y):
+            with torch.autocast(dev_.type, dtype=torch.bfloat16):
+                return fp32_loss(x, y)
     opt = tm.optimizer(net, m.graph.meta.optimizer)
-    extra = {"cudnn_benchmark": torch.backends.cudnn.benchmark}
+    extra = {"cudnn_benchmark": torch.backends.cudnn.benchmark, "allow_tf32": tf32,
+             "autocast": "bfloat16" if args.precision == "bf16" else None}
 
     def opt_step():
         opt.step()
@@ -438,7 +452,8 @@ def _torch_setup(args):
 
 
 def cmd_step(args) -> int:
-    rec = {"kind": "step", "impl": args.impl, "example": args.example, "batch": args.batch}
+    rec = {"kind": "step", "impl": args.impl, "example": args.example, "batch": args.batch,
+           "precision": args.precision}
     t0 = time.perf_counter()
     try:
         setup = _dlc_setup if args.impl.startswith("dlc") else _torch_setup
@@ -661,11 +676,15 @@ def _load_jsonl(path: Path) -> list:
 
 def speed_table(recs: list) -> list[str]:
     """Rows per (example, batch): ms per step per implementation, and the ratios the issue asks for."""
-    by = {}
+    by, prec = {}, {}   # fp32 records; (example, batch, impl, precision) -> a tf32 or bf16 record
     for r in recs:
         if r.get("kind") == "step" and not r.get("warm_only"):
-            by[(r["example"], r["batch"], r["impl"])] = r
-    if not by:
+            p = r.get("precision", "fp32")
+            if p == "fp32":
+                by[(r["example"], r["batch"], r["impl"])] = r
+            else:
+                prec[(r["example"], r["batch"], r["impl"], p)] = r
+    if not by and not prec:
         return ["  (no speed measurements)"]
     examples = []
     for (e, b, _i) in by:
@@ -706,13 +725,53 @@ def speed_table(recs: list) -> list[str]:
         out.append(f"target (dlc-graph at least as fast as eager, step_ms): met on {len(ok)} of {len(met)} "
                    f"(example, batch) pairs" + ("" if len(ok) == len(met) else
                                                  "; not met: " + ", ".join(f"{e}@{b}" for e, b in met if (e, b) not in ok)))
-    for r in by.values():
+    if prec:
+        out += precision_table(by, prec)
+    for r in [*by.values(), *prec.values()]:
         if "error" in r and not _skipped(r):
-            out.append(f"FAILED {r['impl']} {r['example']} batch {r['batch']}: {r['error']}")
-    skipped = [r for r in by.values() if _skipped(r)]
+            at = f" at {r['precision']}" if r.get("precision", "fp32") != "fp32" else ""
+            out.append(f"FAILED {r['impl']} {r['example']} batch {r['batch']}{at}: {r['error']}")
+    skipped = [r for r in [*by.values(), *prec.values()] if _skipped(r)]
     if skipped:  # not run (the budget ran out), which is not a failure: one line
         out.append(f"skipped, no time left in the budget ({len(skipped)}): " +
-                   ", ".join(f"{r['impl']} {r['example']}@{r['batch']}" for r in skipped))
+                   ", ".join(f"{r['impl']} {r['example']}@{r['batch']}"
+                             + (f" {r['precision']}" if r.get("precision", "fp32") != "fp32" else "") for r in skipped))
+    return out
+
+
+def precision_table(by: dict, prec: dict) -> list[str]:
+    """step_ms of dlc-graph and PyTorch eager at each precision (fp32 from the main table; PyTorch's
+    tf32: allow_tf32, its bf16: autocast), and eager/dlc-graph at each."""
+    rows = []
+    for (e, b, _i, _p) in prec:
+        if (e, b) not in rows:
+            rows.append((e, b))
+    rows.sort(key=lambda eb: (eb[1], eb[0]))
+
+    def rec(e, b, impl, p):
+        return by.get((e, b, impl)) if p == "fp32" else prec.get((e, b, impl, p))
+
+    def cell(r):
+        if r is None:
+            return "-"
+        if "error" in r:
+            return "skip" if _skipped(r) else "FAIL"
+        return f"{r['step_ms']:.3f}" if isinstance(r.get("step_ms"), (int, float)) else "-"
+
+    def ratio(e, b, p):
+        n, d = rec(e, b, "eager", p), rec(e, b, "dlc-graph", p)
+        ok = n and d and "error" not in n and "error" not in d and d.get("step_ms")
+        return f"{n['step_ms'] / d['step_ms']:.2f}" if ok else "-"
+    heads = [f"{i}@{p}" for i in PRECISION_IMPLS for p in PRECISIONS]
+    out = ["precision: step_ms (ms, median); PyTorch at tf32 with allow_tf32, at bf16 under autocast "
+           "(docs/precision.md)",
+           f"  {'example':<10} {'batch':>5} " + " ".join(f"{h:>15}" for h in heads)
+           + " " + " ".join(f"{'eager/graph@' + p:>17}" for p in PRECISIONS)]
+    for e, b in rows:
+        out.append(f"  {e:<10} {b:>5} " + " ".join(f"{cell(rec(e, b, i, p)):>15}" for i in PRECISION_IMPLS
+                                                   for p in PRECISIONS)
+                   + " " + " ".join(f"{ratio(e, b, p):>17}" for p in PRECISIONS))
+    out.append("")
     return out
 
 
@@ -791,6 +850,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warm-only", action="store_true", help="compile and run a few steps only (fills caches)")
     p.add_argument("--device", default="cuda", help="PyTorch's device (cpu: a dry run of the script)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), tf32 (PyTorch: allow_tf32) or bf16 (PyTorch: autocast); docs/precision.md")
     p.add_argument("--eager-optimizer", action="store_true", help="compile: leave the optimizer step eager")
     p.add_argument("--json", help="append the record to this file (JSON lines)")
     p = sub.add_parser("kernels")

@@ -14,13 +14,15 @@
 #                 through a link. Names precisely what is missing, and stops (exit 2) if dlc cannot run.
 #   env       30  versions, nvidia-smi, what CuPy, dlc and PyTorch see, compute-sanitizer
 #   tests     90  pytest tests/test_cuda.py: every test model and example against the interpreter
-#   diff      60  dlc diff --backends interp,cuda --batch 5 on every example (cuda diverges: again with emu)
+#   diff      60  dlc diff --backends interp,cuda --batch 5 on every example (cuda diverges: again with emu);
+#                 then at --precision tf32 and bf16 on mlp and lenet (the tensor-core kernels)
 #   train     40  dlc run examples/mlp.dln on interp, cuda, cuda --cuda-graph: held-out accuracies;
 #                 data parallel on cuda through NCCL (benchmarks/gpu_dp.py: K = 1 on a one-GPU machine)
 #   sanitize 100  compute-sanitizer memcheck 35 (batch 7), racecheck 40 (batch 3), synccheck 25 (batch 7)
 #                 on gpu_step.py, one step of every example, the smallest first
 #   kernels   30  the MLP's kernels: bandwidth and FLOP/s against a device copy and cuBLAS
-#   speed    120  step times per example and batch: dlc-graph, eager, dlc (one process each)
+#   speed    120  step times per example and batch: dlc-graph, eager, dlc (one process each); then
+#                 dlc-graph and eager at tf32 (PyTorch: allow_tf32) and bf16 (PyTorch: autocast)
 #   suite     60  the rest of pytest, with whatever time the sections before it left
 #   total    550  = BUDGET (the default: the sum of the sections asked for), 50 s short of 600 for
 #                 start-up, the summary and any overshoot
@@ -49,10 +51,13 @@
 #
 # Other knobs: PYTHON (default python, else python3), GPU_WHEELS (default gpu_wheels), BUDGET,
 # KEEP_WORK=1 (keep the work folder under /tmp; its logs are in logs.tar.gz anyway),
-# TAG (result file name), DIFF_EXAMPLES, DIFF_BATCH, DIFF_BACKENDS, TRAIN_EPOCHS, SAN_TOOLS
+# TAG (result file name), DIFF_EXAMPLES, DIFF_BATCH, DIFF_BACKENDS, DIFF_PRECISIONS (default "tf32
+# bf16"; none in quick mode), DIFF_PRECISION_EXAMPLES (default "mlp lenet"), TRAIN_EPOCHS, SAN_TOOLS
 # (default "memcheck racecheck synccheck"), SAN_EXAMPLES, RACE_BATCH, KERNEL_ARGS, SPEED_IMPLS
 # (default "dlc-graph eager dlc"; add compile-ro compile for torch.compile, warmed up in the
-# background by WARM_JOBS processes), SPEED_EXAMPLES, SPEED_BATCHES, SPEED_ARGS, GPU_CHECK_FORCE=1
+# background by WARM_JOBS processes), SPEED_PRECISIONS (default "tf32 bf16", quick mode "bf16", ""
+# for none: dlc-graph and eager again at each, after each example and batch's fp32 rows),
+# SPEED_EXAMPLES, SPEED_BATCHES, SPEED_ARGS, GPU_CHECK_FORCE=1
 # (run the GPU sections even where no GPU is found).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -465,11 +470,13 @@ if [ "$QUICK" = 1 ]; then
     SPEED_EXAMPLES=${SPEED_EXAMPLES:-xor}
     SPEED_BATCHES=${SPEED_BATCHES:-16}
     SPEED_ARGS=${SPEED_ARGS:-"--warmup 2 --blocks 2 --steps 2"}
+    SPEED_PRECISIONS=${SPEED_PRECISIONS-bf16}
 fi
 SPEED_EXAMPLES=${SPEED_EXAMPLES:-"mlp lenet inception deep_mlp logreg xor adding_lstm"}   # what matters most first (adding_lstm: against cuDNN's nn.LSTM)
 SPEED_BATCHES=${SPEED_BATCHES:-"128 1024"}
 SPEED_IMPLS=${SPEED_IMPLS:-"dlc-graph eager dlc"}
 SPEED_ARGS=${SPEED_ARGS:-}
+SPEED_PRECISIONS=${SPEED_PRECISIONS-tf32 bf16}
 has speed && warm_start "${WARM_JOBS:-2}"
 
 # -- CPU-only parts (no GPU here) ----------------------------------------------------------------
@@ -502,8 +509,9 @@ if has diff; then
     DIFF_BACKENDS=${DIFF_BACKENDS:-interp,cuda}
     if [ "$QUICK" = 1 ]; then DIFF_EXAMPLES=${DIFF_EXAMPLES:-"xor mlp"}; fi
     DIFF_EXAMPLES=${DIFF_EXAMPLES:-$(for f in examples/*.dln; do basename "$f" .dln; done)}
-    diff_one() {  # NAME BACKENDS EXAMPLE: a row with dlc diff's verdict
-        limited "$1" 20 "$PY" -m dlc.cli diff "examples/$3.dln" --backends "$2" --batch "${DIFF_BATCH:-5}"
+    diff_one() {  # NAME BACKENDS EXAMPLE [PRECISION]: a row with dlc diff's verdict
+        limited "$1" 20 "$PY" -m dlc.cli diff "examples/$3.dln" --backends "$2" --batch "${DIFF_BATCH:-5}" \
+            --precision "${4:-fp32}"
         local said; said=$(grep -E '^(emu|cuda): skipped|^result' "$STEP_LOG" | tr '\n' ' ' | sed 's/ *$//')
         case $RC in
             0) status diff "$1" ok "${said#result: } (${STEP_DT}s)";;
@@ -519,6 +527,13 @@ if has diff; then
         if [ $RC = 1 ] && [[ $DIFF_BACKENDS != *emu* ]]; then  # cuda diverges: does emu, on the same generated source?
             diff_one "$ex+emu" interp,emu,cuda "$ex"
         fi
+    done
+    # the tensor-core kernels against the interpreter's exact rounding (docs/precision.md)
+    [ "$QUICK" = 1 ] && DIFF_PRECISIONS=${DIFF_PRECISIONS-}
+    for p in ${DIFF_PRECISIONS-tf32 bf16}; do
+        for ex in ${DIFF_PRECISION_EXAMPLES:-mlp lenet}; do
+            diff_one "$ex@$p" "$DIFF_BACKENDS" "$ex" "$p" && agree+=("$ex@$p")
+        done
     done
     HEADLINE="$DIFF_BACKENDS agree at batch ${DIFF_BATCH:-5} on: ${agree[*]:-none}"
 fi
@@ -637,13 +652,14 @@ fi
 if has speed; then
     begin speed
     : > "$WORK/speed.jsonl"
-    speed_one() {  # IMPL EXAMPLE BATCH
-        local impl=$1 ex=$2 b=$3
+    speed_one() {  # IMPL EXAMPLE BATCH [PRECISION]
+        local impl=$1 ex=$2 b=$3 p=${4:-fp32} tag=""
+        [ "$p" = fp32 ] || tag="-$p"
         # shellcheck disable=SC2086
-        run "$impl-$ex-$b" 60 "$PY" benchmarks/bench_gpu.py step --impl "$impl" --example "$ex" --batch "$b" \
-            --device "$TORCH_DEVICE" --json "$WORK/speed.jsonl" $SPEED_ARGS
+        run "$impl-$ex-$b$tag" 60 "$PY" benchmarks/bench_gpu.py step --impl "$impl" --example "$ex" --batch "$b" \
+            --precision "$p" --device "$TORCH_DEVICE" --json "$WORK/speed.jsonl" $SPEED_ARGS
         grep -q "^{" "$STEP_LOG" 2>/dev/null || \
-            echo "{\"kind\": \"step\", \"impl\": \"$impl\", \"example\": \"$ex\", \"batch\": $b, \"error\": \"$([ $RC = 125 ] && echo 'skipped: no time left' || echo "no record (exit $RC)")\"}" \
+            echo "{\"kind\": \"step\", \"impl\": \"$impl\", \"example\": \"$ex\", \"batch\": $b, \"precision\": \"$p\", \"error\": \"$([ $RC = 125 ] && echo 'skipped: no time left' || echo "no record (exit $RC)")\"}" \
             >> "$WORK/speed.jsonl"
     }
     PLAIN=() COMPILED=()
@@ -653,9 +669,12 @@ if has speed; then
         esac
         case $impl in compile*) COMPILED+=("$impl");; *) PLAIN+=("$impl");; esac
     done
-    for ex in $SPEED_EXAMPLES; do for b in $SPEED_BATCHES; do for impl in "${PLAIN[@]}"; do
-        speed_one "$impl" "$ex" "$b"
-    done; done; done
+    for ex in $SPEED_EXAMPLES; do for b in $SPEED_BATCHES; do
+        for impl in "${PLAIN[@]}"; do speed_one "$impl" "$ex" "$b"; done
+        for p in $SPEED_PRECISIONS; do for impl in "${PLAIN[@]}"; do   # the precision table's columns
+            case $impl in dlc-graph|eager) speed_one "$impl" "$ex" "$b" "$p";; esac
+        done; done
+    done; done
     if [ ${#COMPILED[@]} -gt 0 ]; then
         if [ -n "$(warm_todo)" ]; then  # compile what is not cached yet, nothing timed meanwhile
             l=$(left)

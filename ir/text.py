@@ -1,6 +1,6 @@
 """The IR as text: a deterministic printer and a parser that reads the same text back.
 
-    model mlp stage=forward
+    model mlp stage=forward             # `precision=tf32` (or bf16) follows when it is not fp32
     %x : f32[N, 64] = input()  @ mlp.dln:3:5
     %w1 : f32[64, 128] = param[init=he]()  @ mlp.dln:6:5
     %h.matmul : f32[N, 128] = matmul[ta=false, tb=false](%x, %w1)  @ mlp.dln:11:14
@@ -24,6 +24,7 @@ from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from .errors import DlcError, Loc
 from .graph import Graph
+from .precision import PRECISIONS
 from .types import TensorType
 
 _BARE = re.compile(r"[A-Za-z_]\w*\Z")
@@ -61,7 +62,7 @@ def fmt_loc(loc) -> str:
 
 def print_ir(g: Graph) -> str:
     m = g.meta
-    lines = [f"model {m.name} stage={m.stage}"]
+    lines = [f"model {m.name} stage={m.stage}" + (f" precision={m.precision}" if m.precision != "fp32" else "")]
     for n in g.order():
         args = ", ".join(f"%{a}" for a in g.operands(n))
         line = f"%{n} : {g.type(n)} = {g.op(n)}{fmt_attrs(g.attrs(n))}({args})"
@@ -155,6 +156,13 @@ def parse_ir(text: str, file: str = "<ir>") -> Graph:
     header, *items = tree.children
     g = Graph(str(header.children[0]))
     g.meta.stage = str(header.children[1])
+    if len(header.children) > 2:  # precision=..., written only when it is not fp32
+        tok = header.children[2]
+        precision = str(tok)
+        if precision not in PRECISIONS:
+            raise DlcError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})",
+                           Loc(file, tok.line, tok.column), text)
+        g.meta.precision = precision
     for it in items:
         c = it.children
         here = Loc(file, it.meta.line, it.meta.column) if not it.meta.empty else None

@@ -18,6 +18,18 @@ from .backends import available, make_backend
 # float32 kernels against the float32 NumPy reference: summation order differs (tiled matmul,
 # tree reductions), so values agree to a few ulps per accumulated term, not bit for bit.
 ATOL, RTOL = 1e-4, 1e-3
+# At tf32 and bf16 a value next to a rounding boundary can round to either neighbour when the fp32
+# sums before it differ by an ulp: a product's operand moves by one TF32 or BF16 ulp, or (bf16) its
+# result does, and what is computed from it moves by as much. Such flips are rare (an fp32 ulp is
+# 2^-13 of a TF32 ulp, 2^-16 of a BF16 one), so the fp32 tolerance still holds for all but a few
+# elements of a tensor: at most FLIP_SHARE of them (at least one) may be off by up to FLIP (one ulp
+# of the format) of their own or the tensor's largest magnitude. At tf32 one flipped operand moves a
+# row or column of its product, hence the larger share. A product that skipped its rounding is off
+# in far more of its elements (a tenth to a half at tf32, more at bf16): the comparison stays tight.
+# (Measured, with the interpreter in float64 standing in for another summation order: at most 1.3%
+# of a tensor's elements beyond the fp32 tolerance at tf32, none at bf16.)
+FLIP = {"fp32": 0.0, "tf32": 2.0 ** -10, "bf16": 2.0 ** -7}
+FLIP_SHARE = {"fp32": 0.0, "tf32": 2.0 ** -5, "bf16": 2.0 ** -10}
 
 
 def synth_feeds(g: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -49,7 +61,9 @@ class Row:
     ok: bool
 
 
-def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
+def compare(a: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> tuple[float, float, bool]:
+    """(max abs error, max relative error, agrees): every element within ATOL + RTOL * |ref|, but
+    for the rare rounding flips of a lower precision (FLIP, FLIP_SHARE)."""
     a = np.asarray(a, np.float64)
     ref = np.asarray(ref, np.float64)
     if a.shape != ref.shape:
@@ -59,8 +73,12 @@ def compare(a: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
     d = np.abs(a - ref)
     abs_err = float(d.max())
     rel_err = float((d / np.maximum(np.abs(ref), 1e-12)).max())
-    ok = bool(np.all(d <= ATOL + RTOL * np.abs(ref))) and bool(np.isfinite(a).all() == np.isfinite(ref).all())
-    return abs_err, rel_err, ok
+    finite = bool(np.isfinite(a).all() == np.isfinite(ref).all())
+    far = ~(d <= ATOL + RTOL * np.abs(ref))
+    if far.any() and FLIP[precision]:   # a few flips, each within one ulp of the element or the tensor
+        within = d[far] <= FLIP[precision] * np.maximum(np.abs(ref[far]), np.abs(ref).max(initial=0.0))
+        return abs_err, rel_err, finite and bool(within.all()) and far.sum() <= max(1, FLIP_SHARE[precision] * far.size)
+    return abs_err, rel_err, finite and not far.any()
 
 
 def run_step(backend, g: Graph, state: dict, feeds: dict, rng: tuple[int, int] | None = (0, 0)):
@@ -102,20 +120,20 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
         vals, new_state = run_step(make_backend(name, g), g, state, feeds, rng)
         first = None
         for n in ref_vals:
-            if n in vals and not compare(vals[n], ref_vals[n])[2]:
+            if n in vals and not compare(vals[n], ref_vals[n], m.precision)[2]:
                 first = n
                 break
         rows = []
         for k, v in m.outputs.items():
-            rows.append(Row("output", k, v, *compare(vals[v], ref_vals[v])))
+            rows.append(Row("output", k, v, *compare(vals[v], ref_vals[v], m.precision)))
         if m.loss:
-            rows.append(Row("loss", "loss", m.loss, *compare(vals[m.loss], ref_vals[m.loss])))
+            rows.append(Row("loss", "loss", m.loss, *compare(vals[m.loss], ref_vals[m.loss], m.precision)))
         for n in (n for n in random_nodes(g) if n in vals):
-            rows.append(Row(g.op(n), n, n, *compare(vals[n], ref_vals[n])))
+            rows.append(Row(g.op(n), n, n, *compare(vals[n], ref_vals[n], m.precision)))
         for p, v in m.grads.items():
-            rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v])))
+            rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v], m.precision)))
         for k in ref_state:
             kind = "param" if OPS[g.op(k)].holds == PARAM else "state"
-            rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k])))
+            rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k], m.precision)))
         results[name] = (rows, first)
     return results

@@ -12,6 +12,11 @@ its value, which comes from outside the graph, is cast to the interpreter's floa
 evaluation form's values computed from stored values alone (`Graph.eval_constants`: batch norm
 folded into the weights) are kept from one run to the next until a commit or `set_state` changes
 the state.
+
+At `Graph.meta.precision` tf32 or bf16 (ir/precision.py, docs/precision.md) a matrix product or
+convolution (a family marked `product` in the registry) reads its first two operands rounded as
+the tensor cores read them, and at bf16 its result is rounded to BF16 too (autocast's BF16 GEMM
+output, rounded before any fused epilogue). Everything else runs in the interpreter's float type.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import numpy as np
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import COMMUNICATES, OPS, RANDOM, STORED, TRAINING, UPDATES_STATE
+from ..ir.precision import round_operand
+from ..ir.registry import PRODUCT_FAMILIES
 from .numerics import nonfinite, numerics_error
 from .runner import Fetched, bind_dims, input_shapes
 
@@ -82,7 +89,10 @@ class Interpreter:
                     attrs["rng"] = None       # filled in per run
                 if d.has(COMMUNICATES):
                     attrs["comm"] = None      # filled in per run
-                steps.append((n, d.ref, args, attrs))
+                ref = d.ref
+                if d.family in PRODUCT_FAMILIES and g.meta.precision != "fp32":
+                    ref = _at_precision(ref, g.meta.precision)
+                steps.append((n, ref, args, attrs))
         return steps, assigns
 
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None, training: bool = False,
@@ -141,6 +151,15 @@ class Interpreter:
         if self._input_shapes is None:  # graph.inputs sorts the whole graph: do it once
             self._input_shapes = input_shapes(self.graph)
         return bind_dims(self._input_shapes, feeds)
+
+def _at_precision(ref, precision: str):
+    """A product's reference at `precision`: operands 0 and 1 rounded as the tensor cores read
+    them, the rest (a shape carrier) as given; at bf16 the result rounded to BF16 as well."""
+    def product(a, b, *rest, **attrs):
+        out = ref(round_operand(a, precision), round_operand(b, precision), *rest, **attrs)
+        return round_operand(np.asarray(out, a.dtype), "bf16") if precision == "bf16" else out
+    return product
+
 
 def _identity(x):
     return x

@@ -415,7 +415,7 @@ def _train(model, feeds, n, epochs, batch, val_split, seed, progress, out, check
             meta = {"model": g.meta.name, "epoch": epoch, "steps": model.steps, "seed": seed, "batch": batch,
                     "val_split": val_split, "test_split": test_split, "examples": n, "data": digest,
                     "rng": rng.bit_generator.state, "history": history, "backend": model.backend,
-                    "ranks": comm.size if comm else 1}
+                    "ranks": comm.size if comm else 1, "precision": g.meta.precision}
             if early:
                 meta["early"] = early.meta()
             params, state = model.split_state()
