@@ -221,37 +221,41 @@ def _batched(rng, precision):
 
 
 def _split_k(rng, precision):
-    """A short, deep product: split-K (20 parts), its epilogue in the finishing kernel."""
+    """Short, deep products: split-K (20 parts), one with its epilogue fused into the finishing
+    kernel at -O2."""
     M, K, N = 6, 640, 10
-    a, b, bias = rng.standard_normal((M, K)), rng.standard_normal((K, N)), rng.standard_normal(N)
+    a, b, c = rng.standard_normal((M, K)), rng.standard_normal((K, N)), rng.standard_normal((K, N))
+    bias = rng.standard_normal(N)
     text = f"""model splitk {{
         input a : f32[{M}, {K}]
         input b : f32[{K}, {N}]
+        input c : f32[{K}, {N}]
         input bias : f32[{N}]
         y = relu(a @ b + bias)
-        z = a @ b
+        z = a @ c
         output y, z
     }}"""
-    ra, rb = rounded(a, precision), rounded(b, precision)
+    ra, rb, rc = rounded(a, precision), rounded(b, precision), rounded(c, precision)
     prod, mag = ra @ rb, np.abs(ra) @ np.abs(rb)
     relu = np.maximum(finish(prod, precision).astype(np.float64) + bias.astype(np.float32), 0)
-    return text, {"a": a, "b": b, "bias": bias}, None, {"y": (relu, mag, K, True), "z": (prod, mag, K)}
+    return text, {"a": a, "b": b, "c": c, "bias": bias}, None, {
+        "y": (relu, mag, K, True), "z": (ra @ rc, np.abs(ra) @ np.abs(rc), K)}
 
 
 def _convolutions(rng, precision):
-    """conv2d (strided, padded) and grouped, and their adjoints: loss = sum(y * t) makes the
-    gradients conv_grad_x(t, w) and conv_grad_w(h, t) of leaves; the grouped one's grad_w sums
-    over 4 images x 256 pixels: split-K."""
+    """conv2d (strided, padded) and grouped (one product per group, blockIdx.z), and their
+    adjoints: loss = sum(y * t) makes the gradients conv_grad_x(t, w) and conv_grad_w(h, t) of
+    leaves; the ungrouped grad_w sums over 4 images x 81 pixels: split-K (10 parts)."""
     torch = import_torch()
     F = torch.nn.functional
-    h, w, t = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((2, 4, 5, 5))
+    h, w, t = rng.standard_normal((4, 3, 18, 18)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((4, 4, 9, 9))
     h2, w2, t2 = rng.standard_normal((4, 4, 16, 16)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal((4, 6, 16, 16))
     text = """model convs {
-        param h : f32[2, 3, 9, 9] = zeros
+        param h : f32[4, 3, 18, 18] = zeros
         param w : f32[4, 3, 3, 3] = zeros
         param h2 : f32[4, 4, 16, 16] = zeros
         param w2 : f32[6, 2, 3, 3] = zeros
-        input t : f32[2, 4, 5, 5]
+        input t : f32[4, 4, 9, 9]
         input t2 : f32[4, 6, 16, 16]
         y = conv2d(h, w, stride = 2, padding = 1)
         y2 = conv2d(h2, w2, padding = 1, groups = 2)
@@ -279,7 +283,7 @@ def _convolutions(rng, precision):
         "y": (*both(conv(1, 2, 1), "h", "w"), 3 * 9),
         "y2": (*both(conv(2, 1, 1), "h2", "w2"), 2 * 9),
         "d.h": (*both(grad_x(h.shape, 1, 2, 1), "w", "t"), 4 * 9),
-        "d.w": (*both(grad_w(w.shape, 1, 2, 1), "h", "t"), 2 * 25),
+        "d.w": (*both(grad_w(w.shape, 1, 2, 1), "h", "t"), 4 * 81),
         "d.h2": (*both(grad_x(h2.shape, 2, 1, 1), "w2", "t2"), 3 * 9),
         "d.w2": (*both(grad_w(w2.shape, 2, 1, 1), "h2", "t2"), 4 * 256)}
 
