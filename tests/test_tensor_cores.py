@@ -12,6 +12,7 @@ summed in float64, the result rounded to float32 (and, at bf16, to BF16).
 - NVRTC compiles every example's kernels at every precision for sm_80 and sm_90, and each product
   kernel's PTX holds the warp-level product of its precision.
 """
+import ctypes
 import re
 import zlib
 
@@ -29,16 +30,24 @@ MMA = {"tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
        "bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"}
 
 
-def run_emu(text, precision, feeds, fetch, opt_level=2, state=None):
-    """Build `text` at `precision`, run it on emu with `feeds` (inputs) and `state` (params):
-    {name: value} for each name in `fetch` (an output, or a param's gradient as "d.<param>")."""
+ORDERS = {"forward": (0, 0), "reverse": (1, 0), "shuffled": (2, 2024)}   # cuda_emu.h's thread orders
+
+
+def run_emu(text, precision, feeds, fetch, opt_level=2, state=None, order="forward"):
+    """Build `text` at `precision`, run it on emu with `feeds` (inputs) and `state` (params), the
+    threads of each block in `order` (a race between warps shows in some order): {name: value}
+    for each name in `fetch` (an output, or a param's gradient as "d.<param>")."""
     b = dlc.build(text, opt_level=opt_level, precision=precision)
     g = b.graph
     emu = EmuBackend(g)
     if state:
         emu.set_state({k: np.asarray(v, np.float32) for k, v in state.items()})
     names = {**g.meta.outputs, **{f"d.{p}": d for p, d in g.meta.grads.items()}}
-    got = emu.run([names[f] for f in fetch], feeds)
+    assert emu.lib.dlc_emu_set_order(ctypes.c_int(ORDERS[order][0]), ctypes.c_ulonglong(ORDERS[order][1])) == 0
+    try:
+        got = emu.run([names[f] for f in fetch], feeds)
+    finally:
+        emu.lib.dlc_emu_set_order(ctypes.c_int(0), ctypes.c_ulonglong(0))
     return {f: got[names[f]] for f in fetch}
 
 
@@ -101,13 +110,16 @@ LAYOUT = """model layout {{
 
 
 @needs_emu
+@pytest.mark.parametrize("order", sorted(ORDERS))
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("M, K", [(40, 24), (70, 40)], ids=["short-tile", "64x64-tile"])
-def test_fragment_layout_by_permutations(precision, M, K):
-    """A @ P and P @ B for a permutation P: out[i, j] = A[i, perm[j]] (B[perm^-1 ...]), one product
-    by 1 each, so the result is exact: the rounded input element, at the place the permutation
-    puts it. Every output depends on a distinct input element (A's values are distinct), so an
-    element read from a wrong lane or register of a fragment shows as a wrong value."""
+def test_fragment_layout_by_permutations(precision, M, K, order):
+    """A @ P and P @ B for a permutation P: out[i, j] = A[i, perm[j]], (P @ B)[perm[k]] = B[k],
+    one product by 1 each, so the result is exact: the rounded input element, at the place the
+    permutation puts it. Every output depends on a distinct input element (A's and B's values
+    are distinct), so an element read from a wrong lane or register of a fragment shows as a
+    wrong value. In every thread order: a slice staged into a buffer that another warp still
+    reads (a missing barrier of the double buffering) shows in some order."""
     rng = np.random.default_rng(24)
     perm = rng.permutation(K)
     P = np.zeros((K, K), np.float32)
@@ -116,7 +128,7 @@ def test_fragment_layout_by_permutations(precision, M, K):
     B = rng.standard_normal((K, M)).astype(np.float32)
     assert len(np.unique(A)) == A.size and len(np.unique(B)) == B.size
     got = run_emu(LAYOUT.format(M=M, K=K), precision, {"a": A, "at": A.T.copy(), "p": P, "b": B, "bt": B.T.copy()},
-                  ["ap", "atp", "pb", "pbt"])
+                  ["ap", "atp", "pb", "pbt"], order=order)
     ra, rb = round_operand(A, precision), round_operand(B, precision)
     pb = np.empty_like(rb)
     pb[perm] = rb                          # (P @ B)[perm[k], :] = B[k, :]
