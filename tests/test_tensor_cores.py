@@ -14,6 +14,8 @@ summed in float64, the result rounded to float32 (and, at bf16, to BF16).
 """
 import ctypes
 import re
+import sys
+import types
 import zlib
 
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 
 import dlc
 from dlc.codegen import generate
+from dlc.ir.errors import DlcError
 from dlc.ir.precision import round_bf16, round_operand, round_tf32
 from dlc.runtime.emu import EmuBackend
 from conftest import EXAMPLE_FILES, import_torch, needs_emu
@@ -343,3 +346,27 @@ def test_example_kernels_compile_at_every_precision(path, precision):
         for name, text in _ptx_functions(ptx).items():
             assert (MMA[precision] in text) == (name in products), f"{name} ({arch})"
             assert ("cp.async" in text) == (name in products), f"{name} ({arch})"
+
+
+# -- the cuda backend: a GPU without tensor cores is refused -----------------------------------------
+
+@needs_emu  # the CuPy stand-in (tests/fake_cupy.py) runs the kernels on the emulator
+@pytest.mark.parametrize("capability", ["75", "80"])
+def test_cuda_backend_needs_sm80_for_tensor_cores(monkeypatch, capability):
+    """On a GPU of compute capability 7.5 a tf32 model is refused with a clear error (NVRTC would
+    fail on the mma.sync instruction); on 8.0 it builds and its product is the rounded one."""
+    from fake_cupy import fake_cupy
+    cp = fake_cupy()
+    device = cp.cuda.Device
+    cp.cuda.Device = lambda i=0: types.SimpleNamespace(**vars(device(i)), compute_capability=capability)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    text = ROUNDING.format(n=4)
+    if capability == "75":
+        with pytest.raises(DlcError, match=r"compute capability 8\.0 or later; this one is 7\.5"):
+            dlc.compile(text, backend="cuda", precision="tf32")
+        dlc.compile(text, backend="cuda", precision="fp32")   # fp32 needs no tensor cores
+        return
+    model = dlc.compile(text, backend="cuda", precision="tf32")
+    x = np.float32([1 + 2 ** -11, 3.0, -(1 + 2 ** -11), 0.1])[:, None]
+    got = model.forward(x=x, one=np.ones((1, 1), np.float32))
+    np.testing.assert_array_equal(np.asarray(next(iter(got.values()))), round_tf32(x))
