@@ -20,6 +20,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dlc
 from dlc.codegen import generate
@@ -27,6 +29,7 @@ from dlc.ir.errors import DlcError
 from dlc.ir.precision import round_bf16, round_operand, round_tf32
 from dlc.runtime.emu import EmuBackend
 from conftest import EXAMPLE_FILES, import_torch, needs_emu
+from test_codegen import build_random_graph, recipes
 
 PRECISIONS = ("tf32", "bf16")
 MMA = {"tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
@@ -346,6 +349,19 @@ def test_example_kernels_compile_at_every_precision(path, precision):
         for name, text in _ptx_functions(ptx).items():
             assert (MMA[precision] in text) == (name in products), f"{name} ({arch})"
             assert ("cp.async" in text) == (name in products), f"{name} ({arch})"
+
+
+@pytest.mark.usefixtures("nvrtc")
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes, st.sampled_from(PRECISIONS))
+def test_random_graph_kernels_compile_at_tensor_core_precisions(recipe, precision):
+    """test_nvrtc's random graphs (products with symbolic rows, fused epilogues, split weight
+    gradients), generated at tf32 / bf16: every kernel compiles for sm_80 and sm_90."""
+    from dlc.codegen.nvrtc import ARCHS, check_module
+    g = build_random_graph(recipe)
+    g.meta.precision = precision   # what dlc.build(..., precision=) sets; codegen reads it
+    mod = generate(g)
+    check_module(mod, archs=ARCHS)
 
 
 # -- the cuda backend: a GPU without tensor cores is refused -----------------------------------------
