@@ -9,7 +9,8 @@ summed in float64, the result rounded to float32 (and, at bf16, to BF16).
   through a product by [[1]];
 - every gemm() call site (matmul nn/nt/tn/tt, batched, a shared matrix, the batch folded into the
   rows, split-K, conv, conv_grad_x, conv_grad_w, groups), at -O0 and at -O2 with fused epilogues;
-- NVRTC compiles every example's kernels at every precision for sm_80 and sm_90, and each product
+- NVRTC compiles the kernels of every example and test model (and random graphs) at every
+  precision for sm_80 and sm_90, and each product
   kernel's PTX holds the warp-level product of its precision.
 """
 import ctypes
@@ -29,7 +30,7 @@ from dlc.ir.errors import DlcError
 from dlc.ir.precision import round_bf16, round_operand, round_tf32
 from dlc.runtime.emu import EmuBackend
 from conftest import EXAMPLE_FILES, import_torch, needs_emu
-from test_codegen import build_random_graph, recipes
+from test_codegen import MODELS, build_random_graph, recipes
 
 PRECISIONS = ("tf32", "bf16")
 MMA = {"tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
@@ -335,13 +336,14 @@ def _ptx_functions(ptx: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("nvrtc")
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
-def test_example_kernels_compile_at_every_precision(path, precision):
-    """Every kernel of the example (-O2) compiles for sm_80 and sm_90, and every product kernel
-    (matmul_mma.cu.j2) issues the warp-level product of its precision and stages by cp.async;
-    no other kernel does."""
+@pytest.mark.parametrize("source", list(EXAMPLE_FILES) + sorted(MODELS),
+                         ids=lambda s: s if isinstance(s, str) else s.stem)
+def test_kernels_compile_at_every_precision(source, precision):
+    """Every kernel of each example and test model (-O2) compiles for sm_80 and sm_90, and every
+    product kernel (matmul_mma.cu.j2) issues the warp-level product of its precision and stages
+    by cp.async; no other kernel does."""
     from dlc.codegen.nvrtc import ARCHS, check_module
-    mod = generate(dlc.build(path, opt_level=2, precision=precision).graph)
+    mod = generate(dlc.build(MODELS.get(source, source), opt_level=2, precision=precision).graph)
     products = {k.name for k in mod.kernels if k.template == "matmul_mma.cu.j2"}
     assert not any(k.template == "matmul.cu.j2" for k in mod.kernels)   # every product is on the tensor cores
     for arch, ptx in check_module(mod, archs=ARCHS).items():
