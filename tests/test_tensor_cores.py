@@ -10,8 +10,9 @@ summed in float64, the result rounded to float32 (and, at bf16, to BF16).
 - every gemm() call site (matmul nn/nt/tn/tt, batched, a shared matrix, the batch folded into the
   rows, split-K, conv, conv_grad_x, conv_grad_w, groups), at -O0 and at -O2 with fused epilogues;
 - NVRTC compiles the kernels of every example and test model (and random graphs) at every
-  precision for sm_80 and sm_90, and each product
-  kernel's PTX holds the warp-level product of its precision.
+  precision for sm_80 and sm_90, and each product kernel's PTX holds the warp-level product of
+  its precision;
+- the cuda backend refuses a tensor-core precision on a GPU older than sm_80 (CuPy stand-in).
 """
 import ctypes
 import re
