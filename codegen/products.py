@@ -69,7 +69,10 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
     static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
     long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
     workspace, then a second kernel adds them in order and does the store (epilogue, concat).
-    `em`: the fusion group whose epilogue the storing kernel runs, if any."""
+    `em`: the fusion group whose epilogue the storing kernel runs, if any. At the graph's
+    precision tf32 or bf16 the same tile runs on the tensor cores (matmul_mma.cu.j2: warps of
+    mma.sync fragments, `mma_warps`), its operands rounded as ir/precision.py says; at bf16 the
+    product is rounded to BF16 before the store (a split one in the finishing kernel)."""
     BM, BN, BK, TM, TN = tile = gemm_tile(M, N)
     threads = (BM // TM) * (BN // TN)
     splits = split_k(M, K, N, tile) if batch == 1 else 1
