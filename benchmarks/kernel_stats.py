@@ -1,8 +1,9 @@
 """Read the generated kernels as the hardware will, without a GPU: per kernel of every example,
 the registers, spills and shared memory that ptxas reports for sm_90, and for every GEMM its main
-loop's ratio of FMA to shared-memory load instructions in the SASS.
+loop's ratio of FMA to shared-memory load instructions in the SASS; at --precision tf32 or bf16,
+the tensor-core instructions (HMMA) each product kernel issues instead.
 
-    python benchmarks/kernel_stats.py [-O 2] [--example mlp ...] [--arch sm_90]
+    python benchmarks/kernel_stats.py [-O 2] [--example mlp ...] [--arch sm_90] [--precision tf32]
 
 Needs nvcc (CUDA 12/13, e.g. /usr/local/bin/nvcc) and cuobjdump (the pip package
 nvidia-cuda-cuobjdump puts it under site-packages/nvidia/cu13/bin). The FMA:LDS ratio bounds how
@@ -59,8 +60,12 @@ def ptxas_info(log: str) -> dict[str, dict]:
     return out
 
 
-def sass_counts(cuobjdump: str, cubin: Path, kernel: str) -> tuple[int, int]:
-    """(FFMA, LDS) instructions in a kernel's SASS."""
+PRODUCT_TEMPLATES = ("matmul.cu.j2", "matmul_mma.cu.j2")   # CUDA cores (fp32), tensor cores (tf32, bf16)
+
+
+def sass_counts(cuobjdump: str, cubin: Path, kernel: str) -> tuple[int, int, int]:
+    """(FFMA, LDS, HMMA) instructions in a kernel's SASS (HMMA: the tensor cores' products, of
+    any shape and type, e.g. HMMA.1688.F32.TF32 or HMMA.16816.F32.BF16)."""
     env = dict(os.environ)
     nvdisasm = tool("nvdisasm")
     if nvdisasm:  # cuobjdump -sass runs nvdisasm; pip puts both in site-packages/nvidia/cu13/bin
@@ -69,13 +74,14 @@ def sass_counts(cuobjdump: str, cubin: Path, kernel: str) -> tuple[int, int]:
     if r.returncode or "Function" not in r.stdout:
         raise RuntimeError(f"cuobjdump could not disassemble {kernel}: {(r.stderr or r.stdout).strip()[-300:]} "
                            "(pip install nvidia-cuda-nvdisasm)")
-    return len(re.findall(r"\bFFMA\b", r.stdout)), len(re.findall(r"\bLDS(\.\w+)*\b", r.stdout))
+    return (len(re.findall(r"\bFFMA\b", r.stdout)), len(re.findall(r"\bLDS(\.\w+)*\b", r.stdout)),
+            len(re.findall(r"\bHMMA\b", r.stdout)))
 
 
-def stats(example: str, level: int, arch: str, nvcc: str, cuobjdump: str | None) -> list[dict]:
+def stats(example: str, level: int, arch: str, nvcc: str, cuobjdump: str | None, precision: str = "fp32") -> list[dict]:
     import dlc
     from dlc.codegen import generate
-    mod = generate(dlc.compile(ROOT / "examples" / f"{example}.dln", backend="interp", opt_level=level).graph)
+    mod = generate(dlc.build(ROOT / "examples" / f"{example}.dln", opt_level=level, precision=precision).graph)
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = Path(tmp) / "m.cu", Path(tmp) / "m.cubin"
         cu.write_text(mod.source)
@@ -87,8 +93,8 @@ def stats(example: str, level: int, arch: str, nvcc: str, cuobjdump: str | None)
         rows = []
         for k in mod.kernels:
             row = {"kernel": k.name, "template": k.template, **info.get(k.name, {})}
-            if k.template == "matmul.cu.j2" and cuobjdump:
-                row["ffma"], row["lds"] = sass_counts(cuobjdump, cubin, k.name)
+            if k.template in PRODUCT_TEMPLATES and cuobjdump:
+                row["ffma"], row["lds"], row["hmma"] = sass_counts(cuobjdump, cubin, k.name)
             rows.append(row)
         return rows
 
@@ -98,29 +104,39 @@ def main(argv=None) -> int:
     ap.add_argument("-O", type=int, default=2)
     ap.add_argument("--example", nargs="*", default=list(EXAMPLES))
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"))
     args = ap.parse_args(argv)
     nvcc, cuobjdump = tool("nvcc"), tool("cuobjdump")
     if not nvcc:
         print("kernel_stats: nvcc not found (CUDA toolkit needed to read kernels as ptxas does)", file=sys.stderr)
         return 2
-    worst_ratio, spills = None, 0
+    worst_ratio, spills, products, without_hmma = None, 0, 0, []
     for ex in args.example:
-        rows = stats(ex, args.O, args.arch, nvcc, cuobjdump)
-        print(f"\n{ex} (-O{args.O}, {args.arch}): {len(rows)} kernels")
-        print(f"  {'kernel':<40} {'regs':>4} {'spill B':>7} {'smem B':>6} {'FFMA':>5} {'LDS':>4} {'FMA/LDS':>7}")
+        rows = stats(ex, args.O, args.arch, nvcc, cuobjdump, args.precision)
+        print(f"\n{ex} (-O{args.O}, {args.arch}, {args.precision}): {len(rows)} kernels")
+        print(f"  {'kernel':<40} {'regs':>4} {'spill B':>7} {'smem B':>6} {'FFMA':>5} {'LDS':>4} {'FMA/LDS':>7} {'HMMA':>5}")
         for r in rows:
             ratio = ""
-            if "ffma" in r:
+            if r["template"] == "matmul.cu.j2" and "ffma" in r:
                 q = r["ffma"] / max(1, r["lds"])
                 ratio = f"{q:.1f}"
                 worst_ratio = q if worst_ratio is None else min(worst_ratio, q)
+            if r["template"] == "matmul_mma.cu.j2":
+                products += 1
+                if not r.get("hmma"):
+                    without_hmma.append(r["kernel"])
             spills += r.get("spill_stores", 0) + r.get("spill_loads", 0)
             print(f"  {r['kernel'][:40]:<40} {r.get('registers', '?'):>4} "
                   f"{r.get('spill_stores', 0) + r.get('spill_loads', 0):>7} {r.get('smem', 0):>6} "
-                  f"{r.get('ffma', ''):>5} {r.get('lds', ''):>4} {ratio:>7}")
-    print(f"\nGEMM FMA:LDS, lowest over all GEMM kernels: "
-          f"{'n/a (no cuobjdump)' if worst_ratio is None else f'{worst_ratio:.1f}'} (goal >= 4); "
-          f"spilled bytes over all kernels: {spills} (goal 0)")
+                  f"{r.get('ffma', ''):>5} {r.get('lds', ''):>4} {ratio:>7} {r.get('hmma', ''):>5}")
+    if args.precision == "fp32":
+        print(f"\nGEMM FMA:LDS, lowest over all GEMM kernels: "
+              f"{'n/a (no cuobjdump)' if worst_ratio is None else f'{worst_ratio:.1f}'} (goal >= 4); ", end="")
+    else:
+        print(f"\ntensor-core product kernels: {products}, of which without HMMA in the SASS: "
+              f"{'n/a (no cuobjdump)' if cuobjdump is None else len(without_hmma)} (goal 0)"
+              f"{': ' + ', '.join(without_hmma) if without_hmma and cuobjdump else ''}; ", end="")
+    print(f"spilled bytes over all kernels: {spills} (goal 0)")
     return 0
 
 

@@ -208,6 +208,7 @@ class Generator:
         source = env.get_template("module.cu.j2").render(
             model=g.meta.name, kernels=self.kernels, render=lambda k: k.body,
             philox=PHILOX_C.strip() if RNG_BUFFER in self.buffers else None,
+            tensor_cores=any(k.template == "matmul_mma.cu.j2" for k in self.kernels),
             symbols=symbols_of(*(b.shape for b in self.buffers.values())))
         mod = Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
         mod.reused |= self.unkept

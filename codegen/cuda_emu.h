@@ -135,6 +135,7 @@ struct Fiber {
     char state;
     unsigned warp_mask;  // at a __syncwarp: the lanes it waits for
     int shuffles;      // shuffles this thread has made: picks the scratch half (see below)
+    int mmas;          // warp matrix products this thread has joined: picks the mma scratch half
 };
 
 // Per OS thread: fiber t runs CUDA thread t of whichever block this OS thread is running.
@@ -149,6 +150,7 @@ struct BlockRunner {
     int current = -1;
     bool in_fibers = false;
     float shfl_scratch[2][kMaxThreads];
+    unsigned mma_a[2][kMaxThreads][4], mma_b[2][kMaxThreads][2];  // each lane's A and B registers
     int mode = kForward;       // the order of this block's threads (a copy of `order`)
     int perm[kMaxThreads];     // shuffle: the permutation of the current round
     int place_of[kMaxThreads]; // and its inverse
@@ -205,7 +207,7 @@ struct BlockRunner {
         }
         if (!stacks) stacks = (char*)malloc((size_t)kMaxThreads * kStackStride);  // touched lazily
         body = &f;
-        for (int t = 0; t < nthreads; ++t) fibers[t].state = kReady, fibers[t].shuffles = 0;
+        for (int t = 0; t < nthreads; ++t) fibers[t].state = kReady, fibers[t].shuffles = 0, fibers[t].mmas = 0;
         in_fibers = true;
         // One round runs every thread up to its next __syncthreads (or its end), in the round's
         // order. A warp whose __syncwarp opens goes on at once, ahead of the threads after its
@@ -420,4 +422,60 @@ static inline unsigned __float_as_uint(float f) {
     unsigned u;
     memcpy(&u, &f, sizeof u);
     return u;
+}
+
+// -- the tensor cores' warp-level matrix products (mma.sync), as the PTX ISA defines them -------
+// The 32 lanes of a warp compute D (16x8) = A (16xK) B (Kx8) + C together; each lane holds the
+// fragment of A, B and C/D that the ISA's fragment layout tables assign it (groupID = lane / 4,
+// tig = lane % 4, below). Each lane publishes its A and B registers in the block's scratch, waits
+// at its warp's barrier, then computes its own four elements of D from every lane's registers,
+// reading the operands as the hardware does: a .tf32 operand is the top 19 bits of its .b32
+// register (the low 13 ignored, not rounded), a pair of .bf16 operands the two halves of one
+// (the lower-numbered element in the low half). The products of such operands are exact in fp32;
+// they are added to C in increasing k, in fp32 (the hardware's order is unspecified: results may
+// differ from a GPU's by the rounding of a K-term fp32 sum). As with the shuffles, successive
+// products alternate halves of the scratch, so one barrier per product suffices. Every lane of
+// the warp must call it (`.aligned`: the generated code always does).
+enum { kMmaTf32 = 0, kMmaBf16 = 1 };
+
+static inline float dlc_emu_operand(const unsigned* regs, int kind, int element) {
+    if (kind == kMmaTf32) return __uint_as_float(regs[element] & 0xffffe000u);
+    const unsigned r = regs[element >> 1];
+    return __uint_as_float(element & 1 ? r & 0xffff0000u : r << 16);
+}
+
+static inline void dlc_emu_mma(int kind, float d[4], const unsigned a[4], const unsigned b[2]) {
+    dlc_emu::BlockRunner& r = dlc_emu::BlockRunner::self();
+    const int t = dlc_emu::linear_tid(), half = r.fibers[r.current].mmas++ & 1;
+    memcpy(r.mma_a[half][t], a, sizeof r.mma_a[half][t]);
+    memcpy(r.mma_b[half][t], b, sizeof r.mma_b[half][t]);
+    __syncwarp();
+    const int warp0 = t - (t & 31), K = kind == kMmaTf32 ? 8 : 16;
+    const int lane = t & 31, group = lane >> 2, tig = lane & 3;
+    for (int i = 0; i < 4; ++i) {  // d[i] is D[row][col]: rows group, group + 8; columns 2 tig, 2 tig + 1
+        const int row = group + (i >= 2) * 8, col = tig * 2 + (i & 1);
+        float acc = d[i];
+        for (int k = 0; k < K; ++k) {
+            // the lane and element of A that hold A[row][k], of B that hold B[k][col]
+            int a_lane, a_elem, b_lane, b_elem;
+            if (kind == kMmaTf32) {  // A: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); B: b0 (t, g), b1 (t+4, g)
+                a_lane = (row & 7) * 4 + (k & 3), a_elem = (row >> 3) + (k >> 2) * 2;
+                b_lane = col * 4 + (k & 3), b_elem = k >> 2;
+            } else {  // A: a0,a1 (g, 2t..2t+1), a2,a3 (g+8, ..), a4..a7 the same 8 columns on; B: b0,b1 (2t..2t+1, g), b2,b3 (+8)
+                a_lane = (row & 7) * 4 + ((k & 7) >> 1), a_elem = (k & 1) + (row >> 3) * 2 + (k >> 3) * 4;
+                b_lane = col * 4 + ((k & 7) >> 1), b_elem = (k & 1) + (k >> 3) * 2;
+            }
+            acc += dlc_emu_operand(r.mma_a[half][warp0 + a_lane], kind, a_elem) *
+                   dlc_emu_operand(r.mma_b[half][warp0 + b_lane], kind, b_elem);
+        }
+        d[i] = acc;
+    }
+}
+
+// cp.async (global -> shared, 4 or 16 bytes; the bytes past src_bytes are filled with zeros): on
+// the emulator an immediate copy, so commit_group and wait_group have nothing to wait for. The
+// generated code waits and synchronises before it reads what it staged, as the GPU needs.
+static inline void dlc_emu_cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+    memcpy(dst, src, (size_t)src_bytes);
+    memset((char*)dst + src_bytes, 0, (size_t)(bytes - src_bytes));
 }

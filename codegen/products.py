@@ -14,7 +14,9 @@ from dataclasses import replace
 from .core import PLAIN, Emission, Generator
 from .pointwise import ELEMENTWISE_BLOCK
 from .sizes import Size, ceil_div, pair, symbols_of
-from .tiles import gemm_tile, split_k
+from .tiles import gemm_tile, mma_warps, split_k
+
+MMA_K = {"tf32": 8, "bf16": 16}  # the depth of one mma.sync: m16n8k8 (TF32), m16n8k16 (BF16)
 
 
 def emit_matmul(gen: Generator, n: str, em: Emission) -> None:
@@ -67,7 +69,10 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
     static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
     long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
     workspace, then a second kernel adds them in order and does the store (epilogue, concat).
-    `em`: the fusion group whose epilogue the storing kernel runs, if any."""
+    `em`: the fusion group whose epilogue the storing kernel runs, if any. At the graph's
+    precision tf32 or bf16 the same tile runs on the tensor cores (matmul_mma.cu.j2: warps of
+    mma.sync fragments, `mma_warps`), its operands rounded as ir/precision.py says; at bf16 the
+    product is rounded to BF16 before the store (a split one in the finishing kernel)."""
     BM, BN, BK, TM, TN = tile = gemm_tile(M, N)
     threads = (BM // TM) * (BN // TN)
     splits = split_k(M, K, N, tile) if batch == 1 else 1
@@ -76,13 +81,20 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
                a_fast=a_fast, b_fast=b_fast, b_lets=list(b_lets), b_valid=b_valid, splits=splits,
                a_vec=a_vec, b_vec=b_vec and not b_lets and not b_valid,
                k_end="kend" if splits > 1 else "K")
+    template, precision = "matmul.cu.j2", gen.g.meta.precision
+    if precision != "fp32":  # on the tensor cores: warps of m16n8 fragments (matmul_mma.cu.j2)
+        WM, WN = mma_warps(tile)
+        threads = 32 * WM * WN
+        ctx.update(threads=threads, precision=precision, WM=WM, WN=WN, FM=BM // WM // 16, FN=BN // WN // 8,
+                   MMA_K=MMA_K[precision], round_result=precision == "bf16" and splits == 1)
+        template = "matmul_mma.cu.j2"
     tiles = [ceil_div(N, BN), ceil_div(M, BM)]
     if splits == 1:
-        gen.add(n, "matmul.cu.j2", ctx, gen.temp(n, em), gen.ins(n), tiles + [Size.of([batch]).plan()],
+        gen.add(n, template, ctx, gen.temp(n, em), gen.ins(n), tiles + [Size.of([batch]).plan()],
                 [threads, 1, 1], barriers=True, stem=stem, extra_dims=symbols_of((batch,)), em=em)
         return
     work = gen.workspace(n, "split", [splits, M.static, N.static])
-    gen.add(n, "matmul.cu.j2", ctx, work, gen.ins(n), tiles + [splits], [threads, 1, 1], barriers=True,
+    gen.add(n, template, ctx, work, gen.ins(n), tiles + [splits], [threads, 1, 1], barriers=True,
             stem=stem, partial=True, what=f"split-K, part blockIdx.z of {splits}: {what}")
     # the sum reads the workspace as in0: a fused epilogue's loads, numbered after the
     # product's operands, move down to follow it
@@ -90,7 +102,8 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
     if epi and epi.producer == n:
         shift = 1 - len(gen.g.operands(n))
         em = replace(em, epilogue=replace(epi, loads=[(var, slot + shift, at) for var, slot, at in epi.loads]))
-    gen.add(n, "split_sum.cu.j2", dict(M=M.c(), N=N.c(), splits=splits, out_index=out_index),
+    gen.add(n, "split_sum.cu.j2", dict(M=M.c(), N=N.c(), splits=splits, out_index=out_index,
+                                       round_bf16=precision == "bf16"),
             gen.temp(n, em), [work], [ceil_div(M * N, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
             stem=f"{stem}_sum", what=f"split-K: the {splits} parts of {what}, added in order", em=em)
 

@@ -52,3 +52,18 @@ def split_k(M: Size, K: Size, N: Size, tile=GEMM_TILE) -> int:
     tiles = -(-M.static // BM) * -(-N.static // BN)
     parts = min(-(-SPLIT_TARGET_BLOCKS // tiles), K.estimate() // SPLIT_MIN_K)
     return parts if parts >= SPLIT_MIN_PARTS else 1
+
+
+MMA_WARP_SIDE = 32  # the tensor-core product (matmul_mma.cu.j2): a warp computes up to 32x32 outputs
+
+
+def mma_warps(tile) -> tuple:
+    """(WM, WN): the warps of a tensor-core block, WM along rows and WN along columns, for a
+    (BM, BN, ...) tile: each warp a MMA_WARP_SIDE-wide share of each side (the whole side when
+    it is shorter: 16 rows is one m16 fragment, 16 columns two n8 fragments). The 64x64 tile
+    runs 4 warps of 32x32 outputs, 2x4 m16n8 fragments each; a short tile 1 to 4 (16x128: 4
+    warps of 16x32). A tile must be made of whole fragments and mma steps: BM a multiple of 16,
+    BN of 8, BK of 16 (the BF16 step)."""
+    BM, BN, BK = tile[:3]
+    assert BM % 16 == 0 and BN % 8 == 0 and BK % 16 == 0, f"tile {tile} is not made of m16n8k16 fragments"
+    return max(1, BM // MMA_WARP_SIDE), max(1, BN // MMA_WARP_SIDE)

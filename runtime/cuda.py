@@ -57,6 +57,25 @@ def cuda_available() -> tuple[bool, str]:
     return True, f"{name} through CuPy {cupy.__version__}"
 
 
+TENSOR_CORE_CAPABILITY = 8   # mma.sync m16n8k8 .tf32 and m16n8k16 .bf16 need sm_80 (Ampere) or later
+
+
+def check_tensor_cores(cp, precision: str) -> None:
+    """Refuse, before NVRTC does with a PTX error, a tensor-core precision on a GPU older than
+    sm_80. Where CuPy cannot say (an unknown device object), NVRTC will."""
+    if precision == "fp32":
+        return
+    try:
+        cc = str(cp.cuda.Device().compute_capability)   # "90" for sm_90
+        major = int(cc[:-1])
+    except Exception:
+        return
+    if major < TENSOR_CORE_CAPABILITY:
+        raise DlcError(f"cuda: precision {precision} runs the products on the tensor cores (mma.sync), which need "
+                       f"a GPU of compute capability {TENSOR_CORE_CAPABILITY}.0 or later; this one is {major}.{cc[-1]} "
+                       "(use precision fp32 here)")
+
+
 class CudaBackend(BufferState):
     """Buffers are CuPy arrays on one stream; a launch is a `RawModule` kernel call."""
     name = "cuda"
@@ -75,6 +94,7 @@ class CudaBackend(BufferState):
                 raise DlcError(f"cuda: {here} ranks on this machine but {gpus} GPU{'s' * (gpus != 1)}: NCCL needs a "
                                f"GPU per rank (start at most {gpus} ranks per machine, or use --backend emu)")
             cp.cuda.Device(local % gpus).use()
+        check_tensor_cores(cp, graph.meta.precision)
         self.cuda_graph = cuda_graph
         self.sync_each_launch = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
         try:

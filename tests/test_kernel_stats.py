@@ -64,3 +64,26 @@ def test_the_plans_shared_memory_is_what_ptxas_allocates(example, level):
     wrong = {k.name: (k.launch.shared, smem[k.name]) for k in mod.kernels if k.launch.shared != smem[k.name]}
     assert not wrong, f"plan vs ptxas bytes: {wrong}"
     assert any(k.launch.shared for k in mod.kernels)  # the comparison covers some shared memory
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (CUDA toolkit)")
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("example", ["mlp", "lenet"])
+def test_tensor_core_products_issue_hmma_without_spills(example, precision):
+    """At tf32/bf16 every product kernel is the tensor-core one (matmul_mma.cu.j2, none left on
+    the CUDA cores), nothing spills, the plan's shared memory is what ptxas allocates, and the
+    SASS of every product kernel holds HMMA instructions."""
+    import dlc
+    from dlc.codegen import generate
+    mod = generate(dlc.build(kernel_stats.ROOT / "examples" / f"{example}.dln", opt_level=2,
+                             precision=precision).graph)
+    rows = kernel_stats.stats(example, 2, "sm_90", NVCC, CUOBJDUMP, precision)
+    assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), [r for r in rows if r["spill_stores"]]
+    smem = {r["kernel"]: r["smem"] for r in rows}
+    assert {k.name: k.launch.shared for k in mod.kernels} == smem
+    products = [r for r in rows if r["template"] == "matmul_mma.cu.j2"]
+    assert len(products) >= 4 and not [r for r in rows if r["template"] == "matmul.cu.j2"]
+    if CUOBJDUMP is None:
+        pytest.skip("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump): SASS not read")
+    for r in products:
+        assert r["hmma"] > 0, r   # (FFMA may remain: a fused epilogue's, e.g. weight decay's a * w + g)
