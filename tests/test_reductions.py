@@ -256,13 +256,14 @@ def test_no_thread_order_changes_a_bit(backends, level):
     """The emulator can run a block's threads in reverse or shuffled order (cuda_emu.h,
     `dlc_emu_set_order`): a kernel without a race (a shared-memory read before the barrier that
     publishes it, a lane reading another's value without a shuffle) gives the same bits in every
-    order; the row lanes' shared sums and the warps' butterflies are checked this way."""
-    for text in (REDUCTIONS, XENT, ELEMENTWISE):
+    order; the row lanes' shared sums and the warps' butterflies are checked this way, in both
+    forms of a reduction over the batch (batch 37: one launch; 600: two)."""
+    for text, batch in ((REDUCTIONS, 37), (REDUCTIONS, 600), (XENT, 37), (XENT, 600), (ELEMENTWISE, 300)):
         g, emu = backends(text, level)
         set_order = emu.lib.dlc_emu_set_order  # cuda_emu.h's: a rename fails here, not skips
         set_order.argtypes, set_order.restype = [ctypes.c_int, ctypes.c_ulonglong], ctypes.c_int
         state = initial_state(g, 3)
-        feeds = synth_feeds(g, 300, seed=6)
+        feeds = synth_feeds(g, batch, seed=6)
         roots = list(g.meta.outputs.values()) + ([g.meta.loss] if g.meta.loss else []) + list(g.meta.grads.values())
         runs = []
         try:
