@@ -113,33 +113,39 @@ def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, ex
     ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
     block = [COLUMN_TILE, COLUMN_LANES, 1]
 
-    def one(gate):
+    def one(gate, note):
         gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks="1", final=True), gen.temp(n), ins,
-                [gated(tiles, gate), 1, 1], block, barriers=True, extra_dims=dims, comment=comment, stem=stem)
+                [gated(tiles, gate), 1, 1], block, barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note),
+                stem=stem)
 
-    def two(gate):
+    def two(gate, note):
         ws = gen.workspace(n, "chunks", [most if extent.static is None else chunks] + list(kept_shape))
         gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins,
-                [gated(tiles, gate), chunks, 1], block, barriers=True, extra_dims=dims, comment=comment,
-                stem=(stem or f"{gen.g.op(n)}_{n}") + "_chunks", partial=True)
+                [gated(tiles, gate), chunks, 1], block, barriers=True, extra_dims=dims,
+                comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_chunks", partial=True)
         gen.add(n, "reduce_columns_finish.cu.j2", dict(ctx, chunks=chunks_c), gen.temp(n), [ws],
                 [gated(ceil_div(outputs, ELEMENTWISE_BLOCK), gate), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
-                extra_dims=extent.syms, comment=comment, stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
+                extra_dims=extent.syms, comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
     _one_or_two(extent, COLUMN_ONE_LAUNCH_ROWS if most > 1 else None, one, two)
 
 
 def _one_or_two(extent: Size, most, one, two) -> None:
-    """Emit a reduction in one launch (`one(gate)`) or two (`two(gate)`): one where the extent
+    """Emit a reduction in one launch (`one(gate, note)`) or two (`two(gate, note)`): one where the extent
     is at most `most` elements (None: always one), two beyond. A static extent decides here;
     over the batch the plan holds both, each launch's grid times its 0/1 gate, so that the
     bound batch runs exactly one of them (see ONE_LAUNCH_TERMS)."""
     if most is None or (extent.static is not None and extent.static <= most):
-        one(1)
+        one(1, None)
     elif extent.static is not None:
-        two(1)
+        two(1, None)
     else:
-        one(at_most(extent, most))
-        two(beyond(extent, most))
+        one(at_most(extent, most), f"runs while {extent.py()} <= {most}: one launch (else two)")
+        two(beyond(extent, most), f"runs while {extent.py()} > {most}: two launches (else one)")
+
+
+def _noted(gen: Generator, n: str, comment, note):
+    """A kernel's comment, with a first line saying when it runs (`note`: a gated form), if any."""
+    return comment if note is None else [note] + (comment or gen.comment(n))
 
 
 def _reduce_blocks(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
@@ -157,21 +163,21 @@ def _reduce_blocks(gen: Generator, n: str, ctx: dict, ins: list, dims: list, ext
     most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
     parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
 
-    def one(gate):
+    def one(gate, note):
         # (over the batch, up to REDUCE_ONE_BLOCK elements: the largest block, whatever the guess)
         threads = _pow2_block(extent) if gate == 1 else REDUCE_BLOCK[1]
         gen.add(n, "reduce.cu.j2", dict(ctx, parts=None), gen.temp(n), ins, [gated(outputs.plan(), gate), 1, 1],
-                [threads, 1, 1], barriers=True, extra_dims=dims, comment=comment, stem=stem)
+                [threads, 1, 1], barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note), stem=stem)
 
-    def two(gate):
+    def two(gate, note):
         cap = most if extent.static is None else parts
         ws = gen.workspace(n, "parts", [outputs.static, cap])
         gen.add(n, "reduce.cu.j2", dict(ctx, parts=parts_c), ws, ins, [gated(outputs.static, gate), parts, 1],
-                [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=comment,
+                [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note),
                 stem=(stem or f"{gen.g.op(n)}_{n}") + "_parts", partial=True)
         gen.add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), gen.temp(n), [ws],
                 [gated(outputs.static, gate), 1, 1], [_pow2_block(Size(cap)), 1, 1], barriers=True,
-                extra_dims=extent.syms, comment=comment, stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
+                extra_dims=extent.syms, comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
     _one_or_two(extent, REDUCE_ONE_BLOCK if most >= 2 else None, one, two)
 
 
@@ -218,21 +224,22 @@ def emit_xent(gen: Generator, n: str, em: Emission) -> None:
     most = teams * (ONE_LAUNCH_TERMS // max(1, loads)) if loads else 0  # rows one block takes at most
     stem = f"{gen.g.op(n)}_{n}"
 
-    def one(gate):
-        gen.add(n, "xent_whole.cu.j2", ctx, gen.temp(n), gen.ins(n), [gate, 1, 1], block, barriers=True, stem=stem)
+    def one(gate, note):
+        gen.add(n, "xent_whole.cu.j2", ctx, gen.temp(n), gen.ins(n), [gate, 1, 1], block, barriers=True, stem=stem,
+                comment=_noted(gen, n, None, note))
 
-    def two(gate):
+    def two(gate, note):
         ws = gen.workspace(n, "rows", rows)
         gen.add(n, "xent.cu.j2", ctx, ws, gen.ins(n), [gated(grid[0], gate), 1, 1], block, barriers=True,
-                stem=f"{stem}_rows", partial=True)
+                stem=f"{stem}_rows", partial=True, comment=_noted(gen, n, None, note))
         # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
         threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
         gen.add(n, "xent_mean.cu.j2", dict(rows=R.c()), gen.temp(n), [ws], [gate, 1, 1], [threads, 1, 1],
-                barriers=True, stem=f"{stem}_mean")
+                barriers=True, stem=f"{stem}_mean", comment=_noted(gen, n, None, note))
     if most:
         _one_or_two(R, most, one, two)
     else:
-        two(1)
+        two(1, None)
 
 
 def emit_xent_grad(gen: Generator, n: str, em: Emission) -> None:
