@@ -127,13 +127,16 @@ class Module:
         kernels (distinct ones that run), launches, FLOPs (the registry's counts over the nodes
         computed), bytes moved (an estimate: each buffer a launch touches once, twice when it reads
         and writes it in place) and peak bytes (every buffer allocated: params, state, inputs and
-        temps, less those that only launches of other runs touch); `repeat_launches`: the launches
+        temps, less those that only launches of other runs touch); launches with an empty grid at
+        these sizes are left out, as the runtimes leave them out; `repeat_launches`: the launches
         of the same run again while the state is unchanged (the backends keep the evaluation
         form's values computed from stored values alone, `Graph.eval_constants`)."""
         from ..ir.ops import flops
         g = self.graph
         need = g.upstream(g.roots(evaluation=False) if roots is None else roots)
-        runs = [l for l in self.launches if l.node in need]
+        # (a launch whose grid is empty at these sizes does not run: the runtimes leave it out, so
+        # of a reduction's one-launch and two-launch forms only the one the batch picks counts)
+        runs = [l for l in self.launches if l.node in need and min(evaluate(x, dims) for x in l.grid) > 0]
         others = {a for l in self.launches if l.node not in need for a in l.args}
         others -= {a for l in runs for a in l.args}
 

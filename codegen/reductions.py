@@ -3,7 +3,9 @@
 
 A reduction picks its kernel from its axes and sizes: columns (leading axes into many outputs),
 a block per output, or, for few outputs over a long extent, two launches through a workspace
-whose partials are added in a fixed order (no atomics). A reduction fused with its pointwise
+whose partials are added in a fixed order (no atomics). Over the batch (a symbolic extent) the
+plan holds both forms, one launch and two, and the bound batch picks one (`_one_or_two`). A
+reduction fused with its pointwise
 producers (-O2, rule `reduce`) computes them where it reads its operand (the emission's
 prologue). Each threshold below says why it is what it is (an H100 has 132 SMs).
 """
@@ -13,7 +15,7 @@ from ..ir.ops import OPS
 from ..ir.types import normalize_axes
 from .core import Emission, Generator
 from .pointwise import ELEMENTWISE_BLOCK, pointwise_body
-from .sizes import Size, capped_div, ceil_div, gather_index, strides
+from .sizes import Size, at_most, beyond, capped_div, ceil_div, gated, gather_index, strides
 
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
 COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
@@ -26,13 +28,22 @@ REDUCE_BLOCKS = 512          # stage-1 blocks a reduction aims at: about 4 resid
                              # to stream at bandwidth; more would only lengthen stage 2
 REDUCE_CHUNK = 2048          # elements per stage-1 block at least (8 per thread of 256), so that its
                              # sum outweighs the round trip of its partial through the workspace
-REDUCE_ONE_BLOCK = 16384     # a static extent up to this stays one block per output (64 elements a
-                             # thread): it takes about as long as the second launch would cost.
-                             # A symbolic extent (the batch) always splits: the plan serves any N
+# One launch or two (issue 24): the crossover. Where a reduction has few outputs, one launch means
+# a few blocks walking the whole extent while most SMs idle; two launches cost a second launch
+# (about 2-4 us from the host, 1 us replayed in a CUDA graph) and a round trip through the
+# workspace. A thread adding ONE_LAUNCH_TERMS elements (independent loads, a few in flight)
+# takes about as long as that second launch, so up to that many a thread the reduction stays one
+# launch, and beyond it the GPU argument wins: two. For a static extent the plan decides; for an
+# extent over the batch it holds both forms, each launch's grid gated (sizes.at_most / beyond) on
+# the extent, and the batch bound at run time picks one (a launch of an empty grid is left out).
+# So mlp's and LeNet's bias gradients are one launch at batch 128 and two from batch 513, a
+# convolution's bias gradient over N x 8 x 8 pixels one launch up to batch 256.
+ONE_LAUNCH_TERMS = 64
+REDUCE_ONE_BLOCK = 256 * ONE_LAUNCH_TERMS  # an extent up to this (16384) stays one 256-thread block per output
 COLUMN_TILE, COLUMN_LANES = 32, 8  # column reductions: a block is 32 neighbouring columns (a warp
                              # reads them from one row, coalesced) x 8 row lanes (256 threads)
-COLUMN_CHUNK_ROWS = 64       # rows of a stage-1 chunk at least (8 per row lane); a static extent of
-                             # at most this many rows is one chunk, one launch
+COLUMN_ONE_LAUNCH_ROWS = COLUMN_LANES * ONE_LAUNCH_TERMS  # an extent up to this (512 rows) stays one launch
+COLUMN_CHUNK_ROWS = 64       # rows of a stage-1 chunk at least (8 per row lane)
 XENT_WARP_CLASSES = 1024     # softmax_xent(_grad): a warp per row up to this many classes (32 per lane:
                              # three passes over a 4 KB row that stays in L1), several rows a block;
                              # more classes: a block per row, whose 256 threads share its passes
@@ -87,31 +98,54 @@ def emit_reduce(gen: Generator, n: str, em: Emission) -> None:
 
 def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
                     kept_shape: list, em: Emission) -> None:
-    """Leading axes reduced into columns (a bias gradient, [N, C] -> [C]). Stage 1: a block per
-    tile of COLUMN_TILE columns and chunk of the rows (grid y), its COLUMN_LANES row lanes
-    walking the chunk, their sums added in order into a workspace [chunks, columns]; chunks =
-    min(ceil(extent / COLUMN_CHUNK_ROWS), REDUCE_BLOCKS / tiles), so a batch of any size
-    fills the GPU. Stage 2: a thread per column adds its chunks in order and applies the op's
-    `finish`. One launch (the stage-1 kernel, storing the result) when there can be only one
-    chunk: a static extent of at most COLUMN_CHUNK_ROWS rows, or tiles enough to fill
-    REDUCE_BLOCKS alone. The operand's fused producers (`prologues`) run in stage 1."""
+    """Leading axes reduced into columns (a bias gradient, [N, C] -> [C]). One launch: a block
+    per tile of COLUMN_TILE columns, its COLUMN_LANES row lanes walking every row, their sums
+    added in order and stored. Two: stage 1 is the same kernel over a chunk of the rows (grid
+    y), writing a workspace [chunks, columns]; chunks = min(ceil(extent / COLUMN_CHUNK_ROWS),
+    REDUCE_BLOCKS / tiles), so a batch of any size fills the GPU; stage 2, a thread per column,
+    adds its chunks in order and applies the op's `finish`. One launch where the extent is at
+    most COLUMN_ONE_LAUNCH_ROWS rows, or the tiles fill REDUCE_BLOCKS alone (`_one_or_two`).
+    The operand's fused producers (`prologues`) run in the kernel that reads the operand."""
     comment, stem = em.comment, em.stem
     tiles = ceil_div(outputs, COLUMN_TILE)
     most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
     chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
     ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
     block = [COLUMN_TILE, COLUMN_LANES, 1]
-    if most == 1 or (extent.static is not None and chunks <= 1):
+
+    def one(gate, note):
         gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks="1", final=True), gen.temp(n), ins,
-                [tiles, 1, 1], block, barriers=True, extra_dims=dims, comment=comment, stem=stem)
-        return
-    ws = gen.workspace(n, "chunks", [most if extent.static is None else chunks] + list(kept_shape))
-    gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins, [tiles, chunks, 1],
-            block, barriers=True, extra_dims=dims, comment=comment,
-            stem=(stem or f"{gen.g.op(n)}_{n}") + "_chunks", partial=True)
-    gen.add(n, "reduce_columns_finish.cu.j2", dict(ctx, chunks=chunks_c), gen.temp(n), [ws],
-            [ceil_div(outputs, ELEMENTWISE_BLOCK), 1, 1], [ELEMENTWISE_BLOCK, 1, 1], extra_dims=extent.syms,
-            comment=comment, stem=stem)
+                [gated(tiles, gate), 1, 1], block, barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note),
+                stem=stem)
+
+    def two(gate, note):
+        ws = gen.workspace(n, "chunks", [most if extent.static is None else chunks] + list(kept_shape))
+        gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins,
+                [gated(tiles, gate), chunks, 1], block, barriers=True, extra_dims=dims,
+                comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_chunks", partial=True)
+        gen.add(n, "reduce_columns_finish.cu.j2", dict(ctx, chunks=chunks_c), gen.temp(n), [ws],
+                [gated(ceil_div(outputs, ELEMENTWISE_BLOCK), gate), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
+                extra_dims=extent.syms, comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
+    _one_or_two(extent, COLUMN_ONE_LAUNCH_ROWS if most > 1 else None, one, two)
+
+
+def _one_or_two(extent: Size, most, one, two) -> None:
+    """Emit a reduction in one launch (`one(gate, note)`) or two (`two(gate, note)`): one where the extent
+    is at most `most` elements (None: always one), two beyond. A static extent decides here;
+    over the batch the plan holds both, each launch's grid times its 0/1 gate, so that the
+    bound batch runs exactly one of them (see ONE_LAUNCH_TERMS)."""
+    if most is None or (extent.static is not None and extent.static <= most):
+        one(1, None)
+    elif extent.static is not None:
+        two(1, None)
+    else:
+        one(at_most(extent, most), f"runs while {extent.py()} <= {most}: one launch (else two)")
+        two(beyond(extent, most), f"runs while {extent.py()} > {most}: two launches (else one)")
+
+
+def _noted(gen: Generator, n: str, comment, note):
+    """A kernel's comment, with a first line saying when it runs (`note`: a gated form), if any."""
+    return comment if note is None else [note] + (comment or gen.comment(n))
 
 
 def _reduce_blocks(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
@@ -122,24 +156,29 @@ def _reduce_blocks(gen: Generator, n: str, ctx: dict, ins: list, dims: list, ext
     parts of an output taking turns over stretches of its elements (a grid stride), each
     writing its block's sum to a workspace [outputs, parts]; parts = min(ceil(extent /
     REDUCE_CHUNK), REDUCE_BLOCKS / outputs). Stage 2: a block per output adds its parts (a
-    tree of fixed shape) and applies the op's `finish`. A static extent of at most
-    REDUCE_ONE_BLOCK, or outputs enough to fill the GPU alone, stays one launch. The
-    operand's fused producers (`prologues`) run in stage 1."""
+    tree of fixed shape) and applies the op's `finish`. An extent of at most REDUCE_ONE_BLOCK,
+    or outputs enough to fill the GPU alone, stays one launch (`_one_or_two`). The operand's
+    fused producers (`prologues`) run in the kernel that reads the operand."""
     comment, stem = em.comment, em.stem
     most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
-    if most < 2 or (extent.static is not None and extent.static <= REDUCE_ONE_BLOCK):
-        gen.add(n, "reduce.cu.j2", dict(ctx, parts=None), gen.temp(n), ins,
-                [outputs.plan(), 1, 1],
-                [_pow2_block(extent), 1, 1], barriers=True, extra_dims=dims, comment=comment, stem=stem)
-        return
     parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
-    most = most if extent.static is None else parts
-    ws = gen.workspace(n, "parts", [outputs.static, most])
-    gen.add(n, "reduce.cu.j2", dict(ctx, parts=parts_c), ws, ins, [outputs.static, parts, 1],
-            [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=comment,
-            stem=(stem or f"{gen.g.op(n)}_{n}") + "_parts", partial=True)
-    gen.add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), gen.temp(n), [ws], [outputs.static, 1, 1],
-            [_pow2_block(Size(most)), 1, 1], barriers=True, extra_dims=extent.syms, comment=comment, stem=stem)
+
+    def one(gate, note):
+        # (over the batch, up to REDUCE_ONE_BLOCK elements: the largest block, whatever the guess)
+        threads = _pow2_block(extent) if gate == 1 else REDUCE_BLOCK[1]
+        gen.add(n, "reduce.cu.j2", dict(ctx, parts=None), gen.temp(n), ins, [gated(outputs.plan(), gate), 1, 1],
+                [threads, 1, 1], barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note), stem=stem)
+
+    def two(gate, note):
+        cap = most if extent.static is None else parts
+        ws = gen.workspace(n, "parts", [outputs.static, cap])
+        gen.add(n, "reduce.cu.j2", dict(ctx, parts=parts_c), ws, ins, [gated(outputs.static, gate), parts, 1],
+                [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=_noted(gen, n, comment, note),
+                stem=(stem or f"{gen.g.op(n)}_{n}") + "_parts", partial=True)
+        gen.add(n, "reduce_finish.cu.j2", dict(ctx, parts=parts_c), gen.temp(n), [ws],
+                [gated(outputs.static, gate), 1, 1], [_pow2_block(Size(cap)), 1, 1], barriers=True,
+                extra_dims=extent.syms, comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
+    _one_or_two(extent, REDUCE_ONE_BLOCK if most >= 2 else None, one, two)
 
 
 def emit_softmax(gen: Generator, n: str, em: Emission) -> None:
@@ -171,17 +210,36 @@ def _xent_rows(gen: Generator, n: str):
 
 
 def emit_xent(gen: Generator, n: str, em: Emission) -> None:
-    """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label], in two
-    launches: stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2
-    (one block) adds them as a tree of fixed shape and divides by the rows."""
+    """softmax_xent, the mean over rows of max + log(sum(exp(x - max))) - x[label]. Two launches:
+    stage 1 writes each row's loss to a workspace [rows] (`_xent_rows`), stage 2 (one block)
+    adds them as a tree of fixed shape and divides by the rows. One launch (`xent_whole.cu.j2`):
+    a single block of the same teams (warps, or the block) takes the rows a team at a time and
+    stores the mean; chosen while each lane makes at most ONE_LAUNCH_TERMS trips (rows per team
+    x loads per pass over a row: 512 rows of 10 classes), through `_one_or_two`."""
     rows, ctx, grid, block = _xent_rows(gen, n)
-    ws = gen.workspace(n, "rows", rows)
-    gen.add(n, "xent.cu.j2", ctx, ws, gen.ins(n), grid, block, barriers=True,
-            stem=f"{gen.g.op(n)}_{n}_rows", partial=True)
-    R = Size.of(rows)  # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
-    threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
-    gen.add(n, "xent_mean.cu.j2", dict(rows=R.c()), gen.temp(n), [ws], [1, 1, 1], [threads, 1, 1],
-            barriers=True)
+    R = Size.of(rows)
+    classes = Size.of(gen.g.type(gen.g.operands(n)[0]).shape[-1:])
+    teams, team = (XENT_ROWS_PER_BLOCK, 32) if ctx["warp"] else (1, block[0])
+    loads = -(-classes.static // team) if classes.static else None   # a lane's loads in one pass over a row
+    most = teams * (ONE_LAUNCH_TERMS // max(1, loads)) if loads else 0  # rows one block takes at most
+    stem = f"{gen.g.op(n)}_{n}"
+
+    def one(gate, note):
+        gen.add(n, "xent_whole.cu.j2", ctx, gen.temp(n), gen.ins(n), [gate, 1, 1], block, barriers=True, stem=stem,
+                comment=_noted(gen, n, None, note))
+
+    def two(gate, note):
+        ws = gen.workspace(n, "rows", rows)
+        gen.add(n, "xent.cu.j2", ctx, ws, gen.ins(n), [gated(grid[0], gate), 1, 1], block, barriers=True,
+                stem=f"{stem}_rows", partial=True, comment=_noted(gen, n, None, note))
+        # (the batch: as many threads as a block of REDUCE_BLOCK has, whatever its guess)
+        threads = _pow2_block(R) if R.static is not None else REDUCE_BLOCK[1]
+        gen.add(n, "xent_mean.cu.j2", dict(rows=R.c()), gen.temp(n), [ws], [gate, 1, 1], [threads, 1, 1],
+                barriers=True, stem=f"{stem}_mean", comment=_noted(gen, n, None, note))
+    if most:
+        _one_or_two(R, most, one, two)
+    else:
+        two(1, None)
 
 
 def emit_xent_grad(gen: Generator, n: str, em: Emission) -> None:

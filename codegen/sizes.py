@@ -150,3 +150,32 @@ def capped_div(size: Size, by: int, cap: int) -> tuple[str | int, str]:
     s = size.c()
     blocks = f"({s} / {by} + ({s} % {by} != 0))" if by > 1 else s
     return py, f"({blocks} < {cap} ? {blocks} : {cap})"
+
+
+def at_most(size: Size, most: int) -> int | str:
+    """1 when `size` is at most `most` elements, else 0, as a plan value: an int for a static
+    size, else the expression `1 - min(size // (most + 1), 1)` (sizes are never negative).
+    A grid multiplied by it (`gated`) is empty beyond `most`, and a runtime leaves a launch of an
+    empty grid out: so a plan can hold two ways of computing one value, and the bound batch
+    picks the one that runs (a reduction's one launch or two, codegen/reductions.py)."""
+    if size.static is not None:
+        return int(size.static <= most)
+    return f"1 - min({size.py()} // {most + 1}, 1)"
+
+
+def beyond(size: Size, most: int) -> int | str:
+    """1 when `size` is more than `most` elements, else 0: the complement of `at_most`."""
+    if size.static is not None:
+        return int(size.static > most)
+    return f"min({size.py()} // {most + 1}, 1)"
+
+
+def gated(extent, flag) -> int | str:
+    """A grid extent (a plan value) times a 0/1 `flag` from `at_most` / `beyond`."""
+    if isinstance(flag, int):
+        return extent * flag if isinstance(extent, int) else (extent if flag else 0)
+    if extent == 1:
+        return flag
+    factor = f"({flag})" if flag.startswith("1 - ") else flag
+    return f"{extent if isinstance(extent, int) else f'({extent})'} * {factor}"
+

@@ -18,7 +18,7 @@ What is checked, and with which tolerance:
   A row or element missing from a mean over <= 3000 rows moves it by > 3e-4: still caught.
 - Determinism: two runs of the same step give the same bits (fixed summation order, no atomics),
   with the stage-1 blocks running concurrently on OpenMP threads.
-- The plan: which reductions take two launches, their grids and workspaces.
+- The plan: which reductions take two launches, at which batch, their grids and workspaces.
 """
 import ctypes
 
@@ -28,9 +28,9 @@ import pytest
 import dlc
 from dlc.codegen import generate
 from dlc.codegen.pointwise import ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS
-from dlc.codegen.reductions import (COLUMN_CHUNK_ROWS, COLUMN_LANES, COLUMN_TILE, REDUCE_BLOCKS, REDUCE_CHUNK,
-                                    XENT_ROWS_PER_BLOCK)
-from dlc.codegen.sizes import Size, capped_div, evaluate
+from dlc.codegen.reductions import (COLUMN_CHUNK_ROWS, COLUMN_LANES, COLUMN_ONE_LAUNCH_ROWS, COLUMN_TILE,
+                                    REDUCE_BLOCKS, REDUCE_CHUNK, REDUCE_ONE_BLOCK, XENT_ROWS_PER_BLOCK)
+from dlc.codegen.sizes import Size, at_most, beyond, capped_div, evaluate, gated
 from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import EmuBackend
 from dlc.runtime.init import initial_state
@@ -41,7 +41,8 @@ from conftest import EXAMPLES, needs_emu
 # Every reduction form: columns (leading axes) over 37 (two tiles, the second partly empty), 8
 # (the threshold), 1500 (47 tiles) and 7 (below the threshold: a block per output) columns; one
 # column; a few outputs over a long gathered extent; full reductions of every op; static extents
-# below and above the one-launch limits; a row reduction (many outputs: one block each).
+# below and above the one-launch limits (600 rows > COLUMN_ONE_LAUNCH_ROWS, 130 x 130 >
+# REDUCE_ONE_BLOCK); a row reduction (many outputs: one block each).
 REDUCTIONS = """
 model red {
     input x : f32[N, 37]
@@ -51,7 +52,7 @@ model red {
     input t : f32[N, 1]
     input u : f32[N, 1500]
     input z : f32[N, 3, 50]
-    param w : f32[200, 40] = zeros
+    param w : f32[600, 40] = zeros
     param k : f32[50, 40]  = zeros
     param q : f32[130, 130] = zeros
     param p : f32[100, 100] = zeros
@@ -150,7 +151,7 @@ def _terms_bound(feeds, state) -> float:
 
 @needs_emu
 @pytest.mark.parametrize("level", [0, 2])
-@pytest.mark.parametrize("batch", [1, 7, 65, 3000])
+@pytest.mark.parametrize("batch", [1, 7, 65, 512, 513, 3000])   # 512 | 513: columns in one launch | two
 def test_reductions_are_exact_on_integer_data(backends, level, batch):
     g, emu = backends(REDUCTIONS, level)
     feeds, state = _integer_data(g, batch, seed=batch + level)
@@ -219,7 +220,7 @@ def test_elementwise_kernels_cover_every_element(backends, level):
 @pytest.mark.parametrize("level", [0, 2])
 def test_examples_training_step(backends, name, level):
     g, emu = backends((EXAMPLES / f"{name}.dln").read_text(), level)
-    for batch in (1, 33):
+    for batch in (1, 33, 600):   # 600: the loss and bias gradients in two launches, the others one
         compare_step(g, emu, batch, seed=batch)
 
 
@@ -255,13 +256,14 @@ def test_no_thread_order_changes_a_bit(backends, level):
     """The emulator can run a block's threads in reverse or shuffled order (cuda_emu.h,
     `dlc_emu_set_order`): a kernel without a race (a shared-memory read before the barrier that
     publishes it, a lane reading another's value without a shuffle) gives the same bits in every
-    order; the row lanes' shared sums and the warps' butterflies are checked this way."""
-    for text in (REDUCTIONS, XENT, ELEMENTWISE):
+    order; the row lanes' shared sums and the warps' butterflies are checked this way, in both
+    forms of a reduction over the batch (batch 37: one launch; 600: two)."""
+    for text, batch in ((REDUCTIONS, 37), (REDUCTIONS, 600), (XENT, 37), (XENT, 600), (ELEMENTWISE, 300)):
         g, emu = backends(text, level)
         set_order = emu.lib.dlc_emu_set_order  # cuda_emu.h's: a rename fails here, not skips
         set_order.argtypes, set_order.restype = [ctypes.c_int, ctypes.c_ulonglong], ctypes.c_int
         state = initial_state(g, 3)
-        feeds = synth_feeds(g, 300, seed=6)
+        feeds = synth_feeds(g, batch, seed=6)
         roots = list(g.meta.outputs.values()) + ([g.meta.loss] if g.meta.loss else []) + list(g.meta.grads.values())
         runs = []
         try:
@@ -278,12 +280,47 @@ def test_no_thread_order_changes_a_bit(backends, level):
 
 # -- the plan ------------------------------------------------------------------------------------
 
-def _launches(mod, node):
-    return [l for l in mod.launches if l.node == node]
+def _launches(mod, node, dims=None):
+    """Node's launches in plan order; with `dims`, only those that run at those sizes (a
+    launch of an empty grid is left out by the runtimes: the form the batch did not pick)."""
+    return [l for l in mod.launches if l.node == node
+            and (dims is None or min(evaluate(x, dims) for x in l.grid) > 0)]
 
 
 def _workspace(mod, l):
     return "@" in l.args[0] and mod.buffers[l.args[0]].kind == "temp"
+
+
+# extents over the batch: (rows or elements per example, the most that stays one launch)
+OVER_BATCH = {"cs": (1, COLUMN_ONE_LAUNCH_ROWS), "cm": (1, COLUMN_ONE_LAUNCH_ROWS),
+              "c8": (1, COLUMN_ONE_LAUNCH_ROWS), "c1": (1, REDUCE_ONE_BLOCK), "cu": (1, COLUMN_ONE_LAUNCH_ROWS),
+              "c7": (1, REDUCE_ONE_BLOCK), "g3": (50, REDUCE_ONE_BLOCK), "fs": (37, REDUCE_ONE_BLOCK),
+              "fm": (1500, REDUCE_ONE_BLOCK), "f1": (37, REDUCE_ONE_BLOCK), "f2": (1500, REDUCE_ONE_BLOCK),
+              "fe": (37, REDUCE_ONE_BLOCK)}
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_one_launch_or_two_is_picked_by_the_batch(level):
+    """Over the batch the plan holds both forms of a reduction; at every batch exactly one runs:
+    one launch while the extent is at most the crossover (COLUMN_ONE_LAUNCH_ROWS rows of a column
+    reduction, REDUCE_ONE_BLOCK elements of a block per output), two beyond it. The plan's
+    grids are checked on both sides of each crossover."""
+    g = _graph(REDUCTIONS, level)
+    mod = generate(g, reuse=False)
+    node = g.meta.outputs
+    for name, (per, most) in OVER_BATCH.items():
+        last_one = most // per
+        for batch in (1, last_one - 1, last_one, last_one + 1, 10 ** 5):
+            if batch < 1:
+                continue
+            runs = _launches(mod, node[name], {"N": batch})
+            want = 1 if per * batch <= most else 2
+            assert len(runs) == want, (name, batch, [l.kernel for l in runs])
+            if want == 1:
+                assert not _workspace(mod, runs[0]), (name, batch)
+            else:
+                assert _workspace(mod, runs[0]) and runs[1].args[1:] == [runs[0].args[0]], (name, batch)
+        assert len(_launches(mod, node[name])) == 3, name   # in the plan: one form, then the other
 
 
 @pytest.mark.parametrize("level", [0, 2])
@@ -291,25 +328,29 @@ def test_two_stage_reductions_are_chosen_from_the_plan(level):
     g = _graph(REDUCTIONS, level)
     mod = generate(g, reuse=False)       # workspaces keep their names `node@tag`
     node = g.meta.outputs
-    two = {name: _launches(mod, node[name]) for name in node}
+    dims = {"N": 3000}
+    two = {name: _launches(mod, node[name], dims) for name in node}
+    big = {"N": 20000}      # a block per output of N elements: two launches beyond REDUCE_ONE_BLOCK
+    two.update({name: _launches(mod, node[name], big) for name in ("c7", "c1")})
     for name in ("cs", "cm", "c8", "c7", "c1", "cu", "g3", "fs", "fm", "f1", "f2", "fe", "ws", "ql"):
         first, second = two[name]
         assert _workspace(mod, first) and not _workspace(mod, second), name
         assert second.args[1:] == [first.args[0]], name   # stage 2 reads only the workspace
         assert first.barriers and "@" not in second.args[0], name
-    for name in ("ks", "pl", "rows"):                     # one launch: tiny, or outputs enough
-        (only,) = two[name]
+    for name in ("ks", "pl", "rows"):                     # one launch: static and short, or outputs enough
+        (only,) = _launches(mod, node[name])
         assert not _workspace(mod, only), name
-    dims = {"N": 3000}
+    assert len(_launches(mod, node["ws"])) == len(_launches(mod, node["ql"])) == 2   # static: decided here
     # columns: 32 x 8 blocks, a chunk of >= COLUMN_CHUNK_ROWS rows each, up to REDUCE_BLOCKS blocks
     first = two["cs"][0]
     assert first.block == [COLUMN_TILE, COLUMN_LANES, 1]
     assert [evaluate(x, dims) for x in first.grid] == [2, -(-3000 // COLUMN_CHUNK_ROWS), 1]
-    assert [evaluate(x, {"N": 1}) for x in first.grid] == [2, 1, 1]
+    (small,) = _launches(mod, node["cs"], {"N": 1})      # one launch: a block per tile, every row
+    assert [evaluate(x, {"N": 1}) for x in small.grid] == [2, 1, 1] and small.block == first.block
     cu = two["cu"][0]
     assert [evaluate(x, dims) for x in cu.grid] == [47, REDUCE_BLOCKS // 47, 1]   # capped
     ws = two["ws"][0]                                      # a static extent: a static grid
-    assert ws.grid == [2, 4, 1] and mod.buffers[ws.args[0]].shape == [4, 40]
+    assert ws.grid == [2, 10, 1] and mod.buffers[ws.args[0]].shape == [10, 40]
     # full and gathered reductions: grid (outputs, parts), parts a grid stride over the extent
     fs = two["fs"][0]
     assert [evaluate(x, dims) for x in fs.grid] == [1, -(-37 * 3000 // REDUCE_CHUNK), 1]
@@ -320,27 +361,53 @@ def test_two_stage_reductions_are_chosen_from_the_plan(level):
     assert two["ql"][0].grid == [1, -(-130 * 130 // REDUCE_CHUNK), 1]
     # the row reduction keeps a block per row; under COLUMN_OUTPUTS columns, blocks per output
     assert [evaluate(x, dims) for x in two["rows"][0].grid] == [3000, 1, 1]
-    assert two["c7"][0].block == [256, 1, 1] and [evaluate(x, dims) for x in two["c7"][0].grid] == [7, 2, 1]
+    assert two["c7"][0].block == [256, 1, 1] and [evaluate(x, big) for x in two["c7"][0].grid] == [7, 10, 1]
 
 
 def test_softmax_xent_forms_from_the_plan():
+    """Two launches (rows into a workspace, then their mean) beyond the crossover, one block
+    taking every row below it: 512 rows of 1 or 10 classes (a warp per row, 8 warps, 64 rows
+    each), 10 rows of 1500 (a 256-thread block per row, 6 loads a thread each pass)."""
     g = _graph(XENT, 0)
     mod = generate(g, reuse=False)
     xents = [n for n in g.order() if g.op(n) == "softmax_xent"]
     grads = [n for n in g.order() if g.op(n) == "softmax_xent_grad"]
     by_classes = {g.type(g.operands(n)[0]).shape[1]: n for n in xents}
     for classes, n in by_classes.items():
-        rows, mean = _launches(mod, n)
-        assert _workspace(mod, rows) and mod.buffers[rows.args[0]].shape == ["N"]
-        assert mean.args[1:] == [rows.args[0]] and mean.grid == [1, 1, 1]
-        if classes <= 1024:    # a warp per row, 8 rows a block
-            assert rows.block == [32 * XENT_ROWS_PER_BLOCK, 1, 1] and evaluate(rows.grid[0], {"N": 37}) == 5
-        else:                  # a block per row
-            assert rows.block == [256, 1, 1] and evaluate(rows.grid[0], {"N": 37}) == 37
+        last_one = 8 * 64 if classes <= 1024 else 64 // 6
+        for batch in (1, last_one, last_one + 1, 3000):
+            runs = _launches(mod, n, {"N": batch})
+            if batch <= last_one:
+                (whole,) = runs
+                assert not _workspace(mod, whole) and [evaluate(x, {"N": batch}) for x in whole.grid] == [1, 1, 1]
+                continue
+            rows, mean = runs
+            assert _workspace(mod, rows) and mod.buffers[rows.args[0]].shape == ["N"]
+            assert mean.args[1:] == [rows.args[0]] and [evaluate(x, {"N": batch}) for x in mean.grid] == [1, 1, 1]
+            if classes <= 1024:    # a warp per row, 8 rows a block
+                assert rows.block == [32 * XENT_ROWS_PER_BLOCK, 1, 1]
+                assert evaluate(rows.grid[0], {"N": batch}) == -(-batch // XENT_ROWS_PER_BLOCK)
+            else:                  # a block per row
+                assert rows.block == [256, 1, 1] and evaluate(rows.grid[0], {"N": batch}) == batch
+        assert len(_launches(mod, n)) == 3
     for n in grads:
         (l,) = _launches(mod, n)
         classes = g.type(n).shape[1]
         assert evaluate(l.grid[0], {"N": 37}) == (5 if classes <= 1024 else 37)
+
+
+@pytest.mark.parametrize("size", [Size(7, ("N",)), Size(1, ("N",)), Size(300), Size(0)])
+def test_gates_let_exactly_one_form_run(size):
+    """at_most / beyond are 1 and 0 on the two sides of `most`, and gated grids follow them."""
+    for n in (0, 1, 2, 73, 74, 512, 513, 10 ** 6):
+        value = size.k * (n if size.syms else 1)
+        for most in (0, 1, 512, 518):
+            low, high = (evaluate(f(size, most), {"N": n}) for f in (at_most, beyond))
+            assert (low, high) == ((1, 0) if value <= most else (0, 1)), (size, n, most)
+            for extent in (1, 4, "(N + 7) // 8", "min((N + 63) // 64, 128)"):
+                grid = evaluate(extent, {"N": n})
+                assert evaluate(gated(extent, at_most(size, most)), {"N": n}) == grid * low
+                assert evaluate(gated(extent, beyond(size, most)), {"N": n}) == grid * high
 
 
 def test_elementwise_kernels_vectorise_only_same_index_loads():
