@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.ops import OPS, PARAM, RANDOM, label_operands
+from ..ir.optim import OPTIMIZERS
 from .backends import available, make_backend
 
 # float32 kernels against the float32 NumPy reference: summation order differs (tiled matmul,
@@ -27,9 +29,21 @@ ATOL, RTOL = 1e-4, 1e-3
 # row or column of its product, hence the larger share. A product that skipped its rounding is off
 # in far more of its elements (a tenth to a half at tf32, more at bf16): the comparison stays tight.
 # (Measured, with the interpreter in float64 standing in for another summation order: at most 1.3%
-# of a tensor's elements beyond the fp32 tolerance at tf32, none at bf16.)
+# of a tensor's elements beyond the fp32 tolerance at tf32, none at bf16. Measured on emu: at bf16,
+# adding_lstm's recurrence carries flips from step to step, 12 of 2,048 elements (0.6%) of a product
+# at step 21, each within one BF16 ulp of the tensor's largest magnitude; so bf16 takes tf32's share.)
 FLIP = {"fp32": 0.0, "tf32": 2.0 ** -10, "bf16": 2.0 ** -7}
-FLIP_SHARE = {"fp32": 0.0, "tf32": 2.0 ** -5, "bf16": 2.0 ** -10}
+FLIP_SHARE = {"fp32": 0.0, "tf32": 2.0 ** -5, "bf16": 2.0 ** -5}
+# A normalising optimizer's first step (the one step diff runs, from fresh moments) is
+# lr * g / (|g| + eps) for Adam and AdamW (bias-corrected), lr * g / (sqrt(1 - alpha) |g| + eps)
+# for RMSprop: about lr * sign(g) whatever |g| is. Where |g| is within ILL_EPS * eps, the step turns
+# on the gradient's last bits: two gradients that agree to 1e-9 (charlm at tf32: -2.66e-8 and
+# -2.87e-8, eps 1e-8) step 1.5e-4 apart. Such param elements are compared to within the step's
+# bound (STEP_BOUND(settings) * lr) instead; their gradient rows have already been compared at the
+# fp32 tolerance. Above ILL_EPS * eps the step's error is under 1/ILL_EPS of the gradient's relative error.
+ILL_EPS = 1e3
+STEP_BOUND = {"adam": lambda s: 1.0, "adamw": lambda s: 1.0,
+              "rmsprop": lambda s: 1.0 / np.sqrt(1.0 - s.get("alpha", 0.99))}
 
 
 def synth_feeds(g: Graph, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,9 +75,10 @@ class Row:
     ok: bool
 
 
-def compare(a: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> tuple[float, float, bool]:
+def compare(a: np.ndarray, ref: np.ndarray, precision: str = "fp32", loose=None) -> tuple[float, float, bool]:
     """(max abs error, max relative error, agrees): every element within ATOL + RTOL * |ref|, but
-    for the rare rounding flips of a lower precision (FLIP, FLIP_SHARE)."""
+    for the rare rounding flips of a lower precision (FLIP, FLIP_SHARE). `loose`: (mask, bound):
+    elements where mask holds need only be within bound (an ill-conditioned optimizer step)."""
     a = np.asarray(a, np.float64)
     ref = np.asarray(ref, np.float64)
     if a.shape != ref.shape:
@@ -75,6 +90,9 @@ def compare(a: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> tuple[fl
     rel_err = float((d / np.maximum(np.abs(ref), 1e-12)).max())
     finite = bool(np.isfinite(a).all() == np.isfinite(ref).all())
     far = ~(d <= ATOL + RTOL * np.abs(ref))
+    if loose is not None:
+        mask, bound = loose
+        far &= ~(mask & (d <= bound))
     if far.any() and FLIP[precision]:   # a few flips, each within one ulp of the element or the tensor
         within = d[far] <= FLIP[precision] * np.maximum(np.abs(ref[far]), np.abs(ref).max(initial=0.0))
         return abs_err, rel_err, finite and bool(within.all()) and far.sum() <= max(1, FLIP_SHARE[precision] * far.size)
@@ -110,6 +128,9 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
     ref_vals, ref_state = run_step(make_backend("interp", g), g, state, feeds, rng)
     results = {}
     m = g.meta
+    # the optimizer update's values: everything computed from a gradient (clipping, moments, steps)
+    update = set().union(*(nx.descendants(g.nx, v) for v in m.grads.values())) - set(m.grads.values())
+    finals = set(m.outputs.values()) | {m.loss}
     for name in names:
         if name == "interp":
             continue
@@ -120,6 +141,8 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
         vals, new_state = run_step(make_backend(name, g), g, state, feeds, rng)
         first = None
         for n in ref_vals:
+            if n in update and n not in finals:
+                continue  # the update's inner values: judged by the params and state they make (_ill_step)
             if n in vals and not compare(vals[n], ref_vals[n], m.precision)[2]:
                 first = n
                 break
@@ -134,6 +157,21 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
             rows.append(Row("grad", f"d{p}", v, *compare(vals[v], ref_vals[v], m.precision)))
         for k in ref_state:
             kind = "param" if OPS[g.op(k)].holds == PARAM else "state"
-            rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k], m.precision)))
+            rows.append(Row(kind, k, k, *compare(new_state[k], ref_state[k], m.precision,
+                                                 _ill_step(g, k, ref_vals))))
         results[name] = (rows, first)
     return results
+
+
+def _ill_step(g: Graph, param: str, ref_vals: dict):
+    """(mask, bound) for `compare`: the elements of a param whose normalising-optimizer step is
+    ill-conditioned (its reference gradient within ILL_EPS * eps), and the step's bound; or None."""
+    m = g.meta
+    grad = m.grads.get(param)
+    if grad is None or not m.optimizer or m.optimizer[0] not in STEP_BOUND or grad not in ref_vals:
+        return None
+    name, settings = m.optimizer
+    eps = float(settings.get("eps", OPTIMIZERS[name]["eps"]))
+    lr = float(settings.get("lr", OPTIMIZERS[name]["lr"]))
+    mask = np.abs(np.asarray(ref_vals[grad], np.float64)) <= ILL_EPS * eps
+    return mask, STEP_BOUND[name](settings) * lr

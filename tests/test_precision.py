@@ -274,10 +274,10 @@ def test_diff_forgives_rare_rounding_flips_only():
     one.view(np.uint32)[7] += 1 << 16   # the next BF16 value away from zero: one flip
     assert compare(one, ref, "bf16")[2] and not compare(one, ref, "fp32")[2]
     many = ref.copy()
-    many.view(np.uint32)[:64] += 1 << 16   # 64 flips of 4096: more than 2^-10 of the elements
+    many.view(np.uint32)[:256] += 1 << 16   # 256 flips of 4096: more than 2^-5 of the elements
     assert not compare(many, ref, "bf16")[2]
     d = dlc.diff(LOGREG, "interp,cuda", precision="bf16")   # cuda is skipped without a GPU; the rule stays
-    assert d.tolerance == (1e-4, 1e-3) and d.flips == (2.0 ** -7, 2.0 ** -10)
+    assert d.tolerance == (1e-4, 1e-3) and d.flips == (2.0 ** -7, 2.0 ** -5)
     assert dlc.diff(LOGREG, "interp,cuda").flips is None
 
 
