@@ -22,6 +22,19 @@ and so is `relu_grad(dY @ w^T, h)`.
 Reductions (rule `reduce`): a `sum`, `mean`, `l1`, `l2` or `mse` whose operand is a pointwise
 group's root, used by it alone, computes that group inside its loop: `sum(x * y)` is one kernel.
 
+Sibling reductions (rule `siblings`, a multi-output reduction): reductions over the same axes of
+operands of one shape (the batch statistics `mean(d)` and `mean(d * d)`; batch norm's backward
+`sum(g)`, `sum(g * xhat)`), none reading another, merge into one group whose kernel keeps an
+accumulator per reduction in one loop over the elements: one pass over memory, one launch (or
+one pair) instead of one per reduction. Each reduction brings its `reduce` group; a pointwise
+group that only the merged reductions read (the `d` of both statistics) joins too, computed in
+the loop. The group's root is the last reduction in the graph's order, where its kernel runs:
+legal when every user of the others comes after it (so none of them is needed earlier, and
+none reads another). Every reduction's value is stored; the partial sums are added in a fixed
+order, as a single reduction's are. Reductions of the step and of the evaluation form are never
+siblings (they never run together); a run that needs one of a group's reductions computes them
+all (runtime/runner.py), so its kernel always finds what it reads.
+
 Every pointwise node belongs to exactly one group (a group of one still inlines its constants).
 The pass changes no node; it only records the groups. `plan(g)` also returns each refusal with
 its reason, for `dlc compile --explain-fusion`.
@@ -34,6 +47,7 @@ from ..ir.graph import Graph
 from ..ir.ops import EPILOGUE_FAMILIES as PRODUCERS  # kernels with an epilogue hook (matmul, convolutions)
 from ..ir.ops import OPS
 from ..ir.ops import POINTWISE_FAMILIES as POINTWISE  # elementwise, broadcast, slice (a gather: a load)
+from ..ir.types import normalize_axes
 
 
 @dataclass
@@ -95,6 +109,7 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
             group_of[m] = root
         groups[root] = (rule, sorted(members, key=pos.get))
     _fold_into_reductions(g, groups, group_of, wanted, pos)
+    _merge_siblings(g, groups, group_of, wanted, pos)
     _merge_updates(g, groups, group_of, pos)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
@@ -125,6 +140,80 @@ def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set, p
         groups[r] = ("reduce", members)
         for m in members:
             group_of[m] = r
+
+
+def _sibling_key(g: Graph, r: str):
+    """What sibling reductions share: the operands' shape (every operand of it), the reduced axes
+    and the result's shape; None for a reduction whose operands differ in shape."""
+    args = g.operands(r)
+    shape = g.type(args[0]).shape
+    if any(g.type(a).shape != shape for a in args):
+        return None
+    return tuple(shape), tuple(normalize_axes(g.attrs(r).get("axis"), len(shape))), tuple(g.type(r).shape)
+
+
+def _value_readers(g: Graph, a: str) -> list[str]:
+    """The users that read `a`'s value, looking through reshapes (an `alias` names a's buffer
+    under another shape and reads nothing when it runs)."""
+    out = []
+    for u in _readers(g, a):
+        out += _value_readers(g, u) if OPS[g.op(u)].family == "alias" else [u]
+    return out
+
+
+def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict) -> None:
+    """Sibling reductions (rule `siblings`, see the module doc): in the graph's order, a reduction
+    joins the last open set of its key when the merged set stays legal, else opens a new one."""
+    def own(r):  # a reduction's members: its `reduce` group, or itself
+        return list(groups[r][1]) if r in groups else [r]
+
+    def merged(reductions):
+        """The members of one kernel computing `reductions`, with the pointwise groups that only
+        they read; None when it is not legal."""
+        members = {m for r in reductions for m in own(r)}
+        shape = g.type(g.operands(reductions[0])[0]).shape
+        grew = True
+        while grew:  # a shared producer (read by several of the reductions or their producers)
+            grew = False
+            for m in sorted(members, key=pos.get):
+                for a in g.operands(m):
+                    p = group_of.get(a)
+                    if (p == a and p not in members and groups[p][0] == "elementwise" and p not in wanted
+                            and g.type(p).shape == shape and set(_readers(g, p)) <= members):
+                        members |= set(groups[p][1])
+                        grew = True
+        root = max(reductions, key=pos.get)
+        for r in reductions:  # the kernel runs at the root: every reader of a result comes after it
+            if any(u in members or pos[u] <= pos[root] for u in _value_readers(g, r)):
+                return None
+        return sorted(members, key=pos.get)
+
+    # a reduction of the step and one of the evaluation form never run together: not siblings
+    step, evaluation = g.upstream(g.roots(evaluation=False)), g.upstream(g.eval_roots())
+    sets: list[list] = []
+    last: dict[tuple, list] = {}    # key -> the set a reduction of that key may still join
+    for r in g.order():
+        if OPS[g.op(r)].family != "reduce" or group_of.get(r, r) != r:
+            continue
+        key = _sibling_key(g, r)
+        if key is None:
+            continue
+        key += (r in step, r in evaluation)
+        if key in last and merged(last[key] + [r]) is not None:
+            last[key].append(r)
+        else:
+            last[key] = [r]
+            sets.append(last[key])
+    for reductions in sets:
+        members = merged(reductions) if len(reductions) > 1 else None
+        if members is None:
+            continue
+        for m in members:
+            groups.pop(m, None)
+        root = members[-1]
+        groups[root] = ("siblings", members)
+        for m in members:
+            group_of[m] = root
 
 
 def _merge_updates(g: Graph, groups: dict, group_of: dict, pos: dict) -> None:
