@@ -3,7 +3,8 @@
 - training mode: the output, the gradients of x, gamma and beta, and the running statistics after
   several steps (momentum as PyTorch defines it, the unbiased variance);
 - evaluation mode: the output from the running statistics, and nothing updated;
-- on the interpreter in float64 (relative 1e-10: both sides exact to rounding) and on emu, the
+- on the interpreter in float64 (relative 1e-10: both sides exact to rounding) and on emu (-O0,
+  -O1, and -O2 where the statistics and the backward's sums are sibling reductions), the
   generated CUDA compiled for the CPU, in float32 (relative 1e-4: float32 sums of a few hundred
   terms, and a division by a standard deviation);
 - the lowered form (passes/lower.py) against the op's NumPy reference, in both modes;
@@ -39,9 +40,12 @@ CASES = {  # the prelude's layer, a sample's shape, PyTorch's module
 
 
 def _setup(case, backend):
+    """`backend`: interp, emu, or emu-O0 / emu-O2 (emu at that level; plain emu is -O1)."""
     layer, shape, pshape, module = CASES[case]
+    backend, _, level = backend.partition("-O")
     dtype = "float64" if backend == "interp" else "float32"
-    m = dlc.compile(NET.format(layer=layer, shape=shape, pshape=pshape), backend=backend, float_dtype=dtype, seed=3)
+    m = dlc.compile(NET.format(layer=layer, shape=shape, pshape=pshape), backend=backend, float_dtype=dtype, seed=3,
+                    opt_level=int(level or 1))
     rng = np.random.default_rng(5)
     dims = [int(d) for d in shape.split(",")]
     x = (rng.normal(size=[8] + dims) * 2 + 1).astype(np.float32)
@@ -69,7 +73,10 @@ def _torch_step(torch, bn, x, t, p):
 
 
 TOL = {"interp": dict(rtol=1e-10, atol=1e-12), "emu": dict(rtol=1e-4, atol=1e-5)}
-BACKENDS = ["interp", pytest.param("emu", marks=needs_emu)]
+TOL["emu-O0"] = TOL["emu-O2"] = TOL["emu"]
+# at -O2 the statistics and the backward's sums are sibling reductions (one kernel each, passes/fusion.py)
+BACKENDS = ["interp", pytest.param("emu", marks=needs_emu), pytest.param("emu-O0", marks=needs_emu),
+            pytest.param("emu-O2", marks=needs_emu)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
