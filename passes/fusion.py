@@ -71,8 +71,10 @@ def _reads(g: Graph, n: str) -> list[str]:
     return args[:1] if OPS[g.op(n)].family == "broadcast" else args
 
 
-def plan(g: Graph) -> tuple[dict, list[Refusal]]:
-    """Groups (root -> (rule, members in order)) and the refused operand edges, with reasons."""
+def plan(g: Graph, siblings: bool = True) -> tuple[dict, list[Refusal]]:
+    """Groups (root -> (rule, members in order)) and the refused operand edges, with reasons.
+    `siblings=False` leaves every reduction a kernel of its own (tests of the single reduction's
+    kernels)."""
     family = {n: OPS[g.op(n)].family for n in g.nx}
     wanted = set(g.roots())
     order = g.order()
@@ -109,7 +111,8 @@ def plan(g: Graph) -> tuple[dict, list[Refusal]]:
             group_of[m] = root
         groups[root] = (rule, sorted(members, key=pos.get))
     _fold_into_reductions(g, groups, group_of, wanted, pos)
-    _merge_siblings(g, groups, group_of, wanted, pos)
+    if siblings:
+        _merge_siblings(g, groups, group_of, wanted, pos)
     _merge_updates(g, groups, group_of, pos)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
