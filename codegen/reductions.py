@@ -251,7 +251,7 @@ def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Em
                 loads.append((var, len(ins), index))
                 ins.append(gen.node_buffer[a])
         acc = f"acc{k}"
-        terms.append(dict(node=r, loads=loads, prologues=pro, acc=acc,
+        terms.append(dict(loads=loads, prologues=pro, acc=acc,
                           expr=_rename(kernel["map"], dict(names)),
                           finish=_rename(kernel["finish"], {"acc": acc})))
     uses_extent = any("extent" in OPS[g.op(r)].kernel["finish"] for r in reductions)
