@@ -292,7 +292,8 @@ def report(g: Graph, dims: dict) -> list[str]:
     lines = [f"fusion report for model {g.meta.name} ({len(groups)} groups; bytes at {at})"]
     total = 0
     for root, (rule, members) in groups.items():
-        saved = sum(2 * nbytes(m) for m in members if m != root or rule == "update")
+        saved = sum(2 * nbytes(m) for m in members if (m != root or rule == "update")
+                    and not (rule == "siblings" and OPS[g.op(m)].family == "reduce"))  # (each result is stored)
         total += saved
         locs = sorted({(g.loc(m).file, g.loc(m).line) for m in members if g.loc(m)})
         lines.append(f"  group %{root}  {rule}  {len(members)} node{'s' * (len(members) > 1)}: "

@@ -186,3 +186,12 @@ output k = %k
 """
     with pytest.raises(DlcError, match=message.replace("[", r"\[").replace("]", r"\]")):
         verify(parse_ir(text))
+
+
+def test_explain_fusion_lists_the_sibling_groups():
+    """`dlc compile --explain-fusion` (Build.explain_fusion): each batch norm's statistics are a
+    group of rule `siblings`; it saves the squares' round trip (N * 16 * 8 * 8 floats at N = 128,
+    written and read back), not the results, which are stored."""
+    lines = dlc.build(EXAMPLES / "resnet_small.dln", opt_level=2).explain_fusion(batch=128)
+    i = next(i for i, line in enumerate(lines) if "group %stem.bn.shifted_square_mean  siblings  3 nodes" in line)
+    assert lines[i + 1].strip().startswith(f"saves {2 * 4 * 128 * 16 * 8 * 8:,} bytes")
