@@ -75,10 +75,11 @@ def _walk(g: Graph) -> Module:
             for a in g.users(m):
                 if OPS[g.op(a)].family == "assign":
                     gen.inplace[a] = gen.node_buffer[a] = gen.node_buffer[m] = g.operands(a)[0]
-    for r, (rule, members) in g.meta.groups.items():  # sibling reductions store where their last one runs;
+    for r, (rule, members) in g.meta.groups.items():  # sibling reductions store where their last member runs;
         if rule == "siblings":                            # a reshape of an earlier one may name its buffer before
+            inside = set(members)
             for m in members:
-                if OPS[g.op(m)].family == "reduce" and m != r:
+                if m != r and (OPS[g.op(m)].family == "reduce" or any(u not in inside for u in g.users(m))):
                     gen.temp(m)
     for n in g.order():
         op = g.op(n)
@@ -129,10 +130,14 @@ def emit_group(gen: Generator, root: str) -> None:
         prologue = {a: _within(g, a, members) for a in inputs}
         EMITTERS[OPS[g.op(red)].family](gen, red, Emission(prologue=prologue, comment=comment, stem=stem))
         return
-    if rule == "siblings":  # several reductions in one pass, each with its producers in its loop
-        reductions = [m for m in members if OPS[g.op(m)].family == "reduce"]
+    if rule == "siblings":  # several reductions in one pass, each with its producers in its loop,
+        reductions = [m for m in members if OPS[g.op(m)].family == "reduce"]   # then the arithmetic
         prologue = {a: _within(g, a, members) for r in reductions for a in g.operands(r) if a in members}
-        emit_siblings(gen, reductions, prologue, Emission(comment=comment, stem=stem))
+        before = set(reductions).union(*prologue.values())                  # on their results
+        after = [m for m in members if m not in before]
+        wanted, inside = set(g.roots()), set(members)
+        stored = [m for m in after if m in wanted or any(u not in inside for u in g.users(m))]
+        emit_siblings(gen, reductions, prologue, Emission(comment=comment, stem=stem), after, stored)
         return
     if rule == "epilogue":
         producer = next(m for m in members if OPS[g.op(m)].family not in POINTWISE_FAMILIES)

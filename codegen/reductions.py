@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ..ir.errors import DlcError
 from ..ir.ops import OPS
 from ..ir.types import normalize_axes
 from .core import CTYPE, Emission, Generator
@@ -205,7 +206,7 @@ def _pow2_block(extent: Size) -> int:
 
 # -- sibling reductions (-O2, rule `siblings`): several reductions in one pass ------------------------
 
-def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Emission) -> None:
+def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Emission, after=(), stored=()) -> None:
     """Sibling reductions (rule `siblings`, passes/fusion.py): reductions over the same axes of
     operands of one shape, computed by one kernel with an accumulator each, in one loop over the
     elements (batch norm's `sum(g)` and `sum(g * xhat)`; its statistics). `prologues`: operand ->
@@ -214,8 +215,14 @@ def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Em
     shares). The kernels are those of a single reduction (columns, or blocks, in one launch or two,
     the same thresholds) with one accumulator per reduction; a two-launch form's workspace holds
     every reduction's partial sums, and its second launch adds them in the same fixed order. A
-    result stored into a concat's slice takes the plain kernels, one per reduction."""
+    result stored into a concat's slice takes the plain kernels, one per reduction.
+
+    `after`: the group's members computed from the results (their per-channel arithmetic, in the
+    graph's order), by the thread that stores the results, at the same element o; `stored`: those
+    of them whose value is needed outside, each stored by an output of its own after the results."""
     g = gen.g
+    if after and any(m in gen.into for m in stored):
+        raise DlcError(f"codegen: a value of sibling reductions' group %{reductions[-1]} is a concat's part")
     if any(r in gen.into for r in reductions):
         for r in reductions:
             emit_reduce(gen, r, Emission(prologue={a: prologues[a] for a in g.operands(r) if a in prologues},
@@ -255,8 +262,9 @@ def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Em
                           expr=_rename(kernel["map"], dict(names)),
                           finish=_rename(kernel["finish"], {"acc": acc})))
     uses_extent = any("extent" in OPS[g.op(r)].kernel["finish"] for r in reductions)
-    ctx = dict(extent=extent.c(), terms=terms, size=outputs.c(), uses_extent=uses_extent)
-    outs = [gen.temp(r) for r in reductions]
+    ctx = dict(extent=extent.c(), terms=terms, size=outputs.c(), uses_extent=uses_extent,
+               after=(list(after), list(stored)))
+    outs = [gen.temp(r) for r in reductions] + [gen.temp(m) for m in stored]
     stem = em.stem or f"siblings_{reductions[-1]}"
     if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
         _siblings_columns(gen, reductions, ctx, outs, ins, dims, extent, outputs, [shape[i] for i in kept], em, stem)
@@ -311,18 +319,30 @@ def _siblings_columns(gen, reductions, ctx, outs, ins, dims, extent, outputs, ke
 
 def _add_outputs(gen: Generator, reductions: list[str], template: str, ctx: dict, outs: list[str], ins: list[str],
                  grid, block, extra_dims, em: Emission, stem: str) -> None:
-    """A kernel storing several results, out0, out1, ... (one per reduction), then reading in0,
-    in1, ...: `Generator.add` for a kernel with more than one output. The plan lists the outputs
-    first and counts them in `writes`, so --check-numerics checks each of them (stats count those
-    few per-channel values as read and written)."""
+    """A kernel storing several results, out0, out1, ... (one per reduction, then one per stored
+    value of the arithmetic after them), then reading in0, in1, ...: `Generator.add` for a kernel
+    with more than one output. The plan lists the outputs first and counts them in `writes`, so
+    --check-numerics checks each of them (stats count those few per-channel values as read and
+    written). The arithmetic after the results (`ctx["after"]`) loads its other operands after
+    `ins`, at the results' element o."""
     g, n = gen.g, reductions[-1]
+    after, stored = ctx["after"]
+    fin = None
+    if after:
+        known = {r: f"res{k}" for k, r in enumerate(reductions)}
+        body = pointwise_body(gen, after, after[-1], "o", len(ins), known, prefix="f_")
+        fin = dict(loads=body["loads"], lets=body["lets"],
+                   stores=[(len(reductions) + j, body["vars"][m]) for j, m in enumerate(stored)])
+        ins = ins + body["bufs"]
+        extra_dims = list(extra_dims) + body["dims"]
+    ctx = dict(ctx, after=fin)
     dims = sorted(set(symbols_of(*[gen.buffers[b].shape for b in outs + ins])) | set(extra_dims))
     name = gen.kernel_name(stem)
     params = [f"float* __restrict__ out{k}" for k in range(len(outs))]
     params += [f"const {CTYPE[gen.buffers[b].dtype]}* __restrict__ in{i}" for i, b in enumerate(ins)]
     params += [f"int dim_{d}" for d in dims]
     launch = Launch(name, n, g.op(n), "step", outs + ins, dims, list(grid), list(block), True, writes=len(outs))
-    comment = list(em.comment or gen.comment(n)) + [f"stores %{r} as out{k}" for k, r in enumerate(reductions)]
+    comment = list(em.comment or gen.comment(n)) + [f"stores %{r} as out{k}" for k, r in enumerate(reductions + stored)]
     gen.register(Kernel(name, template, dict(ctx, epilogue=None), launch, comment, params))
 
 

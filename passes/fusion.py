@@ -111,9 +111,9 @@ def plan(g: Graph, siblings: bool = True) -> tuple[dict, list[Refusal]]:
             group_of[m] = root
         groups[root] = (rule, sorted(members, key=pos.get))
     _fold_into_reductions(g, groups, group_of, wanted, pos)
-    if siblings:
-        _merge_siblings(g, groups, group_of, wanted, pos)
     _merge_updates(g, groups, group_of, pos)
+    if siblings:  # (after the updates: the arithmetic a sibling group takes in is never an update's)
+        _merge_siblings(g, groups, group_of, wanted, pos)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
         for m in members:
@@ -217,6 +217,52 @@ def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: di
         groups[root] = ("siblings", members)
         for m in members:
             group_of[m] = root
+        _absorb_finish(g, groups, group_of, wanted, pos, root)
+
+
+def _absorb_finish(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict, root: str) -> None:
+    """The per-channel arithmetic on sibling reductions' results (batch norm's mean and variance
+    from its sums, `sqrt(var + eps)`, `gamma / std`; the backward's per-channel gradients): a
+    pointwise group of the results' shape that reads a result (or what such a group computes)
+    joins the siblings' group, computed by the thread that stores the results, after them. Legal
+    when everything else it reads is computed before the group's kernel runs (at its last member
+    in the graph's order), and every reader of a value the kernel stores comes after that."""
+    reductions = [m for m in groups[root][1] if OPS[g.op(m)].family == "reduce"]
+    shape = g.type(reductions[0]).shape
+    inside, after = set(groups[root][1]), set(reductions)
+
+    def ready(a, last):  # computed before the kernel runs at `last`
+        if OPS[g.op(a)].family in ("const", "shape", "source"):
+            return True
+        r = group_of.get(a, a)
+        return pos[a] < last and pos[r] < last and (r not in groups or groups[r][0] != "update")
+
+    def legal(members, later):
+        last = max(pos[m] for m in members)
+        if any(not ready(a, last) for m in later for a in _reads(g, m) if a not in members):
+            return False
+        stored = [m for m in after | later if m in wanted or set(_readers(g, m)) - members]
+        return all(pos[u] > last for m in stored for u in _value_readers(g, m) if u not in members)
+    grew = True
+    while grew:
+        grew = False
+        readers = {group_of.get(u) for m in after for u in _readers(g, m)} - {None, root}
+        for c in sorted(readers, key=pos.get):
+            rule, ms = groups[c]
+            if rule != "elementwise" or g.type(c).shape != shape:
+                continue
+            if legal(inside | set(ms), set(ms)):
+                del groups[c]
+                inside |= set(ms)
+                after |= set(ms)
+                members = sorted(inside, key=pos.get)
+                del groups[root]
+                root = members[-1]
+                groups[root] = ("siblings", members)
+                for m in members:
+                    group_of[m] = root
+                grew = True
+                break
 
 
 def _merge_updates(g: Graph, groups: dict, group_of: dict, pos: dict) -> None:
@@ -284,6 +330,7 @@ def report(g: Graph, dims: dict) -> list[str]:
     once; an update's outputs would also go through a temp and a commit copy), its `.dln` lines,
     and every refused edge with the check that failed. Sizes bind the symbols by `dims`."""
     groups, refusals = plan(g)
+    wanted = set(g.roots())
 
     def nbytes(n):
         t = g.type(n)
@@ -292,8 +339,10 @@ def report(g: Graph, dims: dict) -> list[str]:
     lines = [f"fusion report for model {g.meta.name} ({len(groups)} groups; bytes at {at})"]
     total = 0
     for root, (rule, members) in groups.items():
-        saved = sum(2 * nbytes(m) for m in members if (m != root or rule == "update")
-                    and not (rule == "siblings" and OPS[g.op(m)].family == "reduce"))  # (each result is stored)
+        inside = set(members)
+        stored = {m for m in members if rule == "siblings" and (OPS[g.op(m)].family == "reduce" or m in wanted
+                                                                  or set(_readers(g, m)) - inside)}
+        saved = sum(2 * nbytes(m) for m in members if (m != root or rule == "update") and m not in stored)
         total += saved
         locs = sorted({(g.loc(m).file, g.loc(m).line) for m in members if g.loc(m)})
         lines.append(f"  group %{root}  {rule}  {len(members)} node{'s' * (len(members) > 1)}: "

@@ -263,13 +263,12 @@ class BufferState:
 
     def _upstream(self, roots) -> set[str]:
         """The nodes a run of `roots` computes: their upstream, and where it holds one of several
-        sibling reductions that one kernel computes together (-O2, rule `siblings`), all of them
-        with what they read, so that the kernel runs (it is launched for its last reduction) and
+        sibling reductions that one kernel computes together (-O2, rule `siblings`: the
+        reductions and the arithmetic on their results), all of them with what they read, so that the kernel runs (it is launched for its last reduction) and
         every value it loads has been computed."""
         g = self.graph
         need = g.upstream(roots)
-        sets = [[m for m in ms if OPS[g.op(m)].family == "reduce"]
-                for rule, ms in g.meta.groups.values() if rule == "siblings"]
+        sets = [ms for rule, ms in g.meta.groups.values() if rule == "siblings"]
         grew = True
         while grew:
             grew = False

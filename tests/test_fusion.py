@@ -41,8 +41,11 @@ def test_every_pointwise_node_is_in_exactly_one_group():
         for root, (rule, members) in g.meta.groups.items():
             assert members[-1] == root
             inner = set(members) - {root}
-            if rule == "siblings":  # every reduction of the group stores its value
-                inner -= {m for m in members if g.op(m) in ("sum", "mean", "l1", "l2", "mse")}
+            if rule == "siblings":  # every reduction of the group stores its value, and so does the
+                # arithmetic on their results where it is needed outside
+                before = g.upstream([m for m in members if g.op(m) in ("sum", "mean", "l1", "l2", "mse")])
+                inner -= {m for m in members if m in before and g.op(m) in ("sum", "mean", "l1", "l2", "mse")}
+                inner = {m for m in inner if m in before}
             for m in inner:  # an inner member's value is used only inside its group (an update
                 # group's outputs also by their assigns, which it performs in place); a user that
                 # reads only its shape (a `size`, a `broadcast_like`'s operand 1) loads nothing
