@@ -221,8 +221,9 @@ def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Em
     graph's order), by the thread that stores the results, at the same element o; `stored`: those
     of them whose value is needed outside, each stored by an output of its own after the results."""
     g = gen.g
-    if after and any(m in gen.into for m in stored):
-        raise DlcError(f"codegen: a value of sibling reductions' group %{reductions[-1]} is a concat's part")
+    if after and any(m in gen.into for m in list(stored) + reductions):
+        raise DlcError(f"codegen: sibling reductions %{reductions[-1]} with fused arithmetic store into a concat's "
+                       f"slice, which they do not support; compile at -O1")
     if any(r in gen.into for r in reductions):
         for r in reductions:
             emit_reduce(gen, r, Emission(prologue={a: prologues[a] for a in g.operands(r) if a in prologues},

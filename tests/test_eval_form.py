@@ -161,7 +161,11 @@ def test_evaluation_form_reads_no_mode_and_keeps_the_training_step():
 def test_an_evaluation_run_launches_fewer_kernels_and_no_mode_select():
     new, old = dlc.build(RESNET, opt_level=2), dlc.build(RESNET, **BEFORE)
     s_new, s_old = new.stats(run="evaluation"), old.stats(run="evaluation")
-    assert s_new["launches"] < s_old["launches"] / 2, (s_new, s_old)
+    # (the old path's batch statistics cost fewer launches since batch norm's reductions are sibling
+    # reductions, 59 instead of 91: the first evaluation run, which also folds the weights, is no
+    # longer under half of it; every later one is)
+    assert s_new["launches"] < s_old["launches"], (s_new, s_old)
+    assert s_new["repeat_launches"] < s_old["repeat_launches"] / 2, (s_new, s_old)
     assert s_new["flops"] < s_old["flops"] and s_new["peak_bytes"] < s_old["peak_bytes"]
     g = new.graph
     need = g.upstream(g.eval_roots())
