@@ -74,7 +74,46 @@ def _reads(g: Graph, n: str) -> list[str]:
 def plan(g: Graph, siblings: bool = True) -> tuple[dict, list[Refusal]]:
     """Groups (root -> (rule, members in order)) and the refused operand edges, with reasons.
     `siblings=False` leaves every reduction a kernel of its own (tests of the single reduction's
-    kernels)."""
+    kernels). Should the arithmetic that sibling groups took in have moved a kernel after one
+    that reads its value (each check sees the groups as they stand, and a later group may still
+    take in what an earlier one read), the plan is made again without that arithmetic."""
+    groups, refusals = _plan(g, siblings, True)
+    if siblings and not _in_order(g, groups):
+        groups, refusals = _plan(g, siblings, False)
+    return groups, refusals
+
+
+def _emitted_at(g: Graph, groups: dict, pos: dict):
+    """Where each node's value is computed in the walk: its group's root (an update: after the
+    step), else itself."""
+    at = {n: pos[n] for n in pos}
+    for root, (rule, members) in groups.items():
+        for m in members:
+            at[m] = len(pos) if rule == "update" else pos[root]
+    return at
+
+
+def _in_order(g: Graph, groups: dict) -> bool:
+    """Every value read by a kernel is computed before it runs (a reshape: its operand's value)."""
+    pos = {n: i for i, n in enumerate(g.order())}
+    at = _emitted_at(g, groups, pos)
+    group_of = {m: r for r, (_, ms) in groups.items() for m in ms}
+
+    def source(a):
+        while OPS[g.op(a)].family == "alias":
+            a = g.operands(a)[0]
+        return a
+    for n in g.nx:
+        for a in g.operands(n):
+            a = source(a)
+            if OPS[g.op(a)].family in ("const", "shape", "source") or group_of.get(a, a) == group_of.get(n, n):
+                continue
+            if at[a] >= at[n] and OPS[g.op(n)].family not in ("alias", "assign"):  # (an assign commits
+                return False                                                          # after the step)
+    return True
+
+
+def _plan(g: Graph, siblings: bool, absorb: bool) -> tuple[dict, list[Refusal]]:
     family = {n: OPS[g.op(n)].family for n in g.nx}
     wanted = set(g.roots())
     order = g.order()
@@ -113,7 +152,7 @@ def plan(g: Graph, siblings: bool = True) -> tuple[dict, list[Refusal]]:
     _fold_into_reductions(g, groups, group_of, wanted, pos)
     _merge_updates(g, groups, group_of, pos)
     if siblings:  # (after the updates: the arithmetic a sibling group takes in is never an update's)
-        _merge_siblings(g, groups, group_of, wanted, pos)
+        _merge_siblings(g, groups, group_of, wanted, pos, absorb)
     # why each edge between a pointwise (or epilogue-capable) producer and a group was not fused
     for root, (_, members) in groups.items():
         for m in members:
@@ -164,11 +203,15 @@ def _value_readers(g: Graph, a: str) -> list[str]:
     return out
 
 
-def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict) -> None:
+def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict, absorb: bool = True) -> None:
     """Sibling reductions (rule `siblings`, see the module doc): in the graph's order, a reduction
     joins the last open set of its key when the merged set stays legal, else opens a new one."""
     def own(r):  # a reduction's members: its `reduce` group, or itself
         return list(groups[r][1]) if r in groups else [r]
+
+    def _at(u):  # where a reader runs: its group's root (an update: after the step), else itself
+        r = group_of.get(u, u)
+        return len(pos) if r in groups and groups[r][0] == "update" else pos[r]
 
     def merged(reductions):
         """The members of one kernel computing `reductions`, with the pointwise groups that only
@@ -187,7 +230,7 @@ def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: di
                         grew = True
         root = max(reductions, key=pos.get)
         for r in reductions:  # the kernel runs at the root: every reader of a result comes after it
-            if any(u in members or pos[u] <= pos[root] for u in _value_readers(g, r)):
+            if any(u in members or _at(u) <= pos[root] for u in _value_readers(g, r)):
                 return None
         return sorted(members, key=pos.get)
 
@@ -217,7 +260,8 @@ def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: di
         groups[root] = ("siblings", members)
         for m in members:
             group_of[m] = root
-        _absorb_finish(g, groups, group_of, wanted, pos, root)
+        if absorb:
+            _absorb_finish(g, groups, group_of, wanted, pos, root)
 
 
 def _absorb_finish(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dict, root: str) -> None:
@@ -242,7 +286,11 @@ def _absorb_finish(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dic
         if any(not ready(a, last) for m in later for a in _reads(g, m) if a not in members):
             return False
         stored = [m for m in after | later if m in wanted or set(_readers(g, m)) - members]
-        return all(pos[u] > last for m in stored for u in _value_readers(g, m) if u not in members)
+        return all(at(u) > last for m in stored for u in _value_readers(g, m) if u not in members)
+
+    def at(u):  # where a reader runs: its group's root (an update: after the step), else itself
+        r = group_of.get(u, u)
+        return len(pos) if r in groups and groups[r][0] == "update" else pos[r]
     grew = True
     while grew:
         grew = False
