@@ -33,7 +33,12 @@ legal when every user of the others comes after it (so none of them is needed ea
 none reads another). Every reduction's value is stored; the partial sums are added in a fixed
 order, as a single reduction's are. Reductions of the step and of the evaluation form are never
 siblings (they never run together); a run that needs one of a group's reductions computes them
-all (runtime/runner.py), so its kernel always finds what it reads.
+all (runtime/runner.py), so its kernel always finds what it reads. Then the arithmetic on the
+results joins (`_absorb_finish`): a pointwise group of the results' shape that reads them (batch
+norm's mean and variance from its sums, `sqrt(var + eps)`, `gamma / std`; the backward's
+per-channel gradients), computed by the thread that stores the results; and `plan` checks at the
+end that every kernel's operands are computed before it runs, planning again without that
+arithmetic should a later group have moved one.
 
 Every pointwise node belongs to exactly one group (a group of one still inlines its constants).
 The pass changes no node; it only records the groups. `plan(g)` also returns each refusal with
