@@ -47,7 +47,7 @@ from .pointwise import (emit_const, emit_dropout, emit_elementwise, emit_mode_se
                         pointwise, pointwise_body)
 from .pooling import emit_pool, emit_pool_grad
 from .products import emit_conv, emit_conv_grad_w, emit_conv_grad_x, emit_matmul
-from .reductions import emit_reduce, emit_softmax, emit_xent, emit_xent_grad
+from .reductions import emit_first, emit_reduce, emit_siblings, emit_softmax, emit_xent, emit_xent_grad
 from .updates import UPDATE_SEGMENTS, commit, emit_assign, emit_updates
 
 
@@ -75,6 +75,12 @@ def _walk(g: Graph) -> Module:
             for a in g.users(m):
                 if OPS[g.op(a)].family == "assign":
                     gen.inplace[a] = gen.node_buffer[a] = gen.node_buffer[m] = g.operands(a)[0]
+    for r, (rule, members) in g.meta.groups.items():  # sibling reductions store where their last member runs;
+        if rule == "siblings":                            # a reshape of an earlier one may name its buffer before
+            inside = set(members)
+            for m in members:
+                if m != r and (OPS[g.op(m)].family == "reduce" or any(u not in inside for u in g.users(m))):
+                    gen.temp(m)
     for n in g.order():
         op = g.op(n)
         if op not in OPS:
@@ -110,7 +116,8 @@ def emit_group(gen: Generator, root: str) -> None:
     pointwise is a matmul or convolution; its emitter runs with an `Epilogue`, the other members
     applied to its accumulator `acc` before the one store (the `store.cu.j2` hook of its
     template). Rule `reduce`: the reduction's emitter runs with a prologue, its operands'
-    producers computed where it reads them."""
+    producers computed where it reads them. Rule `siblings`: several reductions in one kernel, an
+    accumulator each (`reductions.emit_siblings`), each with its operands' producers."""
     g = gen.g
     rule, members = g.meta.groups[root]
     comment = [f"fused group %{root} ({rule}): {len(members)} nodes"] * (len(members) > 1)
@@ -122,6 +129,15 @@ def emit_group(gen: Generator, root: str) -> None:
         inputs = [a for a in g.operands(red) if a in members]
         prologue = {a: _within(g, a, members) for a in inputs}
         EMITTERS[OPS[g.op(red)].family](gen, red, Emission(prologue=prologue, comment=comment, stem=stem))
+        return
+    if rule == "siblings":  # several reductions in one pass, each with its producers in its loop,
+        reductions = [m for m in members if OPS[g.op(m)].family == "reduce"]   # then the arithmetic
+        prologue = {a: _within(g, a, members) for r in reductions for a in g.operands(r) if a in members}
+        before = set(reductions).union(*prologue.values())                  # on their results
+        after = [m for m in members if m not in before]
+        wanted, inside = set(g.roots()), set(members)
+        stored = [m for m in after if m in wanted or any(u not in inside for u in g.users(m))]
+        emit_siblings(gen, reductions, prologue, Emission(comment=comment, stem=stem), after, stored)
         return
     if rule == "epilogue":
         producer = next(m for m in members if OPS[g.op(m)].family not in POINTWISE_FAMILIES)
@@ -161,6 +177,7 @@ EMITTERS = {
     "shape": emit_size,
     "elementwise": emit_elementwise,
     "reduce": emit_reduce,
+    "first": emit_first,
     "softmax": emit_softmax,
     "xent": emit_xent,
     "xent_grad": emit_xent_grad,

@@ -11,11 +11,15 @@ prologue). Each threshold below says why it is what it is (an H100 has 132 SMs).
 """
 from __future__ import annotations
 
+import re
+
+from ..ir.errors import DlcError
 from ..ir.ops import OPS
 from ..ir.types import normalize_axes
-from .core import Emission, Generator
-from .pointwise import ELEMENTWISE_BLOCK, pointwise_body
-from .sizes import Size, at_most, beyond, capped_div, ceil_div, gated, gather_index, strides
+from .core import CTYPE, Emission, Generator
+from .plan import Kernel, Launch
+from .pointwise import ELEMENTWISE_BLOCK, pointwise, pointwise_body
+from .sizes import Size, at_most, beyond, capped_div, ceil_div, gated, gather_index, strides, symbols_of
 
 REDUCE_BLOCK = (32, 256)     # reductions: a power of two in this range, from the extent
 COLUMN_OUTPUTS = 8           # reducing leading axes into at least this many outputs: the column kernel (below)
@@ -256,3 +260,167 @@ def _pow2_block(extent: Size) -> int:
     while b < want and b < hi:
         b *= 2
     return b
+
+
+# -- sibling reductions (-O2, rule `siblings`): several reductions in one pass ------------------------
+
+def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Emission, after=(), stored=()) -> None:
+    """Sibling reductions (rule `siblings`, passes/fusion.py): reductions over the same axes of
+    operands of one shape, computed by one kernel with an accumulator each, in one loop over the
+    elements (batch norm's `sum(g)` and `sum(g * xhat)`; its statistics). `prologues`: operand ->
+    the group members that compute it (a member computed for several reductions, the statistics'
+    shared `x - shift`, is computed in each one's prologue: the same loads, which the compiler
+    shares). The kernels are those of a single reduction (columns, or blocks, in one launch or two,
+    the same thresholds) with one accumulator per reduction; a two-launch form's workspace holds
+    every reduction's partial sums, and its second launch adds them in the same fixed order. A
+    result stored into a concat's slice takes the plain kernels, one per reduction.
+
+    `after`: the group's members computed from the results (their per-channel arithmetic, in the
+    graph's order), by the thread that stores the results, at the same element o; `stored`: those
+    of them whose value is needed outside, each stored by an output of its own after the results."""
+    g = gen.g
+    if after and any(m in gen.into for m in list(stored) + reductions):
+        raise DlcError(f"codegen: sibling reductions %{reductions[-1]} with fused arithmetic store into a concat's "
+                       f"slice, which they do not support; compile at -O1")
+    if any(r in gen.into for r in reductions):
+        for r in reductions:
+            emit_reduce(gen, r, Emission(prologue={a: prologues[a] for a in g.operands(r) if a in prologues},
+                                         comment=em.comment))
+        return
+    shape = g.type(g.operands(reductions[0])[0]).shape
+    axes = normalize_axes(g.attrs(reductions[0]).get("axis"), len(shape))
+    kept = [i for i in range(len(shape)) if i not in axes]
+    st = strides(shape)
+    extent = Size.of(shape[i] for i in axes)
+    outputs = Size.of(shape[i] for i in kept)
+    if list(axes) == list(range(len(kept), len(shape))):    # trailing axes: rows of `extent`
+        index = "r" if not kept else f"o * {extent.c()} + r"
+    elif list(axes) == list(range(len(axes))):               # leading axes: columns
+        index = f"r * {outputs.c()} + o"
+    else:
+        base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
+        offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
+        index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
+    terms, ins, dims = [], [], list(Size.of(shape).syms)
+    for k, r in enumerate(reductions):
+        kernel = OPS[g.op(r)].kernel
+        loads, pro, names = [], [], {}
+        for v, a in zip("ab", g.operands(r)):
+            var = names[v] = f"{v}{k}"
+            if a in prologues:
+                body = pointwise_body(gen, prologues[a], a, f"i{var}", len(ins), {}, prefix=f"{var}_")
+                pro.append(dict(index_var=f"i{var}", index=index, var=var, expr=body["expr"], lets=body["lets"],
+                                loads=body["loads"]))
+                ins += body["bufs"]
+                dims += body["dims"]
+            else:
+                loads.append((var, len(ins), index))
+                ins.append(gen.node_buffer[a])
+        acc = f"acc{k}"
+        terms.append(dict(loads=loads, prologues=pro, acc=acc,
+                          expr=_rename(kernel["map"], dict(names)),
+                          finish=_rename(kernel["finish"], {"acc": acc})))
+    uses_extent = any("extent" in OPS[g.op(r)].kernel["finish"] for r in reductions)
+    ctx = dict(extent=extent.c(), terms=terms, size=outputs.c(), uses_extent=uses_extent,
+               after=(list(after), list(stored)))
+    outs = [gen.temp(r) for r in reductions] + [gen.temp(m) for m in stored]
+    stem = em.stem or f"siblings_{reductions[-1]}"
+    if index == f"r * {outputs.c()} + o" and outputs.estimate() >= COLUMN_OUTPUTS:
+        _siblings_columns(gen, reductions, ctx, outs, ins, dims, extent, outputs, [shape[i] for i in kept], em, stem)
+    else:
+        _siblings_blocks(gen, reductions, ctx, outs, ins, dims, extent, outputs, em, stem)
+
+
+def _rename(expr: str, names: dict) -> str:
+    """A registry C expression with its variables (a, b; acc) renamed for one of several sums."""
+    return re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m: names[m.group(1)], expr)
+
+
+def _siblings_blocks(gen, reductions, ctx, outs, ins, dims, extent, outputs, em, stem) -> None:
+    """As `_reduce_blocks` (the same choice of one launch or two, `_one_or_two`), each block keeping
+    an accumulator per reduction; the workspace is [reductions, outputs, parts]."""
+    n = reductions[-1]
+    most = REDUCE_BLOCKS // outputs.static if outputs.static else 0   # parts per output at most
+    parts, parts_c = capped_div(extent, REDUCE_CHUNK, most)
+
+    def one(gate, note):
+        threads = _pow2_block(extent) if gate == 1 else REDUCE_BLOCK[1]
+        _add_outputs(gen, reductions, "reduce_siblings.cu.j2", dict(ctx, parts=None), outs, ins,
+                     [gated(outputs.plan(), gate), 1, 1], [threads, 1, 1], dims, em, stem, note)
+
+    def two(gate, note):
+        cap = most if extent.static is None else parts
+        ws = gen.workspace(n, "parts", [len(reductions), outputs.static, cap])
+        gen.add(n, "reduce_siblings.cu.j2", dict(ctx, parts=parts_c), ws, ins, [gated(outputs.static, gate), parts, 1],
+                [REDUCE_BLOCK[1], 1, 1], barriers=True, extra_dims=dims, comment=_noted(gen, n, em.comment, note),
+                stem=stem + "_parts", partial=True)
+        _add_outputs(gen, reductions, "reduce_siblings_finish.cu.j2", dict(ctx, parts=parts_c), outs, [ws],
+                     [gated(outputs.static, gate), 1, 1], [_pow2_block(Size(cap)), 1, 1], list(extent.syms), em,
+                     stem + "_finish", note)
+    _one_or_two(extent, REDUCE_ONE_BLOCK if most >= 2 else None, one, two)
+
+
+def _siblings_columns(gen, reductions, ctx, outs, ins, dims, extent, outputs, kept_shape, em, stem) -> None:
+    """As `_reduce_columns` (the same tiles, chunks and choice of one launch or two, `_one_or_two`),
+    a lane sum per reduction; the workspace is [chunks, reductions, columns]."""
+    n = reductions[-1]
+    tiles = ceil_div(outputs, COLUMN_TILE)
+    most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
+    chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
+    ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
+    block = [COLUMN_TILE, COLUMN_LANES, 1]
+
+    def one(gate, note):
+        _add_outputs(gen, reductions, "reduce_columns_siblings.cu.j2", dict(ctx, chunks="1", final=True), outs, ins,
+                     [gated(tiles, gate), 1, 1], block, dims, em, stem, note)
+
+    def two(gate, note):
+        ws = gen.workspace(n, "chunks", [most if extent.static is None else chunks, len(reductions)] + list(kept_shape))
+        gen.add(n, "reduce_columns_siblings.cu.j2", dict(ctx, chunks=chunks_c, final=False), ws, ins,
+                [gated(tiles, gate), chunks, 1], block, barriers=True, extra_dims=dims,
+                comment=_noted(gen, n, em.comment, note), stem=stem + "_chunks", partial=True)
+        _add_outputs(gen, reductions, "reduce_columns_siblings_finish.cu.j2", dict(ctx, chunks=chunks_c), outs, [ws],
+                     [gated(ceil_div(outputs, ELEMENTWISE_BLOCK), gate), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
+                     list(extent.syms), em, stem + "_finish", note)
+    _one_or_two(extent, COLUMN_ONE_LAUNCH_ROWS if most > 1 else None, one, two)
+
+
+def _add_outputs(gen: Generator, reductions: list[str], template: str, ctx: dict, outs: list[str], ins: list[str],
+                 grid, block, extra_dims, em: Emission, stem: str, note=None) -> None:
+    """A kernel storing several results, out0, out1, ... (one per reduction, then one per stored
+    value of the arithmetic after them), then reading in0, in1, ...: `Generator.add` for a kernel
+    with more than one output. The plan lists the outputs first and counts them in `writes`, so
+    --check-numerics checks each of them (stats count those few per-channel values as read and
+    written). The arithmetic after the results (`ctx["after"]`) loads its other operands after
+    `ins`, at the results' element o."""
+    g, n = gen.g, reductions[-1]
+    after, stored = ctx["after"]
+    fin = None
+    if after:
+        known = {r: f"res{k}" for k, r in enumerate(reductions)}
+        body = pointwise_body(gen, after, after[-1], "o", len(ins), known, prefix="f_")
+        fin = dict(loads=body["loads"], lets=body["lets"],
+                   stores=[(len(reductions) + j, body["vars"][m]) for j, m in enumerate(stored)])
+        ins = ins + body["bufs"]
+        extra_dims = list(extra_dims) + body["dims"]
+    ctx = dict(ctx, after=fin)
+    dims = sorted(set(symbols_of(*[gen.buffers[b].shape for b in outs + ins])) | set(extra_dims))
+    name = gen.kernel_name(stem)
+    params = [f"float* __restrict__ out{k}" for k in range(len(outs))]
+    params += [f"const {CTYPE[gen.buffers[b].dtype]}* __restrict__ in{i}" for i, b in enumerate(ins)]
+    params += [f"int dim_{d}" for d in dims]
+    launch = Launch(name, n, g.op(n), "step", outs + ins, dims, list(grid), list(block), True, writes=len(outs))
+    comment = list(_noted(gen, n, em.comment, note) or gen.comment(n)) + [f"stores %{r} as out{k}"
+                                                                         for k, r in enumerate(reductions + stored)]
+    gen.register(Kernel(name, template, dict(ctx, epilogue=None), launch, comment, params))
+
+
+def emit_first(gen: Generator, n: str, em: Emission) -> None:
+    """channel_first: out[c] = the operand's element at index 0 of every axis but the channel's,
+    one thread per channel (the shift of batch norm's one-pass statistics)."""
+    g = gen.g
+    src = g.operands(n)[0]
+    shape = g.type(src).shape
+    ax = g.attrs(n)["axis"] % len(shape)
+    index = gather_index("i", g.type(n).shape, [st if i == ax else None for i, st in enumerate(strides(shape))])
+    pointwise(gen, n, gen.temp(n), [gen.node_buffer[src]], "a", [("a", 0, index)], extra_dims=list(Size.of(shape).syms))

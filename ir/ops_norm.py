@@ -98,6 +98,36 @@ def running_statistics(x, mean, var, axis, momentum):
     return (1 - momentum) * mean + momentum * m, (1 - momentum) * var + momentum * v
 
 
+def _channel_first_rule(types, attrs):
+    (x,) = types
+    if not x.is_float:
+        raise DlcError(f"channel_first needs f32 values, found {x}")
+    ax = _channel_axis(x, attrs["axis"], "channel_first")
+    return x.with_shape(d if i == ax else 1 for i, d in enumerate(x.shape))
+
+
+def _channel_first(x, axis):
+    idx = tuple(slice(None) if i == axis % x.ndim else slice(0, 1) for i in range(x.ndim))
+    return x[idx].copy()
+
+
+# Each channel's first value (index 0 of every other axis), shape kept ([1, C, 1, 1]): the shift
+# about which batch_norm's lowered form sums its statistics in one pass. The statistics do not
+# depend on the shift's value, so it has no derivative (its adjoint is none: autodiff sends nothing
+# back through it, which is exact). One thread per channel loads one value (family `first`).
+op("channel_first", 1, _channel_first_rule, _channel_first, lambda b, n, g: [None], family="first",
+   attrs={"axis": 1}, dsl=False, onnx=lambda e, n, ins, a, out: _onnx_channel_first(e, n, ins, a, out),
+   doc="each channel's first value (index 0 of every other axis); no derivative (a shift)")
+
+
+def _onnx_channel_first(e, n, ins, a, out):
+    t = e.type(e.operands(n)[0])
+    ax = a["axis"] % t.rank
+    axes = [i for i in range(t.rank) if i != ax]
+    return e.node("Slice", [ins[0], e.ints([0] * len(axes), f"{n}.starts"), e.ints([1] * len(axes), f"{n}.ends"),
+                            e.ints(axes, f"{n}.axes")], n, out)
+
+
 def _batch_norm_lower(g, n: str) -> str:
     """batch_norm written in other ops; the node returned takes its place (and its name)."""
     x, gamma, beta, mean, var = g.operands(n)
@@ -114,9 +144,25 @@ def _batch_norm_lower(g, n: str) -> str:
     def const(v):
         return add("const", [], "const", value=float(v))
 
-    batch_mean = add("mean", [x], "batch_mean", axis=axes, keepdims=True)
-    centered = add("sub", [x, batch_mean], "centered")
-    batch_var = add("mean", [add("mul", [centered, centered], "squares")], "batch_var", axis=axes, keepdims=True)
+    # The batch statistics in one pass over x: the mean and the mean square of d = x - k about a
+    # shift k per channel (the channel's first value, `channel_first`), two sibling reductions
+    # that -O2 computes in one kernel (passes/fusion.py, rule `siblings`); then mean = k + E[d]
+    # and var = E[d^2] - E[d]^2. About a shift drawn from the data this is sound: the rounding
+    # error of the difference is about eps * (var + (mean - k)^2) / var relative to var, and
+    # (mean - k)^2 is of the order of var for a value of the channel, so the variance keeps its
+    # digits whatever the mean (x = 1000 + N(0, 1): the unshifted E[x^2] - E[x]^2 loses 1e6
+    # times eps, 6% in float32; this keeps about 1e-7; tests/test_batch_norm.py). Welford's or
+    # Chan's updates would also be sound, but need a reduction with three accumulators per
+    # element and their own combine; the shift needs only sums. The shift has no derivative and
+    # the statistics do not depend on it, so the gradient is exactly the two-pass one. relu
+    # keeps a rounding error from making the variance of a constant channel negative.
+    shift = add("channel_first", [x], "shift", axis=ax)
+    shifted = add("sub", [x, shift], "shifted")
+    s1 = add("mean", [shifted], "shifted_mean", axis=axes, keepdims=True)
+    s2 = add("mean", [add("mul", [shifted, shifted], "shifted_squares")], "shifted_square_mean", axis=axes,
+             keepdims=True)
+    batch_mean = add("add", [shift, s1], "batch_mean")
+    batch_var = add("relu", [add("sub", [s2, add("mul", [s1, s1], "mean_square")], "variance")], "batch_var")
     m = add("if_training", [batch_mean, add("reshape", [mean], "running_mean", shape=per_channel)], "mean")
     v = add("if_training", [batch_var, add("reshape", [var], "running_var", shape=per_channel)], "var")
     scale = add("div", [add("reshape", [gamma], "gamma", shape=per_channel),

@@ -191,6 +191,7 @@ FAMILIES = {
     "broadcast": Family(pointwise=True),
     "slice": Family(pointwise=True),                  # gathers its operand: a load in a fused kernel
     "pad": Family(),                                  # zeros around the operand along one axis
+    "first": Family(),                                # channel_first: one value per channel, one thread each
     "concat": Family(),
     "alias": Family(),                                # reshape: the same buffer under another shape
     "conv": Family(epilogue=True, product=True), "conv_grad_x": Family(epilogue=True, product=True),

@@ -257,8 +257,25 @@ class BufferState:
     def _inputs_needed(self, roots) -> list[str]:
         need = self._needs.get(roots)
         if need is None:
-            anc = self.graph.upstream(roots)
+            anc = self._upstream(roots)
             need = self._needs[roots] = [n for n in self.graph.inputs if n in anc]
+        return need
+
+    def _upstream(self, roots) -> set[str]:
+        """The nodes a run of `roots` computes: their upstream, and where it holds one of several
+        sibling reductions that one kernel computes together (-O2, rule `siblings`: the
+        reductions and the arithmetic on their results), all of them with what they read, so that the kernel runs (it is launched for its last reduction) and
+        every value it loads has been computed."""
+        g = self.graph
+        need = g.upstream(roots)
+        sets = [ms for rule, ms in g.meta.groups.values() if rule == "siblings"]
+        grew = True
+        while grew:
+            grew = False
+            for s in sets:
+                if any(m in need for m in s) and not all(m in need for m in s):
+                    need |= g.upstream(s)
+                    grew = True
         return need
 
     def _buffers(self, dims: dict) -> dict:
@@ -287,7 +304,7 @@ class BufferState:
             return prog
         g, values = self.graph, self.module.node_buffer
         step, commits, prep = [], [], []
-        for l, grid, ints in self._launches(g.upstream(roots), env, dims):
+        for l, grid, ints in self._launches(self._upstream(roots), env, dims):
             bound = ("host", l, env) if l.host else ("launch", self._bind(l, grid, ints, env), l)
             (commits if l.phase == "commit" else prep if l.node in self._constants else step).append(bound)
         # a reshape (or an assign) shares its operand's buffer; its output has its own shape

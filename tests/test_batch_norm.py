@@ -3,7 +3,8 @@
 - training mode: the output, the gradients of x, gamma and beta, and the running statistics after
   several steps (momentum as PyTorch defines it, the unbiased variance);
 - evaluation mode: the output from the running statistics, and nothing updated;
-- on the interpreter in float64 (relative 1e-10: both sides exact to rounding) and on emu, the
+- on the interpreter in float64 (relative 1e-10: both sides exact to rounding) and on emu (-O0,
+  -O1, and -O2 where the statistics and the backward's sums are sibling reductions), the
   generated CUDA compiled for the CPU, in float32 (relative 1e-4: float32 sums of a few hundred
   terms, and a division by a standard deviation);
 - the lowered form (passes/lower.py) against the op's NumPy reference, in both modes;
@@ -39,9 +40,12 @@ CASES = {  # the prelude's layer, a sample's shape, PyTorch's module
 
 
 def _setup(case, backend):
+    """`backend`: interp, emu, or emu-O0 / emu-O2 (emu at that level; plain emu is -O1)."""
     layer, shape, pshape, module = CASES[case]
+    backend, _, level = backend.partition("-O")
     dtype = "float64" if backend == "interp" else "float32"
-    m = dlc.compile(NET.format(layer=layer, shape=shape, pshape=pshape), backend=backend, float_dtype=dtype, seed=3)
+    m = dlc.compile(NET.format(layer=layer, shape=shape, pshape=pshape), backend=backend, float_dtype=dtype, seed=3,
+                    opt_level=int(level or 1))
     rng = np.random.default_rng(5)
     dims = [int(d) for d in shape.split(",")]
     x = (rng.normal(size=[8] + dims) * 2 + 1).astype(np.float32)
@@ -69,7 +73,10 @@ def _torch_step(torch, bn, x, t, p):
 
 
 TOL = {"interp": dict(rtol=1e-10, atol=1e-12), "emu": dict(rtol=1e-4, atol=1e-5)}
-BACKENDS = ["interp", pytest.param("emu", marks=needs_emu)]
+TOL["emu-O0"] = TOL["emu-O2"] = TOL["emu"]
+# at -O2 the statistics and the backward's sums are sibling reductions (one kernel each, passes/fusion.py)
+BACKENDS = ["interp", pytest.param("emu", marks=needs_emu), pytest.param("emu-O0", marks=needs_emu),
+            pytest.param("emu-O2", marks=needs_emu)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -275,19 +282,17 @@ def test_a_one_example_training_step_is_a_located_error_and_changes_nothing(tmp_
 
 # -- fewer launches in training: if_training fuses with the per-channel arithmetic -----------------
 
-def test_the_variance_pick_runs_inside_the_kernel_of_its_square_root():
-    """At -O2 `if_training` is a pointwise member of fusion groups: each batch norm's variance pick
-    is computed in the kernel of `sqrt(var + eps)` (one launch fewer per batch norm in a step), and
-    the running-mean pick, read by per-element work, stays a kernel of its own. The values are
-    checked on emu against the interpreter step by step above."""
+def test_the_picks_run_inside_the_statistics_kernel():
+    """At -O2 `if_training` is a pointwise member of fusion groups: each batch norm's two picks
+    (batch or running mean, and variance) are computed in the second stage of its statistics'
+    sibling-reduction kernel, with sqrt(var + eps) and the scale, so none is a launch of its own.
+    The values are checked on emu against the interpreter step by step above."""
     b = dlc.build(EXAMPLES / "resnet_small.dln", opt_level=2)
     g = b.graph
     picks = g.nodes_of("if_training")
     group_of = {m: r for r, (_, ms) in g.meta.groups.items() for m in ms}
-    shared = [n for n in picks if len(g.meta.groups[group_of[n]][1]) > 1]
-    assert len(picks) == 16 and len(shared) == 8, (picks, shared)
-    assert all(g.op(group_of[n]) == "sqrt" for n in shared)
-    launched = [l.node for l in b.module().launches if l.node in picks]
-    assert len(launched) == 8      # the mean's picks, one launch each
+    assert len(picks) == 16 and all(g.meta.groups[group_of[n]][0] == "siblings" for n in picks), picks
+    assert all(g.op(group_of[n]) == "div" for n in picks)     # the group ends with gamma / std
+    assert not [l for l in b.module().launches if l.node in picks]
     src = b.module().source
     assert src.count("!= 0.0f ?") >= 2   # the mode word picks an operand inside fused kernels

@@ -35,6 +35,7 @@ from dlc.runtime.diff import synth_feeds
 from dlc.runtime.emu import EmuBackend
 from dlc.runtime.init import initial_state
 from dlc.runtime.interp import Interpreter
+from dlc.passes.fusion import plan
 from test_emu import assert_close, compare_step
 from conftest import EXAMPLES, needs_emu
 
@@ -304,8 +305,11 @@ def test_one_launch_or_two_is_picked_by_the_batch(level):
     """Over the batch the plan holds both forms of a reduction; at every batch exactly one runs:
     one launch while the extent is at most the crossover (COLUMN_ONE_LAUNCH_ROWS rows of a column
     reduction, REDUCE_ONE_BLOCK elements of a block per output), two beyond it. The plan's
-    grids are checked on both sides of each crossover."""
+    grids are checked on both sides of each crossover. At -O2 each reduction's own kernels (sibling
+    groups are checked in test_sibling_groups_pick_one_launch_or_two_by_the_batch)."""
     g = _graph(REDUCTIONS, level)
+    if level == 2:
+        g.meta.groups, _ = plan(g, siblings=False)
     mod = generate(g, reuse=False)
     node = g.meta.outputs
     for name, (per, most) in OVER_BATCH.items():
@@ -323,9 +327,26 @@ def test_one_launch_or_two_is_picked_by_the_batch(level):
         assert len(_launches(mod, node[name])) == 3, name   # in the plan: one form, then the other
 
 
+def test_sibling_groups_pick_one_launch_or_two_by_the_batch():
+    """A sibling group (-O2) takes the single reduction's rule: both forms in the plan, launched for
+    the group's last reduction, and at each batch exactly one runs (1 launch, or 2 through a workspace)."""
+    g = _graph(REDUCTIONS, 2)
+    mod = generate(g, reuse=False)
+    groups = [ms for rule, ms in g.meta.groups.values() if rule == "siblings"]
+    assert groups
+    for ms in groups:
+        last = [m for m in ms if g.op(m) in ("sum", "mean", "l1", "l2", "mse")][-1]
+        assert len(_launches(mod, last)) == 3, ms
+        counts = {len(_launches(mod, last, {"N": b})) for b in (1, 2, 10 ** 5)}
+        assert _launches(mod, last, {"N": 1}) and len(_launches(mod, last, {"N": 1})) == 1, ms
+        assert len(_launches(mod, last, {"N": 10 ** 5})) == 2 and counts <= {1, 2}, ms
+
+
 @pytest.mark.parametrize("level", [0, 2])
 def test_two_stage_reductions_are_chosen_from_the_plan(level):
     g = _graph(REDUCTIONS, level)
+    if level == 2:  # each reduction's own kernels: at -O2 cs and cm, fs, f1 and fe would be sibling
+        g.meta.groups, _ = plan(g, siblings=False)    # reductions, one kernel each (test_bn_fusion.py)
     mod = generate(g, reuse=False)       # workspaces keep their names `node@tag`
     node = g.meta.outputs
     dims = {"N": 3000}
