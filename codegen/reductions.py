@@ -61,19 +61,7 @@ def emit_reduce(gen: Generator, n: str, em: Emission) -> None:
     g = gen.g
     op, args = g.op(n), g.operands(n)
     shape = g.type(args[0]).shape
-    axes = normalize_axes(g.attrs(n).get("axis"), len(shape))
-    kept = [i for i in range(len(shape)) if i not in axes]
-    st = strides(shape)
-    extent = Size.of(shape[i] for i in axes)
-    outputs = Size.of(shape[i] for i in kept)
-    if list(axes) == list(range(len(kept), len(shape))):    # trailing axes: rows of `extent`
-        index = "r" if not kept else f"o * {extent.c()} + r"
-    elif list(axes) == list(range(len(axes))):               # leading axes: columns
-        index = f"r * {outputs.c()} + o"
-    else:
-        base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
-        offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
-        index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
+    axes, kept, extent, outputs, index = _layout(shape, g.attrs(n).get("axis"))
     kernel = OPS[op].kernel
     # an operand that a fusion group computes (rule `reduce`) is computed where it is read:
     # its members' lets at element `index` of it, in the reduction's loop (a prologue)
@@ -98,6 +86,26 @@ def emit_reduce(gen: Generator, n: str, em: Emission) -> None:
         _reduce_columns(gen, n, ctx, ins, dims, extent, outputs, [shape[i] for i in kept], em)
     else:
         _reduce_blocks(gen, n, ctx, ins, dims, extent, outputs, em)
+
+
+def _layout(shape, axis):
+    """A reduction of an operand of `shape` over `axis`: (axes, kept axes, extent, outputs, the C
+    index of element r of output o) — rows of the extent (trailing axes), columns (leading axes),
+    or a gather for any other set of axes."""
+    axes = normalize_axes(axis, len(shape))
+    kept = [i for i in range(len(shape)) if i not in axes]
+    st = strides(shape)
+    extent = Size.of(shape[i] for i in axes)
+    outputs = Size.of(shape[i] for i in kept)
+    if list(axes) == list(range(len(kept), len(shape))):    # trailing axes: rows of `extent`
+        index = "r" if not kept else f"o * {extent.c()} + r"
+    elif list(axes) == list(range(len(axes))):               # leading axes: columns
+        index = f"r * {outputs.c()} + o"
+    else:
+        base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
+        offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
+        index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
+    return axes, kept, extent, outputs, index
 
 
 def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, extent: Size, outputs: Size,
@@ -288,19 +296,7 @@ def emit_siblings(gen: Generator, reductions: list[str], prologues: dict, em: Em
                                          comment=em.comment))
         return
     shape = g.type(g.operands(reductions[0])[0]).shape
-    axes = normalize_axes(g.attrs(reductions[0]).get("axis"), len(shape))
-    kept = [i for i in range(len(shape)) if i not in axes]
-    st = strides(shape)
-    extent = Size.of(shape[i] for i in axes)
-    outputs = Size.of(shape[i] for i in kept)
-    if list(axes) == list(range(len(kept), len(shape))):    # trailing axes: rows of `extent`
-        index = "r" if not kept else f"o * {extent.c()} + r"
-    elif list(axes) == list(range(len(axes))):               # leading axes: columns
-        index = f"r * {outputs.c()} + o"
-    else:
-        base = gather_index("o", [shape[i] for i in kept], [st[i] for i in kept])
-        offset = gather_index("r", [shape[i] for i in axes], [st[i] for i in axes])
-        index = offset if base == "0" else (base if offset == "0" else f"{base} + {offset}")
+    axes, kept, extent, outputs, index = _layout(shape, g.attrs(reductions[0]).get("axis"))
     terms, ins, dims = [], [], list(Size.of(shape).syms)
     for k, r in enumerate(reductions):
         kernel = OPS[g.op(r)].kernel
