@@ -35,10 +35,13 @@ def numerics_error(graph, n: str, what: str, v, kernel: str | None = None, sourc
     count = f" ({bad} of {v.size} values)" if v.size > 1 else ""
     by = f"kernel {kernel} (op {graph.op(n)}, node %{n})" if kernel else f"{graph.op(n)} (node %{n})"
     loc = graph.loc(n)
-    members = graph.meta.groups.get(n, (None, [n]))[1] if kernel else [n]
+    root, members = n, [n]
+    if kernel:  # the group n roots, or (a sibling reduction's output) the group n is a member of
+        groups = graph.meta.groups
+        root, members = next(((r, ms) for r, (_, ms) in groups.items() if r == n or n in ms), (n, [n]))
     if len(members) > 1:  # a fused kernel (-O2): name its nodes; locate at the first, where the chain starts
         ops = ", ".join(f"{graph.op(m)} %{m}" for m in members)
-        by = f"kernel {kernel} (fused group %{n}: {ops})"
+        by = f"kernel {kernel} (fused group %{root}: {ops})"
         loc = next((graph.loc(m) for m in members if graph.loc(m)), loc)
     return NumericsError(f"--check-numerics: {by} produced {what}{count}", loc,
                          graph.sources.get(getattr(loc, "file", ""), None))
