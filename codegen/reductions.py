@@ -119,11 +119,7 @@ def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, ex
     most COLUMN_ONE_LAUNCH_ROWS rows, or the tiles fill REDUCE_BLOCKS alone (`_one_or_two`).
     The operand's fused producers (`prologues`) run in the kernel that reads the operand."""
     comment, stem = em.comment, em.stem
-    tiles = ceil_div(outputs, COLUMN_TILE)
-    most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
-    chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
-    ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
-    block = [COLUMN_TILE, COLUMN_LANES, 1]
+    tiles, most, chunks, chunks_c, ctx, block = _columns(extent, outputs, ctx)
 
     def one(gate, note):
         gen.add(n, "reduce_columns.cu.j2", dict(ctx, chunks="1", final=True), gen.temp(n), ins,
@@ -139,6 +135,15 @@ def _reduce_columns(gen: Generator, n: str, ctx: dict, ins: list, dims: list, ex
                 [gated(ceil_div(outputs, ELEMENTWISE_BLOCK), gate), 1, 1], [ELEMENTWISE_BLOCK, 1, 1],
                 extra_dims=extent.syms, comment=_noted(gen, n, comment, note), stem=(stem or f"{gen.g.op(n)}_{n}") + "_finish")
     _one_or_two(extent, COLUMN_ONE_LAUNCH_ROWS if most > 1 else None, one, two)
+
+
+def _columns(extent: Size, outputs: Size, ctx: dict):
+    """The column kernels' launch shape: (tiles of COLUMN_TILE columns, chunks at most, chunks and
+    its C expression, the template context with the tile, the block)."""
+    tiles = ceil_div(outputs, COLUMN_TILE)
+    most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
+    chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
+    return tiles, most, chunks, chunks_c, dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES), [COLUMN_TILE, COLUMN_LANES, 1]
 
 
 def _one_or_two(extent: Size, most, one, two) -> None:
@@ -360,11 +365,7 @@ def _siblings_columns(gen, reductions, ctx, outs, ins, dims, extent, outputs, ke
     """As `_reduce_columns` (the same tiles, chunks and choice of one launch or two, `_one_or_two`),
     a lane sum per reduction; the workspace is [chunks, reductions, columns]."""
     n = reductions[-1]
-    tiles = ceil_div(outputs, COLUMN_TILE)
-    most = max(1, REDUCE_BLOCKS // -(-outputs.estimate() // COLUMN_TILE))
-    chunks, chunks_c = capped_div(extent, COLUMN_CHUNK_ROWS, most)
-    ctx = dict(ctx, tile=COLUMN_TILE, lanes=COLUMN_LANES)
-    block = [COLUMN_TILE, COLUMN_LANES, 1]
+    tiles, most, chunks, chunks_c, ctx, block = _columns(extent, outputs, ctx)
 
     def one(gate, note):
         _add_outputs(gen, reductions, "reduce_columns_siblings.cu.j2", dict(ctx, chunks="1", final=True), outs, ins,
