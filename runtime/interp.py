@@ -152,6 +152,7 @@ class Interpreter:
             self._input_shapes = input_shapes(self.graph)
         return bind_dims(self._input_shapes, feeds)
 
+
 def _at_precision(ref, precision: str):
     """A product's reference at `precision`: operands 0 and 1 rounded as the tensor cores read
     them, the rest (a shape carrier) as given; at bf16 the result rounded to BF16 as well."""
