@@ -21,8 +21,10 @@ from .philox import PHILOX_C
 from .plan import RNG_BUFFER, Buffer, Kernel, Launch, Module, env
 from .shared import shared_bytes
 from .sizes import symbols_of
+from .storage import HALF
 
-CTYPE = {"f32": "float", "i32": "int", "u32": "unsigned int"}
+CTYPE = {"f32": "float", "bf16": "dlc_bf16", "i32": "int", "u32": "unsigned int"}   # a buffer's elements
+VALUE_CTYPE = dict(CTYPE, bf16="float")   # the C type an element of such a buffer is computed in
 MAX_USES_LISTED = 8          # a shared kernel's comment names this many of the nodes it runs for
 
 
@@ -64,7 +66,7 @@ class Generator:
     the one way a kernel enters the module (`add`, or `register` for a kernel built by hand).
     Emitters (one per family, see generate.EMITTERS) call it; it decides nothing about a node."""
 
-    def __init__(self, graph: Graph, concats: Concats):
+    def __init__(self, graph: Graph, concats: Concats, half: set[str] = frozenset()):
         self.g = graph
         self.buffers: dict[str, Buffer] = {}
         self.node_buffer: dict[str, str] = {}
@@ -77,6 +79,7 @@ class Generator:
         self.concats = concats               # concat elimination, decided before emission (concat.py)
         self.into = concats.parts            # part -> its Place in a concat's buffer
         self.unkept: set[str] = set()        # values stored only inside a concat's buffer
+        self.half = half                     # values stored in 16-bit BF16 buffers (storage.py)
         for c in concats.eliminated:         # every part is stored into it by its producer
             t = graph.type(c)
             self.buffers[c] = Buffer(c, t.dtype, list(t.shape), "temp")
@@ -90,7 +93,7 @@ class Generator:
             self.unkept.add(n)
             return self.into[n].concat
         t = self.g.type(n)
-        self.buffers[n] = Buffer(n, t.dtype, list(t.shape), "temp")
+        self.buffers[n] = Buffer(n, HALF if n in self.half else t.dtype, list(t.shape), "temp")
         self.node_buffer[n] = n
         return n
 
@@ -153,9 +156,13 @@ class Generator:
         params += [f"int dim_{d}" for d in dims]
         params += [f"int off{i}" for i in range(len(consts))]
         launch = Launch(name, n, self.g.op(n), phase, [out] + ins, dims, list(grid), list(block), barriers,
-                        consts=list(consts))
+                        consts=list(consts), half_args=self.half_args([out] + ins))
         k = Kernel(name, template, ctx, launch, comment or self.comment(n, what), params)
         return self.register(k)
+
+    def half_args(self, args: list[str]) -> list[int]:
+        """The positions of the 16-bit buffers among a kernel's buffer arguments (declared dlc_bf16)."""
+        return [i for i, b in enumerate(args) if self.buffers[b].dtype == HALF]
 
     def register(self, k: Kernel) -> Kernel:
         """Add a kernel's launch to the plan, and the kernel to the module unless an identical
@@ -209,7 +216,9 @@ class Generator:
             model=g.meta.name, kernels=self.kernels, render=lambda k: k.body,
             philox=PHILOX_C.strip() if RNG_BUFFER in self.buffers else None,
             tensor_cores=any(k.template == "matmul_mma.cu.j2" for k in self.kernels),
+            half=any(b.dtype == HALF for b in self.buffers.values()),
             symbols=symbols_of(*(b.shape for b in self.buffers.values())))
         mod = Module(g, self.kernels, self.launches, self.buffers, self.node_buffer, source)
         mod.reused |= self.unkept
+        mod.half = {n for n, b in self.node_buffer.items() if self.buffers[b].dtype == HALF}
         return mod

@@ -472,7 +472,7 @@ static inline void dlc_emu_mma(int kind, float d[4], const unsigned a[4], const 
     }
 }
 
-// cp.async (global -> shared, 4 or 16 bytes; the bytes past src_bytes are filled with zeros): on
+// cp.async (global -> shared, 4, 8 or 16 bytes; the bytes past src_bytes are filled with zeros): on
 // the emulator an immediate copy, so commit_group and wait_group have nothing to wait for. The
 // generated code waits and synchronises before it reads what it staged, as the GPU needs.
 static inline void dlc_emu_cp_async(void* dst, const void* src, int bytes, int src_bytes) {

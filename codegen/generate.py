@@ -47,6 +47,7 @@ from .pointwise import (emit_const, emit_dropout, emit_elementwise, emit_mode_se
                         pointwise, pointwise_body)
 from .pooling import emit_pool, emit_pool_grad
 from .products import emit_conv, emit_conv_grad_w, emit_conv_grad_x, emit_matmul
+from .storage import plan_storage
 from .reductions import emit_first, emit_reduce, emit_siblings, emit_softmax, emit_xent, emit_xent_grad
 from .updates import UPDATE_SEGMENTS, commit, emit_assign, emit_updates
 
@@ -65,7 +66,8 @@ def generate(graph: Graph, reuse: bool | None = None) -> Module:
 def _walk(g: Graph) -> Module:
     """Emit every node in the graph's topological order: a fusion group once, at its root (or
     after the step, for optimizer updates); a node of its own through its family's emitter."""
-    gen = Generator(g, plan_concats(g))
+    concats = plan_concats(g)
+    gen = Generator(g, concats, plan_storage(g, concats))
     # fusion groups (-O2): a member is computed inside its root's kernel; constants that only
     # groups read are inlined there as literals and get no kernel
     member_of = {m: root for root, (_, members) in g.meta.groups.items() for m in members}

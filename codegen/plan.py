@@ -13,9 +13,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..ir.graph import Graph
+from ..ir.types import NUMPY_DTYPE
 from .sizes import Size, evaluate, symbols_of
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -26,6 +28,9 @@ env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndef
                   trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime before each run
+# the NumPy dtype of a buffer's elements as the backends allocate them; a bf16 buffer holds the
+# high 16 bits of each fp32 value (ir/precision.py `widen_bf16` reads them back)
+BUFFER_DTYPE = dict(NUMPY_DTYPE, bf16="uint16", u32="uint32")
 
 
 # -- the launch plan ------------------------------------------------------------------------------
@@ -33,7 +38,7 @@ RNG_BUFFER = "@rng"          # [seed, step, training]: written by the runtime be
 @dataclass
 class Buffer:
     name: str
-    dtype: str            # f32 or i32
+    dtype: str            # f32, i32, u32, or bf16 (a 16-bit buffer of fp32 values, codegen/storage.py)
     shape: list           # ints and symbols
     kind: str             # input, param, state, temp, or rng (the dropout generator's key)
 
@@ -55,6 +60,14 @@ class Launch:
     shared: int = 0       # static __shared__ bytes a block of the kernel uses (`shared_bytes`)
     host: bool = False    # no kernel: the runner computes the node on the host (family `host`,
                           # codegen/host.py); `kernel` is then host_<op>, compiled nowhere
+    half_args: list = field(default_factory=list)  # positions of the args the kernel declares
+                          # dlc_bf16: 16-bit values (storage.py), which memory planning may put in
+                          # fp32 slots of their size (they fill the first half)
+
+    @property
+    def out_half(self) -> bool:
+        """Whether the kernel stores a 16-bit value (its args[0])."""
+        return 0 in self.half_args
 
 
 @dataclass
@@ -83,6 +96,7 @@ class Module:
         self.launches = launches          # the plan: every launch, in order
         self.reused: set[str] = set()     # nodes whose buffer later values overwrite (memory planning)
         self.after_commit: set[str] = set()  # values an in-place update writes in the commit phase
+        self.half: set[str] = set()       # values stored in 16 bits (codegen/storage.py)
         self.symbols = symbols_of(*(b.shape for b in buffers.values()))
 
     @property
@@ -140,10 +154,11 @@ class Module:
         others = {a for l in self.launches if l.node not in need for a in l.args}
         others -= {a for l in runs for a in l.args}
 
-        def nbytes(b):
+        def nbytes(b, half=False):  # a buffer's bytes; with `half`, those of a 16-bit value in it
             buf = self.buffers[b]
-            return 4 * max(1, evaluate(Size.of(buf.shape).py(), dims))
-        moved = sum(nbytes(a) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
+            size = 2 if half else np.dtype(BUFFER_DTYPE[buf.dtype]).itemsize
+            return size * max(1, evaluate(Size.of(buf.shape).py(), dims))
+        moved = sum(nbytes(a, i in l.half_args) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
         kept = g.eval_constants()
         return {"kernels": len({l.kernel for l in runs if not l.host}), "launches": sum(not l.host for l in runs),
                 "repeat_launches": sum(not l.host and l.node not in kept for l in runs),

@@ -15,7 +15,7 @@ import re
 from ..ir.graph import Graph
 from ..ir.ops import OPS
 from ..ir.types import normalize_axes
-from .core import CTYPE, Emission, Generator
+from .core import VALUE_CTYPE, Emission, Generator
 from .plan import Buffer
 from .sizes import Size, broadcast_index, capped_div, ceil_div, gather_index, strides
 
@@ -40,7 +40,7 @@ def pointwise(gen: Generator, n, out, ins, expr, loads, stem=None, phase="step",
     # (a value stored into its slice of a concat's buffer has its own size, not the buffer's)
     size = Size.of((gen.g.type(n) if n in gen.into else gen.buffers[out]).shape)
     vector = vectorised(gen, n, out, ins, loads, size)
-    ctx = dict(size=size.c(), loads=loads, lets=list(lets), expr=expr, ctype=CTYPE[gen.buffers[out].dtype],
+    ctx = dict(size=size.c(), loads=loads, lets=list(lets), expr=expr, ctype=VALUE_CTYPE[gen.buffers[out].dtype],
                vector=vector)
     blocks, _ = capped_div(size, ELEMENTWISE_BLOCK * (4 if vector else 1), ELEMENTWISE_MAX_BLOCKS)
     return gen.add(n, "pointwise.cu.j2", ctx, out, ins, [blocks, 1, 1], [ELEMENTWISE_BLOCK, 1, 1],

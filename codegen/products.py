@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from .core import PLAIN, Emission, Generator
+from .core import CTYPE, PLAIN, Emission, Generator
 from .pointwise import ELEMENTWISE_BLOCK
 from .sizes import Size, ceil_div, pair, symbols_of
 from .tiles import gemm_tile, mma_warps, split_k
@@ -87,6 +87,9 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
         threads = 32 * WM * WN
         ctx.update(threads=threads, precision=precision, WM=WM, WN=WN, FM=BM // WM // 16, FN=BN // WN // 8,
                    MMA_K=MMA_K[precision], round_result=precision == "bf16" and splits == 1)
+        # an operand in a 16-bit buffer (storage.py) is staged as BF16: 8-byte copies of 4 neighbours
+        ins = gen.ins(n)
+        ctx.update({f"{x}_type": CTYPE[gen.buffers[ins[int(name[2:])]].dtype] for x, name in (("a", a_in), ("b", b_in))})
         template = "matmul_mma.cu.j2"
     tiles = [ceil_div(N, BN), ceil_div(M, BM)]
     if splits == 1:

@@ -406,7 +406,8 @@ def _add_outputs(gen: Generator, reductions: list[str], template: str, ctx: dict
     params = [f"float* __restrict__ out{k}" for k in range(len(outs))]
     params += [f"const {CTYPE[gen.buffers[b].dtype]}* __restrict__ in{i}" for i, b in enumerate(ins)]
     params += [f"int dim_{d}" for d in dims]
-    launch = Launch(name, n, g.op(n), "step", outs + ins, dims, list(grid), list(block), True, writes=len(outs))
+    launch = Launch(name, n, g.op(n), "step", outs + ins, dims, list(grid), list(block), True, writes=len(outs),
+                    half_args=gen.half_args(outs + ins))
     comment = list(_noted(gen, n, em.comment, note) or gen.comment(n)) + [f"stores %{r} as out{k}"
                                                                          for k, r in enumerate(reductions + stored)]
     gen.register(Kernel(name, template, dict(ctx, epilogue=None), launch, comment, params))

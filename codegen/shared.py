@@ -15,7 +15,7 @@ import re
 from ..ir.errors import DlcError
 from .plan import TEMPLATES
 
-SHARED_TYPE_BYTES = {"float": 4, "int": 4, "unsigned": 4, "unsigned int": 4, "float4": 16, "double": 8}
+SHARED_TYPE_BYTES = {"float": 4, "dlc_bf16": 2, "int": 4, "unsigned": 4, "unsigned int": 4, "float4": 16, "double": 8}
 _SHARED_DECL = re.compile(r"(?:__align__\((\d+)\)\s*)?__shared__\s+(?:__align__\((\d+)\)\s*)?"
                           r"((?:(?:volatile|const|unsigned)\s+)*\w+)\s+(\w+)\s*((?:\[[^\]]*\]\s*)*);")
 _HELPER = re.compile(r"^static __device__[^(]*?\b(\w+)\(", re.M)

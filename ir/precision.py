@@ -65,3 +65,17 @@ def round_operand(x: np.ndarray, precision: str) -> np.ndarray:
     if precision == "bf16":
         return round_bf16(x)
     raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+
+
+def narrow_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 x as a 16-bit buffer holds it (codegen/storage.py, `dlc_bf16` in module.cu.j2): the
+    high half of round_bf16(x)'s bits, a NaN as the quiet NaN of its sign (0x7fc0, 0xffc0)."""
+    x = np.asarray(x, dtype=np.float32)
+    high = (round_bf16(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    sign = ((x.view(np.uint32) >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint16)
+    return np.where(np.isnan(x), sign | np.uint16(0x7fc0), high)
+
+
+def widen_bf16(bits: np.ndarray) -> np.ndarray:
+    """The float32 values of a 16-bit buffer's elements (exact: BF16 is fp32's high half)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)

@@ -172,6 +172,8 @@ class Family:
     epilogue: bool = False         # a product whose kernel ends in a store hook (store.cu.j2): a
                                    # fusion group may run on its accumulator before the store
     inlined: bool = False          # a scalar known at compile time: a fused kernel writes it as a literal
+    moves: bool = False            # every output element is an operand element or zero (data movement):
+                                   # it commutes with rounding (codegen/storage.py, 16-bit buffers)
     product: bool = False          # a matrix product (or an implicit-GEMM convolution): its first two
                                    # operands are rounded to the graph's precision (ir/precision.py)
 
@@ -187,13 +189,13 @@ FAMILIES = {
     "xent": Family(flops=_per_input),                 # mean over rows of a fused log-softmax + pick
     "xent_grad": Family(flops=_per_input),            # softmax minus one-hot, scaled, one block per row
     "matmul": Family(epilogue=True, product=True),    # the tiled product; FLOPs declared by the op
-    "transpose": Family(),                            # gathers: copies with an index map
-    "broadcast": Family(pointwise=True),
-    "slice": Family(pointwise=True),                  # gathers its operand: a load in a fused kernel
-    "pad": Family(),                                  # zeros around the operand along one axis
+    "transpose": Family(moves=True),                  # gathers: copies with an index map
+    "broadcast": Family(pointwise=True, moves=True),
+    "slice": Family(pointwise=True, moves=True),      # gathers its operand: a load in a fused kernel
+    "pad": Family(moves=True),                        # zeros around the operand along one axis
     "first": Family(),                                # channel_first: one value per channel, one thread each
-    "concat": Family(),
-    "alias": Family(),                                # reshape: the same buffer under another shape
+    "concat": Family(moves=True),
+    "alias": Family(moves=True),                      # reshape: the same buffer under another shape
     "conv": Family(epilogue=True, product=True), "conv_grad_x": Family(epilogue=True, product=True),
     "conv_grad_w": Family(epilogue=True, product=True),
     "pool": Family(("template",)), "pool_grad": Family(("template",)),  # template: the .cu.j2

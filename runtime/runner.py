@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen import generate
-from ..codegen.plan import RNG_BUFFER
+from ..codegen.plan import BUFFER_DTYPE, RNG_BUFFER
 from ..codegen.sizes import evaluate
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import COMMUNICATES, OPS, STORED, label_operands, out_of_range, range_error
-from ..ir.types import NUMPY_DTYPE
+from ..ir.precision import widen_bf16
 from .numerics import nonfinite, numerics_error
 
 MAX_PENDING = 256  # deferred runs held before their values are brought down anyway
@@ -99,7 +99,7 @@ class BufferState:
 
     def _start(self) -> None:
         """Allocate the params, state and dropout key; after `_prepare` and the backend's setup."""
-        self._persistent = {b.name: self._alloc(b.shape, NUMPY_DTYPE[b.dtype])
+        self._persistent = {b.name: self._alloc(b.shape, BUFFER_DTYPE[b.dtype])
                             for b in self.module.buffers.values() if _stored(b)}
         self._rng = self._alloc([3], np.uint32)  # [seed, step, training]: the mode, read by the kernels
         self._reads_mode = RNG_BUFFER in self.module.buffers  # of ops with the TRAINING or RANDOM effect
@@ -154,7 +154,7 @@ class BufferState:
         raise NotImplementedError
 
     def _finite(self, buf) -> bool:
-        return not nonfinite(self._download(buf))
+        return not nonfinite(values(self._download(buf)))
 
     def _stage(self, buf):
         """A fetched value kept past this run (later runs overwrite the output buffers)."""
@@ -222,7 +222,7 @@ class BufferState:
                 bound, l = what
                 self._launch(bound)
                 if check:
-                    self._check_launch(l, env)
+                    self._check_launch(l, env, prog["dims"])
             elif kind == "host":
                 self._host(*what)
             else:
@@ -233,7 +233,7 @@ class BufferState:
         host, its operands brought down (after the kernels before it) and its value sent back
         into its buffer; an op that communicates gets the run's communicator."""
         d = OPS[l.op]
-        args = [self._download(env[b]) for b in l.args[1:]]
+        args = [values(self._download(env[b])) for b in l.args[1:]]
         self._wait()
         attrs = dict(self.graph.attrs(l.node))
         if d.has(COMMUNICATES):
@@ -248,11 +248,11 @@ class BufferState:
         self._wait()
         if self.waits:
             self.counters["syncs"] += 1
-        for f, values in zip(pending, hosts):
-            self.counters["d2h_bytes"] += sum(v.nbytes for v in values.values())
+        for f, got in zip(pending, hosts):
+            self.counters["d2h_bytes"] += sum(v.nbytes for v in got.values())
             for s in f.staged.values():
                 self._release(s)
-            f._values, f.staged = values, None
+            f._values, f.staged = {r: values(v) for r, v in got.items()}, None
 
     def _inputs_needed(self, roots) -> list[str]:
         need = self._needs.get(roots)
@@ -290,7 +290,7 @@ class BufferState:
                     if any(isinstance(d, str) and d not in dims for d in b.shape):
                         continue  # depends on an input not fed: not needed by this run
                     env[b.name] = self._alloc([dims[d] if isinstance(d, str) else d for d in b.shape],
-                                              NUMPY_DTYPE[b.dtype])
+                                              BUFFER_DTYPE[b.dtype])
             self._per_dims[key] = env
         return env
 
@@ -313,20 +313,28 @@ class BufferState:
         ops = step + [("copy", outs[r], env[values[r]]) for r in fetch if r not in late]
         if commit:
             ops += commits + [("copy", outs[r], env[values[r]]) for r in fetch if r in late]
-        prog = self._programs[key] = {"key": key, "ops": ops, "outs": outs, "env": env,
+        prog = self._programs[key] = {"key": key, "ops": ops, "outs": outs, "env": env, "dims": dims,
                                       "prep": {"key": key + ("prep",), "ops": prep, "env": env, "at": None}}
         return prog
 
-    def _check_launch(self, l, env) -> None:
+    def _check_launch(self, l, env, dims: dict) -> None:
         """--check-numerics: the buffers launch `l` wrote (its output; an update kernel's targets),
-        checked right after it, before a later launch reuses them."""
+        checked right after it, before a later launch reuses them. A 16-bit output is read as its
+        BF16 values (the first elements of its buffer: memory planning may have given it an fp32
+        slot of its size)."""
         for b in l.args[:max(1, l.writes)]:
-            if env[b].dtype.kind == "f" and not self._finite(env[b]):
+            buf = env[b]
+            if l.out_half:
+                shape = self.graph.type(l.node).concrete(dims)
+                buf = buf.view(np.uint16).reshape(-1)[:int(np.prod(shape))].reshape(shape)
+            elif self.module.buffers[b].dtype != "f32":
+                continue
+            if not self._finite(buf):
                 for a in l.args[l.writes:]:  # a param or state that was not finite to begin with
                     if _stored(self.module.buffers[a]) and not self._finite(env[a]):
                         host = self._download(env[a])
                         raise numerics_error(self.graph, l.node, nonfinite(host), host, source=a)
-                host = self._download(env[b])
+                host = values(self._download(buf))
                 raise numerics_error(self.graph, l.node, nonfinite(host), host, kernel=l.kernel)
 
     # -- state -----------------------------------------------------------------------------------
@@ -386,6 +394,12 @@ class BufferState:
         if getattr(self, "_input_shapes", None) is None:
             self._input_shapes = input_shapes(self.graph)
         return bind_dims(self._input_shapes, feeds)
+
+
+def values(a: np.ndarray) -> np.ndarray:
+    """A buffer's contents as the values they hold: a 16-bit BF16 buffer's (uint16, codegen/storage.py)
+    widened to float32, any other as it is."""
+    return widen_bf16(a) if a.dtype == np.uint16 else a
 
 
 def _stored(buf) -> bool:
