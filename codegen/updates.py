@@ -45,7 +45,8 @@ def emit_updates(gen: Generator, roots: list[str]) -> None:
     commit phase, after every kernel of the step has read the old values."""
     g = gen.g
     params: dict[str, str] = {}   # buffer -> kernel parameter name
-    written = {gen.node_buffer[m] for r in roots for m in g.meta.groups[r][1] if m in gen.node_buffer}
+    # (in the groups' order, so that the kernel's parameters come out the same in every process)
+    written = dict.fromkeys(gen.node_buffer[m] for r in roots for m in g.meta.groups[r][1] if m in gen.node_buffer)
     segments, comment, start, dims = [], [f"optimizer update of {len(roots)} tensors, in place"], 0, set()
     for r in roots:
         rule, members = g.meta.groups[r]

@@ -656,3 +656,32 @@ def test_1x1_gemm_path_agrees_with_the_interpreter(batch):
     g = dlc.compile(ONE_BY_ONE, backend="interp").graph
     rows, first = diff(g, ["emu"], initial_state(g, 1), synth_feeds(g, batch, 1))["emu"]
     assert first is None and all(r.ok for r in rows), [(r.name, r.abs_err) for r in rows if not r.ok]
+
+
+_DIGEST = """
+import hashlib, sys
+import dlc
+for f in sys.argv[1:]:
+    for precision in ("fp32", "bf16"):
+        m = dlc.build(f, opt_level=2, precision=precision).module()
+        print(hashlib.sha1((m.source + m.plan_json()).encode()).hexdigest())
+"""
+
+
+def test_generated_code_is_the_same_in_every_process():
+    """The module text and plan do not depend on Python's string hashing (set iteration order):
+    the examples with the most kinds of kernel (optimizer updates, batch norm, concats, 16-bit
+    buffers), generated in two processes with different PYTHONHASHSEED, come out identical."""
+    import os
+    import subprocess
+    import sys
+    from conftest import EXAMPLES
+    files = [str(EXAMPLES / f"{n}.dln") for n in ("resnet_small", "inception", "charlm", "adding_lstm")]
+    digests = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run([sys.executable, "-c", _DIGEST, *files], env=env, capture_output=True, text=True,
+                             check=True, cwd=str(Path(__file__).parent))
+        digests.append(out.stdout.split())
+    assert len(digests[0]) == 2 * len(files)
+    assert digests[0] == digests[1]
