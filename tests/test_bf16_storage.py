@@ -99,7 +99,7 @@ def test_products_read_rounded_values_are_16_bit():
 
 
 @needs_emu
-@pytest.mark.parametrize("name, opt_level", [("mlp", 0), ("lenet", 2), ("inception", 0), ("inception", 2),
+@pytest.mark.parametrize("name, opt_level", [("mlp", 0), ("lenet", 2), ("inception", 2),
                                               ("resnet_small", 2), ("adding_lstm", 2)])
 def test_same_bits_with_and_without_16_bit_storage(monkeypatch, name, opt_level):
     """Two training steps on emu at bf16 with 16-bit storage and with every buffer fp32 (the
