@@ -95,12 +95,16 @@ class Interpreter:
                 steps.append((n, ref, args, attrs))
         return steps, assigns
 
+    @np.errstate(all="ignore")
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None, training: bool = False,
             rng: tuple[int, int] | None = None, fetch=None, defer: bool = False):
         """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
         `training` chooses the mode; in training, random ops (dropout) draw from `rng=(seed, step)`.
         Returns {root: array} for every root in `fetch` (default: all); with `defer`, the same in
-        a `Fetched` (computed already: the interpreter has no device to wait for)."""
+        a `Fetched` (computed already: the interpreter has no device to wait for). Overflow, 0/0
+        and the like give IEEE infinities and NaNs silently, as the kernels do (NumPy warns of
+        none of them: a `where` computes both branches, and one may overflow where it is not
+        taken); --check-numerics is the way to stop at the first one."""
         roots = tuple(roots)
         prog = self._programs.get(roots)
         if prog is None:

@@ -394,3 +394,20 @@ def test_the_ir_of_the_new_ops_reads_back():
         text = m.ir(stage=stage)
         assert print_ir(parse_ir(text)) == text
     assert 'gelu[approximate=tanh]' in m.ir(stage="forward")
+
+
+def test_interpreter_computes_ieee_results_without_numpy_warnings():
+    """bce_logits at logits of +-100 (its gradient's `where` evaluates exp(100) on the branch it
+    does not take) and log(-1): the interpreter gives the IEEE results silently, as the kernels
+    do, with no NumPy RuntimeWarning on the user's terminal; --check-numerics still stops at the NaN."""
+    import warnings
+    m = dlc.compile("model m {\n input x : f32[4]\n input t : f32[4]\n l = bce_logits(x, t)\n output l\n"
+                    " n = log(x)\n output n\n}", backend="interp")
+    x = np.array([100.0, -100.0, 3.0, -1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # any warning fails the test
+        got = m.run(["l", "n"], {"x": x, "t": np.array([1.0, 0.0, 1.0, 0.0], np.float32)})
+    assert np.isfinite(got["l"]) and np.isnan(got["n"][3])
+    m.check_numerics = True
+    with pytest.raises(dlc.DlcError, match="produced nan"):
+        m.run(["n"], {"x": x, "t": np.zeros(4, np.float32)})
