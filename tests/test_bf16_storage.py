@@ -145,6 +145,21 @@ def test_fetched_16_bit_value_is_float32_and_equals_interp():
 
 
 @needs_emu
+@pytest.mark.parametrize("opt_level", [0, 2])
+def test_diff_compares_a_value_stored_rounded_as_bf16(opt_level):
+    """`dlc diff` at bf16: a value stored in 16 bits because its readers round it (here the pooled
+    value the product reads) comes back rounded to BF16, and is compared with the interpreter's
+    value rounded so; the step agrees. Without that rule it diverges at that value."""
+    b = dlc.build(EXAMPLES / "inception.dln", precision="bf16", opt_level=opt_level)
+    mod = generate(b.graph, reuse=False)
+    rounded = [n for n in mod.half if b.graph.op(n) == "avgpool2d"]
+    assert rounded   # the global average pool, read only by the classifier's product
+    got = dlc.diff(EXAMPLES / "inception.dln", backends="interp,emu", precision="bf16", opt_level=opt_level)
+    firsts = {k: v[1] for k, v in got.results.items() if v[0] != "skipped"}
+    assert firsts == {"emu": None} and got.agree
+
+
+@needs_emu
 def test_check_numerics_finds_a_nan_in_a_16_bit_buffer():
     """A product that overflows to infinity, stored in 16 bits: --check-numerics names its line."""
     text = """model n {
