@@ -1137,7 +1137,7 @@ class DiffResult:
 
     @property
     def agree(self) -> bool:
-        return all(not first and all(r.ok for r in rows) for rows, first in
+        return all(not first and all(r.agrees for r in rows) for rows, first in
                    (v for v in self.results.values() if v[0] != "skipped"))
 
 

@@ -378,7 +378,10 @@ def cmd_diff(args) -> int:
         print(f"  {'kind':<7} {'tensor':<28} {'max abs err':>12} {'max rel err':>12}  ok")
         for row in rows:
             print(f"  {row.kind:<7} {row.name:<28} {row.abs_err:>12.3e} {row.rel_err:>12.3e}  "
-                  f"{'ok' if row.ok else 'DIVERGES'}")
+                  f"{'ok' if row.ok else 'inherited' if row.inherited else 'DIVERGES'}")
+        if any(row.inherited for row in rows):
+            print("  inherited: beyond the tolerance of interp's value, but within it of what interp computes from "
+                  f"{name}'s own values (the difference comes from earlier in the step: rounding, carried on)")
         if first:
             loc = g.loc(first)
             line = g.source_line(loc)

@@ -79,9 +79,10 @@ def _walk(g: Graph) -> Module:
                     gen.inplace[a] = gen.node_buffer[a] = gen.node_buffer[m] = g.operands(a)[0]
     for r, (rule, members) in g.meta.groups.items():  # sibling reductions store where their last member runs;
         if rule == "siblings":                            # a reshape of an earlier one may name its buffer before
+            # (a member that users outside read only for its shape has no buffer: the kernel stores no such value)
             inside = set(members)
             for m in members:
-                if m != r and (OPS[g.op(m)].family == "reduce" or any(u not in inside for u in g.users(m))):
+                if m != r and (OPS[g.op(m)].family == "reduce" or any(u not in inside for u in g.readers(m))):
                     gen.temp(m)
     for n in g.order():
         op = g.op(n)

@@ -134,6 +134,12 @@ class Graph:
         node = self.nx._node
         return sorted(self.nx._succ[n], key=lambda v: node[v]["seq"])
 
+    def readers(self, n: str) -> list[str]:
+        """The users that read `n`'s value, not only its shape (a `size`, a `broadcast_like`'s
+        operand 1), oldest first."""
+        return [u for u in self.users(n) if OPS[self.op(u)].family != "shape"
+                and not (OPS[self.op(u)].family == "broadcast" and self.operands(u)[0] != n)]
+
     def order(self) -> list[str]:
         """A deterministic topological order: among ready nodes, the oldest first (Kahn's
         algorithm with a heap keyed by creation order)."""

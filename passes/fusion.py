@@ -63,13 +63,6 @@ class Refusal:
     reason: str
 
 
-def _readers(g: Graph, a: str) -> list[str]:
-    """The users that read `a`'s value, not only its shape (a `size`, a `broadcast_like`'s
-    operand 1)."""
-    return [u for u in g.users(a) if OPS[g.op(u)].family != "shape"
-            and not (OPS[g.op(u)].family == "broadcast" and g.operands(u)[0] != a)]
-
-
 def _reads(g: Graph, n: str) -> list[str]:
     """The operands a pointwise node loads (a broadcast's shape operand is not loaded)."""
     args = g.operands(n)
@@ -138,7 +131,7 @@ def _plan(g: Graph, siblings: bool, absorb: bool) -> tuple[dict, list[Refusal]]:
                 for a in _reads(g, m):
                     if a in members or a in group_of or family[a] not in POINTWISE:
                         continue
-                    if g.type(a).shape == shape and a not in wanted and all(u in members for u in _readers(g, a)):
+                    if g.type(a).shape == shape and a not in wanted and all(u in members for u in g.readers(a)):
                         members.add(a)
                         grew = True
         rule = "elementwise"
@@ -147,7 +140,7 @@ def _plan(g: Graph, siblings: bool, absorb: bool) -> tuple[dict, list[Refusal]]:
         # matmul that makes the adjoint), when that product has the group's shape and no other use
         producers = sorted({a for m in members for a in _reads(g, m) if family[a] in PRODUCERS}, key=pos.get)
         fits = [a for a in producers if g.type(a).shape == shape and a not in wanted
-                and all(u in members for u in _readers(g, a))]
+                and all(u in members for u in g.readers(a))]
         if fits:
             members.add(fits[-1])
             rule = "epilogue"
@@ -178,7 +171,7 @@ def _fold_into_reductions(g: Graph, groups: dict, group_of: dict, wanted: set, p
         if OPS[g.op(r)].family != "reduce" or r in group_of:
             continue
         folded = [a for a in dict.fromkeys(g.operands(r)) if group_of.get(a) == a and groups[a][0] == "elementwise"
-                  and a not in wanted and set(_readers(g, a)) == {r}]
+                  and a not in wanted and set(g.readers(a)) == {r}]
         if not folded:
             continue
         members = [m for a in folded for m in groups.pop(a)[1]] + [r]
@@ -203,7 +196,7 @@ def _value_readers(g: Graph, a: str) -> list[str]:
     """The users that read `a`'s value, looking through reshapes (an `alias` names a's buffer
     under another shape and reads nothing when it runs)."""
     out = []
-    for u in _readers(g, a):
+    for u in g.readers(a):
         out += _value_readers(g, u) if OPS[g.op(u)].family == "alias" else [u]
     return out
 
@@ -230,7 +223,7 @@ def _merge_siblings(g: Graph, groups: dict, group_of: dict, wanted: set, pos: di
                 for a in g.operands(m):
                     p = group_of.get(a)
                     if (p == a and p not in members and groups[p][0] == "elementwise" and p not in wanted
-                            and g.type(p).shape == shape and set(_readers(g, p)) <= members):
+                            and g.type(p).shape == shape and set(g.readers(p)) <= members):
                         members |= set(groups[p][1])
                         grew = True
         root = max(reductions, key=pos.get)
@@ -290,7 +283,7 @@ def _absorb_finish(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dic
         last = max(pos[m] for m in members)
         if any(not ready(a, last) for m in later for a in _reads(g, m) if a not in members):
             return False
-        stored = [m for m in after | later if m in wanted or set(_readers(g, m)) - members]
+        stored = [m for m in after | later if m in wanted or set(g.readers(m)) - members]
         return all(at(u) > last for m in stored for u in _value_readers(g, m) if u not in members)
 
     def at(u):  # where a reader runs: its group's root (an update: after the step), else itself
@@ -299,7 +292,7 @@ def _absorb_finish(g: Graph, groups: dict, group_of: dict, wanted: set, pos: dic
     grew = True
     while grew:
         grew = False
-        readers = {group_of.get(u) for m in after for u in _readers(g, m)} - {None, root}
+        readers = {group_of.get(u) for m in after for u in g.readers(m)} - {None, root}
         for c in sorted(readers, key=pos.get):
             rule, ms = groups[c]
             if rule != "elementwise" or g.type(c).shape != shape:
@@ -329,17 +322,17 @@ def _merge_updates(g: Graph, groups: dict, group_of: dict, pos: dict) -> None:
 
     def outputs(members):
         inside = set(members)
-        return [m for m in members if any(u not in inside for u in _readers(g, m))]
+        return [m for m in members if any(u not in inside for u in g.readers(m))]
 
     def is_update(members):
-        return all(m in assign_of and set(_readers(g, m)) - set(members) == {assign_of[m]} for m in outputs(members))
+        return all(m in assign_of and set(g.readers(m)) - set(members) == {assign_of[m]} for m in outputs(members))
     merged = True
     while merged:  # v_new = mu v + g feeds w_new = w - lr (g + mu v_new): one group writes both
         merged = False
         for root, (rule, members) in list(groups.items()):
             if rule != "elementwise" or root not in assign_of:
                 continue
-            readers = {group_of.get(u) for u in _readers(g, root) if u != assign_of[root]} - {root}
+            readers = {group_of.get(u) for u in g.readers(root) if u != assign_of[root]} - {root}
             if len(readers) != 1 or None in readers:
                 continue
             (other,) = readers
@@ -354,7 +347,7 @@ def _merge_updates(g: Graph, groups: dict, group_of: dict, pos: dict) -> None:
     updates = {r for r, (rule, ms) in groups.items() if rule == "elementwise" and r in assign_of and is_update(ms)}
     for r in sorted(updates):
         targets = [g.operands(assign_of[o])[0] for o in outputs(groups[r][1])]
-        others = {group_of.get(u) for t in targets for u in _readers(g, t)} & (updates - {r})
+        others = {group_of.get(u) for t in targets for u in g.readers(t)} & (updates - {r})
         if not others:
             groups[r] = ("update", groups[r][1])
 
@@ -364,7 +357,7 @@ def _why(g: Graph, a: str, root: str, wanted: set, group_of: dict) -> str:
         return f"shape {g.type(a)} differs from the group's {g.type(root)} (it would be recomputed per element)"
     if a in wanted:
         return "its value is wanted outside the step (an output, the loss or a gradient)"
-    others = [u for u in _readers(g, a) if group_of.get(u) != root]
+    others = [u for u in g.readers(a) if group_of.get(u) != root]
     if not others:
         return "a GEMM or convolution epilogue absorbs one producer, and this group has taken another"
     return f"it is also read by %{others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "")
@@ -394,7 +387,7 @@ def report(g: Graph, dims: dict) -> list[str]:
     for root, (rule, members) in groups.items():
         inside = set(members)
         stored = {m for m in members if rule == "siblings" and (OPS[g.op(m)].family == "reduce" or m in wanted
-                                                                  or set(_readers(g, m)) - inside)}
+                                                                  or set(g.readers(m)) - inside)}
         saved = sum(2 * nbytes(m) for m in members if (m != root or rule == "update") and m not in stored)
         total += saved
         locs = sorted({(g.loc(m).file, g.loc(m).line) for m in members if g.loc(m)})

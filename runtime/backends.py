@@ -24,8 +24,8 @@ def _always() -> tuple[bool, str]:
 # name -> (backend class, available() -> (ok, why), the options it takes besides the float dtype)
 TABLE = {
     "interp": (Interpreter, _always, ()),
-    "emu": (EmuBackend, emu_available, ()),
-    "cuda": (CudaBackend, cuda_available, ("cuda_graph",)),  # cuda_available imports CuPy only inside
+    "emu": (EmuBackend, emu_available, ("reuse",)),
+    "cuda": (CudaBackend, cuda_available, ("cuda_graph", "reuse")),  # cuda_available imports CuPy only inside
 }
 BACKENDS = tuple(TABLE)
 
@@ -56,7 +56,8 @@ def option_problem(name: str, option: str) -> str | None:
 
 def make_backend(name: str, graph, float_dtype="float32", **options):
     """A backend over `graph`; `options` are backend-specific switches (cuda: `cuda_graph`, replay
-    each step as one captured CUDA graph), each refused by a backend that does not take it."""
+    each step as one captured CUDA graph; emu and cuda: `reuse`, memory planning on or off), each
+    refused, when set, by a backend that does not take it."""
     ok, why = available(name)
     if not ok:
         raise DlcError(f"backend '{name}' cannot run here: {why}")

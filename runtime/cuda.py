@@ -82,8 +82,8 @@ class CudaBackend(BufferState):
     waits = True
     check_numerics = False  # after every launch, synchronise and check what it wrote (no CUDA graph)
 
-    def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False):
-        self._prepare(graph, float_dtype, cuda_available)
+    def __init__(self, graph: Graph, float_dtype=np.float32, cuda_graph: bool = False, reuse: bool | None = None):
+        self._prepare(graph, float_dtype, cuda_available, reuse)
         import cupy as cp
         self.cp = cp
         self._communicates = bool(graph.with_effect(COMMUNICATES))

@@ -97,8 +97,8 @@ class EmuBackend(BufferState):
     name = "emu"
     check_numerics = False  # after every launch, check what it wrote (stop at NaN or infinity)
 
-    def __init__(self, graph: Graph, float_dtype=np.float32):
-        self._prepare(graph, float_dtype, emu_available)
+    def __init__(self, graph: Graph, float_dtype=np.float32, reuse: bool | None = None):
+        self._prepare(graph, float_dtype, emu_available, reuse)
         check_order_setting()
         self.lib = ctypes.CDLL(str(build_library(self.module.emu_source())))
         self._fns = {}

@@ -97,8 +97,10 @@ class Interpreter:
 
     @np.errstate(all="ignore")
     def run(self, roots, feeds: dict[str, np.ndarray], commit: bool = False, dims=None, training: bool = False,
-            rng: tuple[int, int] | None = None, fetch=None, defer: bool = False):
+            rng: tuple[int, int] | None = None, fetch=None, defer: bool = False, given: dict | None = None):
         """Evaluate `roots` from `feeds` (inputs by name); with `commit`, apply the assignments.
+        `given`: values to take for some nodes (other than the roots) instead of computing them
+        (another backend's values: `dlc diff` asks what the reference computes from them).
         `training` chooses the mode; in training, random ops (dropout) draw from `rng=(seed, step)`.
         Returns {root: array} for every root in `fetch` (default: all); with `defer`, the same in
         a `Fetched` (computed already: the interpreter has no device to wait for). Overflow, 0/0
@@ -114,6 +116,9 @@ class Interpreter:
         for k, v in feeds.items():
             env[k] = v if v.dtype.kind != "f" or v.dtype == self.dtype else v.astype(self.dtype)
         for n, fn, args, attrs in steps:
+            if given is not None and n in given and n not in roots:
+                env[n] = given[n]
+                continue
             if n in self._constants:
                 kept = self._kept.get(n)
                 if kept is not None and kept[0] == self._version:

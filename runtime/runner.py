@@ -338,9 +338,11 @@ class BufferState:
                 raise numerics_error(self.graph, l.node, nonfinite(host), host, kernel=l.kernel)
 
     # -- state -----------------------------------------------------------------------------------
-    def _prepare(self, graph: Graph, float_dtype, available) -> None:
+    def _prepare(self, graph: Graph, float_dtype, available, reuse: bool | None = None) -> None:
         """What both generated-code backends do first: float32 only, the backend can run here
-        (`available()` -> (ok, why)), the module generated from the graph."""
+        (`available()` -> (ok, why)), the module generated from the graph (`reuse`: memory
+        planning, by default at -O2; `dlc diff` turns it off so that every value it compares is
+        kept in a buffer of its own)."""
         if np.dtype(float_dtype) != np.float32:
             raise DlcError(f"the {self.name} backend computes in float32, not {np.dtype(float_dtype).name} "
                            "(use the interp backend for float64)")
@@ -348,7 +350,7 @@ class BufferState:
         if not ok:
             raise DlcError(f"backend '{self.name}' cannot run here: {why}")
         self.graph = graph
-        self.module = generate(graph)
+        self.module = generate(graph, reuse=reuse)
 
     def keeps(self, n: str) -> bool:
         """Whether `run` can hand out node `n`'s value: at -O2 a fused group's inner values live

@@ -24,7 +24,7 @@ from dlc.ir.graph import Graph
 from dlc.ir.ops import FAMILIES, OPS, elementwise_ops
 from dlc.ir.types import TensorType
 from dlc.passes.manager import run_pipeline
-from conftest import needs_emu
+from conftest import EXAMPLE_FILES, needs_emu
 
 MODELS = {
     # slices that do not cover their operand: the adjoint is a pad (zeros around it), and slices of
@@ -685,3 +685,15 @@ def test_generated_code_is_the_same_in_every_process():
         digests.append(out.stdout.split())
     assert len(digests[0]) == 2 * len(files)
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("source", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_every_value_with_a_buffer_is_written(source):
+    """At -O2 (sibling reductions, epilogues, concat elimination) every IR value the plan gives a
+    buffer of its own is written by some launch: `Model.run` and `dlc diff` may hand it out. (A
+    batch-norm member that the backward reads only for its shape had a buffer nothing wrote:
+    resnet_small's shifted squares came back as zeros.)"""
+    mod = generate(dlc.build(source, opt_level=2).graph, reuse=False)
+    written = {a for l in mod.launches for a in l.args[:max(1, l.writes)]}
+    unwritten = [n for n, b in mod.node_buffer.items() if mod.buffers[b].kind == "temp" and b not in written]
+    assert not unwritten

@@ -30,7 +30,7 @@ def fake_emu(monkeypatch):
     real = diff_mod.make_backend
     monkeypatch.setattr(diff_mod, "available", lambda name: (True, "") if name == "emu" else (False, "not here"))
     monkeypatch.setattr(diff_mod, "make_backend",
-                        lambda name, g, *a: Perturbed(g) if name == "emu" else real(name, g, *a))
+                        lambda name, g, *a, **k: Perturbed(g) if name == "emu" else real(name, g, *a))
 
 
 def test_diff_names_the_first_diverging_tensor_and_its_line(fake_emu, capsys, examples_dir):
@@ -48,7 +48,7 @@ def test_diff_names_the_first_diverging_tensor_and_its_line(fake_emu, capsys, ex
 def test_diff_agrees_when_values_agree(monkeypatch, capsys, examples_dir):
     monkeypatch.setattr(Perturbed, "node", "no such node")
     monkeypatch.setattr(diff_mod, "available", lambda name: (True, ""))
-    monkeypatch.setattr(diff_mod, "make_backend", lambda name, g, *a: Perturbed(g))
+    monkeypatch.setattr(diff_mod, "make_backend", lambda name, g, *a, **k: Perturbed(g))
     rc = main(["diff", str(examples_dir / "mlp.dln"), "--backends", "interp,emu"])
     out = capsys.readouterr().out
     assert rc == 0 and "result: agree" in out
@@ -120,7 +120,7 @@ def test_a_different_dropout_mask_is_a_divergence(monkeypatch, cnn):
     assert d == "d"
     monkeypatch.setattr(diff_mod, "available", lambda name: (True, ""))
     monkeypatch.setattr(diff_mod, "make_backend",
-                        lambda name, g, *a: SeedShifted(g) if name == "emu" else Interpreter(g))
+                        lambda name, g, *a, **k: SeedShifted(g) if name == "emu" else Interpreter(g))
     rows, first = diff_mod.diff(g, ["interp", "emu"], state, feeds, rng=(5, 0))["emu"]
     assert first == d
     row = next(r for r in rows if r.node == d)
@@ -160,7 +160,7 @@ def _step_diff(monkeypatch, examples_dir, by, where, optimizer="adam(lr = 0.05)"
     monkeypatch.setattr(Stepped, "where", staticmethod(where))
     monkeypatch.setattr(diff_mod, "available", lambda name: (True, ""))
     real = diff_mod.make_backend
-    monkeypatch.setattr(diff_mod, "make_backend", lambda name, g, *a: Stepped(g) if name == "emu" else real(name, g, *a))
+    monkeypatch.setattr(diff_mod, "make_backend", lambda name, g, *a, **k: Stepped(g) if name == "emu" else real(name, g, *a))
     d = dlc.diff(src, backends=("interp", "emu"), batch=8)
     rows = {r.name: r for r in d.results["emu"][0]}
     return d.agree, rows["h.w"].ok
@@ -203,3 +203,53 @@ def test_charlm_at_tf32_agrees_on_emu(capsys, examples_dir):
     rc = main(["diff", str(examples_dir / "charlm.dln"), "--backends", "interp,emu", "-O0", "--precision", "tf32"])
     out = capsys.readouterr().out
     assert rc == 0 and "result: agree" in out, out
+
+
+# -- inherited differences: what interp computes from the backend's own values --------------------
+
+AMPLIFY = """model amp {
+    input x : f32[N, 4]
+    h = x + 1.0
+    z = (h - 1.0) * 1000.0
+    output z
+}"""
+
+
+class Upstream(Interpreter):
+    """The interpreter, but %h comes out `scale` times its value and everything after it is
+    computed from that (a backend whose one kernel is off, consistently carried on)."""
+    name = "emu"
+    scale = 1.0
+
+    def run(self, roots, feeds, commit=False, dims=None, training=False, rng=None, **kw):
+        h = super().run(["h"], feeds, dims=dims, training=training, rng=rng)["h"] * np.float32(self.scale)
+        out = super().run([r for r in roots if r != "h"], feeds, commit=commit, dims=dims, training=training,
+                          rng=rng, given={"h": h})
+        return {**out, "h": h} if "h" in roots else out
+
+
+def _amplified(monkeypatch, scale):
+    monkeypatch.setattr(Upstream, "scale", scale)
+    monkeypatch.setattr(diff_mod, "available", lambda name: (True, ""))
+    monkeypatch.setattr(diff_mod, "make_backend",
+                        lambda name, g, *a, **k: Upstream(g) if name == "emu" else Interpreter(g))
+    g = dlc.build(AMPLIFY).graph
+    feeds = {"x": np.array([[1e-3, -2e-3, 5e-3, 1e-2]], np.float32)}
+    return diff_mod.diff(g, ["interp", "emu"], {}, feeds, rng=None)["emu"]
+
+
+def test_a_difference_carried_on_from_within_the_tolerance_is_inherited(monkeypatch):
+    """%h off by 1e-5 of itself (within the tolerance) becomes, through the cancellation in
+    (h - 1) * 1000, a z off by 1% of itself: beyond the tolerance of interp's z, but z is what
+    interp computes from this backend's own %h, so the row says `inherited` and the step agrees."""
+    rows, first = _amplified(monkeypatch, 1 + 1e-5)
+    z = next(r for r in rows if r.kind == "output")
+    assert not z.ok and z.inherited and z.agrees and first is None
+
+
+def test_a_wrong_value_is_found_where_it_is_made_and_what_follows_is_inherited(monkeypatch, capsys):
+    """%h off by 1% is the first divergence (interp's h from the same operands differs); z, computed
+    right from the wrong h, is inherited; the result diverges."""
+    rows, first = _amplified(monkeypatch, 1.01)
+    z = next(r for r in rows if r.kind == "output")
+    assert first == "h" and z.inherited
