@@ -55,7 +55,7 @@ from .runtime.init import initial_state
 from .runtime.onnx_export import OPSET, export_onnx, require_onnx
 from .runtime.sample import check_sampling, sample_text, sampling_plan, vocabulary
 from .runtime.train import (RUN_DEFAULTS, SYNC_EVERY, accuracy_rule, data_digest, holdout_indices,
-                            per_example_problem, predict, setting_problem, with_context)
+                            per_example_problem, predict, setting_problem, split_indices, with_context)
 from .runtime.train import train as _train_loop
 from .runtime.train import evaluate as _evaluate
 from .runtime.weights import (CHECKPOINT_FILE, load_checkpoint, load_state, load_weights, load_weights_by_name,
@@ -1002,6 +1002,15 @@ class Model:
         """The examples of `data` that `test_split` holds out from training and validation (the
         same ones in every run: runtime/train.py `holdout_indices`)."""
         idx = holdout_indices(data.n, test_split)
+        return Dataset({k: v[idx] for k, v in data.feeds.items()}, len(idx), data.what)
+
+    def val_part(self, data: Dataset, settings: RunSettings | None = None) -> Dataset:
+        """The examples of `data` that `fit(data, settings)` holds out for validation (its `val_*`
+        metrics are theirs): drawn by `settings.seed` after the test split (runtime/train.py
+        `split_indices`); none without a `val_split`."""
+        s = settings or self.settings()
+        idx = (split_indices(data.n, s.val_split, s.seed, s.test_split)[1] if s.val_split > 0
+               else np.zeros(0, np.int64))
         return Dataset({k: v[idx] for k, v in data.feeds.items()}, len(idx), data.what)
 
     def scored_on(self, data: Dataset, test_split: float = 0.0) -> tuple[Dataset, str]:

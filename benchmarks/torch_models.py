@@ -19,7 +19,7 @@ F.cross_entropy, torch.optim) and computes exactly what its `.dln` file computes
 | lenet    | conv3x3(16)-pool-conv3x3(32)-pool-64-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | alexnet_small | conv3x3(32)-LRN-pool-conv3x3(64, 2 groups)-LRN-pool-128-10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
 | resnet_small | conv-bn(16), basic block, strided block (32, projection), basic block, global pool, 10 | cross-entropy | SGD lr 0.05, momentum 0.9 |
-| inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.003 |
+| inception| stem conv, two inception modules, pools, linear | cross-entropy | Adam lr 0.005, cosine lr over 900 steps |
 | transfer_base | 64-64(relu)-64(relu)-5 | cross-entropy | SGD, momentum ramp 0.5 -> 0.9, cosine lr with warm-up |
 | transfer_finetune | the same, hidden layers frozen, a new head | cross-entropy | SGD with momentum, step lr |
 | sine     | nn.RNN(1, 16, tanh) over 20 steps, last state, 16-1 | MSE | Adam lr 0.01, clipped to norm 1 |

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,35 @@ def test_without_a_test_split_the_validation_split_is_as_before():
     tr, va, te = split_indices(1797, 0.2, 5)
     order = np.random.default_rng(5).permutation(1797)
     assert len(te) == 0 and np.array_equal(va, order[:359]) and np.array_equal(tr, order[359:])
+
+
+def test_val_part_is_what_fit_holds_out_and_scores(work):
+    """Model.val_part gives exactly fit's validation examples: scoring them after fit gives fit's
+    val_loss and val_accuracy bit for bit, and wrong labels on them (and only them) change nothing
+    that trained (the same training losses, the same weights) but the validation figures."""
+    def fitted(y):
+        m = dlc.compile(work / "es.dln", backend="interp")
+        data = m.read_data(work / "d.npz")
+        data.feeds["y"] = y
+        s = replace(m.settings(), epochs=4, patience=0, seed=7)
+        return m, data, s, m.fit(data, s, progress=False, out=io.StringIO())
+
+    with np.load("d.npz") as z:
+        y = z["y"].copy()
+    m, data, s, got = fitted(y)
+    part = m.val_part(data, s)
+    assert part.n == got["val_examples"] == 60
+    scored = m.score(part, s.batch)
+    assert scored["loss"] == got["val_loss"] and scored["accuracy"] == got["val_accuracy"]
+    _, va, te = split_indices(N, 0.25, 7, 0.2)   # the val split of seed 7, after the test split
+    assert np.array_equal(part.feeds["y"], y[va]) and len(np.intersect1d(va, te)) == 0
+    poisoned = y.copy()
+    poisoned[va] = (poisoned[va] + 1) % 10
+    m2, _, _, bad = fitted(poisoned)
+    assert [h["loss"] for h in bad["history"]] == [h["loss"] for h in got["history"]]
+    same_arrays(m.split_state()[0], m2.split_state()[0])
+    assert bad["val_accuracy"] < 0.2 < got["val_accuracy"]
+    assert m.val_part(data, replace(s, val_split=0.0)).n == 0   # nothing held out: nothing to score
 
 
 def test_training_never_sees_the_test_examples(work, capsys):
