@@ -18,7 +18,7 @@ from .files import atomic_write, read_npz
 # A weights file holds one array per param, named after it (`w1`, `h1.w`), one per model buffer
 # (running statistics, `bn.mean`: model state travels with the weights), and, when written with
 # the optimizer state (`dlc run --save`, checkpoints), one array per state node of the optimizer
-# named `state/NAME` (`state/w1.velocity`, `state/adam.beta1_t`, `state/schedule.t`). A checkpoint
+# named `state/NAME` (`state/w1.velocity`, `state/adam.one_minus_beta1_t`, `state/schedule.t`). A checkpoint
 # is such a file plus `checkpoint/meta`, its JSON metadata as bytes (epoch, steps, the training
 # loop's generator), all in ONE file replaced atomically: a reader sees an old or a new checkpoint,
 # never half of one. With early stopping the checkpoint also holds the best epoch's weights and

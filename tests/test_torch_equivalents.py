@@ -44,22 +44,9 @@ def _torch_settings():
     torch.set_num_threads(threads)
 
 
-# Known bugs, each a strict xfail: once fixed the case passes, pytest reports XPASS as a failure, and
-# the entry must go. dlc's Adam in float32 takes every first step about 6.6e-6 (relative) shorter than
-# torch.optim.Adam: its v is (1 - beta2) * g^2 with 1 - beta2 exact (0.001), but the bias correction
-# 1 - beta2^t starts from beta2 rounded to float32 (1 - 0.99900001 = 0.00099998713), so v_hat is
-# 1.3e-5 too large (passes/optimizer.py; torch computes both in float64, and so does the interpreter
-# in float64, where the two agree). inception's steps (lr 0.005) carry that coherent shift of every
-# param into logits near zero, 1.7 times the tolerance after two steps at batch 16; torch's own
-# float32 logits stay within 0.1 of the tolerance of dlc's float64 ones there.
-KNOWN_BAD = {("inception", 16): "dlc's float32 Adam bias correction (1 - beta2^t from a float32 beta2)"}
-
-
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("name", [p.stem for p in TRAINING_EXAMPLES])  # each has a twin: the next test
-def test_same_loss_and_params_after_steps(name, batch, request):
-    if (name, batch) in KNOWN_BAD:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_BAD[name, batch]))
+def test_same_loss_and_params_after_steps(name, batch):
     torch, tm = twins()
     m = dlc.compile(ROOT / "examples" / f"{name}.dln", backend="interp", seed=3)
     net = tm.build(name)
