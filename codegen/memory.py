@@ -7,10 +7,8 @@ each value in its own buffer). On by default for fused (-O2) graphs.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from .plan import BUFFER_DTYPE, Buffer, Module
-from .sizes import Size, evaluate
+from .plan import Buffer, Module
+from .sizes import Size
 from .storage import HALF, handed_out
 
 
@@ -23,7 +21,7 @@ def plan_memory(mod: Module) -> dict[str, str]:
     the same dtype and size (symbols included, so one plan serves every batch size) whose last
     occupant's life ended at an earlier launch, so no kernel reads and writes one buffer (a
     16-bit value, failing that, an fp32 slot of its size, whose first half it fills: its kernels
-    declare it dlc_bf16 whatever the slot's dtype, `Launch.out_half`); otherwise it opens a new slot. Slots are named @s0, @s1, ... and take the shape of their
+    declare it dlc_bf16 whatever the slot's dtype, `Launch.half_args`); otherwise it opens a new slot. Slots are named @s0, @s1, ... and take the shape of their
     first occupant. Rewrites the module's buffers, launch
     arguments and value table in place; returns the temps it moved, each with its slot."""
     # (the evaluation form's values from stored values alone are kept from one evaluation run to the next)
@@ -40,7 +38,7 @@ def plan_memory(mod: Module) -> dict[str, str]:
     # PLAN_BATCH (16-bit slots can leave fp32 values without a slot they could share)
     plans = [_slots(mod, order, first, last, half_slots) for half_slots in (True, False)]
     at = {d: PLAN_BATCH for d in mod.symbols}
-    slot_of, slots = min(plans, key=lambda p: sum(_bytes(buf, at) for buf in p[1].values()))
+    slot_of, slots = min(plans, key=lambda p: sum(buf.nbytes(at) for buf in p[1].values()))
     mod.buffers.update(slots)
     for b in slot_of:
         del mod.buffers[b]
@@ -77,6 +75,3 @@ def _slots(mod: Module, order: list, first: dict, last: dict, half_slots: bool) 
         slot_of[b] = slot
     return slot_of, slots
 
-
-def _bytes(buf: Buffer, dims: dict) -> int:
-    return np.dtype(BUFFER_DTYPE[buf.dtype]).itemsize * evaluate(Size.of(buf.shape).py(), dims)

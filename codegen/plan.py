@@ -42,6 +42,12 @@ class Buffer:
     shape: list           # ints and symbols
     kind: str             # input, param, state, temp, or rng (the dropout generator's key)
 
+    def nbytes(self, dims: dict, half: bool = False) -> int:
+        """Its bytes with the symbols bound by `dims` (at least one element); with `half`, those of
+        a 16-bit value of its size that it holds (memory planning may put one in an fp32 slot)."""
+        itemsize = 2 if half else np.dtype(BUFFER_DTYPE[self.dtype]).itemsize
+        return itemsize * max(1, evaluate(Size.of(self.shape).py(), dims))
+
 
 @dataclass
 class Launch:
@@ -154,10 +160,8 @@ class Module:
         others = {a for l in self.launches if l.node not in need for a in l.args}
         others -= {a for l in runs for a in l.args}
 
-        def nbytes(b, half=False):  # a buffer's bytes; with `half`, those of a 16-bit value in it
-            buf = self.buffers[b]
-            size = 2 if half else np.dtype(BUFFER_DTYPE[buf.dtype]).itemsize
-            return size * max(1, evaluate(Size.of(buf.shape).py(), dims))
+        def nbytes(b, half=False):
+            return self.buffers[b].nbytes(dims, half)
         moved = sum(nbytes(a, i in l.half_args) * (2 if i < l.writes else 1) for l in runs for i, a in enumerate(l.args))
         kept = g.eval_constants()
         return {"kernels": len({l.kernel for l in runs if not l.host}), "launches": sum(not l.host for l in runs),

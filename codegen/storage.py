@@ -76,7 +76,7 @@ def plan_storage(g: Graph, concats: Concats) -> set[str]:
 
     rounded: dict[str, bool] = {}
     for n in reversed(g.order()):  # users first
-        rounded[n] = all(_reads_rounded(g, u, n, family, moves, rounded) for u in g.users(n)) and bool(g.users(n))
+        rounded[n] = bool(g.users(n)) and all(_reads_rounded(u, family, moves, rounded) for u in g.users(n))
 
     out_of_plan = handed_out(g) | set(concats.eliminated) | set(concats.parts)
     half: set[str] = set()
@@ -98,10 +98,10 @@ def plan_storage(g: Graph, concats: Concats) -> set[str]:
     return half
 
 
-def _reads_rounded(g: Graph, u: str, n: str, family: dict, moves: set, rounded: dict) -> bool:
-    """Whether node `u` reads `n` only rounded to BF16: a product reading it as operand 0 or 1 (or
-    only as operand 2, which carries a shape), or an op that moves elements whose value is itself
-    read only rounded."""
+def _reads_rounded(u: str, family: dict, moves: set, rounded: dict) -> bool:
+    """Whether node `u` reads its operands only rounded to BF16: a product (its operands 0 and 1
+    rounded, its operand 2 only a shape), or an op that moves elements whose value is itself read
+    only rounded."""
     if family[u] in PRODUCT_FAMILIES:
         return True
     return u in moves and rounded.get(u, False)

@@ -93,13 +93,16 @@ class Local:
     def __init__(self, g: Graph, state: dict, feeds: dict, rng, vals: dict, half: set):
         self.g, self.state, self.feeds, self.rng, self.vals, self.half = g, state, feeds, rng, vals, half
         self.interp = None
+        self.values: dict[str, np.ndarray] = {}   # node -> its value so computed (a row may ask again)
 
     def value(self, n: str) -> np.ndarray:
-        if self.interp is None:
-            self.interp = make_backend("interp", self.g)
-        self.interp.set_state(self.state)
-        v = self.interp.run([n], self.feeds, training=self.rng is not None, rng=self.rng, given=self.vals)[n]
-        return round_bf16(np.asarray(v, np.float32)) if n in self.half else v
+        if n not in self.values:
+            if self.interp is None:  # (a run without commit leaves its state as set here)
+                self.interp = make_backend("interp", self.g)
+                self.interp.set_state(self.state)
+            v = self.interp.run([n], self.feeds, training=self.rng is not None, rng=self.rng, given=self.vals)[n]
+            self.values[n] = round_bf16(np.asarray(v, np.float32)) if n in self.half else v
+        return self.values[n]
 
     def agrees(self, n: str, got: np.ndarray, precision: str, loose=None) -> bool:
         return compare(got, self.value(n), precision, loose)[2]
