@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from ..ir.precision import product_precision
 from .core import CTYPE, PLAIN, Emission, Generator
 from .pointwise import ELEMENTWISE_BLOCK
 from .sizes import Size, ceil_div, pair, symbols_of
@@ -69,10 +70,11 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
     static multiple of 4 floats long, so they are aligned). A static output of few tiles with a
     long K is split-K (see SPLIT_TARGET_BLOCKS): partial products of parts of K into a
     workspace, then a second kernel adds them in order and does the store (epilogue, concat).
-    `em`: the fusion group whose epilogue the storing kernel runs, if any. At the graph's
-    precision tf32 or bf16 the same tile runs on the tensor cores (matmul_mma.cu.j2: warps of
-    mma.sync fragments, `mma_warps`), its operands rounded as ir/precision.py says; at bf16 the
-    product is rounded to BF16 before the store (a split one in the finishing kernel)."""
+    `em`: the fusion group whose epilogue the storing kernel runs, if any. At the product's
+    precision (the graph's, or the node's floor where finer: ir/precision.py product_precision)
+    tf32 or bf16 the same tile runs on the tensor cores (matmul_mma.cu.j2: warps of mma.sync
+    fragments, `mma_warps`), its operands rounded as ir/precision.py says; at bf16 the product is
+    rounded to BF16 before the store (a split one in the finishing kernel)."""
     BM, BN, BK, TM, TN = tile = gemm_tile(M, N)
     threads = (BM // TM) * (BN // TN)
     splits = split_k(M, K, N, tile) if batch == 1 else 1
@@ -81,7 +83,7 @@ def gemm(gen: Generator, n: str, M: Size, K: Size, N: Size, a_index, b_index, ou
                a_fast=a_fast, b_fast=b_fast, b_lets=list(b_lets), b_valid=b_valid, splits=splits,
                a_vec=a_vec, b_vec=b_vec and not b_lets and not b_valid,
                k_end="kend" if splits > 1 else "K")
-    template, precision = "matmul.cu.j2", gen.g.meta.precision
+    template, precision = "matmul.cu.j2", product_precision(gen.g, n)
     if precision != "fp32":  # on the tensor cores: warps of m16n8 fragments (matmul_mma.cu.j2)
         WM, WN = mma_warps(tile)
         threads = 32 * WM * WN

@@ -4,11 +4,11 @@ values live in BF16 buffers (2 bytes an element) instead of fp32 ones.
 At `--precision bf16` a value is stored in 16 bits where that changes no number the step
 computes, which holds in two cases:
 
-- **exact**: every element is a BF16 number already. A matrix product or convolution stores its
-  fp32 sum rounded to BF16 (unless a fused epilogue then computes on it in fp32), and a value that
+- **exact**: every element is a BF16 number already. A matrix product or convolution at bf16 (not
+  one whose `min_precision` floor is finer, ir/precision.py) stores its fp32 sum rounded to BF16 (unless a fused epilogue then computes on it in fp32), and a value that
   only moves elements of such values (reshape, transpose, broadcast, slice, pad, concat: the
   families marked `moves` in the registry) is exact too;
-- **read rounded**: every reader rounds it to BF16 on the way in anyway: products read their
+- **read rounded**: every reader rounds it to BF16 on the way in anyway: products at bf16 read their
   operands 0 and 1 so (their operand 2, a convolution adjoint's shape carrier, is not read), and
   a value that only moves elements on to such readers counts as one (rounding commutes with moving
   elements).
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.ops import FAMILIES, OPS
+from ..ir.precision import product_precision
 from ..ir.registry import PRODUCT_FAMILIES
 from .concat import Concats
 
@@ -68,7 +69,7 @@ def plan_storage(g: Graph, concats: Concats) -> set[str]:
     for n in g.order():  # operands first
         floats = [a for a in g.operands(n) if g.type(a).is_float]
         if family[n] in PRODUCT_FAMILIES:  # rounded before the store, unless an epilogue computes on it
-            exact[n] = n not in member_of
+            exact[n] = n not in member_of and product_precision(g, n) == "bf16"
         elif n in moves:
             exact[n] = bool(floats) and all(exact[a] for a in floats)
         else:
@@ -76,7 +77,7 @@ def plan_storage(g: Graph, concats: Concats) -> set[str]:
 
     rounded: dict[str, bool] = {}
     for n in reversed(g.order()):  # users first
-        rounded[n] = bool(g.users(n)) and all(_reads_rounded(u, family, moves, rounded) for u in g.users(n))
+        rounded[n] = bool(g.users(n)) and all(_reads_rounded(g, u, family, moves, rounded) for u in g.users(n))
 
     out_of_plan = handed_out(g) | set(concats.eliminated) | set(concats.parts)
     half: set[str] = set()
@@ -98,12 +99,12 @@ def plan_storage(g: Graph, concats: Concats) -> set[str]:
     return half
 
 
-def _reads_rounded(u: str, family: dict, moves: set, rounded: dict) -> bool:
-    """Whether node `u` reads its operands only rounded to BF16: a product (its operands 0 and 1
-    rounded, its operand 2 only a shape), or an op that moves elements whose value is itself read
-    only rounded."""
+def _reads_rounded(g: Graph, u: str, family: dict, moves: set, rounded: dict) -> bool:
+    """Whether node `u` reads its operands only rounded to BF16: a product at bf16 (its operands 0
+    and 1 rounded, its operand 2 only a shape; not one whose `min_precision` is finer), or an op
+    that moves elements whose value is itself read only rounded."""
     if family[u] in PRODUCT_FAMILIES:
-        return True
+        return product_precision(g, u) == "bf16"
     return u in moves and rounded.get(u, False)
 
 

@@ -208,20 +208,21 @@ def _mean(x, axis, keepdims):
     return np.mean(x, axis=_axes(axis), keepdims=keepdims)
 
 
-def _matmul(a, b, ta, tb):
+def _matmul(a, b, ta, tb, min_precision=None):  # (the interpreter rounds the operands: interp._at_precision)
     return (np.swapaxes(a, -1, -2) if ta else a) @ (np.swapaxes(b, -1, -2) if tb else b)
 
 
 def _matmul_vjp(b, n, g):
     """Y = A @ B:  dA = dY @ B^T,  dB = A^T @ dY, with the operands' own transposes folded in.
-    Where one operand is a matrix shared by a batch, its adjoint is summed over the batch."""
+    Where one operand is a matrix shared by a batch, its adjoint is summed over the batch.
+    Both products keep the product's precision floor (`min_precision`)."""
     x, y = n.args
-    ta, tb = n.attrs["ta"], n.attrs["tb"]
+    ta, tb, floor = n.attrs["ta"], n.attrs["tb"], {"min_precision": n.attrs["min_precision"]}
 
     def shared(i, adj):  # the adjoint of a matrix operand that a batched product broadcast
         return b.sum(adj, axis=0) if n.type.rank == 3 and n.types[i].rank == 2 else adj
-    return [lambda: shared(0, b.matmul(y, g, ta=tb, tb=True) if ta else b.matmul(g, y, tb=not tb)),
-            lambda: shared(1, b.matmul(g, x, ta=True, tb=ta) if tb else b.matmul(x, g, ta=not ta))]
+    return [lambda: shared(0, b.matmul(y, g, ta=tb, tb=True, **floor) if ta else b.matmul(g, y, tb=not tb, **floor)),
+            lambda: shared(1, b.matmul(g, x, ta=True, tb=ta, **floor) if tb else b.matmul(x, g, ta=not ta, **floor))]
 
 
 def _reshape(x, shape, dims):

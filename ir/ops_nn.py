@@ -98,16 +98,16 @@ def _grouped(fn):
     return per_group
 
 
-def _conv_x_w(x, w, stride, padding, dilation, groups=1):
+def _conv_x_w(x, w, stride, padding, dilation, groups=1, min_precision=None):
     return _grouped(_conv)(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups, split=(1, 0))
 
 
-def _conv_grad_x_g(g, w, x, stride, padding, dilation, groups=1):
+def _conv_grad_x_g(g, w, x, stride, padding, dilation, groups=1, min_precision=None):
     return _grouped(_conv_grad_x)(g, w, x, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                   split=(1, 0, 1))
 
 
-def _conv_grad_w_g(x, g, w, stride, padding, dilation, groups=1):
+def _conv_grad_w_g(x, g, w, stride, padding, dilation, groups=1, min_precision=None):
     return _grouped(_conv_grad_w)(x, g, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                   split=(1, 1, 0), join=0)
 

@@ -7,6 +7,12 @@
     bf16  products take BF16 operands (8-bit mantissa, rounded to nearest even, as
           `cvt.rn.bf16.f32` rounds) and accumulate in fp32
 
+A product may carry a floor, its attribute `min_precision`: it then runs at the graph's precision
+or at the floor, whichever keeps more mantissa bits (`product_precision`), and so do the products
+of its derivative. `matmul(h, wh, min_precision = "tf32")` in a recurrent cell reads the state with
+TF32's 10 bits at bf16, not BF16's 7 (docs/precision.md, "Recurrences"; the prelude's own cells
+set no floor).
+
 The functions here round NumPy arrays exactly as the hardware rounds an fp32 value, so that the
 interpreter computes what the tensor cores compute, up to the order of the fp32 accumulation.
 A float64 array is rounded from its own value (the interpreter's float64 mode) to the same
@@ -18,6 +24,19 @@ import numpy as np
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 MANTISSA_BITS = {"fp32": 23, "tf32": 10, "bf16": 7}   # explicit mantissa bits of an operand
+MIN_PRECISION = "min_precision"   # a product's attribute: the coarsest precision it may run at, or None
+
+
+def finer(a: str, b: str) -> str:
+    """Of two precisions, the one whose operands keep more mantissa bits."""
+    return a if MANTISSA_BITS[a] >= MANTISSA_BITS[b] else b
+
+
+def product_precision(g, n: str) -> str:
+    """The precision product node `n` of graph `g` runs at: the graph's, unless the node's
+    `min_precision` is finer."""
+    floor = g.attrs(n).get(MIN_PRECISION)
+    return finer(g.meta.precision, floor) if floor else g.meta.precision
 
 
 def _round_bits(x: np.ndarray, keep: int, ties_even: bool) -> np.ndarray:

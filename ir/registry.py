@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DlcError
+from .precision import MIN_PRECISION, PRECISIONS
 from .types import MAX_ELEMENTS, TensorType, broadcast_shapes
 
 REQUIRED = object()  # marks an attribute without a default
@@ -109,6 +110,9 @@ class OpDef:
                 if v is REQUIRED:
                     raise DlcError(f"{self.name}() needs the argument '{k}'", loc)
                 attrs[k] = v
+            elif k == MIN_PRECISION and attrs[k] not in PRECISIONS + (None,):
+                raise DlcError(f"{self.name}(): {k} must be one of " + ", ".join(f'"{p}"' for p in PRECISIONS)
+                               + f", found {attrs[k]!r}", loc)
             elif not _fits(attrs[k], v):
                 kind = {bool: "true or false", int: "an integer or a list of integers",
                         float: "a number"}[type(v)]
@@ -175,7 +179,8 @@ class Family:
     moves: bool = False            # every output element is an operand element or zero (data movement):
                                    # it commutes with rounding (codegen/storage.py, 16-bit buffers)
     product: bool = False          # a matrix product (or an implicit-GEMM convolution): its first two
-                                   # operands are rounded to the graph's precision (ir/precision.py)
+                                   # operands are rounded to the graph's precision (ir/precision.py);
+                                   # every op of the family takes the attribute `min_precision`
 
 
 FAMILIES = {
@@ -225,6 +230,8 @@ def op(name, arity, infer, ref, vjp=None, **kw) -> OpDef:
     d.effects = frozenset(d.effects)
     if d.family not in FAMILIES:
         raise ValueError(f"op {name}: unknown kernel family {d.family!r}")
+    if FAMILIES[d.family].product:  # a floor: the product runs no coarser (product_precision)
+        d.attrs = {**d.attrs, MIN_PRECISION: None}
     missing = [k for k in FAMILIES[d.family].keys if k not in d.kernel]
     if missing or (d.family == "elementwise") != (d.c is not None):
         raise ValueError(f"op {name}: family {d.family} needs {missing or 'c'} declared")

@@ -24,7 +24,7 @@ from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from .errors import DlcError, Loc
 from .graph import Graph
-from .precision import PRECISIONS
+from .precision import MIN_PRECISION, PRECISIONS
 from .types import TensorType
 
 _BARE = re.compile(r"[A-Za-z_]\w*\Z")
@@ -48,6 +48,8 @@ def fmt_value(v) -> str:
 
 
 def fmt_attrs(attrs: dict) -> str:
+    """[k=v, ...] in the given order; a product's `min_precision` only where it is set."""
+    attrs = {k: v for k, v in attrs.items() if not (k == MIN_PRECISION and v is None)}
     return "[" + ", ".join(f"{k}={fmt_value(v)}" for k, v in attrs.items()) + "]" if attrs else ""
 
 

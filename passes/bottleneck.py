@@ -63,7 +63,8 @@ def insert_bottlenecks(g: Graph, ratio: float = DEFAULT_RATIO) -> Rewrite:
         loc, attrs = g.loc(n), dict(g.attrs(n))
         rw = g.add("param", [], {"init": "he"}, name=f"{n}.reduce.w", loc=loc, type=TensorType("f32", (r, c, 1, 1)))
         rb = g.add("param", [], {"init": "zeros"}, name=f"{n}.reduce.b", loc=loc, type=TensorType("f32", (r, 1, 1)))
-        t = g.add("conv2d", [x, rw], {"stride": 1, "padding": 0, "dilation": 1}, name=f"{n}.reduce", loc=loc)
+        t = g.add("conv2d", [x, rw], {"stride": 1, "padding": 0, "dilation": 1,   # the precision floor carries
+                                      "min_precision": attrs["min_precision"]}, name=f"{n}.reduce", loc=loc)
         t = g.add("relu", [g.add("add", [t, rb], name=f"{n}.reduce.add", loc=loc)], name=f"{n}.reduce.relu", loc=loc)
         new_w = g.add("param", [], dict(g.attrs(w)), name=f"{w}.reduced", loc=g.loc(w),
                       type=TensorType("f32", (o, r, kh, kw)))

@@ -25,7 +25,7 @@ import numpy as np
 from ..ir.errors import DlcError
 from ..ir.graph import Graph
 from ..ir.ops import COMMUNICATES, OPS, RANDOM, STORED, TRAINING, UPDATES_STATE
-from ..ir.precision import round_operand
+from ..ir.precision import product_precision, round_operand
 from ..ir.registry import PRODUCT_FAMILIES
 from .numerics import nonfinite, numerics_error
 from .runner import Fetched, bind_dims, input_shapes
@@ -90,8 +90,8 @@ class Interpreter:
                 if d.has(COMMUNICATES):
                     attrs["comm"] = None      # filled in per run
                 ref = d.ref
-                if d.family in PRODUCT_FAMILIES and g.meta.precision != "fp32":
-                    ref = _at_precision(ref, g.meta.precision)
+                if d.family in PRODUCT_FAMILIES and product_precision(g, n) != "fp32":
+                    ref = _at_precision(ref, product_precision(g, n))
                 steps.append((n, ref, args, attrs))
         return steps, assigns
 

@@ -95,7 +95,7 @@ def test_gradient_names_say_whose_gradient_they_are():
     # and %d.h.matmul, of type [64, 128], was w1's gradient)
     assert g.type("d.h") == g.type("h")
     assert g.op("d.h") == "matmul" and g.operands("d.h") == ["d.logits", "w2"]
-    assert g.attrs("d.h") == {"ta": False, "tb": True}
+    assert g.attrs("d.h") == {"ta": False, "tb": True, "min_precision": None}
     assert g.op("d.h.add") == "relu_grad" and g.operands("d.h.add") == ["d.h", "h"]
     # w1 has two uses (h.matmul and the l2 penalty): two named contributions and their sum
     assert g.op("d.w1") == "add"
@@ -200,7 +200,7 @@ def test_true_and_false_cannot_be_bound(src, line, col):
 
 def test_true_and_false_still_read_as_booleans():
     g = lower("model m {\n    input x : f32[2, 3]\n    y = matmul(x, x, tb = true, ta = false)\n    output y\n}\n")
-    assert g.attrs("y") == {"ta": False, "tb": True}
+    assert g.attrs("y") == {"ta": False, "tb": True, "min_precision": None}
 
 
 # -- 5. one assign per target -------------------------------------------------------------------

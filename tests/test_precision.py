@@ -17,7 +17,7 @@ import pytest
 
 import dlc
 from dlc.ir.ops import OPS
-from dlc.ir.precision import round_bf16, round_operand, round_tf32
+from dlc.ir.precision import product_precision, round_bf16, round_operand, round_tf32
 from dlc.ir.registry import PRODUCT_FAMILIES
 from dlc.ir.text import parse_ir, print_ir
 from dlc.runtime.diff import compare, run_step, synth_feeds
@@ -432,3 +432,102 @@ def test_load_takes_the_precision_and_weights_are_the_same_at_every_precision(tm
     assert not np.array_equal(round_bf16(w1), w1)   # the weights hold more than BF16's bits ...
     for k, v in m.params.items():
         np.testing.assert_array_equal(b.params[k], v, err_msg=k)   # ... and load unrounded: fp32 master weights
+
+
+# -- a product's floor: min_precision (ir/precision.py product_precision) --------------------------
+FLOORED = """
+model fl {
+    input x : f32[N, 48]
+    input t : f32[N, 24]
+    param w : f32[48, 24] = normal(0, 1)
+    param v : f32[48, 24] = normal(0, 1)
+    y = matmul(x, w%s)
+    z = x @ v
+    loss = mse(y, t) + mse(z, t)
+    output y, z
+    minimize loss with sgd(lr = 0.1)
+}
+"""
+
+
+def _step(text, precision, feeds):
+    m = dlc.compile(text, backend="interp", precision=precision, seed=5)
+    g = m.graph
+    names = ["y", "z", g.meta.grads["w"], g.meta.grads["v"]]
+    vals = m.run(names, feeds, training=True)
+    return [np.asarray(vals[n]) for n in names], g
+
+
+def test_a_floored_product_and_its_gradients_run_at_the_finer_precision():
+    """`matmul(x, w, min_precision = "tf32")` at bf16 computes what the same product computes at
+    tf32, bit for bit, and so do both products of its derivative (d.w here); the product beside it
+    without a floor is bf16's. At fp32 the floor changes nothing (it never coarsens)."""
+    rng = np.random.default_rng(11)
+    feeds = {"x": rng.standard_normal((16, 48)).astype(np.float32), "t": rng.standard_normal((16, 24)).astype(np.float32)}
+    floored = FLOORED % ', min_precision = "tf32"'
+    (y, z, dw, dv), g = _step(floored, "bf16", feeds)
+    (y_t, _, dw_t, _), _ = _step(FLOORED % "", "tf32", feeds)
+    (y_b, z_b, dw_b, dv_b), _ = _step(FLOORED % "", "bf16", feeds)
+    np.testing.assert_array_equal(y, y_t)
+    np.testing.assert_array_equal(dw, dw_t)
+    np.testing.assert_array_equal(z, z_b)
+    np.testing.assert_array_equal(dv, dv_b)
+    assert not np.array_equal(y, y_b) and not np.array_equal(dw, dw_b)   # the floor is visible
+    assert not np.array_equal(round_bf16(y), y)                          # y is not rounded to BF16
+    floor_products = {n for n in g.nx if g.attrs(n).get("min_precision") == "tf32"}
+    assert "y" in floor_products and g.meta.grads["w"] in floor_products and "z" not in floor_products
+    for a, b in zip(_step(floored, "fp32", feeds)[0], _step(FLOORED % "", "fp32", feeds)[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_min_precision_is_printed_where_set_and_parses_back():
+    g = dlc.compile(FLOORED % ', min_precision = "tf32"', backend="interp", precision="bf16").graph
+    text = print_ir(g)
+    assert "%y : f32[N, 24] = matmul[ta=false, tb=false, min_precision=tf32](%x, %w)" in text
+    assert "%z : f32[N, 24] = matmul[ta=false, tb=false](%x, %v)" in text      # unset: not printed
+    assert print_ir(parse_ir(text)) == text
+    with pytest.raises(dlc.DlcError) as e:
+        parse_ir(text.replace("min_precision=tf32", "min_precision=fp16", 1), "fl.ir")
+    assert 'min_precision must be one of "fp32", "tf32", "bf16", found \'fp16\'' in str(e.value)
+
+
+def test_an_unknown_min_precision_is_a_located_error(tmp_path):
+    src = tmp_path / "fl.dln"
+    src.write_text(FLOORED % ', min_precision = "fp16"')
+    r = dlc_cli("check", src, rc=2)   # the message, the line, a caret under the call
+    assert r.stderr.count("\n") == 3 and r.stderr.splitlines()[2].strip() == "^", r.stderr
+    assert re.match(r".*fl\.dln:7:9: error: matmul\(\): min_precision must be one of \"fp32\", \"tf32\", \"bf16\", "
+                    r"found 'fp16'", r.stderr), r.stderr
+    src.write_text(FLOORED % ", min_precision = 16")
+    assert "min_precision must be one of" in dlc_cli("check", src, rc=2).stderr
+
+
+FLOORED_CELL = """
+def my_cell(zx: [B, H], h: [B, H]) {
+    param wh : f32[H, H] = xavier
+    return tanh(zx + matmul(h, wh, min_precision = "tf32"))
+}
+model rnn {
+    input x : f32[N, 6, 2]
+    input y : f32[N, 1]
+    param wx : f32[2, 8] = xavier
+    h = scan(my_cell, x @ wx, zeros([N, 8]))
+    pred = linear(last(h), 1)
+    loss = mse(pred, y)
+    output pred
+    minimize loss with sgd(lr = 0.1)
+}
+"""
+
+
+def test_a_floor_in_a_scanned_cell_reaches_every_step_forward_and_backward():
+    """A cell of one's own (docs/precision.md, "Recurrences") with its state product floored at
+    tf32: at bf16, every product the line of that product makes (the 6 steps' products, the state
+    adjoints of steps 2..6, the weight adjoints of all 6) runs at tf32, and no other product."""
+    g = dlc.compile(FLOORED_CELL, backend="interp", precision="bf16").graph
+    prods = [n for n in g.nx if OPS[g.op(n)].family in PRODUCT_FAMILIES]
+    at = {n: product_precision(g, n) for n in prods}
+    line = [n for n in prods if g.loc(n).line == 4]
+    assert sorted(at[n] for n in line) == ["tf32"] * (3 * 6 - 1), line
+    assert all(v == "bf16" for n, v in at.items() if n not in line)
+    assert sum(v == "bf16" for v in at.values()) >= 4   # x @ wx, the read-out, their adjoints

@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 import dlc
 from dlc.codegen import generate
 from dlc.ir.errors import DlcError
-from dlc.ir.precision import round_bf16, round_operand, round_tf32
+from dlc.ir.ops import OPS
+from dlc.ir.registry import PRODUCT_FAMILIES
+from dlc.ir.precision import product_precision, round_bf16, round_operand, round_tf32
 from dlc.runtime.cuda import CudaBackend, cuda_available
 from dlc.runtime.emu import EmuBackend
 from conftest import EXAMPLE_FILES, import_torch, needs_emu
@@ -343,6 +345,61 @@ def test_products_match_rounded_reference(precision, case, opt_level, backend):
                        epilogue=bool(epilogue), hardware=backend == "cuda")
 
 
+def _floored(rng, precision):
+    """Products with a floor (`min_precision`) beside one without, in one module: y at least tf32,
+    the convolution c at fp32 (the CUDA-core tile between tensor-core ones), z at the graph's
+    precision; the floor carries to the adjoints d.h and d.w of y's product."""
+    torch = import_torch()
+    M, K, N = 20, 24, 12
+    h, w, t = rng.standard_normal((M, K)), rng.standard_normal((K, N)), rng.standard_normal((M, N))
+    h2, w2 = rng.standard_normal((M, K)), rng.standard_normal((K, N))
+    x, k = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    text = f"""model floors {{
+        param h : f32[{M}, {K}] = zeros
+        param w : f32[{K}, {N}] = zeros
+        input t : f32[{M}, {N}]
+        input h2 : f32[{M}, {K}]
+        input w2 : f32[{K}, {N}]
+        input x : f32[2, 3, 6, 6]
+        input k : f32[4, 3, 3, 3]
+        y = matmul(h, w, min_precision = "tf32")
+        z = h2 @ w2
+        c = conv2d(x, k, padding = 1, min_precision = "fp32")
+        loss = sum(y * t)
+        output y, z, c
+        minimize loss with sgd(lr = 0.1)
+    }}"""
+    fine = "tf32" if precision == "bf16" else precision   # the finer of the graph's and tf32
+    r = lambda a, p: rounded(a, p)  # noqa: E731
+    F = torch.nn.functional
+    conv = F.conv2d(torch.from_numpy(r(x, "fp32")), torch.from_numpy(r(k, "fp32")), padding=1).numpy()
+    conv_mag = F.conv2d(torch.from_numpy(np.abs(r(x, "fp32"))), torch.from_numpy(np.abs(r(k, "fp32"))), padding=1).numpy()
+    return text, {"t": t, "h2": h2, "w2": w2, "x": x, "k": k}, {"h": h, "w": w}, {
+        "y": ((r(h, fine) @ r(w, fine)), np.abs(r(h, fine)) @ np.abs(r(w, fine)), K, fine),
+        "z": ((r(h2, precision) @ r(w2, precision)), np.abs(r(h2, precision)) @ np.abs(r(w2, precision)), K, precision),
+        "c": (conv, conv_mag, 27, "fp32"),
+        "d.h": ((r(t, fine) @ r(w, fine).T), np.abs(r(t, fine)) @ np.abs(r(w, fine)).T, N, fine),
+        "d.w": ((r(h, fine).T @ r(t, fine)), np.abs(r(h, fine)).T @ np.abs(r(t, fine)), M, fine)}
+
+
+@needs_emu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opt_level", [0, 2])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_products_floor_sets_its_precision_in_the_kernels(precision, opt_level, backend):
+    """Kernels of three precisions in one module, each product at the finer of the graph's
+    precision and its `min_precision` (ir/precision.py product_precision), against the reference
+    rounded at that precision: a floored product rounded at the graph's precision instead (a
+    BF16 result, or BF16 operands) is outside assert_product's bounds."""
+    rng = np.random.default_rng(zlib.crc32(f"floors {precision}".encode()))
+    text, feeds, state, want = _floored(rng, precision)
+    feeds = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
+    got = run_emu(text, precision, feeds, sorted(want), opt_level=opt_level, state=state, backend=backend)
+    for name, (exact, mag, depth, at) in want.items():
+        assert_product(got[name], exact, mag, depth, at, f"floors {name} ({precision} graph, {at}, -O{opt_level})",
+                       hardware=backend == "cuda")
+
+
 # -- NVRTC: every kernel at every precision, for sm_80 and sm_90 -------------------------------------
 
 def _ptx_functions(ptx: str) -> dict[str, str]:
@@ -357,17 +414,40 @@ def _ptx_functions(ptx: str) -> dict[str, str]:
                          ids=lambda s: s if isinstance(s, str) else s.stem)
 def test_kernels_compile_at_every_precision(source, precision):
     """Every kernel of each example and test model (-O2) compiles for sm_80 and sm_90, and every
-    product kernel (matmul_mma.cu.j2) issues the warp-level product of its precision and stages
-    by cp.async; no other kernel does."""
+    product kernel (matmul_mma.cu.j2) issues the warp-level product of its own precision (the
+    graph's, or its floor's: product_precision) and stages by cp.async; no other kernel does."""
+    _check_kernels(MODELS.get(source, source), precision, fp32_tiles=0)
+
+
+@pytest.mark.usefixtures("nvrtc")
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_kernels_of_mixed_precisions_compile(precision):
+    """A module with floored products (`_floored`: a tf32 floor, an fp32 one and a plain product,
+    and the floored product's adjoints): each product kernel issues its own precision's mma.sync,
+    and the fp32-floored convolution is the CUDA-core tile."""
+    text = _floored(np.random.default_rng(0), precision)[0]
+    assert set(_check_kernels(text, precision, fp32_tiles=1).values()) == {"tf32", precision}
+
+
+def _check_kernels(source, precision, fp32_tiles):
     from dlc.codegen.nvrtc import ARCHS, check_module
-    mod = generate(dlc.build(MODELS.get(source, source), opt_level=2, precision=precision).graph)
-    products = {k.name for k in mod.kernels if k.template == "matmul_mma.cu.j2"}
-    assert not any(k.template == "matmul.cu.j2" for k in mod.kernels)   # every product is on the tensor cores
+    g = dlc.build(source, opt_level=2, precision=precision).graph
+    mod = generate(g)
+    products = {k.name: k.ctx["precision"] for k in mod.kernels if k.template == "matmul_mma.cu.j2"}
+    assert sum(k.template == "matmul.cu.j2" for k in mod.kernels) == fp32_tiles   # the others on the tensor cores
+    g = mod.graph
+    for launch in mod.launches:   # the product a kernel computes: its node, or the one in its fusion group
+        if launch.kernel in products:
+            group = g.meta.groups.get(launch.node, (None, [launch.node]))[1]
+            (prod,) = [n for n in group if OPS[g.op(n)].family in PRODUCT_FAMILIES]
+            assert products[launch.kernel] == product_precision(g, prod), launch.kernel
     for arch, ptx in check_module(mod, archs=ARCHS).items():
         assert f".target {arch}" in ptx
         for name, text in _ptx_functions(ptx).items():
-            assert (MMA[precision] in text) == (name in products), f"{name} ({arch})"
+            for p, instruction in MMA.items():
+                assert (instruction in text) == (products.get(name) == p), f"{name} ({arch}, {p})"
             assert ("cp.async" in text) == (name in products), f"{name} ({arch})"
+    return products
 
 
 @pytest.mark.usefixtures("nvrtc")
