@@ -1,6 +1,7 @@
 """An oracle for the adding task at BF16: PyTorch's LSTM (benchmarks/torch_models.py's twin of
 examples/adding_lstm.dln) trained in fp32 and under CPU autocast to bfloat16, with the example's
-settings (Adam lr 0.003, gradients clipped to norm 1, batch 32, 30 epochs) on the example's data
+settings (read from its `minimize` and `train` lines: Adam lr 0.003, a tenth of it from step 2,500
+on, gradients clipped to norm 1, batch 32, 30 epochs) on the example's data
 and exactly the examples dlc's `fit` holds out (`Model.val_part`), scored as
 benchmarks/precision_accuracy.py scores dlc: the share of held-out sequences whose prediction is
 within 0.04 of the target. Not a timing.
@@ -32,8 +33,12 @@ from dlc.runtime.train import split_indices  # noqa: E402
 SOLVED = 0.04   # Hochreiter and Schmidhuber's criterion for the adding problem
 
 
-def train(torch, net, x, y, order, epochs: int, batch: int, bf16: bool):
-    opt = torch.optim.Adam(net.parameters(), lr=0.003)
+def train(torch, net, x, y, order, epochs: int, batch: int, bf16: bool, opt_settings: dict):
+    """Adam with the example's rate, betas, eps, step schedule and clipping (its `minimize` line)."""
+    o = opt_settings
+    assert o.get("schedule") == "step" and not o.get("warmup"), "the example's schedule is not the one this script knows"
+    opt = torch.optim.Adam(net.parameters(), lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o["step_size"], gamma=o["gamma"])   # per optimizer step
     for e in range(epochs):
         for i in range(0, len(order[e]), batch):
             idx = order[e][i:i + batch]
@@ -41,8 +46,9 @@ def train(torch, net, x, y, order, epochs: int, batch: int, bf16: bool):
                 loss = torch.nn.functional.mse_loss(net(x[idx]).float(), y[idx])
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), o["clip"])
             opt.step()
+            sched.step()
     return net
 
 
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
         tm.load_dlc_params(net, {k: init[k] for k in net.dlc})
         scores = []
         for bf16 in (False, True):
-            trained = train(torch, copy.deepcopy(net), xt, yt, order, a.epochs, 32, bf16)
+            trained = train(torch, copy.deepcopy(net), xt, yt, order, a.epochs, s.batch, bf16, m.graph.meta.optimizer[1])
             scores.append(solved(torch, trained, xv, yv, bf16))
         gaps.append(scores[1] - scores[0])
         print(f"{seed:>4} {scores[0]:8.2f} {scores[1]:8.2f} {gaps[-1]:+8.2f}", flush=True)
