@@ -42,7 +42,6 @@ def deep_mlp(layers: int, width: int = 32) -> str:
 def torch_ops(name: str) -> int | None:
     """ATen ops PyTorch eager dispatches for one training step of the example (CPU)."""
     try:
-        import torch
         from torch.utils._python_dispatch import TorchDispatchMode
         import torch_models as tm
     except ImportError:
