@@ -50,6 +50,20 @@ class _Array:
     def __array__(self, dtype=None, copy=None):
         return self.a if dtype is None else self.a.astype(dtype)
 
+    # what --check-numerics does to a device buffer (runtime/runner.py _check_launch, cuda.py _finite):
+    # a 16-bit buffer viewed as uint16, its first elements in the value's shape, its exponent bits
+    def view(self, dtype):
+        return _Array(self.a.view(dtype))
+
+    def reshape(self, *shape):
+        return _Array(self.a.reshape(*shape))
+
+    def __getitem__(self, index):
+        return _Array(self.a[index])
+
+    def __and__(self, other):
+        return self.a & other
+
 
 def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
     """A fresh stand-in: what `import cupy as cp` gives the cuda backend (`cp.RawModule`,
@@ -125,6 +139,7 @@ def fake_cupy(devices: int = 1) -> types.SimpleNamespace:
         zeros=lambda shape, dtype: _Array(np.zeros(shape, dtype)),
         empty=lambda shape, dtype: _Array(np.empty(shape, dtype)),
         asnumpy=lambda a, stream=None: a.get(),
+        isfinite=lambda a: np.isfinite(a.a),
         cuda=types.SimpleNamespace(Stream=Stream, runtime=runtime, nccl=_nccl(record_or_run),
                                    Device=lambda i: types.SimpleNamespace(id=i, use=lambda: use(i))),
         device_state=state)

@@ -9,6 +9,7 @@ value is finite.
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -123,3 +124,51 @@ def test_inf_while_evaluating_says_so(work, capsys):
     assert run("--backend", "interp", "--epochs", "0", "--load", "w.npz", "--check-numerics") == 2
     assert capsys.readouterr().err.splitlines()[0] == \
         "blowup.dln:8:9: error: --check-numerics: log (node %g) produced -inf while evaluating"
+
+
+# -- the cuda backend's checks, on the CuPy stand-in (tests/fake_cupy.py: kernels on the emulator) --
+@needs_emu
+@pytest.mark.parametrize("opt_level", [1, 2])
+def test_cuda_names_the_kernel_as_emu_does(work, capsys, monkeypatch, opt_level):
+    """The cuda backend checks each launch's output on the device (`cupy.isfinite`): the same
+    message as emu's, kernel and all."""
+    assert run("--backend", "emu", "-O", opt_level, "--check-numerics") == 2
+    emu = capsys.readouterr().err.splitlines()[0]
+    from fake_cupy import fake_cupy
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    assert run("--backend", "cuda", "-O", opt_level, "--check-numerics") == 2
+    assert capsys.readouterr().err.splitlines()[0] == emu
+
+
+OVERFLOW = """# h = x @ w overflows: 3e38 + 3e38 is past the largest float
+model over {
+    input x : f32[N, 2]
+    input y : f32[N, 1]
+    param w : f32[2, 4] = ones
+    param v : f32[4, 1] = ones
+    h = x @ w
+    p = h @ v
+    loss = mse(p, y)
+    output p
+    minimize loss with sgd(lr = 0.1)
+}
+"""
+
+
+@needs_emu
+@pytest.mark.parametrize("backend", ["emu", "cuda"])
+def test_a_16_bit_value_is_checked_too(tmp_path, monkeypatch, capsys, backend):
+    """At bf16, h (a product read only by a product) lives in a 16-bit buffer (codegen/storage.py);
+    its overflow to inf is found there, read as BF16 (on cuda through the exponent bits)."""
+    (tmp_path / "over.dln").write_text(OVERFLOW)
+    np.savez(tmp_path / "d.npz", x=np.full((4, 2), 3e38, np.float32), y=np.zeros((4, 1), np.float32))
+    monkeypatch.chdir(tmp_path)
+    if backend == "cuda":
+        from fake_cupy import fake_cupy
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    assert "h" in dlc.build(OVERFLOW, opt_level=1, precision="bf16").module().half
+    assert main(["run", "over.dln", "--data", "d.npz", "--batch", "2", "--epochs", "1", "--no-progress",
+                 "--backend", backend, "--precision", "bf16", "--check-numerics"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == ("over.dln:7:11: error: --check-numerics: kernel matmul_nn_h (op matmul, node %h) produced inf "
+                     "(8 of 8 values) in epoch 1, step 1"), first
