@@ -5,13 +5,14 @@ At `--precision bf16` a value is stored in 16 bits where that changes no number 
 computes, which holds in two cases:
 
 - **exact**: every element is a BF16 number already. A matrix product or convolution at bf16 (not
-  one whose `min_precision` floor is finer, ir/precision.py) stores its fp32 sum rounded to BF16 (unless a fused epilogue then computes on it in fp32), and a value that
-  only moves elements of such values (reshape, transpose, broadcast, slice, pad, concat: the
-  families marked `moves` in the registry) is exact too;
-- **read rounded**: every reader rounds it to BF16 on the way in anyway: products at bf16 read their
-  operands 0 and 1 so (their operand 2, a convolution adjoint's shape carrier, is not read), and
-  a value that only moves elements on to such readers counts as one (rounding commutes with moving
-  elements).
+  one whose `min_precision` floor is finer, ir/precision.py) stores its fp32 sum rounded to BF16
+  (unless a fused epilogue then computes on it in fp32), and a value that only moves elements of
+  such values (reshape, transpose, broadcast, slice, pad, concat: the families marked `moves` in
+  the registry) is exact too;
+- **read rounded**: every reader rounds it to BF16 on the way in anyway: products at bf16 read
+  their operands 0 and 1 so (their operand 2, a convolution adjoint's shape carrier, is not read),
+  and a value that only moves elements on to such readers counts as one (rounding commutes with
+  moving elements).
 
 A 16-bit store rounds as `dlc_round_bf16` (nearest, ties to even; a NaN stays a NaN), and a load
 widens exactly, so in both cases every kernel computes the bits it computed from fp32 buffers.

@@ -257,3 +257,43 @@ def test_cuda_backend_path_with_16_bit_buffers(monkeypatch):
     assert np.float32(l0).tobytes() == np.float32(l1).tobytes()
     for k in s0:
         assert s0[k].tobytes() == s1[k].tobytes(), k
+
+
+MIXED = """model mix {
+    input x : f32[N, 32]
+    input t : f32[N, 8]
+    param w1 : f32[32, 48] = xavier
+    param w2 : f32[48, 8] = xavier
+    param w3 : f32[32, 8] = xavier
+    z = x @ w1                      # a bf16 product: exact, so 16-bit though a tf32 product reads it
+    s = tanh(x)                     # read by the second product only: 16-bit unless it is tf32
+    y = matmul(z, w2, min_precision = "tf32") + matmul(s, w3%s)
+    loss = mse(y, t)
+    output y
+    minimize loss with sgd(lr = 0.1)
+}"""
+
+
+@needs_emu
+@pytest.mark.parametrize("opt_level", [0, 2])
+def test_products_with_a_floor_in_16_bit_storage(monkeypatch, opt_level):
+    """A product floored at tf32 (min_precision) neither stores an exact BF16 value nor reads its
+    operands rounded: a value only it reads stays fp32, while a bf16 product's output it reads is
+    still 16-bit (widened exactly on the way in). Two emu training steps are the same bit for bit
+    with and without 16-bit storage."""
+    floored = MIXED % ', min_precision = "tf32"'
+    assert {"z", "s"} <= half_values(dlc.build(MIXED % "", precision="bf16", opt_level=opt_level))
+    half = half_values(dlc.build(floored, precision="bf16", opt_level=opt_level))
+    assert "z" in half and "s" not in half
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((6, 32)).astype(np.float32), "t": rng.standard_normal((6, 8)).astype(np.float32)}
+             for _ in range(2)]
+
+    def steps():
+        m = dlc.compile(floored, backend="emu", precision="bf16", opt_level=opt_level, seed=0)
+        got = [np.float32(m.train_step(f)) for f in feeds]
+        return got + [np.asarray(m.state[k]) for k in sorted(m.state)]
+    with16 = steps()
+    monkeypatch.setattr(GENERATE, "plan_storage", lambda g, concats: set())
+    for a, b in zip(with16, steps()):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
