@@ -21,9 +21,10 @@ def plan_memory(mod: Module) -> dict[str, str]:
     the same dtype and size (symbols included, so one plan serves every batch size) whose last
     occupant's life ended at an earlier launch, so no kernel reads and writes one buffer (a
     16-bit value, failing that, an fp32 slot of its size, whose first half it fills: its kernels
-    declare it dlc_bf16 whatever the slot's dtype, `Launch.half_args`); otherwise it opens a new slot. Slots are named @s0, @s1, ... and take the shape of their
-    first occupant. Rewrites the module's buffers, launch
-    arguments and value table in place; returns the temps it moved, each with its slot."""
+    declare it dlc_bf16 whatever the slot's dtype, `Launch.half_args`); otherwise it opens a new
+    slot. Slots are named @s0, @s1, ... and take the shape of their first occupant. Rewrites the
+    module's buffers, launch arguments and value table in place; returns the temps it moved,
+    each with its slot."""
     # (the evaluation form's values from stored values alone are kept from one evaluation run to the next)
     keep = {mod.node_buffer[n] for n in handed_out(mod.graph) if n in mod.node_buffer}
     first, last = {}, {}
@@ -74,4 +75,3 @@ def _slots(mod: Module, order: list, first: dict, last: dict, half_slots: bool) 
         ends[slot] = last[b]
         slot_of[b] = slot
     return slot_of, slots
-

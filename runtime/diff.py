@@ -101,11 +101,17 @@ class Local:
                 self.interp = make_backend("interp", self.g)
                 self.interp.set_state(self.state)
             v = self.interp.run([n], self.feeds, training=self.rng is not None, rng=self.rng, given=self.vals)[n]
-            self.values[n] = round_bf16(np.asarray(v, np.float32)) if n in self.half else v
+            self.values[n] = as_stored(n, v, self.half)
         return self.values[n]
 
     def agrees(self, n: str, got: np.ndarray, precision: str, loose=None) -> bool:
         return compare(got, self.value(n), precision, loose)[2]
+
+
+def as_stored(n: str, v: np.ndarray, half: set) -> np.ndarray:
+    """Node `n`'s value `v` as the generated code stores it: rounded to BF16 where `n` lives in a
+    16-bit buffer (`half`, codegen/storage.py), else as it is."""
+    return round_bf16(np.asarray(v, np.float32)) if n in half else v
 
 
 def compare(a: np.ndarray, ref: np.ndarray, precision: str = "fp32", loose=None) -> tuple[float, float, bool]:
@@ -176,7 +182,7 @@ def diff(g: Graph, names: list[str], state: dict, feeds: dict, rng: tuple[int, i
         # a value the generated code stores in 16 bits (codegen/storage.py) comes back as the BF16
         # number it stores: the interpreter's value rounded so (every reader rounds it so too)
         half = getattr(getattr(backend, "module", None), "half", set())
-        ref = {n: round_bf16(np.asarray(v, np.float32)) if n in half else v for n, v in ref_vals.items()}
+        ref = {n: as_stored(n, v, half) for n, v in ref_vals.items()}
         local = Local(g, state, feeds, rng, vals, half)
 
         def row(kind, label, n, got, want, loose=None, node=None):

@@ -90,8 +90,9 @@ class Interpreter:
                 if d.has(COMMUNICATES):
                     attrs["comm"] = None      # filled in per run
                 ref = d.ref
-                if d.family in PRODUCT_FAMILIES and product_precision(g, n) != "fp32":
-                    ref = _at_precision(ref, product_precision(g, n))
+                at = product_precision(g, n) if d.family in PRODUCT_FAMILIES else "fp32"
+                if at != "fp32":
+                    ref = _at_precision(ref, at)
                 steps.append((n, ref, args, attrs))
         return steps, assigns
 
