@@ -317,7 +317,7 @@ def test_predict_after_training_uses_the_trained_weights(tmp_path, small):
 
 def test_predict_csv_for_a_non_classifier(tmp_path):
     with np.load(EXAMPLES / "data" / "xor.npz") as z:
-        x, y = z["x"], z["y"]
+        x = z["x"]
     dlc_cli("run", EXAMPLES / "xor.dln", "--epochs", "0", "--backend", "interp", "--predict", "p.csv",
             cwd=tmp_path, rc=0)
     rows = list(csv.reader(open(tmp_path / "p.csv", newline="")))
