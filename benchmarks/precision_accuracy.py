@@ -19,7 +19,8 @@ The gap is tf32 or bf16 minus fp32, in points (a percentage) or as a ratio (loss
 percentage gap is at least -0.5 points and every judged loss at most 1.05 times fp32's. With
 `--seeds K` each figure is the mean over K runs with seeds 0..K-1 (the initial weights, the
 held-out split and the shuffling all follow the seed): one run's accuracy moves by more than half
-a point from seed to seed at fp32 already. The results are copied into docs/precision.md by hand.
+a point from seed to seed at fp32 already; the figures of each seed and each seed's gap follow,
+with the mean gap's standard error. The results are copied into docs/precision.md by hand.
 """
 from __future__ import annotations
 
@@ -123,10 +124,11 @@ def main(argv=None) -> int:
     bad = 0
     for name in names:
         t0 = time.perf_counter()
-        figs, losses = {}, {}
+        figs, losses, per_seed = {}, {}, {}
         for p in PRECISIONS:
             metrics = [held_out(name, p, args.backend, seed) for seed in seeds]
             runs = [figure(m) for m in metrics]
+            per_seed[p] = [v for _, v in runs]
             figs[p] = (runs[0][0], sum(v for _, v in runs) / len(runs))
             losses[p] = sum(m["val_loss"] for m in metrics) / len(metrics) if runs[0][0] == "<0.04" else None
         kind, base = figs["fp32"]
@@ -136,6 +138,14 @@ def main(argv=None) -> int:
                   + ("ok" if ok else "NO")), flush=True)
         if losses["fp32"] is not None:
             print(row("  held-out loss", "loss", [losses[p] for p in PRECISIONS], "   (not judged)"), flush=True)
+        if len(seeds) > 1 and kind != "loss":
+            for p in PRECISIONS:
+                print(f"  seed by seed {p}: " + " ".join(f"{v:.2f}" for v in per_seed[p]), flush=True)
+            for p in ("tf32", "bf16"):
+                gaps = np.subtract(per_seed[p], per_seed["fp32"])
+                print(f"  {p} gap by seed: " + " ".join(f"{v:+.2f}" for v in gaps)
+                      + f"; mean {gaps.mean():+.2f}, standard error {gaps.std(ddof=1) / np.sqrt(len(gaps)):.2f}",
+                      flush=True)
     print("every figure within its bar of fp32's (0.5 points, or a loss 1.05 times fp32's)" if not bad
           else f"{bad} example(s) fall short of fp32's by more than the bar")
     return 1 if bad else 0
