@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ LIMIT = 0.5  # points of held-out accuracy a lower precision may lose
 LOSS_LIMIT = 1.05  # the most a judged held-out loss may be, as a multiple of fp32's
 # regressions judged by the share of held-out examples predicted within this absolute error
 TOLERANCE = {"adding_elman": 0.04, "adding_lstm": 0.04}
+BASE = {"transfer_finetune": "transfer_base"}  # fine-tunes the hidden layers that example trains
 
 
 def examples() -> list[str]:
@@ -52,8 +54,16 @@ def examples() -> list[str]:
 
 def held_out(name: str, precision: str, backend: str = "interp", seed: int | None = None) -> dict:
     """Train examples/NAME.dln as `dlc run` does at `precision` (with `seed`: as `--seed`); its
-    final metrics."""
+    final metrics. An example that fine-tunes another's weights (BASE) starts from that example
+    trained the same way, as its comment's two commands do (`--save`, then `--load-partial`)."""
     m = dlc.compile(ROOT / "examples" / f"{name}.dln", backend=backend, precision=precision, seed=seed)
+    if name in BASE:
+        base = dlc.compile(ROOT / "examples" / f"{BASE[name]}.dln", backend=backend, precision=precision, seed=seed)
+        bs = base.settings() if seed is None else dataclasses.replace(base.settings(), seed=seed)
+        base.fit(base.read_data(), bs, progress=False, out=_Null())
+        with tempfile.TemporaryDirectory() as tmp:
+            base.save(Path(tmp) / "base.npz")
+            m.load_partial(Path(tmp) / "base.npz")
     data = m.read_data()
     s = m.settings() if seed is None else dataclasses.replace(m.settings(), seed=seed)
     metrics = m.fit(data, s, progress=False, out=_Null())
