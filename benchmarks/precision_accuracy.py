@@ -16,7 +16,8 @@ precision, and the table gives the held-out figure at the last epoch:
           their held-out loss follows on a line of its own, for information;
   loss    the held-out loss (sine, a regression of a noisy target; charlm, a language model).
 The gap is tf32 or bf16 minus fp32, in points (a percentage) or as a ratio (loss); `ok` when every
-percentage gap is at least -0.5 points and every judged loss at most 1.05 times fp32's. With
+percentage gap is at least -0.5 points and every judged loss at most 1.05 times fp32's (adding_elman
+is printed, not judged: NOT_JUDGED). With
 `--seeds K` each figure is the mean over K runs with seeds 0..K-1 (the initial weights, the
 held-out split and the shuffling all follow the seed): one run's accuracy moves by more than half
 a point from seed to seed at fp32 already; the figures of each seed and each seed's gap follow,
@@ -45,6 +46,13 @@ LOSS_LIMIT = 1.05  # the most a judged held-out loss may be, as a multiple of fp
 # regressions judged by the share of held-out examples predicted within this absolute error
 TOLERANCE = {"adding_elman": 0.04, "adding_lstm": 0.04}
 BASE = {"transfer_finetune": "transfer_base"}  # fine-tunes the hidden layers that example trains
+# Printed, not judged: the Elman net does not learn the adding task (it is there to show that the
+# LSTM does). Each run either stays where predicting the mean leaves it (a held-out loss of 1/6, the
+# variance of the target) or partly leaves it, at fp32 as at the other precisions, so its figure moves
+# by up to 26 points from seed to seed and by up to 12 between two fp32 runs that differ only in the
+# order of their sums (interp and emu at one seed): no affordable number of seeds resolves half a point
+# (docs/precision.md, "Accuracy").
+NOT_JUDGED = {"adding_elman"}
 
 
 def examples() -> list[str]:
@@ -143,9 +151,9 @@ def main(argv=None) -> int:
             losses[p] = sum(m["val_loss"] for m in metrics) / len(metrics) if runs[0][0] == "<0.04" else None
         kind, base = figs["fp32"]
         ok = all(gap_ok(kind, base, figs[p][1]) for p in ("tf32", "bf16"))
-        bad += not ok
+        bad += not ok and name not in NOT_JUDGED
         print(row(name, kind, [figs[p][1] for p in PRECISIONS], f" {time.perf_counter() - t0:>8.1f}  "
-                  + ("ok" if ok else "NO")), flush=True)
+                  + ("not judged" if name in NOT_JUDGED else "ok" if ok else "NO")), flush=True)
         if losses["fp32"] is not None:
             print(row("  held-out loss", "loss", [losses[p] for p in PRECISIONS], "   (not judged)"), flush=True)
         if len(seeds) > 1 and kind != "loss":
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
                 print(f"  {p} gap by seed: " + " ".join(f"{v:+.2f}" for v in gaps)
                       + f"; mean {gaps.mean():+.2f}, standard error {gaps.std(ddof=1) / np.sqrt(len(gaps)):.2f}",
                       flush=True)
-    print("every figure within its bar of fp32's (0.5 points, or a loss 1.05 times fp32's)" if not bad
+    print("every judged figure within its bar of fp32's (0.5 points, or a loss 1.05 times fp32's)" if not bad
           else f"{bad} example(s) fall short of fp32's by more than the bar")
     return 1 if bad else 0
 
