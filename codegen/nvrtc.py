@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..ir.errors import DlcError
@@ -101,12 +102,17 @@ def ptx_entries(ptx: str) -> list[str]:
 
 def check_module(module, archs=ARCHS) -> dict[str, str]:
     """Compile a generated Module for each architecture; every kernel of its plan must be in
-    the PTX. Returns arch -> PTX."""
-    out = {}
-    for arch in archs:
-        ptx = compile_ptx(module.source, arch)
+    the PTX. Returns arch -> PTX. The architectures compile side by side, one thread each: NVRTC
+    releases the GIL and its programs are independent (GoogLeNet for sm_80 and sm_90: 35 s one
+    after the other, 17 s side by side on two cores)."""
+    ok, why = nvrtc_available()   # loads the library once, before the threads
+    if not ok:
+        raise DlcError(f"cannot run NVRTC: {why}")
+    with ThreadPoolExecutor(max_workers=max(1, len(archs))) as pool:
+        ptxs = [pool.submit(compile_ptx, module.source, arch) for arch in archs]
+        out = {arch: f.result() for arch, f in zip(archs, ptxs)}   # the first arch's error first
+    for arch, ptx in out.items():
         missing = sorted(set(module.kernel_names) - set(ptx_entries(ptx)))
         if missing:
             raise DlcError(f"NVRTC ({arch}): no PTX entry for kernel(s) {', '.join(missing)}")
-        out[arch] = ptx
     return out
