@@ -31,9 +31,10 @@ def test_every_twin_is_compared():
 
 @functools.lru_cache(maxsize=None)
 def dlc_gradients(name: str):
-    """(feeds, params, bf16 gradients, bf16 gradients summed in float64, fp32 gradients) of one batch.
-    The second is the same rule with every sum in float64: how far it lies from the first (delta)
-    is how much this model's BF16 gradient depends on the order of fp32 sums alone."""
+    """(feeds, params, bf16 loss, bf16 gradients, bf16 gradients summed in float64, fp32 gradients)
+    of one batch. The float64 ones follow the same rule with every sum in float64: how far they lie
+    from the float32 ones (delta) is how much this model's BF16 gradient depends on the order of its
+    fp32 sums alone."""
     m = dlc.compile(EXAMPLES / f"{name}.dln", backend="interp", seed=3, precision="bf16")
     m64 = dlc.compile(EXAMPLES / f"{name}.dln", backend="interp", seed=3, precision="bf16", float_dtype="float64")
     m32 = dlc.compile(EXAMPLES / f"{name}.dln", backend="interp", seed=3)
