@@ -154,6 +154,9 @@ def main(argv=None) -> int:
         bad += not ok and name not in NOT_JUDGED
         print(row(name, kind, [figs[p][1] for p in PRECISIONS], f" {time.perf_counter() - t0:>8.1f}  "
                   + ("not judged" if name in NOT_JUDGED else "ok" if ok else "NO")), flush=True)
+        if not ok and name not in NOT_JUDGED and len(seeds) == 1:
+            print(f"  one run is one draw: the bar is read on the mean over seeds 0..4 where one seed is past it "
+                  f"(--seeds 5 {name}; docs/decisions.md)", flush=True)
         if losses["fp32"] is not None:
             print(row("  held-out loss", "loss", [losses[p] for p in PRECISIONS], "   (not judged)"), flush=True)
         if len(seeds) > 1 and kind != "loss":
