@@ -126,7 +126,7 @@ def check(name, want_loss, want, tolerance, what, loss_rel):
 # less its mean) weighs what is left after the cancellation. Measured 2026-12-06 at batch 32: its BF16
 # gradients lie 0.3% (the read-out) to 21% (the stem's batch norm) from fp32's; summing in float64
 # instead of float32 moves them by 0.05% to 8% (delta, per param, measured again in the test); moving
-# the input by one part in a million moves them by 5% in norm, in dlc and in PyTorch alike (at fp32:
+# the input by one part in a million moves them by 5% in norm, in dlc and in PyTorch alike (dlc's at fp32:
 # 1e-6). No comparison of two BF16 implementations can be tighter than that, so each param's tolerance
 # is the larger of 4U and twice its delta; for every other model twice delta is far below 4U (at most
 # 1.3e-3, charlm). PyTorch's CPU batch norm on a BF16 input returns BF16 (one more rounding at every
