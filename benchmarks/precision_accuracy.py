@@ -64,16 +64,18 @@ def held_out(name: str, precision: str, backend: str = "interp", seed: int | Non
     """Train examples/NAME.dln as `dlc run` does at `precision` (with `seed`: as `--seed`); its
     final metrics. An example that fine-tunes another's weights (BASE) starts from that example
     trained the same way, as its comment's two commands do (`--save`, then `--load-partial`)."""
-    m = dlc.compile(ROOT / "examples" / f"{name}.dln", backend=backend, precision=precision, seed=seed)
+    def model(example):
+        m = dlc.compile(ROOT / "examples" / f"{example}.dln", backend=backend, precision=precision, seed=seed)
+        return m, (m.settings() if seed is None else dataclasses.replace(m.settings(), seed=seed))
+
+    m, s = model(name)
     if name in BASE:
-        base = dlc.compile(ROOT / "examples" / f"{BASE[name]}.dln", backend=backend, precision=precision, seed=seed)
-        bs = base.settings() if seed is None else dataclasses.replace(base.settings(), seed=seed)
+        base, bs = model(BASE[name])
         base.fit(base.read_data(), bs, progress=False, out=_Null())
         with tempfile.TemporaryDirectory() as tmp:
             base.save(Path(tmp) / "base.npz")
             m.load_partial(Path(tmp) / "base.npz")
     data = m.read_data()
-    s = m.settings() if seed is None else dataclasses.replace(m.settings(), seed=seed)
     metrics = m.fit(data, s, progress=False, out=_Null())
     if name in TOLERANCE:
         metrics["val_solved"] = solved(m, data, s, TOLERANCE[name], metrics["val_loss"])

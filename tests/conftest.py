@@ -21,6 +21,7 @@ EXAMPLES = ROOT / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dln"))
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLE_FILES)
 TRAINING_EXAMPLES = [p for p in EXAMPLE_FILES if "minimize" in p.read_text()]  # the files that train
+IMAGENET_FILES = sorted((EXAMPLES / "imagenet").glob("*.dln"))  # the full-size nets (no data shipped)
 DIGITS = EXAMPLES / "data" / "digits.npz"
 MLP = EXAMPLES / "mlp.dln"
 LOGREG = EXAMPLES / "logreg.dln"

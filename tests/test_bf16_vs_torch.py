@@ -50,6 +50,10 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def big(a: np.ndarray) -> float:
+    return float(np.abs(a).max())
+
+
 def twin_gradients(torch, tm, name: str, params, feeds, prepare, autocast: bool, float64: bool = False):
     """The twin's loss and gradients (dlc names and layouts) from dlc's weights, after `prepare(net)`;
     with `float64`, the twin and the batch in float64."""
@@ -92,7 +96,6 @@ def check(name, want_loss, want, tolerance, what, loss_rel):
         seen = max(seen, rel(g32[k], want[k]) / tol)
         assert np.linalg.norm(g[k] - want[k]) <= tol * np.linalg.norm(want[k]), \
             f"{name} d{k}: {rel(g[k], want[k]):.3g} from {what}, tolerance {tol:.3g}"
-        big = lambda a: np.abs(a).max()  # noqa: E731
         tol = tolerance(big(g[k] - g64[k]) / big(g64[k]))
         assert big(g[k] - want[k]) <= tol * big(want[k]), \
             f"{name} d{k}: largest element {big(g[k] - want[k]) / big(want[k]):.3g} from {what}, tolerance {tol:.3g}"

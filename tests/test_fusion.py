@@ -12,10 +12,9 @@ from dlc.codegen import generate
 from dlc.ir.text import parse_ir, print_ir
 from dlc.passes.fusion import plan
 from dlc.runtime.diff import synth_feeds
-from conftest import EXAMPLES as ROOT_EXAMPLES
 from test_codegen import build_random_graph, recipes
 from test_emu import compare_step  # at import: hypothesis refuses @given applied inside a running test
-from conftest import EXAMPLE_FILES, EXAMPLES, GOLDEN, MLP, needs_emu
+from conftest import EXAMPLE_FILES, EXAMPLES, GOLDEN, IMAGENET_FILES, MLP, needs_emu
 
 
 def test_groups_round_trip_through_the_ir_text():
@@ -251,7 +250,7 @@ def test_reductions_compute_their_producers():
     compare_step(g, EmuBackend(g), 6000, seed=3)   # 18000 > 16384 elements: the two-launch form
 
 
-@pytest.mark.parametrize("path", sorted((ROOT_EXAMPLES).glob("*.dln")) + sorted((ROOT_EXAMPLES / "imagenet").glob("*.dln")),
+@pytest.mark.parametrize("path", EXAMPLE_FILES + IMAGENET_FILES,
                          ids=lambda p: p.stem)
 def test_every_groups_members_come_in_the_graphs_order(path):
     """A group's member reads only members listed before it: the kernel computes them in that order.

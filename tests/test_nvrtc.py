@@ -11,7 +11,7 @@ import dlc
 from dlc.codegen import generate
 from dlc.ir.errors import DlcError
 from test_codegen import MODELS, build_random_graph, recipes
-from conftest import EXAMPLE_FILES, EXAMPLES
+from conftest import EXAMPLE_FILES, IMAGENET_FILES
 
 from dlc.codegen.nvrtc import ARCHS, check_module, compile_ptx, nvrtc_available
 
@@ -42,7 +42,7 @@ def test_model_kernels_compile_for_every_arch(name):
         assert f".target {arch}" in text
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES + sorted(EXAMPLES.glob("imagenet/*.dln")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES + IMAGENET_FILES, ids=lambda p: p.stem)
 def test_example_kernels_compile_for_every_arch(path):
     """Every example's kernels, and the full-size nets' (examples/imagenet/), at fp32 (the tensor-core
     precisions: test_tensor_cores.py)."""

@@ -33,7 +33,7 @@ from dlc.ir.registry import PRODUCT_FAMILIES
 from dlc.ir.precision import product_precision, round_bf16, round_operand, round_tf32
 from dlc.runtime.cuda import CudaBackend, cuda_available
 from dlc.runtime.emu import EmuBackend
-from conftest import EXAMPLE_FILES, EXAMPLES, import_torch, needs_emu
+from conftest import EXAMPLE_FILES, IMAGENET_FILES, import_torch, needs_emu
 from test_codegen import MODELS, build_random_graph, recipes
 
 PRECISIONS = ("tf32", "bf16")
@@ -410,7 +410,7 @@ def _ptx_functions(ptx: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("nvrtc")
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("source", list(EXAMPLE_FILES) + sorted(EXAMPLES.glob("imagenet/*.dln")) + sorted(MODELS),
+@pytest.mark.parametrize("source", list(EXAMPLE_FILES) + IMAGENET_FILES + sorted(MODELS),
                          ids=lambda s: s if isinstance(s, str) else s.stem)
 def test_kernels_compile_at_every_precision(source, precision):
     """Every kernel of each example, full-size net (examples/imagenet/: 3 to 18 s each here) and test
